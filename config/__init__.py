@@ -1,0 +1,1 @@
+"""Configuration: typed models, loading and validation."""

@@ -1,0 +1,131 @@
+"""The node configuration: one YAML file per host, validated by these models."""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
+
+ASN = Annotated[int, Field(ge=1, le=4294967295, description="autonomous system number")]
+IPv4Address = ipaddress.IPv4Address
+IPv4Network = ipaddress.IPv4Network
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IPPool(Strict):
+    """A cluster IP pool, cut into per-host blocks."""
+
+    cidr: IPv4Network
+    block_size: int = Field(26, ge=16, le=32, description="prefix length of each host block")
+
+    @model_validator(mode="after")
+    def _block_fits(self) -> IPPool:
+        if self.block_size < self.cidr.prefixlen:
+            raise ValueError(f"block_size /{self.block_size} is larger than the pool {self.cidr}")
+        return self
+
+
+class Peer(Strict):
+    """A BGP peer: a top-of-rack router, a route reflector or a host outside the mesh."""
+
+    address: IPv4Address
+    asn: ASN
+    password: str | None = Field(None, min_length=1, max_length=80, description="TCP MD5 password")
+    hold_time: int = Field(90, description="seconds; 0 or 3..65535")
+    passive: bool = Field(False, description="wait for the peer to connect instead of connecting")
+    max_prefixes: int | None = Field(None, ge=1, description="overrides the node's max_prefixes")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,63}$")
+
+    @field_validator("hold_time")
+    @classmethod
+    def _hold(cls, v: int) -> int:
+        if v != 0 and not 3 <= v <= 65535:
+            raise ValueError("hold_time must be 0 or between 3 and 65535")
+        return v
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, v: str | None) -> str | None:
+        if v is not None and any(c in v for c in "\"\\\n;{}"):
+            raise ValueError('password may not contain quotes, backslashes, newlines, ";", "{" or "}"')
+        return v
+
+
+class MeshMember(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")
+    address: IPv4Address
+
+
+class Mesh(Strict):
+    """The node-to-node iBGP full mesh."""
+
+    enabled: bool = True
+    nodes: list[MeshMember] = Field(default_factory=list, description="every node of the mesh; this node is skipped")
+    hold_time: int = Field(9, ge=3, le=65535)
+    password: str | None = Field(None, min_length=1, max_length=80)
+
+
+class Metrics(Strict):
+    address: IPvAnyAddress = Field(IPv4Address("127.0.0.1"))
+    port: int = Field(9473, ge=0, le=65535, description="0 disables the endpoint")
+
+
+class NodeConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")
+    router_id: IPv4Address
+    asn: ASN
+    listen_address: IPv4Address = Field(description="BGP source and listen address of this node")
+    pools: list[IPPool] = Field(min_length=1)
+    blocks: list[IPv4Network] = Field(default_factory=list, description="this node's pod address blocks")
+    peers: list[Peer] = Field(default_factory=list)
+    mesh: Mesh = Field(default_factory=Mesh)
+    max_prefixes: int = Field(100000, ge=1, description="per peer, unless the peer says otherwise")
+    graceful_restart: int = Field(120, ge=0, le=4095, description="seconds peers keep our routes while we restart")
+    initial_sync_timeout: float = Field(30.0, gt=0, description="seconds to wait for End-of-RIB before removing unjustified kernel routes")
+    route_protocol: int = Field(201, ge=5, le=254, description="rtnetlink protocol number of Tortie's BGP routes")
+    pod_route_protocol: int = Field(202, ge=5, le=254, description="rtnetlink protocol number of local pod routes")
+    pod_netns_prefix: str = Field("tortie-", pattern=r"^[A-Za-z0-9_.-]{0,24}$")
+    metrics: Metrics = Field(default_factory=Metrics)
+    state_dir: Path = Path("/var/lib/tortie")
+    run_dir: Path = Path("/run/tortie")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NodeConfig:
+        for i, block in enumerate(self.blocks):
+            pool = next((p for p in self.pools if block.subnet_of(p.cidr)), None)
+            if pool is None:
+                raise ValueError(f"blocks[{i}]: {block} is not inside any pool")
+            if block.prefixlen != pool.block_size:
+                raise ValueError(f"blocks[{i}]: {block} is not a /{pool.block_size} block of pool {pool.cidr}")
+        for i, a in enumerate(self.pools):
+            for b in self.pools[i + 1:]:
+                if a.cidr.overlaps(b.cidr):
+                    raise ValueError(f"pools {a.cidr} and {b.cidr} overlap")
+        if len(set(self.blocks)) != len(self.blocks):
+            raise ValueError("blocks: duplicate block")
+        addrs = [p.address for p in self.peers] + [m.address for m in self.mesh.nodes if m.name != self.name]
+        if len(set(addrs)) != len(addrs):
+            raise ValueError("a peer address appears twice (peers and mesh nodes together)")
+        if self.route_protocol == self.pod_route_protocol:
+            raise ValueError("route_protocol and pod_route_protocol must differ")
+        return self
+
+    def bgp_peers(self) -> list[Peer]:
+        """Every BGP neighbor: configured peers plus the other mesh members (iBGP)."""
+        peers = list(self.peers)
+        if self.mesh.enabled:
+            for m in self.mesh.nodes:
+                if m.name == self.name or m.address == self.listen_address:
+                    continue
+                peers.append(Peer(address=m.address, asn=self.asn, hold_time=self.mesh.hold_time,
+                                  password=self.mesh.password, name=m.name,
+                                  # one side connects, the other listens: the lower address is active
+                                  passive=int(m.address) < int(self.listen_address)))
+        return peers
+
+    def max_prefixes_for(self, peer: Peer) -> int:
+        return peer.max_prefixes if peer.max_prefixes is not None else self.max_prefixes

@@ -1,0 +1,1 @@
+"""Network policy: the model, the ACL compiler and its nftables / iptables appliers."""
