@@ -2,8 +2,104 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+from config.load import ConfigError
+
+
+def _lab(args: argparse.Namespace):
+    from bgpd.lab.topology import load_lab
+    return load_lab(args.file, args.name)
+
+
+def _fail(msg: str) -> int:
+    print(f"tortie lab: {msg}", file=sys.stderr)
+    return 1
+
+
+def _up(args: argparse.Namespace) -> int:
+    from bgpd.lab import runner
+    try:
+        runner.up(_lab(args), args.timeout)
+    except (ConfigError, runner.LabError) as e:
+        return _fail(str(e))
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from bgpd.lab import runner
+    from bgpd.lab.state import LabState
+    try:
+        lab = _lab(args)
+    except ConfigError as e:
+        # Still clean up what the state file recorded, if the file became unreadable since `up`.
+        if not (args.name and LabState.load(args.name)):
+            return _fail(str(e))
+        lab = None
+    problems = runner.down(lab.name if lab else args.name, lab)
+    return _fail("\n".join(problems)) if problems else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from bgpd.lab import runner
+    try:
+        st = runner.status(_lab(args))
+    except ConfigError as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        print(f"lab {st['name']} ({st['state_dir']})")
+        for name, n in st["nodes"].items():
+            cmd = "-" if n["cmd_alive"] is None else ("running" if n["cmd_alive"] else "stopped")
+            print(f"  {name:<12} netns {'present' if n['netns_present'] else 'absent':<8}"
+                  f"keeper {'alive' if n['keeper_alive'] else 'dead':<6} cmd {cmd}")
+            for p in n.get("peers", []):
+                print(f"      peer {p.get('name') or '?'} {p.get('address')}: {p.get('state')}")
+            if "bgp_error" in n:
+                print(f"      bgp: {n['bgp_error']}")
+    up = all(n["netns_present"] and n["keeper_alive"] and n["cmd_alive"] is not False for n in st["nodes"].values())
+    return 0 if up else 3
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from bgpd.lab import runner
+    command = args.command
+    if "--" in command:  # options between NODE and `--` land in the remainder: parse them here
+        i = command.index("--")
+        late = argparse.ArgumentParser(prog="tortie lab exec", add_help=False)
+        late.add_argument("--name")
+        late.parse_args(command[:i], namespace=args)
+        command = command[i + 1:]
+    if not command:
+        return _fail("lab exec: no command given (tortie lab exec FILE NODE -- CMD...)")
+    try:
+        return runner.exec_in(_lab(args), args.node, command)
+    except (ConfigError, runner.LabError) as e:
+        return _fail(str(e))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lab", help="run a containerlab topology with network namespaces")
+    p = sub.add_parser("lab", help="run a containerlab topology with network namespaces",
+                       description="Realize a containerlab topology (.clab.yml) on this host with network "
+                                   "namespaces, veth links and processes; no container engine needed.")
     p.set_defaults(func=lambda args: p.print_help() or 2)
+    lab_sub = p.add_subparsers(dest="lab_command", metavar="{up,down,status,exec}")
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        c = lab_sub.add_parser(name, help=help, description=help)
+        c.add_argument("file", help="the topology file (containerlab .clab.yml)")
+        c.add_argument("--name", help="lab name overriding the file's `name` (namespaces are clab-NAME-NODE)")
+        c.set_defaults(func=func)
+        return c
+
+    c = command("up", _up, "create the lab and wait until every BGP session is up")
+    c.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for BGP sessions (default 90)")
+    command("down", _down, "stop every process of the lab and remove its namespaces, links and state")
+    c = command("status", _status, "show per node: namespace, keeper and cmd processes, BGP peers "
+                                   "(exit 3 if something is not running)")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c = command("exec", _exec, "run a command inside a node (stdin, stdout and exit code pass through)")
+    c.add_argument("node")
+    c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")

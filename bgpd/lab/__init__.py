@@ -1,0 +1,1 @@
+"""`tortie lab`: containerlab topologies realized with network namespaces, veth links and processes."""

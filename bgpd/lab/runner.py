@@ -1,0 +1,270 @@
+"""Bringing a lab up, down, and reporting on it."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path, PurePosixPath
+
+from pyroute2 import IPRoute, netns
+
+from bgpd.lab import in_node, processes
+from bgpd.lab.bgp_wait import STATUS_COMMAND, StatusError, parse_status, peer_problems, wait_until_up
+from bgpd.lab.state import LabState, NodeState
+from bgpd.lab.topology import Lab, Node
+
+# Private to each node, as a container's own filesystem: sockets, pods' `ip netns` files, state.
+NODE_TMPFS = ("/run", "/tmp", "/var/lib/tortie")
+KEEPER_START_TIMEOUT = 10.0
+STATUS_TIMEOUT = 10.0
+
+
+class LabError(Exception):
+    """A lab could not be brought up or reached; the message says which node and why."""
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def log_tail(state: LabState, node: str, lines: int = 20) -> str:
+    try:
+        with open(state.log_path(node), errors="replace") as f:
+            return "".join(deque(f, lines))
+    except OSError:
+        return ""
+
+
+def _netns_present(name: str) -> bool:
+    return os.path.exists(f"/run/netns/{name}")
+
+
+def _under(path: PurePosixPath, dirs: tuple[str, ...]) -> bool:
+    return any(path.is_relative_to(d) for d in dirs)
+
+
+def _make_mountpoints(lab: Lab, state: LabState) -> None:
+    """Creates on the host the directories the nodes mount over, recording each one created."""
+    targets = {PurePosixPath(d) for d in NODE_TMPFS}
+    targets |= {b.container for n in lab.nodes.values() for b in n.binds if not _under(b.container, NODE_TMPFS)}
+    for target in sorted(targets):
+        missing = [p for p in [target, *target.parents] if not os.path.exists(p)]
+        for p in reversed(missing):
+            os.mkdir(p)
+            state.created_dirs.append(str(p))
+            state.save()
+
+
+def _start_keeper(lab: Lab, node: Node, state: LabState) -> None:
+    ns = state.nodes[node.name]
+    spec = {"netns": f"/run/netns/{ns.netns}", "tmpfs": list(NODE_TMPFS),
+            "binds": [(str(b.host), str(b.container), b.read_only) for b in node.binds]}
+    with open(state.log_path(node.name), "ab") as log:
+        keeper = subprocess.Popen([sys.executable, "-m", "bgpd.lab.keeper", json.dumps(spec)],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                  start_new_session=True, cwd="/", text=True)
+    ns.keeper_pid = keeper.pid
+    state.save()
+    ready, _, _ = select.select([keeper.stdout], [], [], KEEPER_START_TIMEOUT)
+    line = keeper.stdout.readline().strip() if ready else "no answer"
+    keeper.stdout.close()
+    if line != "ready":
+        raise LabError(f"node {node.name}: cannot set up its namespaces: {line or 'keeper exited'}")
+    ns.keeper_mnt = processes.ns_id(keeper.pid, "mnt")
+    state.save()
+
+
+def _add_link(a: tuple[str, str], b: tuple[str, str], lab: Lab) -> None:
+    """A veth pair made inside node a's namespace with its peer placed straight into node b's."""
+    with IPRoute(netns=lab.netns(a[0])) as ipr:
+        ipr.link("add", ifname=a[1], kind="veth", peer={"ifname": b[1], "net_ns_fd": lab.netns(b[0])})
+        ipr.link("set", index=ipr.link_lookup(ifname=a[1])[0], state="up")
+    with IPRoute(netns=lab.netns(b[0])) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=b[1])[0], state="up")
+
+
+def _loopback_up(name: str) -> None:
+    with IPRoute(netns=name) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+
+def _start_cmd(lab: Lab, node: Node, state: LabState) -> None:
+    ns = state.nodes[node.name]
+    with open(state.log_path(node.name), "ab") as log:
+        proc = subprocess.Popen(in_node.shell(ns.keeper_pid, node.cmd), env=in_node.node_env(lab.name, node),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd="/")
+    ns.cmd_pid = proc.pid
+    state.save()
+
+
+def _run_exec(lab: Lab, node: Node, state: LabState, timeout: float) -> None:
+    keeper, env = state.nodes[node.name].keeper_pid, in_node.node_env(lab.name, node)
+    for command in node.exec_:
+        try:
+            r = in_node.run(keeper, env, ["sh", "-c", command], timeout,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"node {node.name}: exec {command!r} did not finish within {timeout:g} s") from None
+        with open(state.log_path(node.name), "a") as log:
+            log.write(f"--- exec {command!r}: exit {r.returncode}\n{r.stdout}")
+        if r.returncode != 0:
+            raise LabError(f"node {node.name}: exec {command!r} exited {r.returncode}:\n{r.stdout.rstrip()}")
+
+
+def _cmd_alive(ns: NodeState) -> bool:
+    return processes.alive_in(ns.cmd_pid, ns.keeper_mnt)
+
+
+def bgp_peers(lab: Lab, node: Node, ns: NodeState) -> list[dict]:
+    """The node's BGP peers as `tortie status --json` reports them; StatusError if it cannot."""
+    try:
+        r = in_node.run(ns.keeper_pid, in_node.node_env(lab.name, node), STATUS_COMMAND, STATUS_TIMEOUT,
+                         capture_output=True)
+    except subprocess.TimeoutExpired:
+        raise StatusError(f"`{' '.join(STATUS_COMMAND)}` did not answer within {STATUS_TIMEOUT:g} s") from None
+    return parse_status(r.returncode, r.stdout, r.stderr)
+
+
+def _wait_bgp(lab: Lab, state: LabState, timeout: float) -> int:
+    """Waits until every peer of every tortie node is up; returns how many sessions that is."""
+    nodes = [n for n in lab.nodes.values() if n.runs_tortie()]
+    sessions = 0
+
+    def check() -> dict[str, list[str]]:
+        nonlocal sessions
+        problems, sessions = {}, 0
+        for node in nodes:
+            ns = state.nodes[node.name]
+            if not _cmd_alive(ns):
+                raise LabError(f"node {node.name}: its cmd {node.cmd!r} exited\n"
+                               f"last lines of {state.log_path(node.name)}:\n{log_tail(state, node.name)}")
+            try:
+                peers = bgp_peers(lab, node, ns)
+                problems[node.name] = peer_problems(peers)
+                sessions += len(peers)
+            except StatusError as e:
+                problems[node.name] = [str(e)]
+        return problems
+
+    if nodes:
+        _say(f"lab {lab.name}: waiting up to {timeout:g} s for the BGP sessions of {', '.join(n.name for n in nodes)}")
+    problems = wait_until_up(check, timeout)
+    if problems:
+        lines = [f"lab {lab.name}: BGP sessions not up after {timeout:g} s:"]
+        for node, probs in problems.items():
+            lines += [f"  node {node}: {p}" for p in probs]
+        for node in problems:
+            lines += [f"last lines of {state.log_path(node)}:", log_tail(state, node).rstrip()]
+        lines.append(f"the lab is left up for debugging; `tortie lab down {lab.path} --name {lab.name}` removes it")
+        raise LabError("\n".join(lines))
+    return sessions
+
+
+def up(lab: Lab, timeout: float) -> None:
+    """Realizes the lab; raises LabError (leaving what was made, for `down`) when a step fails."""
+    if LabState.load(lab.name) or any(_netns_present(lab.netns(n)) for n in lab.nodes):
+        raise LabError(f"lab {lab.name} exists already: `tortie lab down {lab.path} --name {lab.name}` first")
+    for node in lab.nodes.values():
+        for b in node.binds:
+            if not b.host.is_dir() and not b.host.is_file():
+                raise LabError(f"{lab.path}: topology.nodes.{node.name}.binds: {b.host} does not exist")
+    state = LabState(name=lab.name, topology=str(lab.path))
+    state.save()
+    _make_mountpoints(lab, state)
+    for node in lab.nodes.values():
+        state.nodes[node.name] = NodeState(netns=lab.netns(node.name))
+        state.save()
+        netns.create(lab.netns(node.name))
+        _loopback_up(lab.netns(node.name))
+        _start_keeper(lab, node, state)
+    for a, b in lab.links:
+        _add_link(a, b, lab)
+    for node in lab.nodes.values():
+        if node.cmd:
+            _start_cmd(lab, node, state)
+    for node in lab.nodes.values():
+        _run_exec(lab, node, state, timeout)
+    sessions = _wait_bgp(lab, state, timeout)
+    _say(f"lab {lab.name} is up: {len(lab.nodes)} nodes, {len(lab.links)} links"
+         + (f", {sessions} BGP peerings up" if sessions else ""))
+
+
+def _pod_netns_ids(keeper_pid: int) -> set[str]:
+    """Network namespaces a node made for its pods with `ip netns add` (in the node's private /run)."""
+    root = Path(f"/proc/{keeper_pid}/root/run/netns")
+    try:
+        return {i for f in root.iterdir() if (i := processes.netns_file_id(f))}
+    except OSError:
+        return set()
+
+
+def down(name: str, lab: Lab | None) -> list[str]:
+    """Stops every process of the lab, removes its namespaces, state and mountpoint dirs.
+
+    Works from the state file, the topology, or both; returns problems (empty when all went)."""
+    state = LabState.load(name)
+    namespaces = {ns.netns for ns in state.nodes.values()} if state else set()
+    if lab:
+        namespaces |= {lab.netns(n) for n in lab.nodes}
+    keepers = {ns.keeper_pid: ns.keeper_mnt for ns in (state.nodes.values() if state else [])
+               if processes.alive_in(ns.keeper_pid, ns.keeper_mnt)}
+    net_ids = {i for n in namespaces if (i := processes.netns_file_id(f"/run/netns/{n}"))}
+    for pid in keepers:
+        net_ids |= _pod_netns_ids(pid)
+    survivors: set[int] = set()
+    for _ in range(3):  # a dying process may start another
+        pids = processes.find(set(keepers.values()), net_ids, f"TORTIE_LAB_NAME={name}") - set(keepers)
+        if not pids:
+            break
+        survivors = processes.stop(pids)
+    survivors |= processes.stop(set(keepers))
+    problems = [f"process {pid} survived SIGKILL" for pid in sorted(survivors)]
+    for n in sorted(namespaces):
+        if _netns_present(n):
+            try:
+                netns.remove(n)
+            except OSError as e:
+                problems.append(f"cannot remove network namespace {n}: {e}")
+    for d in reversed(state.created_dirs if state else []):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass  # not empty (something else uses it now) or gone already
+    if not problems:
+        shutil.rmtree(LabState.dir(name), ignore_errors=True)
+    return problems
+
+
+def status(lab: Lab) -> dict:
+    """Per node: namespace present, keeper alive, cmd alive, and for tortie nodes the BGP peers."""
+    state = LabState.load(lab.name)
+    out: dict = {"name": lab.name, "state_dir": str(LabState.dir(lab.name)), "nodes": {}}
+    for node in lab.nodes.values():
+        ns = state.nodes.get(node.name) if state else None
+        keeper = bool(ns and processes.alive_in(ns.keeper_pid, ns.keeper_mnt))
+        entry: dict = {"netns": lab.netns(node.name), "netns_present": _netns_present(lab.netns(node.name)),
+                       "keeper_alive": keeper, "cmd": node.cmd,
+                       "cmd_alive": bool(ns and node.cmd and _cmd_alive(ns)) if node.cmd else None}
+        if node.runs_tortie() and keeper:
+            try:
+                entry["peers"] = bgp_peers(lab, node, ns)
+            except StatusError as e:
+                entry["bgp_error"] = str(e)
+        out["nodes"][node.name] = entry
+    return out
+
+
+def exec_in(lab: Lab, node: str, command: list[str]) -> int:
+    """Runs `command` in the node with stdin, stdout and stderr passed through; returns its exit code."""
+    if node not in lab.nodes:
+        raise LabError(f"lab {lab.name} has no node {node!r} (nodes: {', '.join(lab.nodes)})")
+    state = LabState.load(lab.name)
+    ns = state.nodes.get(node) if state else None
+    if not ns or not processes.alive_in(ns.keeper_pid, ns.keeper_mnt):
+        raise LabError(f"node {node} of lab {lab.name} is not running")
+    return in_node.run(ns.keeper_pid, in_node.node_env(lab.name, lab.nodes[node]), command, None).returncode
