@@ -1,8 +1,176 @@
-"""`tortie run`, `tortie config check`, `tortie status`, `tortie pod ...`."""
+"""`tortie run`, `tortie config check`, `tortie status`, `tortie routes`, `tortie pod ...`."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from config.load import ConfigError, load_model
+from config.node import NodeConfig
+
+DEFAULT_CONFIG = "/etc/tortie/tortie.yaml"
+
+
+def load_node(path: str) -> NodeConfig:
+    return load_model(path, NodeConfig)
+
+
+def _config_errors(args: argparse.Namespace, func):
+    """Runs func(args, node); an invalid configuration gets its errors and exit 2, nothing else happens."""
+    try:
+        node = load_node(args.config)
+    except ConfigError as e:
+        print("\n".join(e.errors), file=sys.stderr)
+        return 2
+    return func(args, node)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.files:
+        try:
+            node = load_node(path)
+            print(f"{path}: ok (node {node.name}, {len(node.bgp_peers())} BGP peers, {len(node.blocks)} blocks)")
+        except ConfigError as e:
+            print("\n".join(e.errors), file=sys.stderr)
+            status = 2
+    return status
+
+
+def cmd_run(args: argparse.Namespace, node: NodeConfig) -> int:
+    from bgpd.daemon import Daemon
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="%(levelname)s %(name)s %(message)s" if args.no_timestamps
+                        else "%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def main() -> None:
+        await Daemon(node, cleanup_on_exit=args.cleanup).run()
+
+    asyncio.run(main())
+    return 0
+
+
+def _view(view: str, render):
+    def cmd(args: argparse.Namespace, node: NodeConfig) -> int:
+        from bgpd.control import DaemonNotRunning, query
+        try:
+            result = query(node.run_dir / "tortie.sock", view)
+        except DaemonNotRunning as e:
+            print(f"tortie: {e}", file=sys.stderr)
+            return 3
+        print(json.dumps(result, indent=2, sort_keys=True) if args.json else render(result))
+        return 0
+    return cmd
+
+
+def _render_status(s: dict) -> str:
+    lines = [f"node {s['node']}  AS {s['asn']}  router id {s['router_id']}  blocks {', '.join(s['blocks'])}",
+             f"kernel routes {s['kernel_routes']}  initial sync {'done' if s['initial_sync_done'] else 'pending'}"
+             f"  exabgp restarts {s['exabgp_restarts']}", ""]
+    fmt = "{:<16} {:<16} {:>10} {:<10} {:>8} {:>9} {:>9} {:>8} {:>10}  {}"
+    lines.append(fmt.format("peer", "address", "asn", "state", "uptime", "received", "accepted", "rejected",
+                            "advertised", "last error"))
+    for p in s["peers"]:
+        lines.append(fmt.format(p["name"], p["address"], p["asn"], p["state"], int(p["uptime"]), p["received"],
+                                p["accepted"], p["rejected"], p["advertised"], p["last_error"]))
+    return "\n".join(lines)
+
+
+def _render_routes(routes: list[dict]) -> str:
+    fmt = "{:<20} {:<32} {:<32} {}"
+    lines = [fmt.format("prefix", "next hops", "from", "in kernel")]
+    for r in routes:
+        lines.append(fmt.format(r["prefix"], ",".join(r["next_hops"]), ",".join(r["peers"]),
+                                "yes" if r["in_kernel"] else "NO"))
+    return "\n".join(lines)
+
+
+def cmd_pod_add(args: argparse.Namespace, node: NodeConfig) -> int:
+    from bgpd.pods import PodError, add_pod
+    try:
+        pod = add_pod(node, args.pod, ip=args.ip, existing_netns=args.netns)
+    except (PodError, ValueError) as e:
+        print(f"tortie pod add: {e}", file=sys.stderr)
+        return 1
+    print(pod.ip)
+    return 0
+
+
+def cmd_pod_del(args: argparse.Namespace, node: NodeConfig) -> int:
+    from bgpd.pods import PodError, del_pod
+    try:
+        del_pod(node, args.pod)
+    except PodError as e:
+        print(f"tortie pod del: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_pod_list(args: argparse.Namespace, node: NodeConfig) -> int:
+    from dataclasses import asdict
+
+    from bgpd.pods import PodStore
+    pods = PodStore(node).all()
+    if args.json:
+        print(json.dumps([asdict(p) for p in pods], indent=2))
+    else:
+        for p in pods:
+            print(f"{p.key:<40} {p.ip:<16} {p.host_interface:<15} {p.netns}")
+    return 0
+
+
+def cmd_pod_exec(args: argparse.Namespace, node: NodeConfig) -> int:
+    from bgpd.pods import PodError, exec_in_pod
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        print("tortie pod exec: give a command after --", file=sys.stderr)
+        return 2
+    try:
+        exec_in_pod(node, args.pod, argv)
+    except PodError as e:
+        print(f"tortie pod exec: {e}", file=sys.stderr)
+        return 1
+    return 0  # not reached: exec replaced us
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    pass
+    def with_config(p: argparse.ArgumentParser, func) -> None:
+        p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"node configuration (default {DEFAULT_CONFIG})")
+        p.set_defaults(func=lambda args: _config_errors(args, func))
+
+    p = sub.add_parser("run", help="run the node daemon")
+    p.add_argument("--cleanup", action="store_true", help="on exit, withdraw our blocks and remove our kernel routes")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-timestamps", action="store_true", help="leave timestamps to journald")
+    with_config(p, cmd_run)
+
+    cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_command", required=True)
+    p = cfg.add_parser("check", help="validate node configuration files")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_config_check)
+
+    for name, view, render, text in (("status", "status", _render_status, "BGP sessions of the running daemon"),
+                                     ("routes", "routes", _render_routes, "the RIB and what is in the kernel")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--json", action="store_true")
+        with_config(p, _view(view, render))
+
+    pod = sub.add_parser("pod", help="local pods").add_subparsers(dest="pod_command", required=True)
+    p = pod.add_parser("add", help="create a pod's network: netns, veth, address, routes")
+    p.add_argument("pod", metavar="NAMESPACE/POD")
+    p.add_argument("--ip", help="address to use (default: the first free one of the node's blocks)")
+    p.add_argument("--netns", help="use this existing network namespace")
+    with_config(p, cmd_pod_add)
+    p = pod.add_parser("del", help="remove a pod's network")
+    p.add_argument("pod", metavar="NAMESPACE/POD")
+    with_config(p, cmd_pod_del)
+    p = pod.add_parser("list", help="list local pods")
+    p.add_argument("--json", action="store_true")
+    with_config(p, cmd_pod_list)
+    p = pod.add_parser("exec", help="run a command inside a pod")
+    p.add_argument("pod", metavar="NAMESPACE/POD")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
+    with_config(p, cmd_pod_exec)

@@ -1,0 +1,62 @@
+"""The daemon's local control socket: one JSON request, one JSON answer, per connection."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+
+class ControlServer:
+    def __init__(self, path: Path, status: Callable[[], Any], routes: Callable[[], Any]):
+        self.path = path
+        self.views = {"status": status, "routes": routes}
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        old = os.umask(0o077)  # root only
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        finally:
+            os.umask(old)
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+        self.path.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = json.loads(await asyncio.wait_for(reader.readline(), 5))
+            view = self.views.get(request.get("view"))
+            answer = {"ok": True, "result": view()} if view else {"ok": False, "error": "unknown view"}
+        except (ValueError, AttributeError, asyncio.TimeoutError) as e:
+            answer = {"ok": False, "error": f"bad request: {e}"}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        await writer.drain()
+        writer.close()
+
+
+class DaemonNotRunning(Exception):
+    pass
+
+
+def query(path: Path, view: str, timeout: float = 5.0) -> Any:
+    """Asks the running daemon for a view; raises DaemonNotRunning with a one-line reason."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonNotRunning(f"tortie is not running (no daemon at {path})") from None
+        sock.sendall(json.dumps({"view": view}).encode() + b"\n")
+        data = b""
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    answer = json.loads(data)
+    if not answer.get("ok"):
+        raise DaemonNotRunning(answer.get("error", "daemon refused the request"))
+    return answer["result"]

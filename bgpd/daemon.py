@@ -1,0 +1,259 @@
+"""The node daemon: ExaBGP events in, RIB in the middle, kernel routes out."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from bgpd import exabgp_messages as msgs
+from bgpd.control import ControlServer
+from bgpd.exabgp_config import exabgp_environment, render_config
+from bgpd.exabgp_process import ExaBGPSupervisor
+from bgpd.kernel_routes import KernelTable
+from bgpd.metrics import DaemonMetrics
+from bgpd.rib import ImportFilter, Reject, Rib, Update
+from config.node import NodeConfig, Peer
+
+log = logging.getLogger("tortie.daemon")
+
+
+@dataclass
+class PeerState:
+    peer: Peer
+    state: str = "idle"
+    since: float | None = None
+    last_error: str = ""
+    updates: int = 0
+    advertised: int = 0
+    stale_timer: asyncio.TimerHandle | None = None
+    logged_rejects: frozenset[Reject] = frozenset()
+
+
+class Daemon:
+    COALESCE = 0.005  # seconds to gather more changes before a kernel write
+
+    def __init__(self, node: NodeConfig, cleanup_on_exit: bool = False):
+        self.node = node
+        self.cleanup_on_exit = cleanup_on_exit
+        peers = node.bgp_peers()
+        self.peers = {str(p.address): PeerState(p) for p in peers}
+        self.rib = Rib(
+            ImportFilter(tuple(p.cidr for p in node.pools), tuple(node.blocks),
+                         frozenset((node.listen_address, node.router_id))),
+            {str(p.address): node.max_prefixes_for(p) for p in peers})
+        self.kernel = KernelTable(node.route_protocol)
+        node.run_dir.mkdir(parents=True, exist_ok=True)
+        node.state_dir.mkdir(parents=True, exist_ok=True)
+        self.supervisor = ExaBGPSupervisor(
+            node.run_dir / "exabgp.conf", node.run_dir / "exabgp.sock", exabgp_environment(node),
+            on_connect=self._relay_session, on_exit=self._exabgp_exited)
+        self.metrics = DaemonMetrics(self)
+        self.control = ControlServer(node.run_dir / "tortie.sock", self.status, self.routes)
+        self.initial_sync = asyncio.Event()
+        self._adopted: set[IPv4Network] = set()
+        self._dirty: set[IPv4Network] = set()
+        self._dirty_since: float | None = None
+        self._wake = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._stop = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.kernel.adopt()
+        self._adopted = set(self.kernel.installed)
+        log.info("adopted kernel routes=%d protocol=%d", len(self._adopted), self.node.route_protocol)
+        self._mark(self.node.blocks)  # blackholes for our own blocks, at once
+        (self.node.run_dir / "exabgp.conf").write_text(render_config(self.node, self.node.run_dir / "exabgp.sock"))
+        self.metrics.serve(str(self.node.metrics.address), self.node.metrics.port)
+        await self.control.start()
+        tasks = [asyncio.create_task(self._program(), name="program"),
+                 asyncio.create_task(self.supervisor.run(), name="exabgp"),
+                 asyncio.create_task(self._initial_sync_deadline(), name="initial-sync")]
+        if not self.peers:
+            self._check_initial_sync()
+        await self._stop.wait()
+        log.info("stopping cleanup=%s", self.cleanup_on_exit)
+        if self.cleanup_on_exit and self._writer:
+            await self._send(msgs.withdraw_blocks(self.node.blocks))
+            await asyncio.sleep(0.5)
+        await self.supervisor.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.cleanup_on_exit:
+            result = await self.kernel.sync({p: None for p in self.kernel.installed})
+            log.info("removed kernel routes=%d", result.removed)
+        await self.control.stop()
+        self.kernel.close()
+
+    async def _initial_sync_deadline(self) -> None:
+        await asyncio.sleep(self.node.initial_sync_timeout)
+        if not self.initial_sync.is_set():
+            waiting = [a for a, ps in self.peers.items() if not self.rib.peers[a].eor]
+            log.warning("initial sync timed out waiting_for_eor=%s", ",".join(waiting))
+            self._finish_initial_sync()
+
+    def _check_initial_sync(self) -> None:
+        if not self.initial_sync.is_set() and all(r.eor for r in self.rib.peers.values()):
+            self._finish_initial_sync()
+
+    def _finish_initial_sync(self) -> None:
+        """Now routes adopted at start that nobody announced again are known to be stale."""
+        self.initial_sync.set()
+        self._mark(self._adopted)
+        self._adopted = set()
+        log.info("initial sync done")
+
+    # --- ExaBGP ------------------------------------------------------------------------------------
+    async def _relay_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             fresh: bool) -> None:
+        self._writer = writer
+        log.info("exabgp relay connected new_process=%s", fresh)
+        await self._send(msgs.announce_blocks(self.node.blocks))
+        if not fresh:  # only the relay was respawned: sessions are up but updates may have been lost
+            await self._send([msgs.route_refresh()])
+        try:
+            while line := await reader.readline():
+                for event in msgs.parse_line(line.decode(errors="replace")):
+                    self._handle(event)
+        finally:
+            self._writer = None
+            log.warning("exabgp relay disconnected")
+
+    async def _send(self, commands: list[str]) -> None:
+        if self._writer is None or not commands:
+            return
+        self._writer.write("".join(c + "\n" for c in commands).encode())
+        await self._writer.drain()
+
+    def _exabgp_exited(self) -> None:
+        """We restart, RFC 4724 style: keep what peers gave us as stale until they send it again."""
+        for addr, ps in self.peers.items():
+            if ps.state == "up":
+                self._session_down(addr, ps, "exabgp exited", graceful=True)
+            ps.state = "idle"
+
+    def _handle(self, event: msgs.Event) -> None:
+        if isinstance(event, msgs.Malformed):
+            self.metrics.malformed.inc()
+            log.warning("malformed exabgp message reason=%s", event.reason)
+            return
+        ps = self.peers.get(event.peer)
+        if ps is None:
+            return
+        if isinstance(event, msgs.Announce):
+            ps.updates += 1
+            for prefix in event.prefixes:
+                self._apply(event.peer, ps, self.rib.announce(event.peer, prefix, event.next_hop))
+        elif isinstance(event, msgs.Withdraw):
+            ps.updates += 1
+            for prefix in event.prefixes:
+                self._apply(event.peer, ps, self.rib.withdraw(event.peer, prefix))
+        elif isinstance(event, msgs.EndOfRib):
+            self._cancel_stale_timer(ps)
+            self._apply(event.peer, ps, self.rib.end_of_rib(event.peer))
+            self._check_initial_sync()
+        elif event.state == "up":
+            ps.state, ps.since, ps.logged_rejects = "up", time.time(), frozenset()
+            ps.advertised = len(self.node.blocks)
+            self.rib.session_up(event.peer)
+            log.info("session up peer=%s", event.peer)
+            asyncio.get_running_loop().create_task(self._send([msgs.end_of_rib(event.peer)]))
+        elif event.state == "down":
+            self._session_down(event.peer, ps, event.reason, event.graceful and self.node.graceful_restart > 0)
+        else:
+            ps.state = event.state
+
+    def _session_down(self, addr: str, ps: PeerState, reason: str, graceful: bool) -> None:
+        was_up = ps.state == "up"
+        ps.state, ps.since, ps.last_error, ps.advertised = "down", time.time(), reason, 0
+        if was_up:
+            log.warning("session down peer=%s reason=%r keep_stale=%s", addr, reason, graceful)
+        self._apply(addr, ps, self.rib.session_down(addr, graceful))
+        self._cancel_stale_timer(ps)
+        if graceful and self.rib.peers[addr].stale:
+            ps.stale_timer = asyncio.get_running_loop().call_later(
+                self.node.graceful_restart, self._stale_expired, addr)
+        elif not graceful:
+            # a peer that is gone will send no End-of-RIB: don't hold the initial sync for it
+            self.rib.peers[addr].eor = True
+            self._check_initial_sync()
+
+    def _stale_expired(self, addr: str) -> None:
+        ps = self.peers[addr]
+        ps.stale_timer = None
+        log.warning("graceful restart time over peer=%s stale_routes=%d", addr, len(self.rib.peers[addr].stale))
+        self._apply(addr, ps, self.rib.purge_stale(addr))
+
+    @staticmethod
+    def _cancel_stale_timer(ps: PeerState) -> None:
+        if ps.stale_timer:
+            ps.stale_timer.cancel()
+            ps.stale_timer = None
+
+    def _apply(self, addr: str, ps: PeerState, upd: Update) -> None:
+        if upd.rejected is not None and upd.rejected not in ps.logged_rejects:
+            ps.logged_rejects |= {upd.rejected}
+            log.warning("rejecting routes peer=%s reason=%s (logged once per session; see "
+                        "tortie_bgp_prefixes_rejected_total)", addr, upd.rejected.value)
+        if upd.changed:
+            self._mark(upd.changed)
+
+    # --- kernel ------------------------------------------------------------------------------------
+    def _mark(self, prefixes) -> None:
+        self._dirty.update(prefixes)
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+        self._wake.set()
+
+    async def _program(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.COALESCE)
+            self._wake.clear()
+            batch, self._dirty = self._dirty, set()
+            since, self._dirty_since = self._dirty_since, None
+            desired = {}
+            for prefix in batch:
+                want = self.rib.desired(prefix)
+                if want is None and prefix in self._adopted:
+                    continue  # decided once the initial sync is done
+                desired[prefix] = want
+            result = await self.kernel.sync(desired)
+            if result.errors:
+                self.metrics.programming_errors.inc(len(result.errors))
+            if since is not None and (result.added or result.replaced or result.removed):
+                self.metrics.programming_latency.observe(time.monotonic() - since)
+
+    # --- views -------------------------------------------------------------------------------------
+    def status(self) -> dict:
+        now = time.time()
+        return {
+            "node": self.node.name, "asn": self.node.asn, "router_id": str(self.node.router_id),
+            "blocks": [str(b) for b in self.node.blocks],
+            "initial_sync_done": self.initial_sync.is_set(),
+            "kernel_routes": len(self.kernel.installed),
+            "exabgp_restarts": self.supervisor.restarts,
+            "peers": [{
+                "name": ps.peer.name or addr, "address": addr, "asn": ps.peer.asn, "state": ps.state,
+                "uptime": round(now - ps.since, 1) if ps.state == "up" and ps.since else 0,
+                "received": self.rib.peers[addr].received, "accepted": self.rib.accepted(addr),
+                "rejected": sum(self.rib.peers[addr].rejected.values()), "advertised": ps.advertised,
+                "stale": len(self.rib.peers[addr].stale), "last_error": ps.last_error,
+            } for addr, ps in self.peers.items()],
+        }
+
+    def routes(self) -> list[dict]:
+        desired = self.rib.all_desired()
+        return [{
+            "prefix": str(prefix),
+            "next_hops": sorted(str(h) for h in hops) or ["blackhole"],
+            "peers": sorted(self.rib.sources(prefix)) or ["local"],
+            "in_kernel": self.kernel.installed.get(prefix) == hops,
+        } for prefix, hops in sorted(desired.items())]

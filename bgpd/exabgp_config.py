@@ -1,0 +1,70 @@
+"""Renders ExaBGP's configuration and environment from the node configuration. Pure."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from config.node import NodeConfig, Peer
+
+PROCESS = "tortie"
+
+
+def _q(s: str) -> str:
+    # config.node refuses quotes, backslashes and braces in passwords and names; this only wraps
+    return f'"{s}"'
+
+
+def render_neighbor(node: NodeConfig, peer: Peer) -> str:
+    lines = [
+        f"neighbor {peer.address} {{",
+        f"    description {_q(peer.name or str(peer.address))};",
+        f"    router-id {node.router_id};",
+        f"    local-address {node.listen_address};",
+        f"    local-as {node.asn};",
+        f"    peer-as {peer.asn};",
+        f"    hold-time {peer.hold_time};",
+        # we keep our own RIB: ExaBGP's adj-rib-in would double the memory for nothing
+        "    adj-rib-in false;",
+        # End-of-RIB only once our routes are re-announced, so peers keep stale routes until then
+        "    manual-eor true;",
+        "    group-updates true;",
+    ]
+    if peer.passive:
+        lines += ["    passive true;", "    listen 179;"]
+    if peer.password:
+        lines.append(f"    md5-password {_q(peer.password)};")
+    lines += [
+        "    family { ipv4 unicast; }",
+        "    capability {",
+        "        route-refresh enable;",
+        f"        graceful-restart {node.graceful_restart};" if node.graceful_restart else "",
+        "    }",
+        f"    api {{ processes [ {PROCESS} ]; neighbor-changes; receive {{ parsed; update; }} }}",
+        "}",
+    ]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def render_config(node: NodeConfig, relay_socket: Path, python: str = sys.executable) -> str:
+    head = (
+        f"process {PROCESS} {{\n"
+        f"    run {python} -m bgpd.relay {relay_socket};\n"
+        "    encoder json;\n"
+        "}\n"
+    )
+    return head + "".join(render_neighbor(node, p) for p in node.bgp_peers())
+
+
+def exabgp_environment(node: NodeConfig) -> dict[str, str]:
+    """ExaBGP settings passed as environment variables (see shared notes: privileges, acks, logging)."""
+    return {
+        "exabgp.daemon.user": "root",
+        "exabgp.daemon.daemonize": "false",
+        "exabgp.daemon.drop": "false",
+        "exabgp.api.ack": "false",
+        "exabgp.log.level": "WARNING",
+        "exabgp.log.destination": "stdout",
+        "exabgp.tcp.bind": str(node.listen_address) if any(p.passive for p in node.bgp_peers()) else "",
+        "exabgp.tcp.port": "179",
+        "exabgp.daemon.pid": "",
+    }

@@ -1,0 +1,104 @@
+"""ExaBGP 5 JSON API messages to typed events, and our commands to ExaBGP's text API. Pure."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Iterable, Union
+
+
+@dataclass(frozen=True)
+class SessionState:
+    peer: str
+    state: str  # "up", "down", "connected"
+    reason: str = ""
+
+    @property
+    def graceful(self) -> bool:
+        """RFC 4724: a session that ended by a TCP close without NOTIFICATION is a restart; keep routes.
+
+        ExaBGP reports that as "closing connection"; a hold-timer expiry or any NOTIFICATION is not.
+        """
+        return self.state == "down" and self.reason.startswith("closing connection")
+
+
+@dataclass(frozen=True)
+class Announce:
+    peer: str
+    next_hop: IPv4Address
+    prefixes: tuple[IPv4Network, ...]
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    peer: str
+    prefixes: tuple[IPv4Network, ...]
+
+
+@dataclass(frozen=True)
+class EndOfRib:
+    peer: str
+
+
+@dataclass(frozen=True)
+class Malformed:
+    line: str
+    reason: str
+
+
+Event = Union[SessionState, Announce, Withdraw, EndOfRib, Malformed]
+FAMILY = "ipv4 unicast"
+
+
+def parse_line(line: str) -> list[Event]:
+    """One line from ExaBGP. Unknown message types (keepalive, open, notification...) give no event."""
+    line = line.strip()
+    if not line or line in ("done", "error"):
+        return []
+    try:
+        msg = json.loads(line)
+        if not isinstance(msg, dict):
+            raise ValueError("not a JSON object")
+        kind = msg.get("type")
+        if kind not in ("state", "update"):
+            return []
+        peer = msg["neighbor"]["address"]["peer"]
+        if kind == "state":
+            return [SessionState(peer, msg["neighbor"]["state"], msg["neighbor"].get("reason", ""))]
+        return list(_update_events(peer, msg["neighbor"]["message"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return [Malformed(line[:200], f"{type(e).__name__}: {e}")]
+
+
+def _update_events(peer: str, message: dict) -> Iterable[Event]:
+    if "eor" in message:
+        eor = message["eor"]
+        if (eor.get("afi"), eor.get("safi")) == ("ipv4", "unicast"):
+            yield EndOfRib(peer)
+        return
+    update = message.get("update", {})
+    for family, nlris in update.get("withdraw", {}).items():
+        if family == FAMILY:
+            yield Withdraw(peer, tuple(IPv4Network(n["nlri"]) for n in nlris))
+    for family, by_next_hop in update.get("announce", {}).items():
+        if family != FAMILY:
+            continue
+        for next_hop, nlris in by_next_hop.items():
+            yield Announce(peer, IPv4Address(next_hop), tuple(IPv4Network(n["nlri"]) for n in nlris))
+
+
+# --- commands --------------------------------------------------------------------------------------
+def announce_blocks(blocks: Iterable[IPv4Network]) -> list[str]:
+    return [f"announce route {b} next-hop self" for b in blocks]
+
+
+def withdraw_blocks(blocks: Iterable[IPv4Network]) -> list[str]:
+    return [f"withdraw route {b}" for b in blocks]
+
+
+def end_of_rib(peer: str) -> str:
+    return f"neighbor {peer} announce eor ipv4 unicast"
+
+
+def route_refresh() -> str:
+    return "announce route-refresh ipv4 unicast"

@@ -1,0 +1,164 @@
+"""The routing information base: pure state, no I/O.
+
+Feeds are BGP events (announce, withdraw, session up/down, End-of-RIB); the output is the set of
+kernel routes that should exist. Every mutating call returns the prefixes whose desired kernel
+route may have changed, so the dataplane driver reprograms only those.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+
+class Reject(enum.Enum):
+    NOT_IN_POOL = "not_in_pool"
+    OWN_BLOCK = "own_block"
+    DEFAULT_ROUTE = "default_route"
+    MAX_PREFIXES = "max_prefixes"
+    BAD_NEXT_HOP = "bad_next_hop"
+
+
+@dataclass(frozen=True)
+class ImportFilter:
+    """Which prefixes a peer may give us: inside a cluster pool, never one of our own blocks, never default."""
+
+    pools: tuple[IPv4Network, ...]
+    own_blocks: tuple[IPv4Network, ...]
+    own_addresses: frozenset[IPv4Address] = frozenset()
+
+    def check(self, prefix: IPv4Network, next_hop: IPv4Address | None) -> Reject | None:
+        if prefix.prefixlen == 0:
+            return Reject.DEFAULT_ROUTE
+        if not any(prefix.subnet_of(p) for p in self.pools):
+            return Reject.NOT_IN_POOL
+        if any(prefix.overlaps(b) for b in self.own_blocks):
+            return Reject.OWN_BLOCK
+        if next_hop is not None and (next_hop in self.own_addresses or next_hop.is_unspecified
+                                     or next_hop.is_loopback or next_hop.is_multicast):
+            return Reject.BAD_NEXT_HOP
+        return None
+
+
+@dataclass
+class PeerRib:
+    """What one peer gave us. `stale` holds prefixes kept across the peer's graceful restart."""
+
+    max_prefixes: int
+    routes: dict[IPv4Network, IPv4Address] = field(default_factory=dict)
+    stale: set[IPv4Network] = field(default_factory=set)
+    received: int = 0
+    rejected: dict[Reject, int] = field(default_factory=lambda: {r: 0 for r in Reject})
+    eor: bool = False
+
+
+@dataclass(frozen=True)
+class Update:
+    """Result of one RIB operation: changed prefixes, and a rejection if the route was refused."""
+
+    changed: frozenset[IPv4Network] = frozenset()
+    rejected: Reject | None = None
+
+
+NOTHING = Update()
+KernelRoute = frozenset[IPv4Address]  # next hops; empty means blackhole
+
+
+class Rib:
+    def __init__(self, flt: ImportFilter, max_prefixes: dict[str, int]):
+        self.filter = flt
+        self.peers: dict[str, PeerRib] = {p: PeerRib(max_prefixes=m) for p, m in max_prefixes.items()}
+        # prefix -> {peer: next hop}: the reverse index that makes desired() per prefix O(peers for it)
+        self._by_prefix: dict[IPv4Network, dict[str, IPv4Address]] = {}
+
+    # --- peers -------------------------------------------------------------------------------------
+    def add_peer(self, peer: str, max_prefixes: int) -> None:
+        self.peers.setdefault(peer, PeerRib(max_prefixes=max_prefixes)).max_prefixes = max_prefixes
+
+    def remove_peer(self, peer: str) -> Update:
+        upd = self.session_down(peer, graceful=False)
+        del self.peers[peer]
+        return upd
+
+    def session_up(self, peer: str) -> Update:
+        """A (re)established session: everything still held from before is stale until refreshed."""
+        rib = self.peers[peer]
+        rib.stale = set(rib.routes)
+        rib.eor = False
+        return NOTHING
+
+    def session_down(self, peer: str, graceful: bool) -> Update:
+        """Session lost. With `graceful` (the peer restarts, RFC 4724) its routes stay as stale."""
+        rib = self.peers[peer]
+        rib.eor = False
+        if graceful:
+            rib.stale = set(rib.routes)
+            return NOTHING
+        return self._drop(peer, list(rib.routes))
+
+    def end_of_rib(self, peer: str) -> Update:
+        """The peer finished its initial table: stale routes it did not refresh are gone."""
+        rib = self.peers[peer]
+        rib.eor = True
+        return self.purge_stale(peer)
+
+    def purge_stale(self, peer: str) -> Update:
+        rib = self.peers[peer]
+        upd = self._drop(peer, list(rib.stale))
+        rib.stale.clear()
+        return upd
+
+    # --- routes ------------------------------------------------------------------------------------
+    def announce(self, peer: str, prefix: IPv4Network, next_hop: IPv4Address) -> Update:
+        rib = self.peers[peer]
+        rib.received += 1
+        reason = self.filter.check(prefix, next_hop)
+        if reason is None and prefix not in rib.routes and len(rib.routes) >= rib.max_prefixes:
+            reason = Reject.MAX_PREFIXES
+        if reason is not None:
+            rib.rejected[reason] += 1
+            # an implicit withdraw of what the peer had announced for this prefix before
+            return Update(self._drop(peer, [prefix]).changed, reason)
+        rib.stale.discard(prefix)
+        if rib.routes.get(prefix) == next_hop:
+            return NOTHING
+        rib.routes[prefix] = next_hop
+        self._by_prefix.setdefault(prefix, {})[peer] = next_hop
+        return Update(frozenset((prefix,)))
+
+    def withdraw(self, peer: str, prefix: IPv4Network) -> Update:
+        return self._drop(peer, [prefix])
+
+    def _drop(self, peer: str, prefixes: list[IPv4Network]) -> Update:
+        rib = self.peers[peer]
+        changed = []
+        for prefix in prefixes:
+            rib.stale.discard(prefix)
+            if rib.routes.pop(prefix, None) is None:
+                continue
+            holders = self._by_prefix[prefix]
+            del holders[peer]
+            if not holders:
+                del self._by_prefix[prefix]
+            changed.append(prefix)
+        return Update(frozenset(changed)) if changed else NOTHING
+
+    # --- output ------------------------------------------------------------------------------------
+    def desired(self, prefix: IPv4Network) -> KernelRoute | None:
+        """The kernel route this prefix should have: own blocks are blackholes, learned ones ECMP."""
+        if prefix in self.filter.own_blocks:
+            return frozenset()
+        holders = self._by_prefix.get(prefix)
+        return frozenset(holders.values()) if holders else None
+
+    def all_desired(self) -> dict[IPv4Network, KernelRoute]:
+        out: dict[IPv4Network, KernelRoute] = {b: frozenset() for b in self.filter.own_blocks}
+        for prefix, holders in self._by_prefix.items():
+            out[prefix] = frozenset(holders.values())
+        return out
+
+    def sources(self, prefix: IPv4Network) -> dict[str, IPv4Address]:
+        return dict(self._by_prefix.get(prefix, {}))
+
+    def accepted(self, peer: str) -> int:
+        return len(self.peers[peer].routes)
