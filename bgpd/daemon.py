@@ -59,6 +59,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
         self._stop = asyncio.Event()
+        self._stopping = False
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -79,6 +80,7 @@ class Daemon:
             self._check_initial_sync()
         await self._stop.wait()
         log.info("stopping cleanup=%s", self.cleanup_on_exit)
+        self._stopping = True  # sessions now go down because *we* stop: their routes stay
         if self.cleanup_on_exit and self._writer:
             await self._send(msgs.withdraw_blocks(self.node.blocks))
             await asyncio.sleep(0.5)
@@ -119,7 +121,7 @@ class Daemon:
         if not fresh:  # only the relay was respawned: sessions are up but updates may have been lost
             await self._send([msgs.route_refresh()])
         try:
-            while line := await reader.readline():
+            while (line := await reader.readline()) and not self._stopping:
                 for event in msgs.parse_line(line.decode(errors="replace")):
                     self._handle(event)
         finally:
@@ -134,6 +136,8 @@ class Daemon:
 
     def _exabgp_exited(self) -> None:
         """We restart, RFC 4724 style: keep what peers gave us as stale until they send it again."""
+        if self._stopping:
+            return
         for addr, ps in self.peers.items():
             if ps.state == "up":
                 self._session_down(addr, ps, "exabgp exited", graceful=True)

@@ -62,6 +62,7 @@ def exabgp_environment(node: NodeConfig) -> dict[str, str]:
         "exabgp.daemon.daemonize": "false",
         "exabgp.daemon.drop": "false",
         "exabgp.api.ack": "false",
+        "exabgp.api.cli": "false",  # no named pipes: the daemon is the only API user
         "exabgp.log.level": "WARNING",
         "exabgp.log.destination": "stdout",
         "exabgp.tcp.bind": str(node.listen_address) if any(p.passive for p in node.bgp_peers()) else "",

@@ -1,0 +1,68 @@
+"""Parsing ExaBGP 5 JSON (shapes from ExaBGP 5.0.15) and rendering its configuration."""
+import json
+import subprocess
+import sys
+from ipaddress import IPv4Address as A, IPv4Network as N
+from pathlib import Path
+
+from hypothesis import given, strategies as st
+
+from bgpd import exabgp_messages as m
+from bgpd.exabgp_config import render_config
+from config.node import NodeConfig
+
+NEIGHBOR = {"address": {"local": "10.99.0.1", "peer": "10.99.0.2"}, "asn": {"local": 64512, "peer": 64512}}
+
+
+def line(**neighbor):
+    return json.dumps({"exabgp": "5.0.0", "time": 1.0, "host": "h", "pid": 1, "ppid": 1, "counter": 1,
+                       "type": neighbor.pop("type"), "neighbor": {**NEIGHBOR, **neighbor}})
+
+
+def test_state():
+    assert m.parse_line(line(type="state", state="up")) == [m.SessionState("10.99.0.2", "up")]
+    down = m.parse_line(line(type="state", state="down", reason="closing connection"))[0]
+    assert down.graceful
+    hold = m.parse_line(line(type="state", state="down", reason="notification sent (4,0)"))[0]
+    assert not hold.graceful
+
+
+def test_update_announce_withdraw_eor():
+    upd = {"update": {"attribute": {"origin": "igp", "local-preference": 100},
+                      "announce": {"ipv4 unicast": {"10.99.0.2": [{"nlri": "10.244.2.0/26"}, {"nlri": "10.244.3.0/26"}]},
+                                   "ipv6 unicast": {"fe80::1": [{"nlri": "fd00::/64"}]}},
+                      "withdraw": {"ipv4 unicast": [{"nlri": "10.244.9.0/26"}]}}}
+    events = m.parse_line(line(type="update", direction="receive", message=upd))
+    assert events == [m.Withdraw("10.99.0.2", (N("10.244.9.0/26"),)),
+                      m.Announce("10.99.0.2", A("10.99.0.2"), (N("10.244.2.0/26"), N("10.244.3.0/26")))]
+    eor = m.parse_line(line(type="update", message={"eor": {"afi": "ipv4", "safi": "unicast"}}))
+    assert eor == [m.EndOfRib("10.99.0.2")]
+
+
+def test_noise_and_garbage():
+    assert m.parse_line("") == [] and m.parse_line("done") == []
+    assert m.parse_line(line(type="keepalive")) == []
+    bad = m.parse_line('{"type": "update", "neighbor": {}}')
+    assert isinstance(bad[0], m.Malformed)
+    bad = m.parse_line(line(type="update", message={"update": {"announce": {"ipv4 unicast": {"x": [{"nlri": "1"}]}}}}))
+    assert isinstance(bad[0], m.Malformed)
+
+
+@given(st.text(max_size=300))
+def test_parse_never_raises(text):
+    m.parse_line(text)
+
+
+def test_rendered_config_is_valid_for_exabgp(tmp_path):
+    node = NodeConfig.model_validate({
+        "name": "n1", "router_id": "10.99.0.1", "asn": 64512, "listen_address": "10.99.0.1",
+        "pools": [{"cidr": "10.244.0.0/16"}], "blocks": ["10.244.1.0/26"],
+        "peers": [{"address": "10.98.0.254", "asn": 65000, "password": "pw", "passive": True}],
+        "mesh": {"nodes": [{"name": "n1", "address": "10.99.0.1"}, {"name": "n2", "address": "10.99.0.2"}]}})
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(render_config(node, tmp_path / "sock"))
+    text = conf.read_text()
+    assert 'md5-password "pw"' in text and "passive true" in text and "manual-eor true" in text
+    exabgp = Path(sys.executable).with_name("exabgp")
+    r = subprocess.run([str(exabgp), "validate", str(conf)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
