@@ -66,12 +66,14 @@ def _status(args: argparse.Namespace) -> int:
 def _exec(args: argparse.Namespace) -> int:
     from bgpd.lab import runner
     command = args.command
-    if "--" in command:  # options between NODE and `--` land in the remainder: parse them here
+    if command[:1] != ["--"] and command[:1] and command[0].startswith("-") and "--" in command:
+        # options between NODE and `--` land in the remainder: parse them here
         i = command.index("--")
         late = argparse.ArgumentParser(prog="tortie lab exec", add_help=False)
         late.add_argument("--name")
         late.parse_args(command[:i], namespace=args)
-        command = command[i + 1:]
+        command = command[i:]
+    command = command[1:] if command[:1] == ["--"] else command
     if not command:
         return _fail("lab exec: no command given (tortie lab exec FILE NODE -- CMD...)")
     try:
