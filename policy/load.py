@@ -1,0 +1,85 @@
+"""Reading policy files (multi-document YAML) and the endpoints file, with errors naming file, document and field."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from config.load import ConfigError, load_model, validation_errors
+from policy.model import (AnyPolicy, Endpoints, GlobalNetworkPolicy, K8sNetworkPolicy, TortieNetworkPolicy,
+                          policy_id)
+
+KINDS: dict[tuple[str, str], type[BaseModel]] = {
+    ("networking.k8s.io/v1", "NetworkPolicy"): K8sNetworkPolicy,
+    ("tortie.io/v1", "NetworkPolicy"): TortieNetworkPolicy,
+    ("tortie.io/v1", "GlobalNetworkPolicy"): GlobalNetworkPolicy,
+}
+
+
+def _documents(path: Path) -> Iterable[tuple[int, int, Any]]:
+    """Yields (document number from 1, first line, data) for each non-empty document."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read: {getattr(e, 'strerror', None) or e}"]) from None
+    loader = yaml.SafeLoader(text)
+    number = 0
+    try:
+        while loader.check_node():
+            number += 1
+            node = loader.get_node()
+            data = loader.construct_document(node)
+            if data is not None:
+                yield number, node.start_mark.line + 1, data
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError([f"{path}: document {number + 1}: {where}invalid YAML: {getattr(e, 'problem', e)}"]) from None
+    finally:
+        loader.dispose()
+
+
+def _parse_document(data: Any) -> AnyPolicy:
+    if not isinstance(data, dict):
+        raise ValueError(f"(top level): expected a mapping, got {type(data).__name__}")
+    key = (data.get("apiVersion"), data.get("kind"))
+    model = KINDS.get(key)  # type: ignore[arg-type]
+    if model is None:
+        known = ", ".join(f"{a} {k}" for a, k in KINDS)
+        raise ValueError(f"apiVersion/kind: unknown {key[0]!r} {key[1]!r}; known: {known}")
+    return model.model_validate(data)  # type: ignore[return-value]
+
+
+def load_policies(paths: Iterable[str | Path]) -> list[AnyPolicy]:
+    """Loads every policy document of every file; raises ConfigError listing every problem found."""
+    policies: list[AnyPolicy] = []
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    for path in map(Path, paths):
+        try:
+            for number, line, data in _documents(path):
+                where = f"{path}: document {number} (line {line})"
+                try:
+                    p = _parse_document(data)
+                except ValidationError as e:
+                    errors.extend(validation_errors(where, e))
+                    continue
+                except ValueError as e:
+                    errors.append(f"{where}: {e}")
+                    continue
+                pid = policy_id(p)
+                if pid in seen:
+                    errors.append(f"{where}: metadata.name: {pid} is already defined at {seen[pid]}")
+                seen[pid] = where
+                policies.append(p)
+        except ConfigError as e:
+            errors.extend(e.errors)
+    if errors:
+        raise ConfigError(errors)
+    return policies
+
+
+def load_endpoints(path: str | Path) -> Endpoints:
+    return load_model(path, Endpoints)
