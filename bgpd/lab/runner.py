@@ -138,11 +138,12 @@ def _wait_bgp(lab: Lab, state: LabState, timeout: float) -> int:
     def check() -> dict[str, list[str]]:
         nonlocal sessions
         problems, sessions = {}, 0
-        for node in nodes:
-            ns = state.nodes[node.name]
-            if not _cmd_alive(ns):
+        for node in lab.nodes.values():
+            if node.cmd and not _cmd_alive(state.nodes[node.name]):
                 raise LabError(f"node {node.name}: its cmd {node.cmd!r} exited\n"
                                f"last lines of {state.log_path(node.name)}:\n{log_tail(state, node.name)}")
+        for node in nodes:
+            ns = state.nodes[node.name]
             try:
                 peers = bgp_peers(lab, node, ns)
                 problems[node.name] = peer_problems(peers)
