@@ -1,0 +1,130 @@
+"""Applies rulesets with iptables and ipset: one `iptables-restore --noflush` per table (IPv4, IPv6).
+
+Only chains named TT-* and ipsets named tt-* are ever created, flushed or deleted; the built-in chains only get
+one jump each to our dispatch chains. A restore is atomic per table; if the IPv6 table fails after IPv4
+succeeded, IPv4 is restored to the previous ruleset before the error is reported.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from policy import render_iptables as R
+from policy.diff import Delta
+from policy.ir import Ruleset
+from policy.kernel import ApplyError, RuleCounter, run
+from policy.names import IPSET_PREFIX, IPT_PREFIX
+from policy.apply_nft import counters_from_sums
+
+FAMILIES = (4, 6)
+
+
+class IptablesApplier:
+    backend = "iptables"
+
+    def __init__(self, variant: str = "legacy", slot: str = "a"):
+        self.variant = variant  # "legacy" or "nft": which iptables backend
+        self.slot = slot  # the ipset slot in use; the state file remembers it
+
+    def _tool(self, family: int, name: str) -> str:
+        return f"{'ip6tables' if family == 6 else 'iptables'}-{self.variant}-{name}"
+
+    def _saved(self, family: int, counters: bool = False) -> str:
+        return run([self._tool(family, "save"), "-t", "filter", *(["-c"] if counters else [])])
+
+    def _ours(self, family: int) -> tuple[list[str], list[str]]:
+        """Our chains present in the table, and the built-in chains missing their jump to us."""
+        text = self._saved(family)
+        chains = re.findall(rf"^:({re.escape(IPT_PREFIX)}\S+)", text, re.M)
+        missing = [b for c, (b, _) in R.DISPATCH.items() if f"-A {b} -j {c}\n" not in text + "\n"]
+        return chains, missing
+
+    def _restore(self, family: int, script: str) -> None:
+        run([self._tool(family, "restore"), "--noflush"], script)
+
+    def _ipsets(self) -> list[str]:
+        return [n for n in run(["ipset", "list", "-n"]).split() if n.startswith(IPSET_PREFIX)]
+
+    def _destroy(self, names: list[str]) -> None:
+        if names:
+            run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in names))
+
+    def exists(self) -> bool:
+        return all(f":{IPT_PREFIX}FORWARD " in self._saved(f) for f in FAMILIES)
+
+    def apply_full(self, rs: Ruleset, prev: Ruleset | None = None) -> None:
+        new_slot = "b" if self.slot == "a" else "a"
+        stale = [n for n in self._ipsets() if n.endswith(f"-{new_slot}")]
+        self._destroy(stale)  # leftovers of an earlier failed apply; no rule refers to the new slot
+        try:
+            run(["ipset", "restore"], R.ipset_script(rs.sets.values(), new_slot))
+            done: list[int] = []
+            try:
+                for fam in FAMILIES:
+                    chains, missing = self._ours(fam)
+                    wanted = set(R.all_chains(rs))
+                    self._restore(fam, R.restore_script(rs, fam, new_slot, remove=[c for c in chains if c not in wanted],
+                                                        jumps=missing))
+                    done.append(fam)
+            except ApplyError:
+                for fam in done:
+                    self._rollback(fam, prev)
+                raise
+        except ApplyError:
+            self._destroy([n for n in self._ipsets() if n.endswith(f"-{new_slot}")])
+            raise
+        self._destroy([n for n in self._ipsets() if n.endswith(f"-{self.slot}")])
+        self.slot = new_slot
+
+    def _rollback(self, family: int, prev: Ruleset | None) -> None:
+        chains, missing = self._ours(family)
+        if prev is None:
+            self._restore(family, self._remove_script(family, chains))
+            return
+        wanted = set(R.all_chains(prev))
+        self._restore(family, R.restore_script(prev, family, self.slot, remove=[c for c in chains if c not in wanted],
+                                               jumps=missing))
+
+    def apply_delta(self, delta: Delta, rs: Ruleset, prev: Ruleset | None = None) -> None:
+        lines = [R.ipset_create(s, self.slot) for s in delta.added_sets]
+        for s in delta.added_sets:
+            lines += (f"add {R.ipset_name(s.name, self.slot)} {R.ipset_element(s, e)}" for e in sorted(s.elements))
+        for name, (add, remove) in delta.set_elements.items():
+            s = rs.sets[name]
+            ipset = R.ipset_name(name, self.slot)
+            lines += (f"add {ipset} {R.ipset_element(s, e)}" for e in sorted(add))
+            lines += (f"del {ipset} {R.ipset_element(s, e)}" for e in sorted(remove))
+        if lines:
+            run(["ipset", "-exist", "restore"], "\n".join(lines) + "\n")
+        rewrite = [*delta.added_policy_chains, *delta.changed_policy_chains, *delta.added_endpoint_chains]
+        removed = [R.chain_name(n) for n in (*delta.removed_endpoint_chains, *delta.removed_policy_chains)]
+        if rewrite or removed or delta.dispatch:
+            for fam in FAMILIES:
+                self._restore(fam, R.restore_script(rs, fam, self.slot, chains=rewrite, remove=removed))
+        self._destroy([R.ipset_name(n, self.slot) for n in delta.removed_sets])
+
+    def _remove_script(self, family: int, chains: list[str]) -> str:
+        text = self._saved(family)
+        lines = ["*filter", *(f":{c} - [0:0]" for c in chains)]
+        lines += (f"-D {b} -j {c}" for c, (b, _) in R.DISPATCH.items() if f"-A {b} -j {c}\n" in text + "\n")
+        lines += (f"-X {c}" for c in chains)
+        return "\n".join([*lines, "COMMIT"]) + "\n"
+
+    def flush(self) -> None:
+        for fam in FAMILIES:
+            chains, _ = self._ours(fam)
+            self._restore(fam, self._remove_script(fam, chains))
+        self._destroy(self._ipsets())
+
+    def counters(self, rs: Ruleset) -> list[RuleCounter]:
+        names = {R.chain_name(n): n for n in (*rs.policy_chains, *rs.endpoint_chains)}
+        sums: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        pattern = re.compile(r'^\[(\d+):(\d+)\] -A (\S+) .*--comment (?:"([^"]*)"|(\S+))')
+        for fam in FAMILIES:
+            for line in self._saved(fam, counters=True).splitlines():
+                m = pattern.match(line)
+                if m and m[3] in names:
+                    acc = sums[names[m[3]], m[4] or m[5]]
+                    acc[0] += int(m[1])
+                    acc[1] += int(m[2])
+        return counters_from_sums(rs, sums)

@@ -1,0 +1,194 @@
+"""A throwaway pod network for tests and the benchmark: pods are network namespaces behind one host namespace.
+
+Every namespace is named `<prefix>-...` with a random per-run prefix, everything is created inside those
+namespaces (never in the caller's), and `close()` removes them all. Each pod runs a small echo server on its TCP
+and UDP ports; `probe()` tries many (source pod, destination, protocol, port) at once and reports which answered.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+
+POD_NET = "10.99"
+HOST_GW = "10.99.255.1"  # the host side of every pod's veth
+LINK_NET = "10.98"  # host endpoints: host <-> external peers
+
+
+def _sh(*args: str, ns: str | None = None, check: bool = True, stdin: str | None = None) -> str:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    p = subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=120)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {p.stderr.strip()}")
+    return p.stdout
+
+
+@dataclass
+class Pod:
+    name: str
+    ns: str
+    ip: str
+    interface: str  # host-side veth
+
+
+@dataclass
+class Lab:
+    prefix: str = field(default_factory=lambda: f"tp{secrets.token_hex(2)}")
+    pods: dict[str, Pod] = field(default_factory=dict)
+    peers: dict[str, Pod] = field(default_factory=dict)  # external hosts behind a host endpoint interface
+    _procs: list[subprocess.Popen] = field(default_factory=list)
+    _namespaces: list[str] = field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        return f"{self.prefix}-host"
+
+    def _netns(self, name: str) -> str:
+        ns = f"{self.prefix}-{name}"
+        _sh("ip", "netns", "add", ns)
+        self._namespaces.append(ns)
+        _sh("ip", "link", "set", "lo", "up", ns=ns)
+        return ns
+
+    def start(self) -> Lab:
+        self._netns("host")
+        _sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=self.host)
+        return self
+
+    def add_pod(self, name: str, index: int) -> Pod:
+        """Pod `name` gets 10.99.<index/250>.<index%250+1>/32 and host interface `tv<index>`."""
+        ns = self._netns(name)
+        ip = f"{POD_NET}.{index // 250}.{index % 250 + 1}"
+        iface = f"tv{index}"
+        _sh("ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", ns, ns=self.host)
+        _sh("ip", "addr", "add", f"{HOST_GW}/32", "dev", iface, ns=self.host)
+        _sh("ip", "link", "set", iface, "up", ns=self.host)
+        _sh("ip", "route", "add", f"{ip}/32", "dev", iface, ns=self.host)
+        _sh("ip", "addr", "add", f"{ip}/32", "dev", "eth0", ns=ns)
+        _sh("ip", "link", "set", "eth0", "up", ns=ns)
+        _sh("ip", "route", "add", "default", "via", HOST_GW, "dev", "eth0", "onlink", ns=ns)
+        pod = Pod(name, ns, ip, iface)
+        self.pods[name] = pod
+        return pod
+
+    def add_peer(self, name: str, index: int) -> Pod:
+        """An external host on its own link to the host namespace (host interface `te<index>`):
+        the peer is 10.98.<index>.2, the host 10.98.<index>.1."""
+        ns = self._netns(name)
+        iface = f"te{index}"
+        host_ip, ip = f"{LINK_NET}.{index}.1", f"{LINK_NET}.{index}.2"
+        _sh("ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", ns, ns=self.host)
+        _sh("ip", "addr", "add", f"{host_ip}/24", "dev", iface, ns=self.host)
+        _sh("ip", "link", "set", iface, "up", ns=self.host)
+        _sh("ip", "addr", "add", f"{ip}/24", "dev", "eth0", ns=ns)
+        _sh("ip", "link", "set", "eth0", "up", ns=ns)
+        _sh("ip", "route", "add", "default", "via", host_ip, ns=ns)
+        pod = Pod(name, ns, ip, iface)
+        self.peers[name] = pod
+        return pod
+
+    def serve(self, ns: str, tcp: list[int], udp: list[int]) -> None:
+        """Starts an echo server in `ns`; returns once it listens."""
+        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "policy.lab", "serve",
+                              json.dumps({"tcp": tcp, "udp": udp})], stdout=subprocess.PIPE, text=True)
+        self._procs.append(p)
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"echo server in {ns} did not start")
+
+    def probe(self, ns: str, targets: list[tuple[str, str, int]], timeout: float = 0.6) -> dict[tuple[str, str, int], bool]:
+        """From namespace `ns`, tries every (address, "tcp"|"udp", port) in parallel: True if it answered."""
+        out = _sh(sys.executable, "-m", "policy.lab", "probe", json.dumps({"targets": targets, "timeout": timeout}),
+                  ns=ns)
+        return {tuple(t): ok for t, ok in json.loads(out)}  # type: ignore[misc]
+
+    def run(self, ns: str, *args: str, check: bool = True, stdin: str | None = None) -> str:
+        return _sh(*args, ns=ns, check=check, stdin=stdin)
+
+    def close(self) -> None:
+        for p in self._procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self._procs.clear()
+        for ns in reversed(self._namespaces):
+            _sh("ip", "netns", "del", ns, check=False)
+        self._namespaces.clear()
+
+
+def _serve(spec: dict) -> None:
+    socks = []
+    for port in spec["tcp"]:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(128)
+        socks.append(s)
+    for port in spec["udp"]:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", port))
+        socks.append(s)
+
+    def tcp_loop(s: socket.socket) -> None:
+        while True:
+            c, _ = s.accept()
+            try:
+                c.sendall(b"ok")
+            except OSError:
+                pass
+            c.close()
+
+    def udp_loop(s: socket.socket) -> None:
+        while True:
+            data, addr = s.recvfrom(2048)
+            s.sendto(b"ok", addr)
+
+    for s in socks:
+        loop = tcp_loop if s.type == socket.SOCK_STREAM else udp_loop
+        threading.Thread(target=loop, args=(s,), daemon=True).start()
+    print("ready", flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+def _probe_one(addr: str, proto: str, port: int, timeout: float) -> bool:
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.settimeout(timeout)
+        try:
+            if proto == "tcp":
+                s.connect((addr, port))
+            else:
+                s.sendto(b"hi", (addr, port))
+            return s.recv(16) == b"ok"
+        except OSError:
+            return False
+
+
+def _probe(spec: dict) -> None:
+    targets = [tuple(t) for t in spec["targets"]]
+    results: list[bool] = [False] * len(targets)
+
+    def work(i: int) -> None:
+        results[i] = _probe_one(*targets[i], spec["timeout"])  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(targets))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps(list(zip(targets, results))))
+
+
+if __name__ == "__main__":
+    {"serve": _serve, "probe": _probe}[sys.argv[1]](json.loads(sys.argv[2]))
+    os._exit(0)
