@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import stat
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -32,6 +33,15 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
+def _make_mountpoint(target: str, directory: bool) -> None:
+    """A directory, or for a file bind an empty file, to mount over (if missing)."""
+    if directory:
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "a").close()
+
+
 def setup(netns_path: str, tmpfs: list[str], binds: list[tuple[str, str, bool]]) -> None:
     with open(netns_path) as f:
         _check(_libc.setns(f.fileno(), CLONE_NEWNET), f"setns {netns_path}")
@@ -45,7 +55,7 @@ def setup(netns_path: str, tmpfs: list[str], binds: list[tuple[str, str, bool]])
     for d in tmpfs:
         _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" if d == "/tmp" else "mode=755")
     for fd, (_, target, read_only) in zip(sources, binds):
-        os.makedirs(target, exist_ok=True)
+        _make_mountpoint(target, stat.S_ISDIR(os.fstat(fd).st_mode))
         _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
         if read_only:
             _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)

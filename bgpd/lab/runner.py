@@ -48,15 +48,31 @@ def _under(path: PurePosixPath, dirs: tuple[str, ...]) -> bool:
 
 
 def _make_mountpoints(lab: Lab, state: LabState) -> None:
-    """Creates on the host the directories the nodes mount over, recording each one created."""
-    targets = {PurePosixPath(d) for d in NODE_TMPFS}
-    targets |= {b.container for n in lab.nodes.values() for b in n.binds if not _under(b.container, NODE_TMPFS)}
-    for target in sorted(targets):
-        missing = [p for p in [target, *target.parents] if not os.path.exists(p)]
-        for p in reversed(missing):
-            os.mkdir(p)
-            state.created_dirs.append(str(p))
+    """Creates on the host what the nodes mount over (directories, empty files), recording each one."""
+    targets = {PurePosixPath(d): True for d in NODE_TMPFS}
+    targets.update({b.container: b.host.is_dir() for n in lab.nodes.values() for b in n.binds
+                    if not _under(b.container, NODE_TMPFS)})
+    for target, directory in sorted(targets.items()):
+        for p in reversed([p for p in [target, *target.parents] if not os.path.exists(p)]):
+            if p == target and not directory:
+                open(p, "x").close()
+            else:
+                os.mkdir(p)
+            state.created_paths.append(str(p))
             state.save()
+
+
+def _remove_if_unused(path: str) -> None:
+    """Removes a mountpoint `up` created, unless something else put content there or mounts on it."""
+    if processes.mounted_anywhere(path):
+        return
+    try:
+        if os.path.isdir(path):
+            os.rmdir(path)
+        elif os.path.getsize(path) == 0:
+            os.unlink(path)
+    except OSError:
+        pass  # not empty, or gone already
 
 
 def _start_keeper(lab: Lab, node: Node, state: LabState) -> None:
@@ -231,11 +247,8 @@ def down(name: str, lab: Lab | None) -> list[str]:
                 netns.remove(n)
             except OSError as e:
                 problems.append(f"cannot remove network namespace {n}: {e}")
-    for d in reversed(state.created_dirs if state else []):
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass  # not empty (something else uses it now) or gone already
+    for path in reversed(state.created_paths if state else []):
+        _remove_if_unused(path)
     if not problems:
         shutil.rmtree(LabState.dir(name), ignore_errors=True)
     return problems

@@ -33,6 +33,7 @@ topology:
     b:
       kind: linux
       cmd: sh -c "echo b started; exec sleep infinity"
+      binds: [cfg/hello.txt:/etc/tortie-lab-test.txt, cfg:/tmp/cfg]
       exec: ["ip addr add 10.77.0.2/24 dev eth1"]
   links:
     - endpoints: ["a:eth1", "b:eth1"]
@@ -76,6 +77,7 @@ def leftovers(name: str, pids: set[int]) -> list[str]:
             pass
     if os.path.exists(f"/run/tortie-lab/{name}"):
         found.append("state dir")
+    found += [p for p in ("/etc/tortie-lab-test", "/etc/tortie-lab-test.txt") if os.path.exists(p)]
     return found
 
 
@@ -114,6 +116,7 @@ def test_up_exec_status_down(make_lab):
     r = lab.exec("a", "sh", "-c", 'cat /etc/tortie-lab-test/hello.txt; echo "$GREETING $TORTIE_LAB"; exit 7')
     assert (r.returncode, r.stdout) == (7, "from the host\nhello 1\n")
     assert lab.exec("b", "cat", input="through stdin").stdout == "through stdin"
+    assert lab.exec("b", "cat", "/etc/tortie-lab-test.txt", "/tmp/cfg/hello.txt").stdout == "from the host\n" * 2
     assert lab.exec("a", "touch", "/etc/tortie-lab-test/x").returncode != 0  # bound read-only
     assert lab.exec("a", "ls", "/sys/class/net").stdout.split() == ["eth1", "lo"]
 
