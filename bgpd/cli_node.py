@@ -40,7 +40,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, node: NodeConfig) -> int:
-    from bgpd.daemon import Daemon
+    from bgpd.daemon import Daemon, StartupError
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(levelname)s %(name)s %(message)s" if args.no_timestamps
@@ -49,7 +49,11 @@ def cmd_run(args: argparse.Namespace, node: NodeConfig) -> int:
     async def main() -> None:
         await Daemon(node, cleanup_on_exit=args.cleanup).run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except StartupError as e:
+        print(f"tortie run: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,6 +16,12 @@ class ControlServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
+        """Raises DaemonRunning if another daemon answers on our socket: two daemons would fight."""
+        try:
+            query(self.path, "status", timeout=2)
+            raise DaemonRunning(f"another tortie daemon is running (it answers on {self.path})")
+        except DaemonNotRunning:
+            pass
         self.path.unlink(missing_ok=True)
         old = os.umask(0o077)  # root only
         try:
@@ -44,13 +50,17 @@ class DaemonNotRunning(Exception):
     pass
 
 
+class DaemonRunning(Exception):
+    pass
+
+
 def query(path: Path, view: str, timeout: float = 5.0) -> Any:
     """Asks the running daemon for a view; raises DaemonNotRunning with a one-line reason."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError, socket.timeout):
             raise DaemonNotRunning(f"tortie is not running (no daemon at {path})") from None
         sock.sendall(json.dumps({"view": view}).encode() + b"\n")
         data = b""

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from bgpd import exabgp_messages as msgs
-from bgpd.control import ControlServer
+from bgpd.control import ControlServer, DaemonRunning
 from bgpd.exabgp_config import exabgp_environment, render_config
 from bgpd.exabgp_process import ExaBGPSupervisor
 from bgpd.kernel_routes import KernelTable
@@ -18,6 +19,10 @@ from bgpd.rib import ImportFilter, Reject, Rib, Update
 from config.node import NodeConfig, Peer
 
 log = logging.getLogger("tortie.daemon")
+
+
+class StartupError(Exception):
+    pass
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Daemon:
             on_connect=self._relay_session, on_exit=self._exabgp_exited)
         self.metrics = DaemonMetrics(self)
         self.control = ControlServer(node.run_dir / "tortie.sock", self.status, self.routes)
+        self.pidfile = node.run_dir / "tortie.pid"
         self.initial_sync = asyncio.Event()
         self._adopted: set[IPv4Network] = set()
         self._dirty: set[IPv4Network] = set()
@@ -63,16 +69,25 @@ class Daemon:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def run(self) -> None:
+        """Raises StartupError, having changed nothing, if this daemon cannot run."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self.control.start()
+            self.metrics.serve(str(self.node.metrics.address), self.node.metrics.port)
+        except DaemonRunning as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            await self.control.stop()
+            raise StartupError(f"metrics endpoint {self.node.metrics.address}:{self.node.metrics.port}: "
+                               f"{e.strerror}") from None
+        self.pidfile.write_text(f"{os.getpid()}\n")
         await self.kernel.adopt()
         self._adopted = set(self.kernel.installed)
         log.info("adopted kernel routes=%d protocol=%d", len(self._adopted), self.node.route_protocol)
         self._mark(self.node.blocks)  # blackholes for our own blocks, at once
         (self.node.run_dir / "exabgp.conf").write_text(render_config(self.node, self.node.run_dir / "exabgp.sock"))
-        self.metrics.serve(str(self.node.metrics.address), self.node.metrics.port)
-        await self.control.start()
         tasks = [asyncio.create_task(self._program(), name="program"),
                  asyncio.create_task(self.supervisor.run(), name="exabgp"),
                  asyncio.create_task(self._initial_sync_deadline(), name="initial-sync")]
@@ -92,6 +107,7 @@ class Daemon:
             result = await self.kernel.sync({p: None for p in self.kernel.installed})
             log.info("removed kernel routes=%d", result.removed)
         await self.control.stop()
+        self.pidfile.unlink(missing_ok=True)
         self.kernel.close()
 
     async def _initial_sync_deadline(self) -> None:
