@@ -54,10 +54,13 @@ def _make_mountpoints(lab: Lab, state: LabState) -> None:
                     if not _under(b.container, NODE_TMPFS)})
     for target, directory in sorted(targets.items()):
         for p in reversed([p for p in [target, *target.parents] if not os.path.exists(p)]):
-            if p == target and not directory:
-                open(p, "x").close()
-            else:
-                os.mkdir(p)
+            try:
+                if p == target and not directory:
+                    open(p, "x").close()
+                else:
+                    os.mkdir(p)
+            except FileExistsError:
+                continue  # another lab coming up made it just now: it is theirs
             state.created_paths.append(str(p))
             state.save()
 
