@@ -32,6 +32,17 @@ class NodeSettings(Strict):
     binds: list[str] | None = Field(None, description="host:container[:ro], host relative to the topology file")
     env: dict[str, str] | None = None
     labels: dict[str, str] | None = Field(None, description="metadata only")
+    network_mode: Literal["none"] | None = Field(None, alias="network-mode",
+                                                 description="no management network: never one here")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_scalars(cls, v):
+        """containerlab takes numbers and booleans as values too."""
+        if isinstance(v, dict):
+            return {k: str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, int | float) else x
+                    for k, x in v.items()}
+        return v
 
     @field_validator("binds")
     @classmethod

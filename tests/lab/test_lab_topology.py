@@ -30,14 +30,14 @@ topology:
   defaults: {env: {A: "1", B: "1"}, binds: [d:/etc/d], cmd: sleep 1}
   kinds: {linux: {image: "tortie:dev", env: {B: "2"}}}
   nodes:
-    n1: {kind: linux, exec: ["true"], binds: ["n1:/etc/tortie:ro"], env: {C: "3"}}
+    n1: {kind: linux, exec: ["true"], binds: ["n1:/etc/tortie:ro"], env: {C: 3, D: true}, network-mode: none}
     n2: {cmd: "tortie run --config /etc/tortie/tortie.yaml"}
   links:
     - endpoints: ["n1:eth1", "n2:eth1"]
 """))
     n1, n2 = lab.nodes["n1"], lab.nodes["n2"]
     assert (n1.image, n1.cmd, n1.exec_) == ("tortie:dev", "sleep 1", ["true"])
-    assert n1.env == {"A": "1", "B": "2", "C": "3"}
+    assert n1.env == {"A": "1", "B": "2", "C": "3", "D": "true"}
     assert [(b.host, b.container, b.read_only) for b in n1.binds] == [
         (tmp_path / "d", PurePosixPath("/etc/d"), False), (tmp_path / "n1", PurePosixPath("/etc/tortie"), True)]
     assert lab.links == [(("n1", "eth1"), ("n2", "eth1"))]
@@ -54,6 +54,8 @@ def test_name_override(tmp_path):
 @pytest.mark.parametrize("text, where", [
     ("name: t\ntopology: {nodes: {a: {kind: nokia_srlinux}}}", "topology.nodes.a.kind"),
     ("name: t\ntopology: {nodes: {a: {ports: ['80:80']}}}", "topology.nodes.a.ports"),
+    ("name: t\ntopology: {nodes: {a: {network-mode: host}}}", "topology.nodes.a.network-mode"),
+    ("name: t\ntopology: {nodes: {a: {env: {A: [1]}}}}", "topology.nodes.a.env.A"),
     ("name: t\ntopology: {nodes: {a: {binds: ['only-one-part']}}}", "topology.nodes.a.binds"),
     ("name: t\ntopology: {nodes: {a: {binds: ['x:relative']}}}", "topology.nodes.a.binds"),
     ("name: t\ntopology: {nodes: {a: {}}, links: [{endpoints: ['a:eth1', 'host:veth0']}]}",
