@@ -77,7 +77,8 @@ def leftovers(name: str, pids: set[int]) -> list[str]:
             pass
     if os.path.exists(f"/run/tortie-lab/{name}"):
         found.append("state dir")
-    found += [p for p in ("/etc/tortie-lab-test", "/etc/tortie-lab-test.txt") if os.path.exists(p)]
+    found += [p for p in ("/etc/tortie-lab-test", "/etc/tortie-lab-test.txt", "/opt/tortie-lab-standin")
+              if os.path.exists(p)]
     return found
 
 
