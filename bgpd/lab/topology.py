@@ -44,6 +44,17 @@ class NodeSettings(Strict):
                     for k, x in v.items()}
         return v
 
+    @field_validator("cmd", "exec_")
+    @classmethod
+    def _shell_words(cls, v: str | list[str] | None) -> str | list[str] | None:
+        """containerlab splits cmd and exec entries into words: they must split."""
+        for command in [v] if isinstance(v, str) else v or []:
+            try:
+                shlex.split(command)
+            except ValueError as e:
+                raise ValueError(f"{command!r}: {e}") from None
+        return v
+
     @field_validator("binds")
     @classmethod
     def _binds(cls, v: list[str] | None) -> list[str] | None:

@@ -64,6 +64,8 @@ def test_name_override(tmp_path):
     ("name: t\ntopology: {nodes: {a: {}}, links: [{endpoints: ['a:eth1', 'a:averyverylongname0']}]}",
      "topology.links[0].endpoints"),
     ("name: t\ntopology: {nodes: {}}", "topology.nodes"),
+    ("name: t\ntopology: {nodes: {a: {cmd: 'sh -c \"unclosed'}}}", "topology.nodes.a.cmd"),
+    ("name: t\ntopology: {nodes: {a: {exec: ['true', 'echo \"x']}}}", "topology.nodes.a.exec"),
     ("topology: {nodes: {a: {}}}", "name"),
     ("name: t\nprefix: x\ntopology: {nodes: {a: {}}}", "prefix"),
 ])
