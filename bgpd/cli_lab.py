@@ -97,7 +97,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         return c
 
     c = command("up", _up, "create the lab and wait until every BGP session is up")
-    c.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for BGP sessions (default 90)")
+    c.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each exec command, then for the BGP sessions (default 90)")
     command("down", _down, "stop every process of the lab and remove its namespaces, links and state")
     c = command("status", _status, "show per node: namespace, keeper and cmd processes, BGP peers "
                                    "(exit 3 if something is not running)")

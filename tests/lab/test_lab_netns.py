@@ -179,3 +179,11 @@ def test_waits_for_bgp_sessions(make_lab, tmp_path):
     up = lab2.tortie("up", "--timeout", "10")
     assert up.returncode == 0, up.stderr
     assert "1 BGP peerings up" in up.stderr
+
+
+def test_up_fails_when_a_cmd_exits(make_lab):
+    lab = make_lab(yaml.safe_dump({"name": "dies", "topology": {"nodes": {
+        "x": {"cmd": "sh -c 'echo dying >&2; exit 3'", "exec": ["sleep 1"]}}}}))
+    up = lab.tortie("up")
+    assert up.returncode == 1
+    assert "node x: its cmd" in up.stderr and "exited" in up.stderr and "dying" in up.stderr
