@@ -102,11 +102,12 @@ class Lab:
         if p.stdout.readline().strip() != "ready":
             raise RuntimeError(f"echo server in {ns} did not start")
 
-    def probe(self, ns: str, targets: list[tuple[str, str, int]], timeout: float = 0.6) -> dict[tuple[str, str, int], bool]:
-        """From namespace `ns`, tries every (address, "tcp"|"udp", port) in parallel: True if it answered."""
+    def probe(self, ns: str, targets: list[tuple], timeout: float = 0.6) -> dict[tuple, bool]:
+        """From namespace `ns`, tries every (address, "tcp"|"udp"|"icmp", port[, source port]) in parallel:
+        True if it answered. For "icmp" an echo request is sent (the port is ignored)."""
         out = _sh(sys.executable, "-m", "policy.lab", "probe", json.dumps({"targets": targets, "timeout": timeout}),
                   ns=ns)
-        return {tuple(t): ok for t, ok in json.loads(out)}  # type: ignore[misc]
+        return {tuple(t): ok for t, ok in json.loads(out)}
 
     def run(self, ns: str, *args: str, check: bool = True, stdin: str | None = None) -> str:
         return _sh(*args, ns=ns, check=check, stdin=stdin)
@@ -160,11 +161,17 @@ def _serve(spec: dict) -> None:
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
 
 
-def _probe_one(addr: str, proto: str, port: int, timeout: float) -> bool:
+def _probe_one(addr: str, proto: str, port: int, timeout: float, src_port: int = 0) -> bool:
+    if proto == "icmp":  # port is the ICMP type to send: only echo requests (8) get an answer to check
+        return subprocess.run(["ping", "-c1", "-n", "-q", f"-W{max(1, round(timeout))}", addr],
+                              capture_output=True).returncode == 0
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as s:
         s.settimeout(timeout)
         try:
+            if src_port:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("0.0.0.0", src_port))
             if proto == "tcp":
                 s.connect((addr, port))
             else:
@@ -179,7 +186,8 @@ def _probe(spec: dict) -> None:
     results: list[bool] = [False] * len(targets)
 
     def work(i: int) -> None:
-        results[i] = _probe_one(*targets[i], spec["timeout"])  # type: ignore[arg-type]
+        addr, proto, port, *src_port = targets[i]
+        results[i] = _probe_one(addr, proto, port, spec["timeout"], *src_port)  # type: ignore[arg-type]
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(targets))]
     for t in threads:

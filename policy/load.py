@@ -27,8 +27,11 @@ def _documents(path: Path) -> Iterable[tuple[int, int, Any]]:
     loader = yaml.SafeLoader(text)
     number = 0
     try:
-        while loader.check_node():
-            number += 1
+        while True:
+            current = number + 1  # the document being read, for errors
+            if not loader.check_node():
+                break
+            number = current
             node = loader.get_node()
             data = loader.construct_document(node)
             if data is not None:
@@ -36,7 +39,7 @@ def _documents(path: Path) -> Iterable[tuple[int, int, Any]]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError([f"{path}: document {number + 1}: {where}invalid YAML: {getattr(e, 'problem', e)}"]) from None
+        raise ConfigError([f"{path}: document {current}: {where}invalid YAML: {getattr(e, 'problem', e)}"]) from None
     finally:
         loader.dispose()
 
