@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from collections.abc import Iterable
@@ -51,33 +50,6 @@ def find(mnt_ids: set[str], net_ids: set[str], env_marker: str) -> set[int]:
         if ns_id(pid, "mnt") in mnt_ids or ns_id(pid, "net") in net_ids or _environ_has(pid, marker):
             found.add(pid)
     return found
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mounted_anywhere(path: str) -> bool:
-    """True if `path`, or something under it, is a mount point in any process's mount namespace.
-
-    Removing such a directory from the host would silently detach those mounts (Linux >= 3.18),
-    e.g. another running lab's binds on /etc/tortie."""
-    seen: set[str] = set()
-    prefix = path.rstrip("/") + "/"
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        mnt = ns_id(int(entry), "mnt")
-        if mnt is None or mnt in seen:
-            continue
-        seen.add(mnt)
-        try:
-            lines = Path(f"/proc/{entry}/mountinfo").read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            point = _unescape(line.split()[4])
-            if point == path or point.startswith(prefix):
-                return True
-    return False
 
 
 def _signal(pids: Iterable[int], sig: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from pyroute2 import IPRoute, netns
 
-from bgpd.lab import in_node, processes
+from bgpd.lab import in_node, mountpoints, processes
 from bgpd.lab.bgp_wait import STATUS_COMMAND, StatusError, parse_status, peer_problems, wait_until_up
 from bgpd.lab.state import LabState, NodeState
 from bgpd.lab.topology import Lab, Node
@@ -47,35 +47,12 @@ def _under(path: PurePosixPath, dirs: tuple[str, ...]) -> bool:
     return any(path.is_relative_to(d) for d in dirs)
 
 
-def _make_mountpoints(lab: Lab, state: LabState) -> None:
-    """Creates on the host what the nodes mount over (directories, empty files), recording each one."""
+def _mount_targets(lab: Lab) -> dict[PurePosixPath, bool]:
+    """What the nodes mount over on the host's filesystem: path -> is a directory."""
     targets = {PurePosixPath(d): True for d in NODE_TMPFS}
     targets.update({b.container: b.host.is_dir() for n in lab.nodes.values() for b in n.binds
                     if not _under(b.container, NODE_TMPFS)})
-    for target, directory in sorted(targets.items()):
-        for p in reversed([p for p in [target, *target.parents] if not os.path.exists(p)]):
-            try:
-                if p == target and not directory:
-                    open(p, "x").close()
-                else:
-                    os.mkdir(p)
-            except FileExistsError:
-                continue  # another lab coming up made it just now: it is theirs
-            state.created_paths.append(str(p))
-            state.save()
-
-
-def _remove_if_unused(path: str) -> None:
-    """Removes a mountpoint `up` created, unless something else put content there or mounts on it."""
-    if processes.mounted_anywhere(path):
-        return
-    try:
-        if os.path.isdir(path):
-            os.rmdir(path)
-        elif os.path.getsize(path) == 0:
-            os.unlink(path)
-    except OSError:
-        pass  # not empty, or gone already
+    return targets
 
 
 def _start_keeper(lab: Lab, node: Node, state: LabState) -> None:
@@ -195,13 +172,14 @@ def up(lab: Lab, timeout: float) -> None:
                 raise LabError(f"{lab.path}: topology.nodes.{node.name}.binds: {b.host} does not exist")
     state = LabState(name=lab.name, topology=str(lab.path))
     state.save()
-    _make_mountpoints(lab, state)
-    for node in lab.nodes.values():
-        state.nodes[node.name] = NodeState(netns=lab.netns(node.name))
-        state.save()
-        netns.create(lab.netns(node.name))
-        _loopback_up(lab.netns(node.name))
-        _start_keeper(lab, node, state)
+    with mountpoints.registry() as created:  # no `lab down` removes a mountpoint until the keepers use it
+        mountpoints.make(_mount_targets(lab), created)
+        for node in lab.nodes.values():
+            state.nodes[node.name] = NodeState(netns=lab.netns(node.name))
+            state.save()
+            netns.create(lab.netns(node.name))
+            _loopback_up(lab.netns(node.name))
+            _start_keeper(lab, node, state)
     for a, b in lab.links:
         _add_link(a, b, lab)
     for node in lab.nodes.values():
@@ -250,8 +228,8 @@ def down(name: str, lab: Lab | None) -> list[str]:
                 netns.remove(n)
             except OSError as e:
                 problems.append(f"cannot remove network namespace {n}: {e}")
-    for path in reversed(state.created_paths if state else []):
-        _remove_if_unused(path)
+    with mountpoints.registry() as created:
+        mountpoints.remove_unused(created)
     if not problems:
         shutil.rmtree(LabState.dir(name), ignore_errors=True)
     return problems

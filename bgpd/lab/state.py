@@ -20,7 +20,6 @@ class LabState(BaseModel):
     name: str
     topology: str
     nodes: dict[str, NodeState] = Field(default_factory=dict)
-    created_paths: list[str] = Field(default_factory=list, description="mountpoints made on the host, in order")
 
     @staticmethod
     def dir(name: str) -> Path:
