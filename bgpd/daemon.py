@@ -13,7 +13,7 @@ from bgpd import exabgp_messages as msgs
 from bgpd.control import ControlServer, DaemonRunning
 from bgpd.exabgp_config import exabgp_environment, render_config
 from bgpd.exabgp_process import ExaBGPSupervisor
-from bgpd.kernel_routes import KernelTable
+from bgpd.kernel_routes import KernelTable, has_address
 from bgpd.metrics import DaemonMetrics
 from bgpd.rib import ImportFilter, Reject, Rib, Update
 from config.node import NodeConfig, Peer
@@ -89,7 +89,7 @@ class Daemon:
         self._mark(self.node.blocks)  # blackholes for our own blocks, at once
         (self.node.run_dir / "exabgp.conf").write_text(render_config(self.node, self.node.run_dir / "exabgp.sock"))
         tasks = [asyncio.create_task(self._program(), name="program"),
-                 asyncio.create_task(self.supervisor.run(), name="exabgp"),
+                 asyncio.create_task(self._start_bgp(), name="exabgp"),
                  asyncio.create_task(self._initial_sync_deadline(), name="initial-sync")]
         if not self.peers:
             self._check_initial_sync()
@@ -109,6 +109,14 @@ class Daemon:
         await self.control.stop()
         self.pidfile.unlink(missing_ok=True)
         self.kernel.close()
+
+    async def _start_bgp(self) -> None:
+        """ExaBGP cannot bind before our BGP address exists (a host still coming up): wait for it."""
+        if not await has_address(self.node.listen_address):
+            log.warning("waiting for listen_address=%s to be configured", self.node.listen_address)
+            while not await has_address(self.node.listen_address):
+                await asyncio.sleep(0.5)
+        await self.supervisor.run()
 
     async def _initial_sync_deadline(self) -> None:
         await asyncio.sleep(self.node.initial_sync_timeout)

@@ -40,6 +40,14 @@ async def dump_routes(protocol: int, table: int = RT_TABLE_MAIN) -> dict[IPv4Net
     return out
 
 
+async def has_address(address: IPv4Address) -> bool:
+    async with AsyncIPRoute() as ipr:
+        async for a in await ipr.addr("dump", family=2):
+            if a.get("address") == str(address):
+                return True
+    return False
+
+
 class KernelTable:
     """Our view of the kernel's routes of our protocol, and the writer that changes them.
 
