@@ -117,10 +117,11 @@ def _cmd_alive(ns: NodeState) -> bool:
 
 
 def bgp_peers(lab: Lab, node: Node, ns: NodeState) -> list[dict]:
-    """The node's BGP peers as `tortie status --json` reports them; StatusError if it cannot."""
+    """The node's BGP peers as `tortie status --json [--config FILE of its cmd]` reports them;
+    StatusError if it cannot."""
     try:
-        r = in_node.run(ns.keeper_pid, in_node.node_env(lab.name, node), STATUS_COMMAND, STATUS_TIMEOUT,
-                         capture_output=True)
+        r = in_node.run(ns.keeper_pid, in_node.node_env(lab.name, node),
+                         STATUS_COMMAND + node.tortie_config_args(), STATUS_TIMEOUT, capture_output=True)
     except subprocess.TimeoutExpired:
         raise StatusError(f"`{' '.join(STATUS_COMMAND)}` did not answer within {STATUS_TIMEOUT:g} s") from None
     return parse_status(r.returncode, r.stdout, r.stderr)

@@ -135,6 +135,16 @@ class Node(BaseModel):
     def runs_tortie(self) -> bool:
         return shlex.split(self.cmd or "")[:2] == ["tortie", "run"]
 
+    def tortie_config_args(self) -> list[str]:
+        """The `--config FILE` of the node's `tortie run`, for other tortie commands in the node."""
+        words = shlex.split(self.cmd or "")
+        for i, w in enumerate(words):
+            if w in ("--config", "-c") and i + 1 < len(words):
+                return ["--config", words[i + 1]]
+            if w.startswith("--config="):
+                return ["--config", w.partition("=")[2]]
+        return []
+
 
 class Lab(BaseModel):
     name: str

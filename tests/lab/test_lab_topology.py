@@ -42,6 +42,7 @@ topology:
         (tmp_path / "d", PurePosixPath("/etc/d"), False), (tmp_path / "n1", PurePosixPath("/etc/tortie"), True)]
     assert lab.links == [(("n1", "eth1"), ("n2", "eth1"))]
     assert not n1.runs_tortie() and n2.runs_tortie()
+    assert n2.tortie_config_args() == ["--config", "/etc/tortie/tortie.yaml"] and n1.tortie_config_args() == []
     assert lab.netns("n2") == "clab-t1-n2"
 
 
