@@ -73,6 +73,23 @@ def test_rejections_logged_once_per_peer(bird_lab):
     assert log.count("rejecting routes peer=10.98.0.254 reason=default_route") == 1
 
 
+def test_bird_keeps_our_routes_while_we_restart(bird_lab):
+    """BIRD is a graceful-restart helper: node1's daemon restarts and no packet to its pods is lost."""
+    probe = bird_lab.popen("node2", "tortie", "pod", "exec", "default/pod1", "--", "ping", "-q", "-i", "0.01",
+                           "-c", "1000", "-W", "1", "10.244.1.1")
+    pid = bird_lab.exec("node1", "cat", "/run/tortie/tortie.pid").stdout.strip()
+    bird_lab.exec("node1", "kill", "-TERM", pid)
+    wait_for(lambda: bird_lab.exec("node1", "test", "-e", f"/proc/{pid}", check=False).returncode != 0, 15,
+             what="node1's daemon to stop")
+    out = bird_lab.exec("tor", "birdc", "-s", "/run/bird/bird.ctl", "show", "route", "for", "10.244.1.0/26").stdout
+    assert "10.244.1.0/26" in out  # kept (as stale) by BIRD
+    bird_lab.exec("node1", "sh", "-c", "tortie run --config /etc/tortie/tortie.yaml >>/tmp/tortie.log 2>&1 &")
+    wait_for(lambda: bird_lab.json("node1", "tortie", "status", "--json")["peers"][0]["state"] == "up", 30,
+             what="node1 back")
+    out, err = probe.communicate(timeout=60)
+    assert " 0% packet loss" in out, out + err
+
+
 def gobgp_rib(lab):
     return json.loads(lab.exec("tor", "gobgp", "global", "rib", "-j").stdout)
 
@@ -92,6 +109,14 @@ def test_gobgp_routes_filtered(gobgp_lab):
     everything = {r["dst"] for r in gobgp_lab.json("node1", "ip", "-j", "route", "show")}
     assert "default" not in everything and "198.51.100.0/24" not in everything
     gobgp_lab.exec("node1", "tortie", "pod", "exec", "default/pod1", "--", "ping", "-c", "2", "-W", "2", "10.244.2.1")
+
+
+def test_gobgp_md5_session(gobgp_lab):
+    """node2's session carries TCP MD5 signatures: GoBGP, configured with the password, established it."""
+    neighbors = json.loads(gobgp_lab.exec("tor", "gobgp", "neighbor", "-j").stdout)
+    by_addr = {n["state"]["neighbor_address"]: n for n in neighbors}
+    assert by_addr["10.96.0.2"]["state"]["session_state"] == 6  # established
+    assert by_addr["10.96.0.2"]["conf"]["auth_password"] == "rack-secret"
 
 
 def test_gobgp_withdraw_and_max_prefixes(gobgp_lab):
