@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from policy import render_nft
+from policy import nft_elements, render_nft
 from policy.diff import Delta
 from policy.ir import Ruleset
 from policy.kernel import RuleCounter, run
@@ -18,6 +18,10 @@ class NftApplier:
         run(["nft", "-f", "-"], render_nft.render(rs))
 
     def apply_delta(self, delta: Delta, rs: Ruleset) -> None:
+        """Element-only changes go over netlink (about 1 ms); anything else is one `nft -f` transaction."""
+        if delta.elements_only():
+            nft_elements.send(nft_elements.batch_for(delta, rs))
+            return
         script = render_nft.render_delta(delta, rs)
         if script:
             run(["nft", "-f", "-"], script)
@@ -33,27 +37,32 @@ class NftApplier:
         if not self.exists():
             return []
         data = json.loads(run(["nft", "-j", "list", "table", "inet", TABLE]))
-        sums: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        per_chain: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for item in data.get("nftables", []):
             rule = item.get("rule")
-            if not rule or "comment" not in rule:
-                continue
-            for expr in rule.get("expr", []):
-                if "counter" in expr:
-                    acc = sums[rule["chain"], rule["comment"]]
-                    acc[0] += expr["counter"]["packets"]
-                    acc[1] += expr["counter"]["bytes"]
+            if rule:
+                c = next((e["counter"] for e in rule.get("expr", []) if "counter" in e), None)
+                per_chain[rule["chain"]].append((c["packets"], c["bytes"]) if c else (0, 0))
+        sums: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for chain in rs.policy_chains.values():
+            for r, (packets, nbytes) in zip(chain.rules, per_chain[chain.name]):
+                acc = sums[chain.name, f"r{r.rule}"]
+                acc[0] += packets
+                acc[1] += nbytes
+        for name in rs.endpoint_chains:
+            if per_chain[name]:
+                sums[name, "default deny"] = list(per_chain[name][-1])
         return counters_from_sums(rs, sums)
 
 
 def counters_from_sums(rs: Ruleset, sums: dict[tuple[str, str], list[int]]) -> list[RuleCounter]:
-    """Maps (IR chain name, rule comment) sums back to policies; both backends comment rules alike."""
+    """Maps sums keyed by (IR chain name, "r<rule index>" or "default deny") back to policies."""
     out = []
     for chain in rs.policy_chains.values():
         actions = {f"r{r.rule}": r.action for r in chain.rules}
-        for comment, action in sorted(actions.items(), key=lambda kv: int(kv[0][1:])):
-            packets, nbytes = sums.get((chain.name, comment), (0, 0))
-            out.append(RuleCounter(chain.policy, chain.direction, comment[1:], action, packets, nbytes))
+        for key, action in sorted(actions.items(), key=lambda kv: int(kv[0][1:])):
+            packets, nbytes = sums.get((chain.name, key), (0, 0))
+            out.append(RuleCounter(chain.policy, chain.direction, key[1:], action, packets, nbytes))
     for chain in rs.endpoint_chains.values():
         packets, nbytes = sums.get((chain.name, "default deny"), (0, 0))
         ifaces = sorted(i for d in rs.dispatch.values() for i, c in d.items() if c == chain.name)

@@ -31,7 +31,7 @@ def _ip(fam: int | None) -> str:
 
 def match_text(m: Match) -> str:
     parts: list[str] = []
-    if m.family:
+    if m.family and not m.addrs and not m.named_ports:  # an address match implies the family
         parts.append(f"meta nfproto ipv{m.family}")
     if m.protocol is not None:
         parts.append(f"meta l4proto {m.protocol}")
@@ -58,19 +58,21 @@ def match_text(m: Match) -> str:
 
 
 def _rules(chain: PolicyChain) -> list[str]:
+    """One kernel rule per IR rule, in order: counters are mapped back by position (comments cost apply time)."""
     out = []
     for r in chain.rules:
         cond = match_text(r.match)
         cond = cond + " " if cond else ""
         if r.action == "log":
-            out.append(f'{cond}log prefix "tortie {chain.name} r{r.rule} " counter comment "r{r.rule}"')
+            out.append(f'{cond}log prefix "tortie {chain.name} r{r.rule} " counter')
         else:
-            out.append(f'{cond}counter {_VERDICT[r.action]} comment "r{r.rule}"')
+            out.append(f"{cond}counter {_VERDICT[r.action]}")
     return out
 
 
 def _endpoint_rules(chain: EndpointChain) -> list[str]:
-    return ["ct state invalid drop", *(f"jump {p}" for p in chain.policies), 'counter drop comment "default deny"']
+    """Ends with the default-deny counter rule, which counters read as the chain's last rule."""
+    return ["ct state invalid drop", *(f"jump {p}" for p in chain.policies), "counter drop"]
 
 
 def _element(s: NamedSet, e: str) -> str:
