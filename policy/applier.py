@@ -28,8 +28,12 @@ def _netns_id() -> str:
 class PolicyApplier:
     """Owns Tortie's policy ruleset in the network namespace this process runs in."""
 
-    def __init__(self, backend: Backend = "nft", state_dir: Path = DEFAULT_STATE_DIR, iptables_variant: str = "legacy"):
+    def __init__(self, backend: Backend = "nft", state_dir: Path = DEFAULT_STATE_DIR, iptables_variant: str = "legacy",
+                 persist: bool = True):
+        """With persist=False the applied state is only kept in memory until `save()`: a long-running caller
+        applying many small changes then does not rewrite a large state file after each one."""
         self.backend = backend
+        self.persist = persist
         self.path = Path(state_dir) / f"{_netns_id()}.json"
         self.variant = iptables_variant
         self._state: tuple[str, str, Ruleset] | None = None  # (backend, ipset slot, ruleset)
@@ -51,13 +55,20 @@ class PolicyApplier:
                 self._state = state
         return self._state
 
-    def _save(self, backend: str, slot: str, rs: Ruleset) -> None:
+    def _applied(self, backend: str, slot: str, rs: Ruleset) -> None:
+        self._state = (backend, slot, rs)
+        if self.persist:
+            self.save()
+
+    def save(self) -> None:
+        if self._state is None:
+            return
+        backend, slot, rs = self._state
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"backend": backend, "slot": slot,
                                    "ruleset": RULESET_JSON.dump_python(rs, mode="json")}))
         tmp.replace(self.path)
-        self._state = (backend, slot, rs)
 
     def apply(self, rs: Ruleset, full: bool = False) -> str:
         """Makes `rs` the enforced ruleset; returns "unchanged", "incremental" or "full"."""
@@ -74,7 +85,7 @@ class PolicyApplier:
                         kernel.apply_delta(delta, rs, prev)
                     else:
                         kernel.apply_delta(delta, rs)
-                    self._save(self.backend, getattr(kernel, "slot", "a"), rs)
+                    self._applied(self.backend, getattr(kernel, "slot", "a"), rs)
                     return "incremental"
                 except ApplyError:
                     pass  # the kernel and our state disagree: a full apply below settles it
@@ -84,7 +95,7 @@ class PolicyApplier:
             kernel.apply_full(rs)
         if cur and cur[0] != self.backend:
             self._kernel(cur[0], cur[1]).flush()  # the new backend enforces before the old one is removed
-        self._save(self.backend, getattr(kernel, "slot", "a"), rs)
+        self._applied(self.backend, getattr(kernel, "slot", "a"), rs)
         return "full"
 
     def flush(self) -> None:

@@ -20,7 +20,8 @@ class NftApplier:
     def apply_delta(self, delta: Delta, rs: Ruleset) -> None:
         """Element-only changes go over netlink (about 1 ms); anything else is one `nft -f` transaction."""
         if delta.elements_only():
-            nft_elements.send(nft_elements.batch_for(delta, rs))
+            for batch in nft_elements.batches_for(delta, rs):
+                nft_elements.send(batch)
             return
         script = render_nft.render_delta(delta, rs)
         if script:

@@ -8,7 +8,8 @@ from pathlib import Path
 from config.load import ConfigError
 from policy import render_iptables, render_nft
 from policy.applier import DEFAULT_STATE_DIR, PolicyApplier
-from policy.compiler import CompileError, compile_ruleset
+from policy.binding import compile_ruleset
+from policy.compiler import CompileError
 from policy.ir import Ruleset
 from policy.kernel import ApplyError
 from policy.load import load_endpoints, load_policies

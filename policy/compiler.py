@@ -1,8 +1,6 @@
-"""The policy compiler: (policies, endpoints) -> intermediate ruleset. Pure: no kernel, no files.
+"""The policy compiler, first stage: policies -> Program (policy chains, and the endpoint groups and targets
+they refer to). Pure: no kernel, no files. `policy.binding` binds a program to endpoints, giving the ruleset.
 
-Two stages, so that endpoint churn does not recompile policies:
-  compile_policies(policies, ipv6) -> Program   (policy chains; the endpoint groups and targets they refer to)
-  bind_endpoints(program, endpoints) -> Ruleset  (set elements, endpoint chains, interface dispatch)
 Every selector (with its namespace scope) becomes one shared named set per address family, so that an endpoint
 joining or leaving a selector changes set elements only.
 """
@@ -283,80 +281,6 @@ def compile_policies(policies: Iterable[AnyPolicy], ipv6: bool) -> Program:
     return program
 
 
-class _Index:
-    """Endpoints indexed by namespace and by label, so that `key == 'value'` selectors avoid a full scan."""
-
-    def __init__(self, endpoints: Endpoints):
-        self.ns_labels = {n.name: n.labels for n in endpoints.namespaces}
-        self.all: list[tuple[str | None, dict[str, str], object]] = \
-            [(e.namespace, e.labels, e) for e in endpoints.endpoints] + \
-            [(None, h.labels, h) for h in endpoints.hostEndpoints]
-        self.by_label: dict[tuple[str, str], list[int]] = {}
-        for i, (_, labels, _e) in enumerate(self.all):
-            for kv in labels.items():
-                self.by_label.setdefault(kv, []).append(i)
-        self._cache: dict[str, list[object]] = {}
-
-    def candidates(self, s: sel.Selector) -> Iterable[int]:
-        terms = s.terms if isinstance(s, sel.BoolOp) and s.op == "&&" else (s,)
-        eq = [t for t in terms if isinstance(t, sel.Compare) and t.op == "=="]
-        if eq:
-            return self.by_label.get((eq[0].key, eq[0].value), ())
-        return range(len(self.all))
-
-    def members(self, g: Group) -> list[object]:
-        key = g.key()
-        if key not in self._cache:
-            out = []
-            for i in self.candidates(g.selector):
-                ns, labels, ep = self.all[i]
-                if ns is None:
-                    ok = g.hosts
-                elif g.namespace is not None:
-                    ok = ns == g.namespace
-                elif g.ns_selector is not None:
-                    ok = g.ns_selector.matches(self.ns_labels.get(ns, {}))
-                else:
-                    ok = True
-                if ok and g.selector.matches(labels):
-                    out.append(ep)
-            self._cache[key] = out
-        return self._cache[key]
-
-
-def bind_endpoints(program: Program, endpoints: Endpoints) -> Ruleset:
-    index = _Index(endpoints)
-    sets: dict[str, NamedSet] = dict(program.nets)
-    for name, (group, fam) in program.groups.items():
-        ips = {str(ip) for ep in index.members(group) for ip in ep.ips if ip.version == fam}  # type: ignore[attr-defined]
-        sets[name] = NamedSet(name, "addr", fam, frozenset(ips), names.comment(group.key()))
-    all_eps = [*endpoints.endpoints, *endpoints.hostEndpoints]
-    for name, (port_name, fam) in program.named_ports.items():
-        elements = {f"{ip},{PROTOCOLS[p.protocol.lower()]},{p.port}"
-                    for ep in all_eps for p in ep.ports if p.name == port_name for ip in ep.ips if ip.version == fam}
-        sets[name] = NamedSet(name, "nport", fam, frozenset(elements), names.comment(f"named port {port_name}"))
-
-    lists: dict[tuple[int, Direction], list[str]] = {}
-    for chain, direction, target in program.targets:
-        for ep in index.members(target):
-            lists.setdefault((id(ep), direction), []).append(chain)
-    endpoint_chains: dict[str, EndpointChain] = {}
-    dispatch: dict[str, dict[str, str]] = {m: {} for m in ("workload_ingress", "workload_egress",
-                                                            "host_ingress", "host_egress")}
-    for ep in all_eps:
-        kind = "host" if isinstance(ep, HostEndpoint) else "workload"
-        for direction in ("ingress", "egress"):
-            policies = tuple(lists.get((id(ep), direction), ()))
-            if not policies:
-                continue
-            name = names.endpoint_chain(direction, policies)
-            endpoint_chains[name] = EndpointChain(name, direction, policies)
-            dispatch[f"{kind}_{direction}"][ep.interface] = name
-    return Ruleset(sets=dict(sorted(sets.items())), policy_chains=dict(sorted(program.policy_chains.items())),
-                   endpoint_chains=dict(sorted(endpoint_chains.items())),
-                   dispatch={m: dict(sorted(d.items())) for m, d in dispatch.items()}, ipv6=program.ipv6)
-
-
 def needs_ipv6(policies: Iterable[AnyPolicy], endpoints: Endpoints) -> bool:
     """IPv6 matches are compiled only when an endpoint or a policy uses IPv6 (it halves the rule count)."""
     if any(ip.version == 6 for ep in [*endpoints.endpoints, *endpoints.hostEndpoints] for ip in ep.ips):
@@ -385,8 +309,3 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def compile_ruleset(policies: Sequence[AnyPolicy], endpoints: Endpoints) -> Ruleset:
-    with gc_paused():
-        return bind_endpoints(compile_policies(policies, needs_ipv6(policies, endpoints)), endpoints)

@@ -38,15 +38,16 @@ def diff(old: Ruleset, new: Ruleset) -> Delta | None:
             if o is not None:
                 return None
             d.added_sets.append(s)
-        elif o.elements != s.elements:
+        elif o.elements is not s.elements and o.elements != s.elements:
             d.set_elements[name] = (set(s.elements - o.elements), set(o.elements - s.elements))
     d.removed_sets = [n for n in old.sets if n not in new.sets]
-    for name, c in new.policy_chains.items():
+    for name, c in (() if new.policy_chains is old.policy_chains else new.policy_chains.items()):
         if name not in old.policy_chains:
             d.added_policy_chains.append(name)
-        elif old.policy_chains[name] != c:
+        elif old.policy_chains[name] is not c and old.policy_chains[name] != c:
             d.changed_policy_chains.append(name)
-    d.removed_policy_chains = [n for n in old.policy_chains if n not in new.policy_chains]
+    if new.policy_chains is not old.policy_chains:
+        d.removed_policy_chains = [n for n in old.policy_chains if n not in new.policy_chains]
     d.added_endpoint_chains = [n for n in new.endpoint_chains if n not in old.endpoint_chains]
     d.removed_endpoint_chains = [n for n in old.endpoint_chains if n not in new.endpoint_chains]
     for vmap, entries in new.dispatch.items():

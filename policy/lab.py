@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 POD_NET = "10.99"
@@ -61,11 +62,17 @@ class Lab:
         _sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=self.host)
         return self
 
+    def plan_pod(self, name: str, index: int) -> Pod:
+        """What add_pod creates, without creating it: address 10.99.<index/250>.<index%250+1>, interface tv<index>."""
+        return Pod(name, f"{self.prefix}-{name}", f"{POD_NET}.{index // 250}.{index % 250 + 1}", f"tv{index}")
+
+    def plan_peer(self, name: str, index: int) -> Pod:
+        """What add_peer creates: the peer is 10.98.<index>.2 behind host interface te<index> (10.98.<index>.1)."""
+        return Pod(name, f"{self.prefix}-{name}", f"{LINK_NET}.{index}.2", f"te{index}")
+
     def add_pod(self, name: str, index: int) -> Pod:
-        """Pod `name` gets 10.99.<index/250>.<index%250+1>/32 and host interface `tv<index>`."""
-        ns = self._netns(name)
-        ip = f"{POD_NET}.{index // 250}.{index % 250 + 1}"
-        iface = f"tv{index}"
+        pod = self.plan_pod(name, index)
+        ns, ip, iface = self._netns(name), pod.ip, pod.interface
         _sh("ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", ns, ns=self.host)
         _sh("ip", "addr", "add", f"{HOST_GW}/32", "dev", iface, ns=self.host)
         _sh("ip", "link", "set", iface, "up", ns=self.host)
@@ -73,30 +80,28 @@ class Lab:
         _sh("ip", "addr", "add", f"{ip}/32", "dev", "eth0", ns=ns)
         _sh("ip", "link", "set", "eth0", "up", ns=ns)
         _sh("ip", "route", "add", "default", "via", HOST_GW, "dev", "eth0", "onlink", ns=ns)
-        pod = Pod(name, ns, ip, iface)
         self.pods[name] = pod
         return pod
 
     def add_peer(self, name: str, index: int) -> Pod:
-        """An external host on its own link to the host namespace (host interface `te<index>`):
-        the peer is 10.98.<index>.2, the host 10.98.<index>.1."""
-        ns = self._netns(name)
-        iface = f"te{index}"
-        host_ip, ip = f"{LINK_NET}.{index}.1", f"{LINK_NET}.{index}.2"
+        """An external host on its own link to the host namespace."""
+        pod = self.plan_peer(name, index)
+        ns, ip, iface = self._netns(name), pod.ip, pod.interface
+        host_ip = f"{LINK_NET}.{index}.1"
         _sh("ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", ns, ns=self.host)
         _sh("ip", "addr", "add", f"{host_ip}/24", "dev", iface, ns=self.host)
         _sh("ip", "link", "set", iface, "up", ns=self.host)
         _sh("ip", "addr", "add", f"{ip}/24", "dev", "eth0", ns=ns)
         _sh("ip", "link", "set", "eth0", "up", ns=ns)
         _sh("ip", "route", "add", "default", "via", host_ip, ns=ns)
-        pod = Pod(name, ns, ip, iface)
         self.peers[name] = pod
         return pod
 
-    def serve(self, ns: str, tcp: list[int], udp: list[int]) -> None:
-        """Starts an echo server in `ns`; returns once it listens."""
+    def serve(self, ns: str, tcp: list[int], udp: list[int], sink: list[int] = ()) -> None:
+        """Starts an echo server in `ns` (and TCP sinks that discard what they read); returns once it listens."""
         p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "policy.lab", "serve",
-                              json.dumps({"tcp": tcp, "udp": udp})], stdout=subprocess.PIPE, text=True)
+                              json.dumps({"tcp": tcp, "udp": udp, "sink": list(sink)})], stdout=subprocess.PIPE,
+                             text=True)
         self._procs.append(p)
         assert p.stdout is not None
         if p.stdout.readline().strip() != "ready":
@@ -108,6 +113,11 @@ class Lab:
         out = _sh(sys.executable, "-m", "policy.lab", "probe", json.dumps({"targets": targets, "timeout": timeout}),
                   ns=ns)
         return {tuple(t): ok for t, ok in json.loads(out)}
+
+    def measure(self, ns: str, mode: str, addr: str, port: int, seconds: float) -> float:
+        """From `ns`: "stream" -> TCP bytes per second sent to a sink; "connect" -> connections per second."""
+        spec = json.dumps({"addr": addr, "port": port, "seconds": seconds})
+        return float(_sh(sys.executable, "-m", "policy.lab", mode, spec, ns=ns))
 
     def run(self, ns: str, *args: str, check: bool = True, stdin: str | None = None) -> str:
         return _sh(*args, ns=ns, check=check, stdin=stdin)
@@ -154,6 +164,23 @@ def _serve(spec: dict) -> None:
             data, addr = s.recvfrom(2048)
             s.sendto(b"ok", addr)
 
+    def drain(c: socket.socket) -> None:
+        buf = bytearray(1 << 20)
+        with c:
+            while c.recv_into(buf):
+                pass
+
+    def sink_loop(s: socket.socket) -> None:
+        while True:
+            c, _ = s.accept()
+            threading.Thread(target=drain, args=(c,), daemon=True).start()
+
+    for port in spec.get("sink", []):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(16)
+        threading.Thread(target=sink_loop, args=(s,), daemon=True).start()
     for s in socks:
         loop = tcp_loop if s.type == socket.SOCK_STREAM else udp_loop
         threading.Thread(target=loop, args=(s,), daemon=True).start()
@@ -197,6 +224,27 @@ def _probe(spec: dict) -> None:
     print(json.dumps(list(zip(targets, results))))
 
 
+def _stream(spec: dict) -> None:
+    buf = b"\0" * (1 << 20)
+    sent = 0
+    with socket.create_connection((spec["addr"], spec["port"]), timeout=10) as s:
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < spec["seconds"]:
+            s.sendall(buf)
+            sent += len(buf)
+    print(sent / elapsed)
+
+
+def _connect(spec: dict) -> None:
+    count = 0
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < spec["seconds"]:
+        with socket.create_connection((spec["addr"], spec["port"]), timeout=5) as s:
+            s.recv(16)
+        count += 1
+    print(count / elapsed)
+
+
 if __name__ == "__main__":
-    {"serve": _serve, "probe": _probe}[sys.argv[1]](json.loads(sys.argv[2]))
+    {"serve": _serve, "probe": _probe, "stream": _stream, "connect": _connect}[sys.argv[1]](json.loads(sys.argv[2]))
     os._exit(0)

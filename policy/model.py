@@ -387,9 +387,14 @@ class Endpoints(Strict):
         for i, e in enumerate(self.endpoints):
             if e.namespace not in known:
                 raise ValueError(f"endpoints[{i}]: namespace {e.namespace!r} is not in namespaces")
+        seen_ip: dict[str, str] = {}
         for kind, items in (("endpoints", self.endpoints), ("hostEndpoints", self.hostEndpoints)):
             for i, e in enumerate(items):
                 if e.interface in seen_if:
                     raise ValueError(f"{kind}[{i}]: interface {e.interface!r} is also used by {seen_if[e.interface]}")
                 seen_if[e.interface] = f"{kind}[{i}]"
+                for ip in map(str, e.ips):
+                    if ip in seen_ip:
+                        raise ValueError(f"{kind}[{i}]: address {ip} is also used by {seen_ip[ip]}")
+                    seen_ip[ip] = f"{kind}[{i}]"
         return self

@@ -71,27 +71,42 @@ def _key_attr(value: bytes) -> list:
     return [("NFTA_SET_ELEM_KEY", {"attrs": [("NFTA_DATA_VALUE", value)]})]
 
 
-def batch_for(delta: Delta, rs: Ruleset) -> _Batch:
-    """Removals before additions, so that a moved interface or address never has two entries at once."""
-    b = _Batch()
-    b.control(NFNL_MSG_BATCH_BEGIN)
-    for name, (_add, remove) in sorted(delta.set_elements.items()):
-        if remove:
-            b.elements(False, name, [_key_attr(_key(rs.sets[name], e)) for e in sorted(remove)])
-    for vmap, (_add, remove) in sorted(delta.dispatch.items()):
-        if remove:
-            b.elements(False, vmap, [_key_attr(_ifname(i)) for i in sorted(remove)])
-    for name, (add, _remove) in sorted(delta.set_elements.items()):
+def _verdicts(add: dict[str, str]) -> list[list]:
+    return [_key_attr(_ifname(i)) + [("NFTA_SET_ELEM_DATA", {"attrs": [("NFTA_DATA_VERDICT", {"attrs": [
+        ("NFTA_VERDICT_CODE", -4), ("NFTA_VERDICT_CHAIN", chain)]})]})]  # -4: NFT_GOTO
+        for i, chain in sorted(add.items())]
+
+
+def batches_for(delta: Delta, rs: Ruleset) -> list[_Batch]:
+    """Two transactions: additions, then removals (with interfaces that move to another chain).
+
+    The kernel answers an element addition at once but waits for an RCU grace period (10-15 ms here) after a
+    removal. Adding first makes an endpoint that joins a selector count within a millisecond; until the second
+    transaction commits, an endpoint that also leaves a selector still counts in the old one too.
+    """
+    adds, removes = _Batch(), _Batch()
+    for b in (adds, removes):
+        b.control(NFNL_MSG_BATCH_BEGIN)
+    for name, (add, remove) in sorted(delta.set_elements.items()):
         if add:
-            b.elements(True, name, [_key_attr(_key(rs.sets[name], e)) for e in sorted(add)])
-    for vmap, (add, _remove) in sorted(delta.dispatch.items()):
-        if add:
-            b.elements(True, vmap, [
-                _key_attr(_ifname(i)) + [("NFTA_SET_ELEM_DATA", {"attrs": [("NFTA_DATA_VERDICT", {"attrs": [
-                    ("NFTA_VERDICT_CODE", -4), ("NFTA_VERDICT_CHAIN", chain)]})]})]  # -4: NFT_GOTO
-                for i, chain in sorted(add.items())])
-    b.control(NFNL_MSG_BATCH_END)
-    return b
+            adds.elements(True, name, [_key_attr(_key(rs.sets[name], e)) for e in sorted(add)])
+        if remove:
+            removes.elements(False, name, [_key_attr(_key(rs.sets[name], e)) for e in sorted(remove)])
+    for vmap, (add, remove) in sorted(delta.dispatch.items()):
+        new = {i: c for i, c in add.items() if i not in remove}
+        if new:
+            adds.elements(True, vmap, _verdicts(new))
+        if remove:
+            removes.elements(False, vmap, [_key_attr(_ifname(i)) for i in sorted(remove)])
+        moved = {i: c for i, c in add.items() if i in remove}
+        if moved:
+            removes.elements(True, vmap, _verdicts(moved))
+    out = []
+    for b in (adds, removes):
+        if b.seq > 1:
+            b.control(NFNL_MSG_BATCH_END)
+            out.append(b)
+    return out
 
 
 def send(b: _Batch, timeout: float = 5.0) -> None:

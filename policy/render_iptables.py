@@ -52,7 +52,7 @@ def ipset_create(s: NamedSet, slot: str) -> str:
 def ipset_script(sets: Iterable[NamedSet], slot: str) -> str:
     """Creates (or empties) and fills the given sets in `slot`."""
     lines = []
-    for s in sets:
+    for s in sorted(sets, key=lambda s: s.name):
         name = ipset_name(s.name, slot)
         lines += [ipset_create(s, slot), f"flush {name}"]
         lines += (f"add {name} {ipset_element(s, e)}" for e in sorted(s.elements))
@@ -131,14 +131,15 @@ def _dispatch_rules(rs: Ruleset) -> list[str]:
         out.append(f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
         for opt, vmap in checks:
             out.append(f"-A {chain} {clear}")
-            out += (f"-A {chain} {opt} {iface} -j {chain_name(target)}" for iface, target in rs.dispatch[vmap].items())
+            out += (f"-A {chain} {opt} {iface} -j {chain_name(target)}"
+                    for iface, target in sorted(rs.dispatch[vmap].items()))
         out.append(f"-A {chain} {clear}")
     return out
 
 
 def all_chains(rs: Ruleset) -> list[str]:
-    return [ALLOW_CHAIN, *DISPATCH, *(chain_name(n) for n in rs.policy_chains),
-            *(chain_name(n) for n in rs.endpoint_chains)]
+    return [ALLOW_CHAIN, *DISPATCH, *(chain_name(n) for n in sorted(rs.policy_chains)),
+            *(chain_name(n) for n in sorted(rs.endpoint_chains))]
 
 
 def restore_script(rs: Ruleset, family: int, slot: str, *, chains: Iterable[str] | None = None,
@@ -146,9 +147,9 @@ def restore_script(rs: Ruleset, family: int, slot: str, *, chains: Iterable[str]
     """`iptables-restore --noflush` input for the filter table. `chains`: the IR chain names to (re)write, with
     the dispatch chains always rewritten (default: all); `remove`: iptables chains to delete; `jumps`: built-in
     chains that still need their jump to our dispatch chain."""
-    pol = rs.policy_chains if chains is None else {n: rs.policy_chains[n] for n in chains if n in rs.policy_chains}
-    eps = rs.endpoint_chains if chains is None else {n: rs.endpoint_chains[n] for n in chains
-                                                     if n in rs.endpoint_chains}
+    names = sorted([*rs.policy_chains, *rs.endpoint_chains] if chains is None else chains)
+    pol = {n: rs.policy_chains[n] for n in names if n in rs.policy_chains}
+    eps = {n: rs.endpoint_chains[n] for n in names if n in rs.endpoint_chains}
     remove = list(remove)
     lines = ["*filter"]
     declared = [ALLOW_CHAIN, *DISPATCH, *(chain_name(n) for n in pol), *(chain_name(n) for n in eps), *remove]

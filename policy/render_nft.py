@@ -8,7 +8,7 @@ Per-packet cost is one map lookup plus the endpoint's own policies, whatever the
 from __future__ import annotations
 
 from policy.diff import Delta
-from policy.ir import Match, NamedSet, PolicyChain, EndpointChain, Ruleset
+from policy.ir import DISPATCH_MAPS, EndpointChain, Match, NamedSet, PolicyChain, Ruleset
 from policy.names import TABLE
 
 # (chain, hook, priority, (interface key, map) ...): egress checks first, then ingress.
@@ -97,7 +97,7 @@ def _set_block(s: NamedSet) -> list[str]:
 def _map_block(name: str, entries: dict[str, str]) -> list[str]:
     lines = [f"\tmap {name} {{", "\t\ttype ifname : verdict"]
     if entries:
-        lines.append("\t\telements = { " + ", ".join(f'"{i}" : goto {c}' for i, c in entries.items()) + " }")
+        lines.append("\t\telements = { " + ", ".join(f'"{i}" : goto {c}' for i, c in sorted(entries.items())) + " }")
     lines.append("\t}")
     return lines
 
@@ -109,13 +109,13 @@ def _chain_block(name: str, rules: list[str], head: str | None = None) -> list[s
 def render(rs: Ruleset) -> str:
     """The whole table, replacing any previous one in the same transaction."""
     lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
-    for s in rs.sets.values():
+    for _, s in sorted(rs.sets.items()):
         lines += _set_block(s)
-    for name, entries in rs.dispatch.items():
-        lines += _map_block(name, entries)
-    for c in rs.policy_chains.values():
+    for name in DISPATCH_MAPS:
+        lines += _map_block(name, rs.dispatch[name])
+    for _, c in sorted(rs.policy_chains.items()):
         lines += _chain_block(c.name, _rules(c))
-    for e in rs.endpoint_chains.values():
+    for _, e in sorted(rs.endpoint_chains.items()):
         lines += _chain_block(e.name, _endpoint_rules(e))
     for name, hook, prio, key, vmap in BASE_CHAINS:
         lines += _chain_block(name, ["ct state established,related accept", f"{key} vmap @{vmap}"],

@@ -122,6 +122,14 @@ class PolicyLab:
         return got
 
 
+def offline_lab() -> Lab:
+    """The lab's pods and peers as planned, without creating anything: for tests that only compile."""
+    lab = Lab(prefix="offline")
+    lab.pods = {name: lab.plan_pod(name, index) for name, (_ns, index, _l, _p) in PODS.items()}
+    lab.peers = {name: lab.plan_peer(name, index) for name, index in PEERS.items()}
+    return lab
+
+
 def _lab() -> Lab:
     lab = Lab().start()
     try:

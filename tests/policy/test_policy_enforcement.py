@@ -267,7 +267,7 @@ import sys
 from pathlib import Path
 from policy import render_nft
 from policy.applier import PolicyApplier
-from policy.compiler import compile_ruleset
+from policy.binding import compile_ruleset
 from policy.kernel import ApplyError
 from policy.load import load_endpoints, load_policies
 render = render_nft.render
