@@ -5,7 +5,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 from config.load import ConfigError, load_model
 from config.node import NodeConfig
@@ -42,12 +44,14 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace, node: NodeConfig) -> int:
     from bgpd.daemon import Daemon, StartupError
 
+    # under systemd (JOURNAL_STREAM set) journald stamps the time itself
+    bare = args.no_timestamps or "JOURNAL_STREAM" in os.environ
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="%(levelname)s %(name)s %(message)s" if args.no_timestamps
+                        format="%(levelname)s %(name)s %(message)s" if bare
                         else "%(asctime)s %(levelname)s %(name)s %(message)s")
 
     async def main() -> None:
-        await Daemon(node, cleanup_on_exit=args.cleanup).run()
+        await Daemon(node, Path(args.config), cleanup_on_exit=args.cleanup).run()
 
     try:
         asyncio.run(main())

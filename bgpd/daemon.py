@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
+from pathlib import Path
+
 from bgpd import exabgp_messages as msgs
 from bgpd.control import ControlServer, DaemonRunning
 from bgpd.exabgp_config import exabgp_environment, render_config
@@ -16,6 +18,8 @@ from bgpd.exabgp_process import ExaBGPSupervisor
 from bgpd.kernel_routes import KernelTable, has_address
 from bgpd.metrics import DaemonMetrics
 from bgpd.rib import ImportFilter, Reject, Rib, Update
+from bgpd.sdnotify import notify, watchdog_interval
+from config.load import ConfigError, load_model
 from config.node import NodeConfig, Peer
 
 log = logging.getLogger("tortie.daemon")
@@ -23,6 +27,16 @@ log = logging.getLogger("tortie.daemon")
 
 class StartupError(Exception):
     pass
+
+
+# changing these needs a restart: they name the node, its sockets, or the routes it owns
+RESTART_FIELDS = ("name", "router_id", "asn", "listen_address", "route_protocol", "pod_route_protocol",
+                  "pod_netns_prefix", "state_dir", "run_dir", "metrics")
+
+
+def import_filter(node: NodeConfig) -> ImportFilter:
+    return ImportFilter(tuple(p.cidr for p in node.pools), tuple(node.blocks),
+                        frozenset((node.listen_address, node.router_id)))
 
 
 @dataclass
@@ -40,15 +54,13 @@ class PeerState:
 class Daemon:
     COALESCE = 0.005  # seconds to gather more changes before a kernel write
 
-    def __init__(self, node: NodeConfig, cleanup_on_exit: bool = False):
+    def __init__(self, node: NodeConfig, config_path: Path | None = None, cleanup_on_exit: bool = False):
         self.node = node
+        self.config_path = config_path
         self.cleanup_on_exit = cleanup_on_exit
         peers = node.bgp_peers()
         self.peers = {str(p.address): PeerState(p) for p in peers}
-        self.rib = Rib(
-            ImportFilter(tuple(p.cidr for p in node.pools), tuple(node.blocks),
-                         frozenset((node.listen_address, node.router_id))),
-            {str(p.address): node.max_prefixes_for(p) for p in peers})
+        self.rib = Rib(import_filter(node), {str(p.address): node.max_prefixes_for(p) for p in peers})
         self.kernel = KernelTable(node.route_protocol)
         node.run_dir.mkdir(parents=True, exist_ok=True)
         node.state_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +85,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         try:
             await self.control.start()
             self.metrics.serve(str(self.node.metrics.address), self.node.metrics.port)
@@ -90,11 +103,13 @@ class Daemon:
         (self.node.run_dir / "exabgp.conf").write_text(render_config(self.node, self.node.run_dir / "exabgp.sock"))
         tasks = [asyncio.create_task(self._program(), name="program"),
                  asyncio.create_task(self._start_bgp(), name="exabgp"),
-                 asyncio.create_task(self._initial_sync_deadline(), name="initial-sync")]
+                 asyncio.create_task(self._initial_sync_deadline(), name="initial-sync"),
+                 asyncio.create_task(self._watchdog(), name="watchdog")]
         if not self.peers:
             self._check_initial_sync()
         await self._stop.wait()
         log.info("stopping cleanup=%s", self.cleanup_on_exit)
+        notify("STOPPING=1")
         self._stopping = True  # sessions now go down because *we* stop: their routes stay
         if self.cleanup_on_exit and self._writer:
             await self._send(msgs.withdraw_blocks(self.node.blocks))
@@ -135,6 +150,59 @@ class Daemon:
         self._mark(self._adopted)
         self._adopted = set()
         log.info("initial sync done")
+        notify("READY=1", f"STATUS=initial BGP sync done, {len(self.peers)} peers")
+
+    async def _watchdog(self) -> None:
+        """Pings systemd from the event loop itself: a loop that stops turning stops the pings."""
+        interval = watchdog_interval()
+        while interval:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # --- reload ------------------------------------------------------------------------------------
+    async def reload(self) -> bool:
+        """SIGHUP: apply a changed configuration file without disturbing sessions it does not change.
+
+        An invalid file, or one that changes a field in RESTART_FIELDS, is refused as a whole.
+        """
+        notify("RELOADING=1")
+        try:
+            if self.config_path is None:
+                raise ConfigError(["no configuration file to reload"])
+            new = load_model(self.config_path, NodeConfig)
+            fixed = [f for f in RESTART_FIELDS if getattr(new, f) != getattr(self.node, f)]
+            if fixed:
+                raise ConfigError([f"{self.config_path}: {f}: changing it needs a restart" for f in fixed])
+        except ConfigError as e:
+            log.error("reload refused, the running configuration stays: %s", "; ".join(e.errors))
+            notify("READY=1", "STATUS=reload refused: see the log")
+            return False
+        old, self.node = self.node, new
+        self._apply_peers(new)
+        self._apply("", None, self.rib.refilter(import_filter(new)))
+        self._mark(set(old.blocks) ^ set(new.blocks))
+        (new.run_dir / "exabgp.conf").write_text(render_config(new, new.run_dir / "exabgp.sock"))
+        self.supervisor.reload()
+        gone = [b for b in old.blocks if b not in new.blocks]
+        await self._send(msgs.withdraw_blocks(gone) + msgs.announce_blocks(new.blocks) + [msgs.route_refresh()])
+        log.info("reloaded peers=%d blocks=%d", len(self.peers), len(new.blocks))
+        notify("READY=1", f"STATUS=reloaded, {len(self.peers)} peers")
+        return True
+
+    def _apply_peers(self, node: NodeConfig) -> None:
+        wanted = {str(p.address): p for p in node.bgp_peers()}
+        for addr in [a for a in self.peers if a not in wanted]:
+            ps = self.peers.pop(addr)
+            self._cancel_stale_timer(ps)
+            self._apply(addr, None, self.rib.remove_peer(addr))
+            log.info("peer removed peer=%s", addr)
+        for addr, peer in wanted.items():
+            if addr in self.peers:
+                self.peers[addr].peer = peer
+            else:
+                self.peers[addr] = PeerState(peer)
+                log.info("peer added peer=%s", addr)
+            self.rib.add_peer(addr, node.max_prefixes_for(peer))
 
     # --- ExaBGP ------------------------------------------------------------------------------------
     async def _relay_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -192,7 +260,9 @@ class Daemon:
             ps.advertised = len(self.node.blocks)
             self.rib.session_up(event.peer)
             log.info("session up peer=%s", event.peer)
-            asyncio.get_running_loop().create_task(self._send([msgs.end_of_rib(event.peer)]))
+            # a peer added by a reload did not exist when we announced: announce again, then End-of-RIB
+            asyncio.get_running_loop().create_task(self._send(
+                msgs.announce_blocks(self.node.blocks, event.peer) + [msgs.end_of_rib(event.peer)]))
         elif event.state == "down":
             self._session_down(event.peer, ps, event.reason, event.graceful and self.node.graceful_restart > 0)
         else:
@@ -225,8 +295,8 @@ class Daemon:
             ps.stale_timer.cancel()
             ps.stale_timer = None
 
-    def _apply(self, addr: str, ps: PeerState, upd: Update) -> None:
-        if upd.rejected is not None and upd.rejected not in ps.logged_rejects:
+    def _apply(self, addr: str, ps: PeerState | None, upd: Update) -> None:
+        if ps is not None and upd.rejected is not None and upd.rejected not in ps.logged_rejects:
             ps.logged_rejects |= {upd.rejected}
             log.warning("rejecting routes peer=%s reason=%s (logged once per session; see "
                         "tortie_bgp_prefixes_rejected_total)", addr, upd.rejected.value)

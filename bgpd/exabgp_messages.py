@@ -88,8 +88,9 @@ def _update_events(peer: str, message: dict) -> Iterable[Event]:
 
 
 # --- commands --------------------------------------------------------------------------------------
-def announce_blocks(blocks: Iterable[IPv4Network]) -> list[str]:
-    return [f"announce route {b} next-hop self" for b in blocks]
+def announce_blocks(blocks: Iterable[IPv4Network], peer: str | None = None) -> list[str]:
+    to = f"neighbor {peer} " if peer else ""
+    return [f"{to}announce route {b} next-hop self" for b in blocks]
 
 
 def withdraw_blocks(blocks: Iterable[IPv4Network]) -> list[str]:

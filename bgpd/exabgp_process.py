@@ -74,6 +74,11 @@ class ExaBGPSupervisor:
         finally:
             writer.close()
 
+    def reload(self) -> None:
+        """SIGUSR1: ExaBGP re-reads its configuration, adding and removing neighbors, keeping the others."""
+        if self.process and self.process.returncode is None:
+            self.process.send_signal(signal.SIGUSR1)
+
     async def stop(self) -> None:
         """SIGTERM: with graceful restart negotiated ExaBGP closes sessions without NOTIFICATION."""
         self._stopping = True

@@ -126,6 +126,15 @@ class Rib:
         self._by_prefix.setdefault(prefix, {})[peer] = next_hop
         return Update(frozenset((prefix,)))
 
+    def refilter(self, flt: ImportFilter) -> Update:
+        """A new import filter (pools or blocks changed): drop what it no longer accepts."""
+        self.filter = flt
+        changed: set[IPv4Network] = set()
+        for peer, rib in self.peers.items():
+            gone = [p for p, nh in rib.routes.items() if flt.check(p, nh) is not None]
+            changed |= self._drop(peer, gone).changed
+        return Update(frozenset(changed))
+
     def withdraw(self, peer: str, prefix: IPv4Network) -> Update:
         return self._drop(peer, [prefix])
 

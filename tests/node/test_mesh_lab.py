@@ -167,6 +167,45 @@ def test_invalid_config_is_refused_and_changes_nothing(lab):
     assert kernel_routes(lab, "node1") == before
 
 
+def peers(lab, node):
+    return {p["name"]: p for p in status(lab, node)["peers"]}
+
+
+def test_reload_changes_peers_and_blocks_without_disturbing_others(lab):
+    """SIGHUP with node3 gone from node1's mesh and a second block: only what changed moves."""
+    lab.exec("node1", "cp", "/etc/tortie/tortie.yaml", "/tmp/reload.yaml")
+    pid = daemon_pid(lab, "node1")
+    lab.exec("node1", "kill", "-TERM", str(pid))
+    wait_for(lambda: lab.exec("node1", "test", "-e", f"/proc/{pid}", check=False).returncode != 0, 15,
+             what="the daemon to stop")
+    lab.exec("node1", "sh", "-c", "tortie run --config /tmp/reload.yaml >>/tmp/tortie.log 2>&1 &")
+    wait_for(lambda: all(p["state"] == "up" for p in peers(lab, "node2").values()), 30, what="node1 back")
+    wait_for(lambda: all(p["state"] == "up" for p in peers(lab, "node1").values()), 30, what="node1's peers")
+    time.sleep(2)
+    node2_uptime = peers(lab, "node1")["node2"]["uptime"]
+    lab.exec("node1", "sed", "-i", "s/, {name: node3, address: 10.99.0.3}//; "
+             "s|blocks: \\[10.244.1.0/26\\]|blocks: [10.244.1.0/26, 10.244.1.64/26]|", "/tmp/reload.yaml")
+    lab.exec("node1", "tortie", "config", "check", "/tmp/reload.yaml")
+    lab.exec("node1", "kill", "-HUP", str(daemon_pid(lab, "node1")))
+    wait_for(lambda: set(peers(lab, "node1")) == {"node2"}, 10, what="node3 removed from node1")
+    wait_for(lambda: "10.244.1.64/26" in kernel_routes(lab, "node2"), 10, what="the new block at node2")
+    wait_for(lambda: "10.244.3.0/26" not in kernel_routes(lab, "node1"), 10, what="node3's block gone from node1")
+    assert kernel_routes(lab, "node1")["10.244.1.64/26"]["type"] == "blackhole"
+    assert kernel_routes(lab, "node2")["10.244.1.0/26"]["gateway"] == "10.99.0.1"  # the old block stays
+    p2 = peers(lab, "node1")["node2"]
+    assert p2["state"] == "up" and p2["uptime"] > node2_uptime  # the untouched session never dropped
+    wait_for(lambda: peers(lab, "node3")["node1"]["state"] != "up", 10, what="node3 to see node1 go")
+    # and back: node3 returns, the second block goes away
+    lab.exec("node1", "cp", "/etc/tortie/tortie.yaml", "/tmp/reload.yaml")
+    lab.exec("node1", "kill", "-HUP", str(daemon_pid(lab, "node1")))
+    wait_for(lambda: peers(lab, "node1").get("node3", {}).get("state") == "up", 30, what="node3 back")
+    wait_for(lambda: remote_blocks_ok(lab, "node1") and "10.244.1.64/26" not in kernel_routes(lab, "node2"), 20,
+             what="routes after the second reload")
+    assert "10.244.1.64/26" not in kernel_routes(lab, "node1")
+    for node in NODES:
+        wait_for(lambda: remote_blocks_ok(lab, node), 20, what=f"{node}'s routes")
+
+
 def test_host_stopped_routes_disappear_within_hold_time(lab):
     """Power-off: node3's link goes dark, then its processes die; peers notice by hold timer (9 s)."""
     lab.exec("node3", "ip", "link", "set", "eth1", "down")
