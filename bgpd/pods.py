@@ -35,9 +35,11 @@ class Pod:
     namespace: str
     name: str
     ip: str
-    netns: str
+    netns: str  # a name under /run/netns, or a path (a CNI runtime's /proc/PID/ns/net or bind mount)
     host_interface: str
     owns_netns: bool
+    container_id: str = ""
+    ifname: str = "eth0"
 
     @property
     def key(self) -> str:
@@ -76,6 +78,9 @@ class PodStore:
         p = self._path(namespace, name)
         return Pod(**json.loads(p.read_text())) if p.exists() else None
 
+    def by_container(self, container_id: str, ifname: str) -> Pod | None:
+        return next((p for p in self.all() if (p.container_id, p.ifname) == (container_id, ifname)), None)
+
     def all(self) -> list[Pod]:
         if not self.dir.exists():
             return []
@@ -105,17 +110,23 @@ class PodStore:
         raise PodError("no free address in this node's blocks")
 
 
-def add_pod(node: NodeConfig, key: str, ip: str | None = None, existing_netns: str | None = None) -> Pod:
+def _netns_exists(name: str) -> bool:
+    return os.path.exists(name) if "/" in name else name in netns.listnetns()
+
+
+def add_pod(node: NodeConfig, key: str, ip: str | None = None, existing_netns: str | None = None,
+            container_id: str = "", ifname: str = "eth0") -> Pod:
     namespace, name = parse_key(key)
     store = PodStore(node)
     with store.locked():
         if store.get(namespace, name):
             raise PodError(f"pod {key} exists already")
+        if existing_netns and not _netns_exists(existing_netns):
+            raise PodError(f"network namespace {existing_netns} does not exist")
         address = store.allocate(ip)
         pod = Pod(namespace, name, str(address), existing_netns or f"{node.pod_netns_prefix}{namespace}-{name}",
-                  host_interface(namespace, name), owns_netns=existing_netns is None)
-        if existing_netns and existing_netns not in netns.listnetns():
-            raise PodError(f"network namespace {existing_netns} does not exist")
+                  host_interface(namespace, name), owns_netns=existing_netns is None,
+                  container_id=container_id, ifname=ifname)
         try:
             _wire(node, pod)
         except Exception:
@@ -142,7 +153,7 @@ def _wire(node: NodeConfig, pod: Pod) -> None:
         (lo,) = ns.link_lookup(ifname="lo")
         ns.link("set", index=lo, state="up")
         (idx,) = ns.link_lookup(ifname=temp)
-        ns.link("set", index=idx, ifname="eth0", state="up")
+        ns.link("set", index=idx, ifname=pod.ifname, state="up")
         ns.addr("add", index=idx, address=pod.ip, prefixlen=32)
         ns.neigh("add", dst=GATEWAY, lladdr=host_mac, ifindex=idx, state="permanent")
         ns.route("add", dst=f"{GATEWAY}/32", oif=idx, scope="link")
@@ -160,12 +171,11 @@ def _unwire(pod: Pod) -> None:
         netns.remove(pod.netns)
 
 
-def del_pod(node: NodeConfig, key: str) -> Pod | None:
-    """Idempotent: deleting a pod that is not there returns None."""
-    namespace, name = parse_key(key)
+def del_pod(node: NodeConfig, key: str | None = None, container: tuple[str, str] | None = None) -> Pod | None:
+    """Removes a pod found by NAMESPACE/POD or by (container id, interface). Idempotent: None if absent."""
     store = PodStore(node)
     with store.locked():
-        pod = store.get(namespace, name)
+        pod = store.get(*parse_key(key)) if key else store.by_container(*container)
         if pod is None:
             return None
         _unwire(pod)
