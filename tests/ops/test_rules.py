@@ -3,8 +3,8 @@ import subprocess
 
 import pytest
 
-from tests.ops.promql import (ASSUMED, PROMETHEUS_CONFIG, RULES, RULES_TEST, metric_names, policy_series,
-                              readme_series, recorded_names, rules)
+from tests.ops.promql import (ASSUMED, PROMETHEUS_CONFIG, REPO, RULES, RULES_TEST, metric_names,
+                              policy_series, readme_series, recorded_names, rules)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,3 +44,9 @@ def test_rules_reference_only_existing_metrics():
     for rule in rules():
         assert metric_names(rule["expr"]) <= known, rule
     assert all(name.startswith("tortie:") for name in recorded_names())
+
+
+def test_operations_guide_explains_every_alert_and_recording_rule():
+    guide = (REPO / "docs" / "operations.md").read_text()
+    for rule in rules():
+        assert f"`{rule.get('alert') or rule['record']}`" in guide, rule
