@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
 
 NODES = {"node1": "10.99.0.1", "node2": "10.99.0.2", "node3": "10.99.0.3"}
 METRICS_PORT = 9473
-FETCH = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+FETCH = ("import json, sys, urllib.request\n"
+         "print(json.dumps([urllib.request.urlopen(u, timeout=5).read().decode() for u in sys.argv[1:]]))")
 FREE_PORT = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
 # the only labels Tortie's series may have, each with a bounded set of values
 LABEL_VALUES = {"peer": set(NODES.values()), "state": set(SESSION_STATES), "reason": {r.value for r in Reject},
@@ -42,12 +43,13 @@ def lab():
         lab.down()
 
 
-def fetch(lab: Lab, node: str, url: str) -> str:
-    return lab.exec(node, "python3", "-c", FETCH, url, timeout=20).stdout
+def fetch(lab: Lab, node: str, *urls: str) -> list[str]:
+    """GETs each URL from inside the node (one process for all of them); the bodies in order."""
+    return json.loads(lab.exec(node, "python3", "-c", FETCH, *urls, timeout=30).stdout)
 
 
 def scrape(lab: Lab, node: str) -> str:
-    return fetch(lab, node, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    return fetch(lab, node, f"http://127.0.0.1:{METRICS_PORT}/metrics")[0]
 
 
 class Prometheus:
@@ -56,17 +58,17 @@ class Prometheus:
     def __init__(self, lab: Lab, node: str, port: int):
         self.lab, self.node, self.base = lab, node, f"http://127.0.0.1:{port}"
 
-    def api(self, path: str, **params: str) -> dict | list:
-        url = f"{self.base}/api/v1/{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-        reply = json.loads(fetch(self.lab, self.node, url))
-        assert reply["status"] == "success", reply
-        return reply["data"]
+    def api(self, path: str, *queries: dict[str, str]) -> list[dict]:
+        """GET /api/v1/PATH once per parameter set (once without parameters if none); the data of each."""
+        urls = [f"{self.base}/api/v1/{path}" + (f"?{urllib.parse.urlencode(q)}" if q else "") for q in queries or [{}]]
+        replies = [json.loads(body) for body in fetch(self.lab, self.node, *urls)]
+        assert all(r["status"] == "success" for r in replies), replies
+        return [r["data"] for r in replies]
 
-    def query(self, expr: str) -> dict[tuple, str]:
-        """Instant query: labels (without __name__, sorted) -> value."""
-        data = self.api("query", query=expr)
-        return {tuple(sorted((k, v) for k, v in s["metric"].items() if k != "__name__")): s["value"][1]
-                for s in data["result"]}
+    def query(self, *exprs: str) -> list[dict[tuple, str]]:
+        """Instant queries: for each, labels (without __name__, sorted) -> value."""
+        return [{tuple(sorted((k, v) for k, v in s["metric"].items() if k != "__name__")): s["value"][1]
+                 for s in data["result"]} for data in self.api("query", *({"query": e} for e in exprs))]
 
 
 @pytest.fixture(scope="module")
@@ -120,21 +122,21 @@ def test_rules_and_dashboard_reference_only_exported_metrics(lab):
 
 
 def test_prometheus_scrapes_every_session_and_records_rules(prometheus):
-    up = wait_for(lambda: len(r := prometheus.query("tortie_bgp_session_up")) == 6 and r, 30, interval=0.5,
+    up = wait_for(lambda: len(r := prometheus.query("tortie_bgp_session_up")[0]) == 6 and r, 30, interval=0.5,
                   what="6 session series in Prometheus")
     assert set(up.values()) == {"1"}
     assert {dict(k)["instance"] for k in up} == {f"{a}:{METRICS_PORT}" for a in NODES.values()}
-    recorded = wait_for(lambda: len(r := prometheus.query("tortie:bgp_sessions_up:sum")) == 3 and r, 30,
+    recorded = wait_for(lambda: len(r := prometheus.query("tortie:bgp_sessions_up:sum")[0]) == 3 and r, 30,
                         interval=0.5, what="the recording rule")
     assert set(recorded.values()) == {"2"}
-    groups = prometheus.api("rules")["groups"]
+    groups = prometheus.api("rules")[0]["groups"]
     assert all(r["health"] == "ok" for g in groups for r in g["rules"]), groups
 
 
 def test_every_dashboard_query_runs(prometheus):
     """Queries on daemon metrics return series from the lab; the policy and datastore ones run, empty."""
-    for expr in dashboard_exprs():
-        result = prometheus.query(grafana_to_promql(expr))
+    exprs = dashboard_exprs()
+    for expr, result in zip(exprs, prometheus.query(*map(grafana_to_promql, exprs))):
         if not metric_names(expr) & (ASSUMED | policy_series()) and "> 0" not in expr:
             assert result, expr
 
@@ -146,7 +148,7 @@ def test_alerts_fire_when_a_node_stops(lab, prometheus):
 
     def pending() -> set[tuple[str, str, str]]:
         return {(a["labels"]["alertname"], a["labels"]["instance"], a["labels"].get("peer", ""))
-                for a in prometheus.api("alerts")["alerts"] if a["state"] == "pending"}
+                for a in prometheus.api("alerts")[0]["alerts"] if a["state"] == "pending"}
 
     expected = {("TortieBGPPeerDown", "10.99.0.1:9473", "10.99.0.3"),
                 ("TortieBGPPeerDown", "10.99.0.2:9473", "10.99.0.3"),
