@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Generates docs/configuration.md from the node configuration models in config/node.py.
 
-    python scripts/gen_config_docs.py           # rewrite docs/configuration.md
-    python scripts/gen_config_docs.py --check   # exit 1 if docs/configuration.md is out of date
+    /opt/tortie-venv/bin/python scripts/gen_config_docs.py           # rewrite docs/configuration.md
+    /opt/tortie-venv/bin/python scripts/gen_config_docs.py --check   # exit 1 if it is out of date
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import argparse
 import ast
 import inspect
 import ipaddress
-import textwrap
 import sys
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -19,7 +19,6 @@ from pathlib import Path
 import annotated_types as at
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
