@@ -4,7 +4,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.ops.promql import (ASSUMED, dashboard, dashboard_exprs, dashboard_panels, grafana_to_promql,
+from tests.ops.promql import (ASSUMED, REPO, dashboard, dashboard_exprs, dashboard_panels, grafana_to_promql,
                               metric_names, policy_series, readme_series, recorded_names)
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,3 +66,9 @@ def test_every_query_is_valid_promql(tmp_path):
     path.write_text(yaml.safe_dump({"groups": [group]}))
     r = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_operations_guide_explains_every_panel():
+    guide = " ".join((REPO / "docs" / "operations.md").read_text().split())  # line breaks as spaces
+    for p in dashboard_panels():
+        assert f"*{p['title']}*" in guide, p["title"]
