@@ -17,8 +17,9 @@ import typing
 from pathlib import Path
 
 import annotated_types as at
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
+from pydantic.types import PathType
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -28,8 +29,10 @@ from config.node import NodeConfig  # noqa: E402
 OUTPUT = REPO / "docs" / "configuration.md"
 TYPE_NAMES = {
     int: "integer", float: "number", bool: "boolean", str: "string", Path: "path",
-    ipaddress.IPv4Address: "IPv4 address", ipaddress.IPv4Network: "IPv4 network (CIDR)",
+    ipaddress.IPv4Address: "IPv4 address", ipaddress.IPv4Network: "IPv4 network (CIDR)", SecretStr: "string (secret)",
 }
+PATH_KINDS = {"file": "path of an existing file", "dir": "path of an existing directory",
+              "new": "path that does not exist yet"}
 CONSTRAINTS = [(at.Ge, "ge", "≥ {}"), (at.Gt, "gt", "> {}"), (at.Le, "le", "≤ {}"), (at.Lt, "lt", "< {}"),
                (at.MinLen, "min_length", "length ≥ {}"), (at.MaxLen, "max_length", "length ≤ {}")]
 
@@ -37,13 +40,16 @@ CONSTRAINTS = [(at.Ge, "ge", "≥ {}"), (at.Gt, "gt", "> {}"), (at.Le, "le", "�
 def type_name(t) -> str:
     """A reader's name for a field's type annotation."""
     origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is typing.Annotated:  # e.g. pydantic's FilePath
+        kind = next((m.path_type for m in t.__metadata__ if isinstance(m, PathType)), None)
+        return PATH_KINDS.get(kind) or type_name(args[0])
     if origin in (typing.Union, types.UnionType):
         names = [type_name(a) for a in args if a is not type(None)]
         return " or ".join(names) + (" or null" if type(None) in args else "")
     if origin is list:
         return f"list of {type_name(args[0])}"
     if origin is typing.Literal:
-        return " \\| ".join(f"`{a}`" for a in args)
+        return " or ".join(f"`{a}`" for a in args)
     if isinstance(t, type) and issubclass(t, BaseModel):
         return f"mapping ({t.__name__})"
     if t in TYPE_NAMES:
