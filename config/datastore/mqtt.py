@@ -1,0 +1,285 @@
+"""The MQTT backend: retained JSON messages under tortie/v1/<key>, one broker (mosquitto) for the cluster.
+
+The cache holds the broker's state (`_remote`, as last received) overlaid by this node's own writes
+that the broker has not echoed back yet (`_outbox`). Every session: connect (Last Will: status/<node>
+= {"alive": false}, retained), subscribe, publish a marker to sync/<node>/<nonce> and take what came
+before it back as the broker's whole state; then converge the cache to it (emitting the differences),
+re-publish own keys the broker lacks, publish status/<node> = {"alive": true, ...} and the outbox.
+Writes the broker dropped (the ACL) are found by a marker after each batch and reverted.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from dataclasses import dataclass
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+
+from config.datastore.base import Datastore, checked, decode, encode
+from config.datastore.errors import DatastoreError, InvalidKey
+from config.datastore.keys import KINDS, key, owner, parse_key
+from config.datastore.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+ROOT = "tortie/v1/"
+# CONNACK refusals that retrying cannot fix (MQTT 3.1.1 codes and their MQTT 5 equivalents)
+REFUSED = {1, 2, 4, 5, 128, 129, 132, 133, 134, 135, 138, 140}
+
+
+@dataclass(eq=False)
+class _Write:
+    value: dict | None
+    sent: str | None = None  # the marker nonce of the batch that carried it
+
+
+class _Refused(Exception):
+    """The broker refused the connection (credentials, client id)."""
+
+
+class MqttDatastore(Datastore):
+    def __init__(self, settings: MqttSettings, node: str):
+        super().__init__(node)
+        self.settings = settings
+        self._remote: dict[str, dict] = {}
+        self._outbox: dict[str, _Write] = {}
+        self._pending = asyncio.Event()  # the outbox holds unsent writes
+        self._empty = asyncio.Event()  # the outbox is empty
+        self._empty.set()
+        self._markers: dict[str, asyncio.Future] = {}
+        self._fresh: dict[str, dict] | None = None  # the state being loaded, during a sync
+        self._sync_nonce = ""
+        self._ready: asyncio.Future | None = None
+        self._started = False
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._status = key("status", node)
+        self._syncs = 0
+        self._last_error = ""
+
+    async def start(self) -> None:
+        self._ready = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(), name=f"datastore-mqtt-{self.node}")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.settings.start_timeout)
+        except asyncio.TimeoutError:
+            await self._halt()
+            raise DatastoreError(
+                f"cannot load the state from MQTT broker {self._where()} within {self.settings.start_timeout:g} s: "
+                f"{self._last_error or 'no answer'}"
+            ) from None
+        except DatastoreError:
+            await self._halt()
+            raise
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        if self.connected:
+            await self.put(self._status, {"alive": False})
+            if not await self.flush(self.settings.sync_timeout):
+                log.warning("stopping with %d writes not confirmed by the broker", len(self._outbox))
+        await self._halt()
+        self._end_feeds()
+
+    async def put(self, key_: str, value: dict) -> None:
+        self._queue(key_, checked(key_, value))
+
+    async def delete(self, key_: str) -> None:
+        self._queue(key_, checked(key_, None))
+
+    async def flush(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def _queue(self, key_: str, value: dict | None) -> None:
+        """An own write: cached and emitted at once, sent now or after the next (re)connect."""
+        self._outbox[key_] = _Write(value)
+        self._empty.clear()
+        self._pending.set()
+        self._apply(key_, value)
+
+    def _unqueue(self, key_: str) -> None:
+        del self._outbox[key_]
+        if not self._outbox:
+            self._empty.set()
+
+    # the connection loop
+
+    def _where(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    async def _run(self) -> None:
+        delay = self.settings.backoff_min
+        while not self._stopping.is_set():
+            syncs = self._syncs
+            try:
+                await self._session()
+            except _Refused as e:
+                self._last_error = str(e)
+                if not self._started:
+                    self._ready.set_exception(DatastoreError(f"MQTT broker {self._where()} refused {self.node}: {e}"))
+                    return
+                log.error("MQTT broker %s refused %s: %s", self._where(), self.node, e)
+            except (aiomqtt.MqttError, OSError, asyncio.TimeoutError) as e:
+                self._last_error = str(e) or type(e).__name__
+                log.warning("MQTT connection of %s to %s: %s", self.node, self._where(), self._last_error)
+            except Exception:  # noqa: BLE001 - a bug must not end the node's datastore: log it, reconnect
+                self._last_error = "internal error"
+                log.exception("MQTT session of %s failed", self.node)
+            if self._syncs > syncs:
+                delay = self.settings.backoff_min
+            wait = delay * random.uniform(0.8, 1.0)
+            delay = min(delay * 2, self.settings.backoff_max)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        return aiomqtt.Client(
+            s.host, s.port, username=s.username or self.node, password=s.secret(),
+            identifier=s.client_id or self.node, clean_session=True, keepalive=s.keepalive,
+            will=aiomqtt.Will(ROOT + self._status, encode(self._status, {"alive": False}), qos=1, retain=True),
+            tls_context=s.tls.context() if s.tls else None, timeout=s.sync_timeout,
+        )
+
+    async def _session(self) -> None:
+        """One connection: sync, then read and write until it breaks or stop() is called."""
+        try:
+            async with self._client() as client:
+                tasks = [asyncio.create_task(self._read(client))]
+                try:
+                    self._fresh, self._sync_nonce = {}, secrets.token_hex(8)
+                    await client.subscribe([(f"{ROOT}{kind}/#", 1) for kind in KINDS] + [(self._marker("+"), 1)])
+                    await self._round_trip(client, self._sync_nonce)
+                    tasks += [asyncio.create_task(self._write(client)), asyncio.create_task(self._stopping.wait())]
+                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+                finally:
+                    self.connected = False
+                    self._fresh = None
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+        except MqttConnectError as e:
+            if getattr(e.rc, "value", e.rc) in REFUSED:
+                raise _Refused(str(e)) from None
+            raise
+
+    def _marker(self, nonce: str) -> str:
+        return f"{ROOT}sync/{self.node}/{nonce}"
+
+    async def _round_trip(self, client: aiomqtt.Client, nonce: str) -> None:
+        """Publishes a marker and waits for it to come back: everything published before it has arrived."""
+        arrived = self._markers[nonce] = asyncio.get_running_loop().create_future()
+        try:
+            await client.publish(self._marker(nonce), b"", qos=1)
+            await asyncio.wait_for(arrived, self.settings.sync_timeout)
+        except asyncio.TimeoutError:
+            raise aiomqtt.MqttError(
+                f"marker sync/{self.node}/{nonce} did not come back within {self.settings.sync_timeout:g} s "
+                f"(does the ACL let user {self.settings.username or self.node} write tortie/v1/sync/{self.node}/#?)"
+            ) from None
+        finally:
+            self._markers.pop(nonce, None)
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            if topic.startswith(f"{ROOT}sync/"):
+                nonce = topic.rsplit("/", 1)[1]
+                if self._fresh is not None and nonce == self._sync_nonce:
+                    self._synced()
+                if (arrived := self._markers.get(nonce)) is not None and not arrived.done():
+                    arrived.set_result(None)
+                continue
+            k = topic.removeprefix(ROOT)
+            try:
+                parse_key(k)
+                value = decode(message.payload) if message.payload else None
+            except (InvalidKey, ValueError) as e:
+                log.warning("ignoring MQTT message on %s: %s", topic, e)
+                continue
+            self._receive(k, value)
+
+    def _receive(self, key_: str, value: dict | None) -> None:
+        if self._fresh is not None:
+            _set(self._fresh, key_, value)
+            return
+        _set(self._remote, key_, value)
+        write = self._outbox.get(key_)
+        if write is None:
+            self._apply(key_, value)
+        elif write.value == value:
+            self._unqueue(key_)  # the echo of an own write; the cache has it already
+
+    def _synced(self) -> None:
+        """The sync marker came back: the broker's state is in _fresh. Converge to it."""
+        fresh, self._fresh = self._fresh, None
+        for k, v in self._cache.items():  # own keys the broker lost or holds otherwise (own writes win)
+            if owner(k) == self.node and k not in self._outbox and fresh.get(k) != v:
+                self._outbox[k] = _Write(v)
+        self._outbox[self._status] = _Write({"alive": True, "since": time.time()})
+        for write in self._outbox.values():
+            write.sent = None
+        self._empty.clear()
+        self._pending.set()
+        self._remote = fresh
+        state = dict(fresh)
+        for k, write in self._outbox.items():
+            _set(state, k, write.value)
+        if self._started:
+            self._converge(state)
+            self.resyncs += 1
+            log.info("%s resynchronised with MQTT broker %s", self.node, self._where())
+        else:
+            self._started = True
+            self._cache = state
+            self._ready.set_result(None)
+        self._syncs += 1
+        self.connected = True
+
+    async def _write(self, client: aiomqtt.Client) -> None:
+        """Publishes the outbox in batches; after each, a marker: a write not echoed before it was dropped."""
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            batch = {k: w for k, w in self._outbox.items() if w.sent is None}
+            if not batch:
+                continue
+            nonce = secrets.token_hex(8)
+            for k, write in batch.items():
+                write.sent = nonce
+                payload = b"" if write.value is None else encode(k, write.value)
+                await client.publish(ROOT + k, payload, qos=1, retain=True)
+            await self._round_trip(client, nonce)
+            for k, write in batch.items():
+                if self._outbox.get(k) is write:
+                    log.error("MQTT broker dropped %s's write of %s (not allowed by the ACL?); reverted", self.node, k)
+                    self._unqueue(k)
+                    self._apply(k, self._remote.get(k))
+
+    async def _halt(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, self.settings.sync_timeout)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
+                pass
+            self._task = None
+
+
+def _set(state: dict[str, dict], key_: str, value: dict | None) -> None:
+    if value is None:
+        state.pop(key_, None)
+    else:
+        state[key_] = value

@@ -1,0 +1,115 @@
+"""Fixtures: mosquitto brokers and datastore clients, all stopped afterwards (also when a test fails)."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from config.datastore import Datastore, FilesDatastore, MqttDatastore, MqttSettings
+from tests.datastore.broker import USERS, Broker
+
+
+async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    """Waits (bounded) until predicate() is true."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+async def collect(changes, until, timeout: float = 5.0) -> list:
+    """Reads changes (bounded) until until(change) is true; returns all read, that one included."""
+    seen = []
+
+    async def read():
+        async for change in changes:
+            seen.append(change)
+            if until(change):
+                return
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"change not seen within {timeout} s; seen: {seen}") from None
+    return seen
+
+
+async def drain(changes, quiet: float = 0.3) -> list:
+    """Every change that arrives until none comes for `quiet` seconds."""
+    seen = []
+    it = changes.__aiter__()
+    while True:
+        try:
+            seen.append(await asyncio.wait_for(it.__anext__(), quiet))
+        except asyncio.TimeoutError:
+            return seen
+
+
+def make_certs(d: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it: (ca.crt, server.crt, server.key)."""
+    d.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True, timeout=30)  # noqa: E731
+    run("req", "-x509", *ec, "-subj", f"/CN={name}-ca", "-days", "2", "-keyout", "ca.key", "-out", "ca.crt")
+    run("req", *ec, "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "server.crt")
+    return d / "ca.crt", d / "server.crt", d / "server.key"
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory) -> tuple[Path, Path, Path]:
+    return make_certs(tmp_path_factory.mktemp("pki"), "tortie-test")
+
+
+@pytest.fixture
+def make_broker(tmp_path):
+    brokers: list[Broker] = []
+
+    def make(**kw) -> Broker:
+        broker = Broker(tmp_path / f"broker{len(brokers)}", **kw)
+        brokers.append(broker)
+        return broker.start()
+
+    yield make
+    for broker in brokers:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(make_broker) -> Broker:
+    return make_broker()
+
+
+def settings(broker: Broker, user: str, **kw) -> MqttSettings:
+    """Fast timers for tests; the password from USERS unless given."""
+    values = dict(host="127.0.0.1", port=broker.port, username=user, password=USERS.get(user, "?"),
+                  backoff_min=0.2, backoff_max=1.0, start_timeout=5, sync_timeout=3)
+    return MqttSettings(**(values | kw))
+
+
+@pytest.fixture
+async def clients():
+    """clients.mqtt(broker, node) / clients.files(dir, node): started datastores, stopped afterwards."""
+    started: list[Datastore] = []
+
+    class Clients:
+        async def mqtt(self, broker: Broker, node: str, user: str | None = None, **kw) -> MqttDatastore:
+            return await self.add(MqttDatastore(settings(broker, user or node, **kw), node))
+
+        async def files(self, path: Path, node: str, lease_ttl: float = 15.0) -> FilesDatastore:
+            return await self.add(FilesDatastore(path, node, lease_ttl))
+
+        async def add(self, ds: Datastore) -> Datastore:
+            await ds.start()
+            started.append(ds)
+            return ds
+
+    yield Clients()
+    for ds in reversed(started):
+        await asyncio.wait_for(ds.stop(), 15)

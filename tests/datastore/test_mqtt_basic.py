@@ -1,0 +1,117 @@
+"""MQTT backend against a real mosquitto with the shipped ACL: reads, writes, changes, sync, liveness."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from config.datastore import Change, DatastoreError, MqttDatastore
+from tests.datastore.broker import REPO, USERS
+from tests.datastore.conftest import collect, drain, eventually, settings
+
+pytestmark = pytest.mark.timeout(60)
+
+EP = "endpoints/node1/default/web-1"
+
+
+async def test_put_get_delete_items_changes(broker, clients):
+    ds = await clients.mqtt(broker, "node1")
+    assert ds.connected and ds.resyncs == 0
+    changes = ds.changes()
+    await ds.put("nodes/node1", {"address": "10.99.0.1"})
+    await ds.put(EP, {"ip": "10.244.1.5"})
+    await ds.put(EP, {"ip": "10.244.1.6"})
+    assert ds.get(EP) == {"ip": "10.244.1.6"}
+    assert ds.items("endpoints/node1") == {EP: {"ip": "10.244.1.6"}}
+    assert ds.items("endpoints/node10") == {}
+    await ds.delete(EP)
+    assert ds.get(EP) is None
+    assert await ds.flush(5)
+    seen = await drain(changes)
+    assert seen == [
+        Change("nodes/node1", {"address": "10.99.0.1"}),
+        Change(EP, {"ip": "10.244.1.5"}),
+        Change(EP, {"ip": "10.244.1.6"}),
+        Change(EP, None),
+    ]  # own writes, each once: their echoes from the broker are not changes
+    with pytest.raises(DatastoreError):
+        await ds.put("nodes/a/b", {})
+    with pytest.raises(DatastoreError):
+        await ds.put("nodes/node1", {"x": {1, 2}})
+
+
+async def test_two_clients_see_each_other(broker, clients):
+    one = await clients.mqtt(broker, "node1")
+    two = await clients.mqtt(broker, "node2")
+    feed = two.changes()
+    await one.put(EP, {"ip": "10.244.1.5"})
+    await collect(feed, lambda c: c == Change(EP, {"ip": "10.244.1.5"}))
+    assert two.get(EP) == {"ip": "10.244.1.5"}
+    feed_one = one.changes()
+    await one.delete(EP)
+    await collect(feed, lambda c: c == Change(EP, None))
+    await two.put("nodes/node2", {"address": "10.99.0.2"})
+    await collect(feed_one, lambda c: c.key == "nodes/node2")
+    assert one.alive("node2") is True and two.alive("node1") is True
+    assert one.alive("node7") is None
+
+
+async def test_initial_sync_loads_retained_state(broker, clients):
+    admin = await clients.mqtt(broker, "admin")
+    state = {f"policies/default/p{i}": {"spec": {"n": i}} for i in range(200)}
+    state["blocks/10.244.1.0-26"] = {"node": "node1"}
+    for k, v in state.items():
+        await admin.put(k, v)
+    assert await admin.flush(10)
+    one = await clients.mqtt(broker, "node1")
+    assert one.items("policies/") | one.items("blocks/") == state
+    assert await drain(one.changes()) == []  # the initial state is not a change
+
+
+async def test_clean_stop_marks_node_down(broker, clients):
+    one = await clients.mqtt(broker, "node1")
+    two = MqttDatastore(settings(broker, "node2"), "node2")
+    await two.start()
+    await eventually(lambda: one.alive("node2") is True)
+    await two.stop()
+    await eventually(lambda: one.alive("node2") is False)
+    assert one.get("status/node2") == {"alive": False}
+
+
+async def test_last_will_when_client_is_killed(broker, clients):
+    one = await clients.mqtt(broker, "node1")
+    s = json.dumps({"host": "127.0.0.1", "port": broker.port, "username": "node3", "password": USERS["node3"],
+                    "start_timeout": 5})
+    proc = subprocess.Popen([sys.executable, "-m", "tests.datastore.hold_client", s, "node3"], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 15)
+        assert line.strip() == "ready"
+        await eventually(lambda: one.alive("node3") is True)
+        os.kill(proc.pid, signal.SIGKILL)
+        await eventually(lambda: one.alive("node3") is False, what="Last Will")
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+async def test_wrong_password_is_refused(broker):
+    ds = MqttDatastore(settings(broker, "node1", password="wrong", start_timeout=10), "node1")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(DatastoreError, match="refused node1"):
+        await ds.start()
+    assert loop.time() - t0 < 5  # refused at once, not retried until start_timeout
+
+
+async def test_unreachable_broker_times_out(broker):
+    broker.stop()
+    ds = MqttDatastore(settings(broker, "node1", start_timeout=1.5), "node1")
+    with pytest.raises(DatastoreError, match="within 1.5 s"):
+        await ds.start()
