@@ -232,6 +232,10 @@ class _Splitter:
         return NamedPortMatch(atom.side, atom.negate, name)
 
     def split(self, alt: _Alternative) -> list[Match]:
+        if alt.protocol is not None and alt.not_protocol is not None:
+            if alt.protocol == alt.not_protocol:
+                return []  # cannot match
+            alt = replace(alt, not_protocol=None)  # implied by the protocol
         out = []
         for fam in self.families(alt):
             if fam is None:
