@@ -177,6 +177,13 @@ class Daemon:
             log.error("reload refused, the running configuration stays: %s", "; ".join(e.errors))
             notify("READY=1", "STATUS=reload refused: see the log")
             return False
+        await self.reconfigure(new)
+        log.info("reloaded peers=%d blocks=%d", len(self.peers), len(new.blocks))
+        notify("READY=1", f"STATUS=reloaded, {len(self.peers)} peers")
+        return True
+
+    async def reconfigure(self, new: NodeConfig) -> None:
+        """Moves to `new` (same RESTART_FIELDS): peers, blocks, pools, limits; other sessions stay up."""
         old, self.node = self.node, new
         self._apply_peers(new)
         self._apply("", None, self.rib.refilter(import_filter(new)))
@@ -185,9 +192,6 @@ class Daemon:
         self.supervisor.reload()
         gone = [b for b in old.blocks if b not in new.blocks]
         await self._send(msgs.withdraw_blocks(gone) + msgs.announce_blocks(new.blocks) + [msgs.route_refresh()])
-        log.info("reloaded peers=%d blocks=%d", len(self.peers), len(new.blocks))
-        notify("READY=1", f"STATUS=reloaded, {len(self.peers)} peers")
-        return True
 
     def _apply_peers(self, node: NodeConfig) -> None:
         wanted = {str(p.address): p for p in node.bgp_peers()}

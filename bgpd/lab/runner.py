@@ -55,10 +55,20 @@ def _mount_targets(lab: Lab) -> dict[PurePosixPath, bool]:
     return targets
 
 
+def _software_binds() -> list[tuple[str, str, bool]]:
+    """Tortie's own code and virtualenv, where a node's private tmpfs would hide them (a checkout in /tmp).
+
+    The host's filesystem stands in for the node image: what runs in a node must still see them.
+    """
+    paths = {Path(sys.prefix).resolve(), Path(__file__).resolve().parents[2]}
+    hidden = [p for p in paths if any(p.is_relative_to(d) for d in NODE_TMPFS)]
+    return [(str(p), str(p), True) for p in sorted(hidden)]
+
+
 def _start_keeper(lab: Lab, node: Node, state: LabState) -> None:
     ns = state.nodes[node.name]
     spec = {"netns": f"/run/netns/{ns.netns}", "tmpfs": list(NODE_TMPFS),
-            "binds": [(str(b.host), str(b.container), b.read_only) for b in node.binds]}
+            "binds": _software_binds() + [(str(b.host), str(b.container), b.read_only) for b in node.binds]}
     with open(state.log_path(node.name), "ab") as log:
         keeper = subprocess.Popen([sys.executable, "-m", "bgpd.lab.keeper", json.dumps(spec)],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
