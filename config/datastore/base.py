@@ -5,7 +5,6 @@ import asyncio
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from config.datastore.errors import DatastoreError
@@ -19,6 +18,29 @@ class Change:
 
 
 _END = object()
+
+
+class ChangeFeed:
+    """An async iterator of Changes; a cancelled wait for the next one loses nothing. Ends after stop()."""
+
+    def __init__(self, feeds: list[ChangeFeed]):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self._feeds = feeds
+
+    def __aiter__(self) -> ChangeFeed:
+        return self
+
+    async def __anext__(self) -> Change:
+        change = await self.queue.get()
+        if change is _END:
+            self.queue.put_nowait(_END)
+            raise StopAsyncIteration
+        return change
+
+    async def aclose(self) -> None:
+        """Stops receiving changes."""
+        if self in self._feeds:
+            self._feeds.remove(self)
 
 
 def encode(key_: str, value: dict) -> bytes:
@@ -42,8 +64,8 @@ def decode(payload: bytes) -> dict:
 class Datastore(ABC):
     """One node's view of the cluster state. Values are JSON objects; treat returned dicts as read-only.
 
-    changes(): the first iterator gets every change after start() (buffered until it is created); later
-    iterators get the changes after their creation. Iterators end after stop().
+    changes(): the first feed gets every change after start() (buffered until it is asked for); later
+    feeds get the changes after their creation. Feeds end after stop(); aclose() one you abandon.
     """
 
     def __init__(self, node: str):
@@ -51,8 +73,9 @@ class Datastore(ABC):
         self.connected = False
         self.resyncs = 0
         self._cache: dict[str, dict] = {}
-        self._first_feed: asyncio.Queue | None = asyncio.Queue()
-        self._feeds: list[asyncio.Queue] = [self._first_feed]
+        self._feeds: list[ChangeFeed] = []
+        self._first_feed: ChangeFeed | None = ChangeFeed(self._feeds)
+        self._feeds.append(self._first_feed)
 
     @abstractmethod
     async def start(self) -> None:
@@ -89,21 +112,13 @@ class Datastore(ABC):
         lease_ok = not isinstance(expires, (int, float)) or expires > time.time()
         return status.get("alive") is True and lease_ok
 
-    def changes(self) -> AsyncIterator[Change]:
+    def changes(self) -> ChangeFeed:
         if self._first_feed is not None:
             feed, self._first_feed = self._first_feed, None
-        else:
-            feed = asyncio.Queue()
-            self._feeds.append(feed)
-        return self._iterate(feed)
-
-    async def _iterate(self, feed: asyncio.Queue) -> AsyncIterator[Change]:
-        try:
-            while (change := await feed.get()) is not _END:
-                yield change
-        finally:
-            if feed in self._feeds:
-                self._feeds.remove(feed)
+            return feed
+        feed = ChangeFeed(self._feeds)
+        self._feeds.append(feed)
+        return feed
 
     def _apply(self, key_: str, value: dict | None) -> None:
         """Sets a key in the cache and emits a Change if that changed it."""
@@ -114,7 +129,7 @@ class Datastore(ABC):
         else:
             self._cache[key_] = value
         for feed in self._feeds:
-            feed.put_nowait(Change(key_, value))
+            feed.queue.put_nowait(Change(key_, value))
 
     def _converge(self, state: dict[str, dict]) -> None:
         """Makes the cache equal to state, emitting exactly the differences (in key order)."""
@@ -123,7 +138,7 @@ class Datastore(ABC):
 
     def _end_feeds(self) -> None:
         for feed in self._feeds:
-            feed.put_nowait(_END)
+            feed.queue.put_nowait(_END)
 
 
 def checked(key_: str, value: dict | None) -> dict | None:

@@ -1,0 +1,97 @@
+"""Losing the broker: last known state kept, writes queued, then resynchronised and converged."""
+from __future__ import annotations
+
+import pytest
+
+from config.datastore import Change
+from tests.datastore.conftest import collect, drain, eventually
+from tests.datastore.proxy import Proxy
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Via:
+    """A broker address for settings(): through the proxy."""
+
+    def __init__(self, proxy: Proxy):
+        self.port = proxy.port
+
+
+async def test_partition_then_resync(broker, clients):
+    proxy = Proxy(broker.port)
+    await proxy.heal()
+    one = await clients.mqtt(Via(proxy), "node1")
+    two = await clients.mqtt(broker, "node2")
+    admin = await clients.mqtt(broker, "admin")
+    for k in ("policies/default/a", "policies/default/b", "namespaces/default"):
+        await admin.put(k, {"v": 1})
+    await one.put("endpoints/node1/default/web-1", {"ip": "10.244.1.5"})
+    await eventually(lambda: one.get("namespaces/default") and two.get("endpoints/node1/default/web-1"))
+    await eventually(lambda: two.alive("node1") is True)
+    feed = one.changes()
+    await drain(feed, 0.2)
+
+    await proxy.cut()
+    await eventually(lambda: not one.connected, what="node1 disconnected")
+    await eventually(lambda: two.alive("node1") is False, what="node1's Last Will")
+    assert one.get("policies/default/a") == {"v": 1}  # last known state kept
+    await one.put("endpoints/node1/default/web-2", {"ip": "10.244.1.6"})  # queued
+    await one.delete("endpoints/node1/default/web-1")
+    await admin.delete("policies/default/a")
+    await admin.put("policies/default/b", {"v": 2})
+    await admin.put("policies/default/c", {"v": 3})
+    assert await admin.flush(5)
+    while_away = await drain(feed, 0.5)
+    assert while_away == [Change("endpoints/node1/default/web-2", {"ip": "10.244.1.6"}),
+                          Change("endpoints/node1/default/web-1", None)]  # own writes only, nothing deleted
+    assert one.resyncs == 0
+
+    await proxy.heal()
+    await eventually(lambda: one.connected, timeout=10, what="node1 reconnected")
+    assert one.resyncs == 1
+    seen = await drain(feed, 0.5)
+    assert {c.key: c.value for c in seen if not c.key.startswith("status/")} == {
+        "policies/default/a": None, "policies/default/b": {"v": 2}, "policies/default/c": {"v": 3},
+    }  # exactly the differences
+    await eventually(lambda: two.get("endpoints/node1/default/web-2") == {"ip": "10.244.1.6"})
+    await eventually(lambda: two.get("endpoints/node1/default/web-1") is None and two.alive("node1") is True)
+    assert await one.flush(5)
+    await proxy.cut()
+
+
+@pytest.mark.parametrize("persistence", [True, False])
+async def test_broker_restart(make_broker, clients, persistence):
+    broker = make_broker(persistence=persistence)
+    one = await clients.mqtt(broker, "node1")
+    two = await clients.mqtt(broker, "node2")
+    admin = await clients.mqtt(broker, "admin")
+    await admin.put("policies/default/p", {"v": 1})
+    await one.put("nodes/node1", {"address": "10.99.0.1"})
+    await one.put("claims/10.244.1.0-26/node1", {"node": "node1"})
+    await two.put("endpoints/node2/default/db", {"ip": "10.244.2.9"})
+    for ds in (one, two, admin):
+        assert await ds.flush(5)
+    await eventually(lambda: len(one.items("")) == 7 and len(two.items("")) == 7)
+    feed = one.changes()
+    await drain(feed, 0.2)
+
+    broker.stop()
+    await eventually(lambda: not one.connected and not two.connected)
+    assert one.get("endpoints/node2/default/db") == {"ip": "10.244.2.9"}
+    await one.put("endpoints/node1/default/web", {"ip": "10.244.1.7"})  # made while the broker is away
+    broker.start()
+    await eventually(lambda: one.resyncs == 1 and two.resyncs == 1 and admin.resyncs == 1, timeout=10)
+    await eventually(lambda: two.get("endpoints/node1/default/web") == {"ip": "10.244.1.7"})
+
+    # owners re-publish their keys: a client that starts now sees them, with or without persistence
+    three = await clients.mqtt(broker, "node3")
+    await eventually(lambda: three.get("claims/10.244.1.0-26/node1") and three.get("endpoints/node2/default/db"))
+    assert three.get("nodes/node1") == {"address": "10.99.0.1"}
+    seen = [c for c in await drain(feed, 0.5) if not c.key.startswith("status/")]
+    if persistence:
+        assert three.get("policies/default/p") == {"v": 1}
+        assert seen == [Change("endpoints/node1/default/web", {"ip": "10.244.1.7"})]
+    else:  # the admin's keys are gone with the broker's memory: node1 is told so (docs/datastore.md)
+        assert three.get("policies/default/p") is None
+        assert Change("policies/default/p", None) in seen
+        await eventually(lambda: one.get("endpoints/node2/default/db") is not None)

@@ -1,0 +1,98 @@
+"""The shipped ACL (a node writes only its own keys), TLS, and the shipped mosquitto.conf."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import pytest
+
+from config.datastore import Change, DatastoreError, MqttDatastore, TlsSettings
+from tests.datastore.broker import SHIPPED, free_port, make_passwords, wait_listening
+from tests.datastore.conftest import collect, drain, eventually, make_certs, settings
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_node_writes_only_its_own_keys(broker, clients):
+    one = await clients.mqtt(broker, "node1")
+    admin = await clients.mqtt(broker, "admin")
+    feed = admin.changes()
+    denied = ["nodes/node2", "status/node2", "policies/default/deny", "blocks/10.244.9.0-26",
+              "claims/10.244.9.0-26/node2", "endpoints/node2/default/x", "globalpolicies/g", "namespaces/default"]
+    allowed = ["claims/10.244.1.0-26/node1", "endpoints/node1/default/web-1", "nodes/node1"]
+    for k in denied + allowed:
+        await one.put(k, {"by": "node1"})
+    # the broker handles node1's writes in order: once the last allowed one arrived, the denied ones are gone
+    seen = await collect(feed, lambda c: c.key == "nodes/node1")
+    seen += await drain(feed)
+    assert {c.key for c in seen} == set(allowed)
+    await eventually(lambda: all(one.get(k) is None for k in denied), what="denied writes reverted")
+    assert all(one.get(k) == {"by": "node1"} for k in allowed)
+    assert await one.flush(5)
+
+    backlog = one.changes()  # node1's first iterator: every change since start, the reverts included
+    await admin.put("policies/default/allow", {"by": "admin"})
+    await admin.put("nodes/node2", {"by": "admin"})
+    seen = await collect(backlog, lambda c: c.value == {"by": "admin"} and c.key == "nodes/node2")
+    assert Change("nodes/node2", None) in seen
+    assert one.get("policies/default/allow") == {"by": "admin"}
+
+
+async def test_username_other_than_node_name_cannot_sync(broker):
+    """node2's credentials do not let a client act as node1: not even its sync marker gets through."""
+    ds = MqttDatastore(settings(broker, "node2", sync_timeout=0.5, start_timeout=2), "node1")
+    with pytest.raises(DatastoreError, match="sync/node1"):
+        await ds.start()
+
+
+async def test_tls(make_broker, certs, clients, tmp_path):
+    broker = make_broker(certs=certs)
+    ca = certs[0]
+    one = await clients.mqtt(broker, "node1", tls=TlsSettings(ca=ca))
+    two = await clients.mqtt(broker, "node2", tls=TlsSettings(ca=ca))
+    feed = two.changes()
+    await one.put("nodes/node1", {"address": "10.99.0.1"})
+    await collect(feed, lambda c: c.key == "nodes/node1")
+
+    other_ca = make_certs(tmp_path / "other", "other")[0]
+    for tls, why in [(TlsSettings(ca=other_ca), "CERTIFICATE_VERIFY_FAILED"), (None, "within 1.5 s")]:
+        ds = MqttDatastore(settings(broker, "node3", tls=tls, start_timeout=1.5), "node3")
+        with pytest.raises(DatastoreError, match=why):
+            await ds.start()
+
+
+async def test_shipped_mosquitto_conf(tmp_path, certs, clients):
+    """The shipped configuration, with its paths and ports moved into a temporary directory."""
+    ca, cert, key = certs
+    etc, data = tmp_path / "etc", tmp_path / "data"
+    etc.mkdir()
+    data.mkdir()
+    for src, name in [(ca, "ca.crt"), (cert, "server.crt"), (key, "server.key"), (SHIPPED / "acl", "acl")]:
+        (etc / name).write_bytes(src.read_bytes())
+    make_passwords(etc / "passwd")
+    tls_port, plain_port = free_port(), free_port()
+    conf = (SHIPPED / "mosquitto.conf").read_text()
+    for old, new in [("/etc/mosquitto/tortie/", f"{etc}/"), ("/var/lib/mosquitto/", f"{data}/"),
+                     ("listener 8883", f"listener {tls_port} 127.0.0.1"), ("listener 1883", f"listener {plain_port}")]:
+        assert old in conf
+        conf = conf.replace(old, new)
+    (etc / "mosquitto.conf").write_text(conf + "user root\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(etc / "mosquitto.conf")], stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(tls_port, proc)
+
+        class At:
+            port = tls_port
+
+        one = await clients.mqtt(At, "node1", tls=TlsSettings(ca=ca))
+        At.port = plain_port
+        admin = await clients.mqtt(At, "admin")
+        feed = admin.changes()
+        await one.put("nodes/node1", {"address": "10.99.0.1"})
+        await collect(feed, lambda c: c.key == "nodes/node1")
+        for ds in (one, admin):
+            await asyncio.wait_for(ds.stop(), 10)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    assert (data / "tortie.db").exists()
