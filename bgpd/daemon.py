@@ -52,7 +52,9 @@ class PeerState:
 
 
 class Daemon:
-    COALESCE = 0.005  # seconds to gather more changes before a kernel write
+    COALESCE = 0.001  # seconds to gather more changes before a kernel write
+    FLUSH_AT = 512  # changed prefixes that make the reader give the kernel writer a turn
+    RETRY = 5.0  # seconds before a route the kernel refused is tried again
 
     def __init__(self, node: NodeConfig, config_path: Path | None = None, cleanup_on_exit: bool = False):
         self.node = node
@@ -72,6 +74,7 @@ class Daemon:
         self.pidfile = node.run_dir / "tortie.pid"
         self.initial_sync = asyncio.Event()
         self._adopted: set[IPv4Network] = set()
+        self.refused: dict[IPv4Network, str] = {}  # desired routes the kernel refused, with its reason
         self._dirty: set[IPv4Network] = set()
         self._dirty_since: float | None = None
         self._wake = asyncio.Event()
@@ -220,6 +223,8 @@ class Daemon:
             while (line := await reader.readline()) and not self._stopping:
                 for event in msgs.parse_line(line.decode(errors="replace")):
                     self._handle(event)
+                if len(self._dirty) >= self.FLUSH_AT:
+                    await asyncio.sleep(0)  # readline() does not yield while lines are buffered: let the writer run
         finally:
             self._writer = None
             log.warning("exabgp relay disconnected")
@@ -249,12 +254,10 @@ class Daemon:
             return
         if isinstance(event, msgs.Announce):
             ps.updates += 1
-            for prefix in event.prefixes:
-                self._apply(event.peer, ps, self.rib.announce(event.peer, prefix, event.next_hop))
+            self._apply(event.peer, ps, self.rib.announce(event.peer, event.prefixes, event.next_hop))
         elif isinstance(event, msgs.Withdraw):
             ps.updates += 1
-            for prefix in event.prefixes:
-                self._apply(event.peer, ps, self.rib.withdraw(event.peer, prefix))
+            self._apply(event.peer, ps, self.rib.withdraw(event.peer, event.prefixes))
         elif isinstance(event, msgs.EndOfRib):
             self._cancel_stale_timer(ps)
             self._apply(event.peer, ps, self.rib.end_of_rib(event.peer))
@@ -300,10 +303,10 @@ class Daemon:
             ps.stale_timer = None
 
     def _apply(self, addr: str, ps: PeerState | None, upd: Update) -> None:
-        if ps is not None and upd.rejected is not None and upd.rejected not in ps.logged_rejects:
-            ps.logged_rejects |= {upd.rejected}
+        for reason in upd.rejected - ps.logged_rejects if ps is not None else ():
+            ps.logged_rejects |= {reason}
             log.warning("rejecting routes peer=%s reason=%s (logged once per session; see "
-                        "tortie_bgp_prefixes_rejected_total)", addr, upd.rejected.value)
+                        "tortie_bgp_prefixes_rejected_total)", addr, reason.value)
         if upd.changed:
             self._mark(upd.changed)
 
@@ -328,8 +331,12 @@ class Daemon:
                     continue  # decided once the initial sync is done
                 desired[prefix] = want
             result = await self.kernel.sync(desired)
+            for prefix in desired:
+                self.refused.pop(prefix, None)
             if result.errors:
+                self.refused.update(result.errors)
                 self.metrics.programming_errors.inc(len(result.errors))
+                asyncio.get_running_loop().call_later(self.RETRY, self._mark, set(result.errors))
             if since is not None and (result.added or result.replaced or result.removed):
                 self.metrics.programming_latency.observe(time.monotonic() - since)
 
@@ -341,6 +348,7 @@ class Daemon:
             "blocks": [str(b) for b in self.node.blocks],
             "initial_sync_done": self.initial_sync.is_set(),
             "kernel_routes": len(self.kernel.installed),
+            "refused_routes": {str(p): why for p, why in sorted(self.refused.items())[:20]},
             "exabgp_restarts": self.supervisor.restarts,
             "peers": [{
                 "name": ps.peer.name or addr, "address": addr, "asn": ps.peer.asn, "state": ps.state,

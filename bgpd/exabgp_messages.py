@@ -7,6 +7,17 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Union
 
 
+class Prefix(IPv4Network):
+    """An IPv4Network that computes its hash once: every prefix received is a dict key at each stage."""
+
+    def __init__(self, address: str):
+        super().__init__(address)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 @dataclass(frozen=True)
 class SessionState:
     peer: str
@@ -79,12 +90,12 @@ def _update_events(peer: str, message: dict) -> Iterable[Event]:
     update = message.get("update", {})
     for family, nlris in update.get("withdraw", {}).items():
         if family == FAMILY:
-            yield Withdraw(peer, tuple(IPv4Network(n["nlri"]) for n in nlris))
+            yield Withdraw(peer, tuple(Prefix(n["nlri"]) for n in nlris))
     for family, by_next_hop in update.get("announce", {}).items():
         if family != FAMILY:
             continue
         for next_hop, nlris in by_next_hop.items():
-            yield Announce(peer, IPv4Address(next_hop), tuple(IPv4Network(n["nlri"]) for n in nlris))
+            yield Announce(peer, IPv4Address(next_hop), tuple(Prefix(n["nlri"]) for n in nlris))
 
 
 # --- commands --------------------------------------------------------------------------------------

@@ -56,6 +56,15 @@ class DaemonCollector(Collector):
         owned = GaugeMetricFamily("tortie_kernel_routes", "kernel routes owned by Tortie")
         owned.add_metric([], len(d.kernel.installed))
         yield owned
+        refused = GaugeMetricFamily("tortie_kernel_routes_refused",
+                                    "desired routes the kernel refused at the last try (retried)")
+        refused.add_metric([], len(d.refused))
+        yield refused
+        info = GaugeMetricFamily("tortie_bgp_peer_info", "1 per configured peer: its name and AS",
+                                 labels=["peer", "name", "asn"])
+        for addr, ps in d.peers.items():
+            info.add_metric([addr, ps.peer.name or addr, str(ps.peer.asn)], 1.0)
+        yield info
         restarts = CounterMetricFamily("tortie_exabgp_restarts", "times ExaBGP was restarted after it died")
         restarts.add_metric([], d.supervisor.restarts)
         yield restarts

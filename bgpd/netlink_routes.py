@@ -46,13 +46,15 @@ def _attr4(kind: int, value: bytes) -> bytes:
     return _RTA.pack(8, kind) + value
 
 
-def encode(op: RouteOp, seq: int, protocol: int, table: int = RT_TABLE_MAIN, metric: int = 0) -> bytes:
+def encode(op: RouteOp, seq: int, protocol: int, table: int = RT_TABLE_MAIN, metric: int = 0,
+           ack: bool = True) -> bytes:
+    flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
     if op.next_hops is None:
         # any type and scope, but only with our protocol: never deletes a route of someone else
-        kind, flags, rtype, scope = RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, 0, RT_SCOPE_NOWHERE
+        kind, rtype, scope = RTM_DELROUTE, 0, RT_SCOPE_NOWHERE
     else:
         kind = RTM_NEWROUTE
-        flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | (NLM_F_REPLACE if op.replace else NLM_F_EXCL)
+        flags |= NLM_F_CREATE | (NLM_F_REPLACE if op.replace else NLM_F_EXCL)
         rtype = RTN_BLACKHOLE if not op.next_hops else RTN_UNICAST
         scope = RT_SCOPE_UNIVERSE
     body = _RTMSG.pack(socket.AF_INET, op.prefix.prefixlen, 0, 0, min(table, 255), protocol, scope, rtype, 0)
@@ -73,7 +75,7 @@ def encode(op: RouteOp, seq: int, protocol: int, table: int = RT_TABLE_MAIN, met
 class RouteWriter:
     """A blocking rtnetlink socket for batches of route changes (run it in a worker thread)."""
 
-    BATCH_BYTES = 200_000
+    BATCH = 2000  # messages per sendmsg: at most ~200 kB, well inside the socket buffer
 
     def __init__(self, protocol: int, table: int = RT_TABLE_MAIN, metric: int = 0):
         self.protocol, self.table, self.metric = protocol, table, metric
@@ -82,40 +84,43 @@ class RouteWriter:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         self.sock.bind((0, 0))
         self._seq = 0
+        self._buffer = bytearray(1 << 16)
+        self._view = memoryview(self._buffer)
 
     def close(self) -> None:
         self.sock.close()
 
     def apply(self, ops: Sequence[RouteOp]) -> dict[RouteOp, int]:
-        """Sends every op and returns the failed ones with their errno (missing routes on delete are fine)."""
+        """Sends every op and returns the failed ones with their errno (missing routes on delete are fine).
+
+        Only the last message of a batch asks for an acknowledgement: the kernel handles a batch in order
+        and reports every failure by sequence number anyway, so its ack closes the batch.
+        """
         failed: dict[RouteOp, int] = {}
-        pending: dict[int, RouteOp] = {}
-        batch: list[bytes] = []
-        size = 0
-        for op in ops:
-            self._seq = (self._seq + 1) & 0xFFFFFFFF
-            msg = encode(op, self._seq, self.protocol, self.table, self.metric)
-            pending[self._seq] = op
-            batch.append(msg)
-            size += len(msg)
-            if size >= self.BATCH_BYTES:
-                self._flush(batch, pending, failed)
-                batch, size = [], 0
-        if batch:
-            self._flush(batch, pending, failed)
+        for start in range(0, len(ops), self.BATCH):
+            self._send_batch(ops[start:start + self.BATCH], failed)
         return failed
 
-    def _flush(self, batch: list[bytes], pending: dict[int, RouteOp], failed: dict[RouteOp, int]) -> None:
-        self.sock.sendall(b"".join(batch))
-        while pending:
-            data = self.sock.recv(1 << 20)
-            for seq, code in _acks(data):
-                op = pending.pop(seq, None)
+    def _send_batch(self, batch: Sequence[RouteOp], failed: dict[RouteOp, int]) -> None:
+        pending: dict[int, RouteOp] = {}
+        messages = []
+        for i, op in enumerate(batch):
+            self._seq = (self._seq + 1) & 0xFFFFFFFF
+            pending[self._seq] = op
+            messages.append(encode(op, self._seq, self.protocol, self.table, self.metric, ack=i == len(batch) - 1))
+        last = self._seq
+        self.sock.sendall(b"".join(messages))
+        while True:
+            n = self.sock.recv_into(self._buffer)
+            for seq, code in _acks(self._view[:n]):
+                op = pending.get(seq)
                 if op is not None and code and not (op.next_hops is None and code == errno.ESRCH):
                     failed[op] = code
+                if seq == last:
+                    return
 
 
-def _acks(data: bytes) -> Iterable[tuple[int, int]]:
+def _acks(data: memoryview) -> Iterable[tuple[int, int]]:
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)

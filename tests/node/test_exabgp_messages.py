@@ -66,3 +66,9 @@ def test_rendered_config_is_valid_for_exabgp(tmp_path):
     exabgp = Path(sys.executable).with_name("exabgp")
     r = subprocess.run([str(exabgp), "validate", str(conf)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_prefix_is_interchangeable_with_ipv4network():
+    p = m.Prefix("10.244.1.0/26")
+    assert p == N("10.244.1.0/26") and hash(p) == hash(N("10.244.1.0/26"))
+    assert {N("10.244.1.0/26"): 1}[p] == 1 and p in {N("10.244.1.0/26")}

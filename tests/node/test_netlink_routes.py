@@ -4,7 +4,7 @@ from ipaddress import IPv4Address as A, IPv4Network as N
 from hypothesis import given, strategies as st
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from bgpd.netlink_routes import (NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWROUTE, RouteOp,
+from bgpd.netlink_routes import (NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWROUTE, RouteOp,
                                  encode)
 
 addresses = st.integers(1, 2**32 - 2).map(A)
@@ -18,11 +18,12 @@ def decode(data: bytes) -> rtmsg:
 
 
 @given(networks, st.one_of(st.none(), st.frozensets(addresses, max_size=4)), st.booleans(),
-       st.integers(0, 2**32 - 1), st.integers(5, 254), st.integers(0, 1000))
-def test_encoding_matches_pyroute2(prefix, hops, replace, seq, proto, metric):
-    data = encode(RouteOp(prefix, hops, replace), seq, proto, metric=metric)
+       st.integers(0, 2**32 - 1), st.integers(5, 254), st.integers(0, 1000), st.booleans())
+def test_encoding_matches_pyroute2(prefix, hops, replace, seq, proto, metric, ack):
+    data = encode(RouteOp(prefix, hops, replace), seq, proto, metric=metric, ack=ack)
     msg = decode(data)
     assert msg["header"]["length"] == len(data) and msg["header"]["sequence_number"] == seq
+    assert bool(msg["header"]["flags"] & NLM_F_ACK) == ack
     assert msg["dst_len"] == prefix.prefixlen and msg["proto"] == proto and msg["family"] == 2
     assert A(msg.get("dst") or "0.0.0.0") == prefix.network_address
     assert msg.get("table") == 254 and (msg.get("priority") or 0) == metric

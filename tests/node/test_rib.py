@@ -34,23 +34,23 @@ def test_own_blocks_are_blackholes():
 def test_announce_withdraw_ecmp():
     r = rib()
     p = N("10.244.2.0/26")
-    assert r.announce("p2", p, NH2).changed == {p}
-    assert r.announce("p2", p, NH2).changed == frozenset()  # no change, no kernel work
-    assert r.announce("p3", p, NH3).changed == {p}
+    assert r.announce("p2", [p], NH2).changed == {p}
+    assert r.announce("p2", [p], NH2).changed == frozenset()  # no change, no kernel work
+    assert r.announce("p3", [p], NH3).changed == {p}
     assert r.desired(p) == {NH2, NH3}
-    assert r.withdraw("p2", p).changed == {p}
+    assert r.withdraw("p2", [p]).changed == {p}
     assert r.desired(p) == {NH3}
-    assert r.withdraw("p3", p).changed == {p}
+    assert r.withdraw("p3", [p]).changed == {p}
     assert r.desired(p) is None
-    assert r.withdraw("p3", p).changed == frozenset()
+    assert r.withdraw("p3", [p]).changed == frozenset()
 
 
 def test_rejected_announcement_is_an_implicit_withdraw():
     r = rib()
     p = N("10.244.2.0/26")
-    r.announce("p2", p, NH2)
-    upd = r.announce("p2", p, A("10.99.0.1"))
-    assert upd.rejected is Reject.BAD_NEXT_HOP and upd.changed == {p}
+    r.announce("p2", [p], NH2)
+    upd = r.announce("p2", [p], A("10.99.0.1"))
+    assert upd.rejected == {Reject.BAD_NEXT_HOP} and upd.changed == {p}
     assert r.desired(p) is None
     assert r.peers["p2"].rejected[Reject.BAD_NEXT_HOP] == 1
 
@@ -58,21 +58,21 @@ def test_rejected_announcement_is_an_implicit_withdraw():
 def test_max_prefixes_blocks_the_excess_only():
     r = rib(limit=2)
     for i in range(4):
-        r.announce("p2", N(f"10.244.{10 + i}.0/26"), NH2)
+        r.announce("p2", [N(f"10.244.{10 + i}.0/26")], NH2)
     assert r.accepted("p2") == 2
     assert r.peers["p2"].rejected[Reject.MAX_PREFIXES] == 2
-    assert r.announce("p2", N("10.244.10.0/26"), NH3).rejected is None  # a known prefix may change
+    assert r.announce("p2", [N("10.244.10.0/26")], NH3).rejected == frozenset()  # a known prefix may change
 
 
 def test_session_down_hard_and_graceful():
     r = rib()
     a, b = N("10.244.2.0/26"), N("10.244.3.0/26")
-    r.announce("p2", a, NH2)
-    r.announce("p2", b, NH2)
+    r.announce("p2", [a], NH2)
+    r.announce("p2", [b], NH2)
     assert r.session_down("p2", graceful=True).changed == frozenset()
     assert r.desired(a) == {NH2}  # kept as stale
     r.session_up("p2")
-    r.announce("p2", a, NH2)  # refreshed
+    r.announce("p2", [a], NH2)  # refreshed
     assert r.end_of_rib("p2").changed == {b}  # not refreshed: gone
     assert r.desired(b) is None and r.desired(a) == {NH2}
     assert r.session_down("p2", graceful=False).changed == {a}
@@ -82,7 +82,7 @@ def test_session_down_hard_and_graceful():
 def test_stale_purge_on_timer():
     r = rib()
     a = N("10.244.2.0/26")
-    r.announce("p2", a, NH2)
+    r.announce("p2", [a], NH2)
     r.session_down("p2", graceful=True)
     assert r.purge_stale("p2").changed == {a}
 
@@ -99,7 +99,7 @@ def test_incremental_changes_match_full_recomputation(seq):
     r = rib()
     table = dict(r.all_desired())
     for op, peer, prefix, nh in seq:
-        upd = {"announce": lambda: r.announce(peer, prefix, nh), "withdraw": lambda: r.withdraw(peer, prefix),
+        upd = {"announce": lambda: r.announce(peer, [prefix], nh), "withdraw": lambda: r.withdraw(peer, [prefix]),
                "down": lambda: r.session_down(peer, False), "gdown": lambda: r.session_down(peer, True),
                "up": lambda: r.session_up(peer), "eor": lambda: r.end_of_rib(peer)}[op]()
         for p in upd.changed:
@@ -111,3 +111,21 @@ def test_incremental_changes_match_full_recomputation(seq):
         assert table == r.all_desired()
         for name, pr in r.peers.items():
             assert pr.stale <= set(pr.routes)
+
+
+nets = st.builds(lambda a, l: N((a, l), strict=False), st.integers(0, 2**32 - 1), st.integers(0, 32))
+
+
+@given(nets, st.lists(nets, max_size=3), st.lists(nets, max_size=3))
+def test_filter_agrees_with_ipaddress(prefix, pools, blocks):
+    """The integer arithmetic gives what ipaddress's subnet_of / overlaps would."""
+    flt = ImportFilter(tuple(pools), tuple(blocks))
+    if prefix.prefixlen == 0:
+        expected = Reject.DEFAULT_ROUTE
+    elif not any(prefix.subnet_of(p) for p in pools):
+        expected = Reject.NOT_IN_POOL
+    elif any(prefix.overlaps(b) for b in blocks):
+        expected = Reject.OWN_BLOCK
+    else:
+        expected = None
+    assert flt.check(prefix, None) is expected
