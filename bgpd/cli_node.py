@@ -78,12 +78,14 @@ def _render_status(s: dict) -> str:
     lines = [f"node {s['node']}  AS {s['asn']}  router id {s['router_id']}  blocks {', '.join(s['blocks'])}",
              f"kernel routes {s['kernel_routes']}  initial sync {'done' if s['initial_sync_done'] else 'pending'}"
              f"  exabgp restarts {s['exabgp_restarts']}", ""]
-    fmt = "{:<16} {:<16} {:>10} {:<10} {:>8} {:>9} {:>9} {:>8} {:>10}  {}"
+    fmt = "{:<16} {:<16} {:>10} {:<10} {:>8} {:>9} {:>9} {:>8} {:>10} {:>6}  {}"
     lines.append(fmt.format("peer", "address", "asn", "state", "uptime", "received", "accepted", "rejected",
-                            "advertised", "last error"))
+                            "advertised", "stale", "last error"))
     for p in s["peers"]:
         lines.append(fmt.format(p["name"], p["address"], p["asn"], p["state"], int(p["uptime"]), p["received"],
-                                p["accepted"], p["rejected"], p["advertised"], p["last_error"]))
+                                p["accepted"], p["rejected"], p["advertised"], p["stale"], p["last_error"]))
+    for prefix, why in s["refused_routes"].items():
+        lines.append(f"kernel refused {prefix}: {why} (retrying)")
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ class Strict(BaseModel):
 class IPPool(Strict):
     """A cluster IP pool, cut into per-host blocks."""
 
-    cidr: IPv4Network
+    cidr: IPv4Network = Field(description="the pool's addresses; pod blocks are cut from it")
     block_size: int = Field(26, ge=16, le=32, description="prefix length of each host block")
 
     @model_validator(mode="after")
@@ -32,13 +32,13 @@ class IPPool(Strict):
 class Peer(Strict):
     """A BGP peer: a top-of-rack router, a route reflector or a host outside the mesh."""
 
-    address: IPv4Address
-    asn: ASN
+    address: IPv4Address = Field(description="the peer's address; we connect to it from listen_address")
+    asn: ASN = Field(description="the peer's AS (equal to ours: iBGP)")
     password: str | None = Field(None, min_length=1, max_length=80, description="TCP MD5 password")
     hold_time: int = Field(90, description="seconds; 0 or 3..65535")
     passive: bool = Field(False, description="wait for the peer to connect instead of connecting")
     max_prefixes: int | None = Field(None, ge=1, description="overrides the node's max_prefixes")
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,63}$")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="shown in status and metrics")
 
     @field_validator("hold_time")
     @classmethod
@@ -56,42 +56,43 @@ class Peer(Strict):
 
 
 class MeshMember(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")
-    address: IPv4Address
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="the node's name")
+    address: IPv4Address = Field(description="the node's listen_address")
 
 
 class Mesh(Strict):
     """The node-to-node iBGP full mesh."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="peer with every other node of the mesh over iBGP")
     nodes: list[MeshMember] = Field(default_factory=list, description="every node of the mesh; this node is skipped")
-    hold_time: int = Field(9, ge=3, le=65535)
-    password: str | None = Field(None, min_length=1, max_length=80)
+    hold_time: int = Field(9, ge=3, le=65535, description="seconds; a dead node's routes go after this long")
+    password: str | None = Field(None, min_length=1, max_length=80, description="TCP MD5 password of mesh sessions")
 
 
 class Metrics(Strict):
-    address: IPvAnyAddress = Field(IPv4Address("127.0.0.1"))
+    address: IPvAnyAddress = Field(IPv4Address("127.0.0.1"), description="address of the /metrics endpoint")
     port: int = Field(9473, ge=0, le=65535, description="0 disables the endpoint")
 
 
 class NodeConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")
-    router_id: IPv4Address
-    asn: ASN
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="this node's name, unique in the cluster")
+    router_id: IPv4Address = Field(description="BGP router id")
+    asn: ASN = Field(description="this node's AS number")
     listen_address: IPv4Address = Field(description="BGP source and listen address of this node")
-    pools: list[IPPool] = Field(min_length=1)
+    pools: list[IPPool] = Field(min_length=1, description="the cluster's pod address pools")
     blocks: list[IPv4Network] = Field(default_factory=list, description="this node's pod address blocks")
-    peers: list[Peer] = Field(default_factory=list)
-    mesh: Mesh = Field(default_factory=Mesh)
+    peers: list[Peer] = Field(default_factory=list, description="BGP peers outside the mesh: ToR routers, route reflectors")
+    mesh: Mesh = Field(default_factory=Mesh, description="the node-to-node full mesh")
     max_prefixes: int = Field(100000, ge=1, description="per peer, unless the peer says otherwise")
     graceful_restart: int = Field(120, ge=0, le=4095, description="seconds peers keep our routes while we restart")
     initial_sync_timeout: float = Field(30.0, gt=0, description="seconds to wait for End-of-RIB before removing unjustified kernel routes")
     route_protocol: int = Field(201, ge=5, le=254, description="rtnetlink protocol number of Tortie's BGP routes")
     pod_route_protocol: int = Field(202, ge=5, le=254, description="rtnetlink protocol number of local pod routes")
-    pod_netns_prefix: str = Field("tortie-", pattern=r"^[A-Za-z0-9_.-]{0,24}$")
-    metrics: Metrics = Field(default_factory=Metrics)
-    state_dir: Path = Path("/var/lib/tortie")
-    run_dir: Path = Path("/run/tortie")
+    pod_netns_prefix: str = Field("tortie-", pattern=r"^[A-Za-z0-9_.-]{0,24}$",
+                                  description="prefix of the network namespaces `tortie pod add` creates")
+    metrics: Metrics = Field(default_factory=Metrics, description="the Prometheus endpoint")
+    state_dir: Path = Field(Path("/var/lib/tortie"), description="pods and their addresses, kept across restarts")
+    run_dir: Path = Field(Path("/run/tortie"), description="control socket, pid file, ExaBGP configuration and socket")
 
     @model_validator(mode="after")
     def _consistent(self) -> NodeConfig:
