@@ -211,7 +211,7 @@ def main() -> int:
     sizes = [100, 1000] if args.quick else [100, 1000, 10000]
     n_eps = 200 if args.quick else 1000
     path_sizes = [0, 100, 1000] if args.quick else [0, 1000, 10000]
-    seconds, repeats = (1.0, 3) if args.quick else (3.0, 7)
+    seconds, repeats, rounds = (1.0, 3, 1) if args.quick else (3.0, 7, 3)
     backends = ["nft", "iptables"]
     results: dict = {"endpoints": n_eps, "apply": {}, "incremental": {}, "packet_path": {}}
     lab = Lab().start()
@@ -230,15 +230,20 @@ def main() -> int:
                                       "incremental": big, "repeats": repeats})
                 results["apply"][f"{backend}/{n}"] = r
                 print(f"{backend:8} {n:6} policies: {json.dumps(r)}", file=sys.stderr)
-        for n in path_sizes:  # backends interleaved per size, in one run: the ratios compare like with like
-            for backend in backends:
-                if n:
-                    _run_worker(lab, {**base, "backend": backend, "policies": n})
-                else:
-                    lab.run(lab.host, sys.executable, "-m", "bgpd.cli", "policy", "flush",
-                            "--state-dir", base["state_dir"])
-                results["packet_path"][f"{backend}/{n}"] = _packet_path(lab, client, server, seconds)
-                print(f"{backend:8} {n:6} policies: {results['packet_path'][f'{backend}/{n}']}", file=sys.stderr)
+        samples: dict[str, list[dict]] = {}
+        for _ in range(rounds):  # every configuration once per round, in one run: the ratios compare like with like
+            for n in path_sizes:
+                for backend in backends:
+                    if n:
+                        _run_worker(lab, {**base, "backend": backend, "policies": n})
+                    else:
+                        lab.run(lab.host, sys.executable, "-m", "bgpd.cli", "policy", "flush",
+                                "--state-dir", base["state_dir"])
+                    sample = _packet_path(lab, client, server, seconds)
+                    samples.setdefault(f"{backend}/{n}", []).append(sample)
+                    print(f"{backend:8} {n:6} policies: {sample}", file=sys.stderr)
+        results["packet_path"] = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} | {"samples": v}
+                                  for k, v in samples.items()}
     finally:
         lab.close()
         subprocess.run(["rm", "-rf", f"/tmp/{lab.prefix}-state"])
@@ -269,7 +274,8 @@ def _report(results: dict, sizes: list[int], path_sizes: list[int], backends: li
                               ("policy_change", "one policy changes")):
             print(f"| {b} | {label} | {r[f'{change}_compute_ms']:.1f} | {r[f'{change}_apply_ms']:.1f} | "
                   f"{r[f'{change}_enforced_ms']:.1f} |")
-    print("\nPacket path, client pod -> server pod through the host (ratio to no policy, same backend, same run)")
+    print("\nPacket path, client pod -> server pod through the host (median of the rounds; ratio to no policy, same "
+          "backend, same run)")
     print("| backend | policies | TCP Gbit/s | ratio | connections/s | ratio |")
     print("|---|---|---|---|---|---|")
     for b in backends:

@@ -74,14 +74,14 @@ def match_args(m: Match, slot: str) -> str:
         a.append(f"-p {m.protocol}")
     if m.not_protocol is not None:
         a.append(f"! -p {m.not_protocol}")
+    for p in m.ports:  # cheap comparisons before set lookups
+        a.append(f"-m multiport {'! ' if p.negate else ''}--{p.side[0]}ports {_range(p.first, p.last)}")
     for x in m.addrs:
         neg = "! " if x.negate else ""
         if x.set:
             a.append(f"-m set {neg}--match-set {ipset_name(x.set, slot)} {x.side}")
         else:
             a.append(f"-m iprange {neg}--{x.side}-range {_cidr_range(x.cidr or '')}")
-    for p in m.ports:
-        a.append(f"-m multiport {'! ' if p.negate else ''}--{p.side[0]}ports {_range(p.first, p.last)}")
     for n in m.named_ports:
         a.append(f"-m set {'! ' if n.negate else ''}--match-set {ipset_name(n.set, slot)} {n.side},{n.side}")
     icmp, opt = ("icmp6", "--icmpv6-type") if m.family == 6 or m.protocol == 58 else ("icmp", "--icmp-type")
@@ -107,7 +107,8 @@ def _policy_rules(c: PolicyChain, family: int, slot: str) -> list[str]:
         args = args + " " if args else ""
         comment = f'-m comment --comment "r{r.rule}"'
         if r.action == "log":
-            out.append(f'-A {name} {args}{comment} -j LOG --log-prefix "tortie {c.name[:10]} r{r.rule} "')
+            prefix = f"tortie {c.name} r{r.rule} "[:29]  # the LOG target's limit
+            out.append(f'-A {name} {args}{comment} -j LOG --log-prefix "{prefix}"')
         elif r.action == "deny":
             out.append(f"-A {name} {args}{comment} -j DROP")
         else:
