@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import socket
@@ -10,9 +11,10 @@ from typing import Any, Callable
 
 
 class ControlServer:
-    def __init__(self, path: Path, status: Callable[[], Any], routes: Callable[[], Any]):
+    def __init__(self, path: Path, views: dict[str, Callable[[], Any]]):
+        """views: name -> a function (or coroutine function) whose JSON-able result answers the request."""
         self.path = path
-        self.views = {"status": status, "routes": routes}
+        self.views = views
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -38,7 +40,11 @@ class ControlServer:
         try:
             request = json.loads(await asyncio.wait_for(reader.readline(), 5))
             view = self.views.get(request.get("view"))
-            answer = {"ok": True, "result": view()} if view else {"ok": False, "error": "unknown view"}
+            if view is None:
+                answer = {"ok": False, "error": "unknown view"}
+            else:
+                result = view()
+                answer = {"ok": True, "result": await result if inspect.isawaitable(result) else result}
         except (ValueError, AttributeError, asyncio.TimeoutError) as e:
             answer = {"ok": False, "error": f"bad request: {e}"}
         writer.write(json.dumps(answer).encode() + b"\n")
@@ -54,7 +60,7 @@ class DaemonRunning(Exception):
     pass
 
 
-def query(path: Path, view: str, timeout: float = 5.0) -> Any:
+def query(path: Path, view: str, timeout: float = 10.0) -> Any:
     """Asks the running daemon for a view; raises DaemonNotRunning with a one-line reason."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from bgpd import exabgp_messages as msgs
+from bgpd.cluster import Cluster
 from bgpd.control import ControlServer, DaemonRunning
 from bgpd.exabgp_config import exabgp_environment, render_config
 from bgpd.exabgp_process import ExaBGPSupervisor
@@ -19,6 +21,7 @@ from bgpd.kernel_routes import KernelTable, has_address
 from bgpd.metrics import DaemonMetrics
 from bgpd.rib import ImportFilter, Reject, Rib, Update
 from bgpd.sdnotify import notify, watchdog_interval
+from config.datastore import open_datastore
 from config.load import ConfigError, load_model
 from config.node import NodeConfig, Peer
 
@@ -31,7 +34,7 @@ class StartupError(Exception):
 
 # changing these needs a restart: they name the node, its sockets, or the routes it owns
 RESTART_FIELDS = ("name", "router_id", "asn", "listen_address", "route_protocol", "pod_route_protocol",
-                  "pod_netns_prefix", "state_dir", "run_dir", "metrics")
+                  "pod_netns_prefix", "state_dir", "run_dir", "metrics", "datastore")
 
 
 def import_filter(node: NodeConfig) -> ImportFilter:
@@ -70,8 +73,13 @@ class Daemon:
             node.run_dir / "exabgp.conf", node.run_dir / "exabgp.sock", exabgp_environment(node),
             on_connect=self._relay_session, on_exit=self._exabgp_exited)
         self.metrics = DaemonMetrics(self)
-        self.control = ControlServer(node.run_dir / "tortie.sock", self.status, self.routes)
+        self.control = ControlServer(node.run_dir / "tortie.sock",
+                                     {"status": self.status, "routes": self.routes, "claim_block": self.claim_block})
         self.pidfile = node.run_dir / "tortie.pid"
+        self.cluster: Cluster | None = None
+        if node.datastore is not None:
+            self.cluster = Cluster(open_datastore(node.datastore, node.name), node, self.reconfigure,
+                                   node.node_grace, node.claim_settle)
         self.initial_sync = asyncio.Event()
         self._adopted: set[IPv4Network] = set()
         self.refused: dict[IPv4Network, str] = {}  # desired routes the kernel refused, with its reason
@@ -103,11 +111,14 @@ class Daemon:
         self._adopted = set(self.kernel.installed)
         log.info("adopted kernel routes=%d protocol=%d", len(self._adopted), self.node.route_protocol)
         self._mark(self.node.blocks)  # blackholes for our own blocks, at once
+        self._save_blocks()
         (self.node.run_dir / "exabgp.conf").write_text(render_config(self.node, self.node.run_dir / "exabgp.sock"))
         tasks = [asyncio.create_task(self._program(), name="program"),
                  asyncio.create_task(self._start_bgp(), name="exabgp"),
                  asyncio.create_task(self._initial_sync_deadline(), name="initial-sync"),
                  asyncio.create_task(self._watchdog(), name="watchdog")]
+        if self.cluster:
+            tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
         if not self.peers:
             self._check_initial_sync()
         await self._stop.wait()
@@ -118,6 +129,8 @@ class Daemon:
             await self._send(msgs.withdraw_blocks(self.node.blocks))
             await asyncio.sleep(0.5)
         await self.supervisor.stop()
+        if self.cluster:
+            await self.cluster.ds.stop()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -137,6 +150,9 @@ class Daemon:
         await self.supervisor.run()
 
     async def _initial_sync_deadline(self) -> None:
+        if self.cluster:  # the peers come from the datastore: nothing is known before it answered
+            await self.cluster.ready.wait()
+            self._check_initial_sync()
         await asyncio.sleep(self.node.initial_sync_timeout)
         if not self.initial_sync.is_set():
             waiting = [a for a, ps in self.peers.items() if not self.rib.peers[a].eor]
@@ -144,6 +160,8 @@ class Daemon:
             self._finish_initial_sync()
 
     def _check_initial_sync(self) -> None:
+        if self.cluster and not self.cluster.ready.is_set():
+            return
         if not self.initial_sync.is_set() and all(r.eor for r in self.rib.peers.values()):
             self._finish_initial_sync()
 
@@ -180,6 +198,9 @@ class Daemon:
             log.error("reload refused, the running configuration stays: %s", "; ".join(e.errors))
             notify("READY=1", "STATUS=reload refused: see the log")
             return False
+        if self.cluster:
+            self.cluster.base = new
+            new = self.cluster.desired()
         await self.reconfigure(new)
         log.info("reloaded peers=%d blocks=%d", len(self.peers), len(new.blocks))
         notify("READY=1", f"STATUS=reloaded, {len(self.peers)} peers")
@@ -187,14 +208,32 @@ class Daemon:
 
     async def reconfigure(self, new: NodeConfig) -> None:
         """Moves to `new` (same RESTART_FIELDS): peers, blocks, pools, limits; other sessions stay up."""
+        if new == self.node:
+            return
         old, self.node = self.node, new
         self._apply_peers(new)
         self._apply("", None, self.rib.refilter(import_filter(new)))
         self._mark(set(old.blocks) ^ set(new.blocks))
         (new.run_dir / "exabgp.conf").write_text(render_config(new, new.run_dir / "exabgp.sock"))
         self.supervisor.reload()
+        self._save_blocks()
         gone = [b for b in old.blocks if b not in new.blocks]
         await self._send(msgs.withdraw_blocks(gone) + msgs.announce_blocks(new.blocks) + [msgs.route_refresh()])
+
+    def _save_blocks(self) -> None:
+        """The blocks in force, for `tortie pod add` and tortie-cni: claimed ones are not in the file."""
+        path = self.node.state_dir / "blocks.json"
+        path.with_suffix(".tmp").write_text(json.dumps([str(b) for b in self.node.blocks]))
+        path.with_suffix(".tmp").rename(path)
+
+    async def claim_block(self) -> str | None:
+        """Another block for this node's pods (the control socket's `claim_block`)."""
+        if self.cluster is None:
+            return None
+        block = await self.cluster.claim_block()
+        if block is not None:
+            await self.reconfigure(self.cluster.desired())
+        return str(block) if block else None
 
     def _apply_peers(self, node: NodeConfig) -> None:
         wanted = {str(p.address): p for p in node.bgp_peers()}

@@ -13,7 +13,7 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Iterator
 
@@ -94,20 +94,37 @@ class PodStore:
     def delete(self, pod: Pod) -> None:
         self._path(pod.namespace, pod.name).unlink(missing_ok=True)
 
+    def blocks(self) -> list[IPv4Network]:
+        """The node's blocks: those of its file, and those the daemon claimed (state_dir/blocks.json)."""
+        path = self.node.state_dir / "blocks.json"
+        claimed = [IPv4Network(b) for b in json.loads(path.read_text())] if path.exists() else []
+        return sorted(set(self.node.blocks) | set(claimed))
+
     def allocate(self, requested: str | None) -> IPv4Address:
         used = {IPv4Address(p.ip) for p in self.all()}
+        blocks = self.blocks()
         if requested:
             ip = IPv4Address(requested)
-            if not any(ip in b for b in self.node.blocks):
-                raise PodError(f"{ip} is not in this node's blocks ({', '.join(map(str, self.node.blocks))})")
+            if not any(ip in b for b in blocks):
+                raise PodError(f"{ip} is not in this node's blocks ({', '.join(map(str, blocks))})")
             if ip in used:
                 raise PodError(f"{ip} is already used by another pod")
             return ip
-        for block in self.node.blocks:
+        for block in blocks:
             for ip in block.hosts():
                 if ip not in used:
                     return ip
+        if self.node.datastore is not None and self._claim_block():
+            return self.allocate(None)
         raise PodError("no free address in this node's blocks")
+
+    def _claim_block(self) -> bool:
+        """Asks the running daemon to claim one more block from the pools."""
+        from bgpd.control import DaemonNotRunning, query
+        try:
+            return query(self.node.run_dir / "tortie.sock", "claim_block", timeout=30) is not None
+        except DaemonNotRunning:
+            return False
 
 
 def _netns_exists(name: str) -> bool:

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
 
+from config.datastore.settings import DatastoreSettings
+
 ASN = Annotated[int, Field(ge=1, le=4294967295, description="autonomous system number")]
 IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
@@ -91,6 +93,12 @@ class NodeConfig(Strict):
     pod_netns_prefix: str = Field("tortie-", pattern=r"^[A-Za-z0-9_.-]{0,24}$",
                                   description="prefix of the network namespaces `tortie pod add` creates")
     metrics: Metrics = Field(default_factory=Metrics, description="the Prometheus endpoint")
+    datastore: DatastoreSettings | None = Field(
+        None, description="the cluster datastore: with it, an empty mesh.nodes means every registered node, "
+                          "and a node without blocks claims one from the pools")
+    node_grace: float = Field(60.0, ge=0, description="seconds a node that went away keeps its mesh place and blocks")
+    claim_settle: float = Field(1.0, gt=0, description="seconds a block claim waits for competing claims; "
+                                                       "more than twice the datastore's propagation delay")
     state_dir: Path = Field(Path("/var/lib/tortie"), description="pods and their addresses, kept across restarts")
     run_dir: Path = Field(Path("/run/tortie"), description="control socket, pid file, ExaBGP configuration and socket")
 

@@ -1,0 +1,131 @@
+"""The node's part in the cluster datastore: it registers itself, meshes with the other nodes, claims blocks.
+
+Pure helpers decide (who is in the mesh, which blocks are ours, which block is free); `Cluster` does
+the I/O and hands every new configuration to the daemon's `reconfigure`, the same path as a reload.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from ipaddress import IPv4Address, IPv4Network
+from typing import Awaitable, Callable, Mapping
+
+from bgpd.ipam import Claim, next_free, owner, wins
+from config.datastore import Datastore, DatastoreError, cidr_segment, key, parse_cidr_segment, parse_key
+from config.node import MeshMember, NodeConfig
+
+log = logging.getLogger("tortie.cluster")
+
+
+def claims_by_block(items: Mapping[str, dict], usable: Callable[[str], bool]) -> dict[IPv4Network, dict[str, Claim]]:
+    """claims/<cidr>/<node> entries, by block, of the nodes `usable` says still count."""
+    out: dict[IPv4Network, dict[str, Claim]] = {}
+    for k, v in items.items():
+        _, (cidr, node) = parse_key(k)
+        if usable(node):
+            out.setdefault(parse_cidr_segment(cidr), {})[node] = Claim(node, bool(v.get("owned")))
+    return out
+
+
+def mesh_members(nodes: Mapping[str, dict]) -> list[MeshMember]:
+    """Every registered node (nodes/<name>) with a valid address."""
+    members = []
+    for k, record in sorted(nodes.items()):
+        name = parse_key(k)[1][0]
+        try:
+            members.append(MeshMember(name=name, address=IPv4Address(record.get("address", ""))))
+        except ValueError:
+            log.warning("ignoring node record key=%s: no valid address", k)
+    return members
+
+
+class Cluster:
+    """Keeps the daemon's configuration in line with the datastore."""
+
+    def __init__(self, ds: Datastore, base: NodeConfig, apply: Callable[[NodeConfig], Awaitable[None]],
+                 grace: float, settle: float):
+        self.ds, self.base, self.apply = ds, base, apply
+        self.grace, self.settle = grace, settle
+        self._down_since: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self.ready = asyncio.Event()  # the first configuration from the datastore is applied
+
+    def counts(self, node: str) -> bool:
+        """A node counts while alive, or dead for less than the grace period (a restart is not a removal)."""
+        if node == self.base.name or self.ds.alive(node) is not False:
+            self._down_since.pop(node, None)
+            return True
+        since = self._down_since.setdefault(node, time.monotonic())
+        return time.monotonic() - since < self.grace
+
+    def owned_blocks(self) -> list[IPv4Network]:
+        by_block = claims_by_block(self.ds.items("claims"), self.counts)
+        return sorted(b for b, claims in by_block.items() if owner(claims) == self.base.name)
+
+    def desired(self) -> NodeConfig:
+        update: dict = {"blocks": sorted(set(self.base.blocks) | set(self.owned_blocks()))}
+        if self.base.mesh.enabled and not self.base.mesh.nodes:
+            members = [m for m in mesh_members(self.ds.items("nodes")) if self.counts(m.name)]
+            update["mesh"] = self.base.mesh.model_copy(update={"nodes": members})
+        return self.base.model_copy(update=update)
+
+    async def run(self) -> None:
+        await self._start()
+        feed = self.ds.changes()
+        await self.ds.put(key("nodes", self.base.name), {"address": str(self.base.listen_address),
+                                                         "asn": self.base.asn, "router_id": str(self.base.router_id)})
+        if not self.base.blocks and not self.owned_blocks():
+            await self.claim_block()
+        await self.apply(self.desired())
+        self.ready.set()
+        watcher = asyncio.create_task(self._watch(feed))
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                await asyncio.sleep(0.1)  # gather a burst of changes
+                await self.apply(self.desired())
+                if self._down_since:  # look again once the earliest grace period is over
+                    left = min(self._down_since.values()) + self.grace - time.monotonic()
+                    asyncio.get_running_loop().call_later(max(left, 0) + 0.1, self._wake.set)
+        finally:
+            watcher.cancel()
+            await feed.aclose()
+
+    async def _start(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await self.ds.start()
+                return
+            except DatastoreError as e:
+                log.error("datastore unavailable, retrying in %.0fs: %s", backoff, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30)
+
+    async def _watch(self, feed) -> None:
+        async for change in feed:
+            if change.key.split("/", 1)[0] in ("nodes", "status", "claims"):
+                self._wake.set()
+
+    async def claim_block(self) -> IPv4Network | None:
+        """Claims a free block of the pools (see bgpd/ipam.py for why this converges to one owner)."""
+        given_up: set[IPv4Network] = set()
+        while True:
+            taken = claims_by_block(self.ds.items("claims"), self.counts)
+            block = next_free(self.base.pools, [b for b, c in taken.items() if c], given_up)
+            if block is None:
+                log.error("no free block left in the pools")
+                return None
+            claim_key = key("claims", cidr_segment(block), self.base.name)
+            await self.ds.put(claim_key, {"owned": False, "at": time.time()})
+            await asyncio.sleep(self.settle)
+            claims = claims_by_block(self.ds.items("claims"), self.counts).get(block, {})
+            if wins(self.base.name, claims):
+                await self.ds.put(claim_key, {"owned": True, "at": time.time()})
+                log.info("claimed block=%s", block)
+                return block
+            await self.ds.delete(claim_key)
+            given_up.add(block)
+            log.info("lost the race for block=%s to %s", block, sorted(set(claims) - {self.base.name}))

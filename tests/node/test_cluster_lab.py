@@ -1,0 +1,113 @@
+"""Three nodes that know nothing of each other but a shared datastore: they claim blocks, mesh, route pods."""
+import ipaddress
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.netns import RUN_PREFIX, Lab, requires_root, wait_for
+
+pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(240)]
+NODES = ("node1", "node2", "node3")
+
+NODE_CONFIG = """\
+name: {name}
+router_id: 10.93.0.{i}
+asn: 64512
+listen_address: 10.93.0.{i}
+pools: [{{cidr: 10.245.0.0/24, block_size: 28}}]
+blocks: []
+mesh: {{enabled: true, hold_time: 9}}
+datastore: {{type: files, path: /srv/tortie-cluster, lease_ttl: 3}}
+node_grace: 6
+claim_settle: 1.0
+initial_sync_timeout: 5
+metrics: {{port: 0}}
+pod_netns_prefix: pod-
+"""
+
+
+def topology(tmp_path) -> str:
+    nodes = {"sw": {"kind": "linux", "cmd": "sleep infinity",
+                    "exec": ["ip link add br0 type bridge"] + [f"ip link set eth{i} master br0" for i in (1, 2, 3)]
+                    + ["ip link set br0 up"]}}
+    for i, name in enumerate(NODES, 1):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tortie.yaml").write_text(NODE_CONFIG.format(name=name, i=i))
+        nodes[name] = {"kind": "linux", "cmd": "tortie run --config /etc/tortie/tortie.yaml",
+                       "binds": [f"{name}:/etc/tortie", "cluster:/srv/tortie-cluster"],
+                       "exec": [f"ip addr add 10.93.0.{i}/24 dev eth1"]}
+    (tmp_path / "cluster").mkdir()
+    links = [{"endpoints": [f"{n}:eth1", f"sw:eth{i}"]} for i, n in enumerate(NODES, 1)]
+    path = tmp_path / "cluster.clab.yml"
+    path.write_text(json.dumps({"name": "cluster", "topology": {"nodes": nodes, "links": links}}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster")
+    lab = Lab(topology(tmp), "c")
+    lab.datastore = tmp / "cluster"
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+
+
+def status(lab, node):
+    return lab.json(node, "tortie", "status", "--json")
+
+
+def full_mesh(lab):
+    return all(len(s["peers"]) == 2 and all(p["state"] == "up" for p in s["peers"])
+               for s in (status(lab, n) for n in NODES))
+
+
+def test_blocks_claimed_once_each_and_full_mesh(lab):
+    wait_for(lambda: full_mesh(lab), 60, what="the automatic full mesh")
+    blocks = {n: status(lab, n)["blocks"] for n in NODES}
+    flat = [b for bs in blocks.values() for b in bs]
+    assert all(len(bs) == 1 for bs in blocks.values()) and len(set(flat)) == 3, blocks
+    claims = sorted(p.name for p in (lab.datastore / "claims").rglob("*.json"))
+    assert len(claims) == 3  # the losers of a race removed their claims
+    for n in NODES:
+        routes = {r["dst"] for r in lab.json(n, "ip", "-j", "route", "show", "proto", "201")}
+        assert routes == set(flat)
+
+
+def test_pods_get_addresses_from_their_nodes_block_and_reach_each_other(lab):
+    wait_for(lambda: full_mesh(lab), 60, what="the automatic full mesh")
+    ips = {}
+    for n in NODES:
+        ips[n] = lab.exec(n, "tortie", "pod", "add", "default/p").stdout.strip()
+        block = ipaddress.ip_network(status(lab, n)["blocks"][0])
+        assert ipaddress.ip_address(ips[n]) in block
+    lab.exec("node1", "tortie", "pod", "exec", "default/p", "--", "ping", "-c", "2", "-W", "2", ips["node3"])
+    lab.exec("node2", "tortie", "pod", "exec", "default/p", "--", "ping", "-c", "2", "-W", "2", ips["node1"])
+
+
+def test_a_full_block_brings_another(lab):
+    """/28 blocks hold 14 pods: the 15th pod on node2 makes it claim a second block, announced at once."""
+    wait_for(lambda: full_mesh(lab), 60, what="the automatic full mesh")
+    for i in range(14):
+        lab.exec("node2", "tortie", "pod", "add", f"fill/p{i}")
+    blocks = status(lab, "node2")["blocks"]
+    assert len(blocks) == 2
+    wait_for(lambda: set(blocks) <= {r["dst"] for r in lab.json("node1", "ip", "-j", "route", "show", "proto", "201")},
+             10, what="node2's new block at node1")
+
+
+def test_a_node_that_goes_away_leaves_the_mesh_after_its_grace(lab):
+    wait_for(lambda: full_mesh(lab), 60, what="the automatic full mesh")
+    block3 = status(lab, "node3")["blocks"][0]
+    lab.exec("node3", "ip", "link", "set", "eth1", "down")
+    lab.exec("node3", "kill", "-KILL", lab.exec("node3", "cat", "/run/tortie/tortie.pid").stdout.strip())
+    # BGP takes its routes away within the hold time; the datastore lease (3 s) + grace (6 s) its mesh place
+    wait_for(lambda: block3 not in {r["dst"] for r in lab.json("node1", "ip", "-j", "route", "show", "proto", "201")},
+             15, what="node3's block withdrawn")
+    wait_for(lambda: {p["name"] for p in status(lab, "node1")["peers"]} == {"node2"}, 20, what="node3 out of the mesh")
