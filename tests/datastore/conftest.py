@@ -38,15 +38,16 @@ async def collect(changes, until, timeout: float = 5.0) -> list:
     return seen
 
 
-async def drain(changes, quiet: float = 0.3) -> list:
-    """Every change that arrives until none comes for `quiet` seconds."""
+async def drain(changes, quiet: float = 0.3, limit: float = 10.0) -> list:
+    """Every change that arrives until none comes for `quiet` seconds (at most `limit` seconds in all)."""
     seen = []
-    it = changes.__aiter__()
-    while True:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
         try:
-            seen.append(await asyncio.wait_for(it.__anext__(), quiet))
+            seen.append(await asyncio.wait_for(changes.__anext__(), quiet))
         except asyncio.TimeoutError:
             return seen
+    raise AssertionError(f"changes kept coming for {limit} s: {seen[-5:]}")
 
 
 def make_certs(d: Path, name: str) -> tuple[Path, Path, Path]:
