@@ -225,9 +225,10 @@ class MqttDatastore(Datastore):
     def _synced(self) -> None:
         """The sync marker came back: the broker's state is in _fresh. Converge to it."""
         fresh, self._fresh = self._fresh, None
-        for k, v in self._cache.items():  # own keys the broker lost or holds otherwise (own writes win)
-            if owner(k) == self.node and k not in self._outbox and fresh.get(k) != v:
-                self._outbox[k] = _Write(v)
+        if self._started:  # the node's own keys on the broker are made what it knows them to be
+            for k in sorted(self._cache.keys() | fresh.keys()):
+                if owner(k) == self.node and k not in self._outbox and fresh.get(k) != self._cache.get(k):
+                    self._outbox[k] = _Write(self._cache.get(k))
         self._outbox[self._status] = _Write({"alive": True, "since": time.time()})
         for write in self._outbox.values():
             write.sent = None

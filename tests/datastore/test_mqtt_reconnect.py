@@ -40,6 +40,7 @@ async def test_partition_then_resync(broker, clients):
     await admin.delete("policies/default/a")
     await admin.put("policies/default/b", {"v": 2})
     await admin.put("policies/default/c", {"v": 3})
+    await admin.put("endpoints/node1/default/ghost", {"ip": "10.244.1.99"})  # node1 owns its keys: undone
     assert await admin.flush(5)
     while_away = await drain(feed, 0.5)
     assert while_away == [Change("endpoints/node1/default/web-2", {"ip": "10.244.1.6"}),
@@ -55,6 +56,8 @@ async def test_partition_then_resync(broker, clients):
     }  # exactly the differences
     await eventually(lambda: two.get("endpoints/node1/default/web-2") == {"ip": "10.244.1.6"})
     await eventually(lambda: two.get("endpoints/node1/default/web-1") is None and two.alive("node1") is True)
+    await eventually(lambda: two.get("endpoints/node1/default/ghost") is None)
+    assert one.get("endpoints/node1/default/ghost") is None
     assert await one.flush(5)
     await proxy.cut()
 
@@ -85,8 +88,8 @@ async def test_broker_restart(make_broker, clients, persistence):
 
     # owners re-publish their keys: a client that starts now sees them, with or without persistence
     three = await clients.mqtt(broker, "node3")
-    await eventually(lambda: three.get("claims/10.244.1.0-26/node1") and three.get("endpoints/node2/default/db"))
-    assert three.get("nodes/node1") == {"address": "10.99.0.1"}
+    await eventually(lambda: three.get("claims/10.244.1.0-26/node1") and three.get("endpoints/node2/default/db")
+                     and three.get("nodes/node1") == {"address": "10.99.0.1"})
     seen = [c for c in await drain(feed, 0.5) if not c.key.startswith("status/")]
     if persistence:
         assert three.get("policies/default/p") == {"v": 1}
