@@ -49,6 +49,7 @@ def cmd_run(args: argparse.Namespace, node: NodeConfig) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(levelname)s %(name)s %(message)s" if bare
                         else "%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every file event at INFO
 
     async def main() -> None:
         await Daemon(node, Path(args.config), cleanup_on_exit=args.cleanup).run()

@@ -22,7 +22,7 @@ SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 DEFAULT_CONFIG = "/etc/tortie/tortie.yaml"
 # error codes of the specification
 INCOMPATIBLE_VERSION, UNSUPPORTED_FIELD, UNKNOWN_CONTAINER, INVALID_ENV, IO_FAILURE, DECODE_FAILURE = 1, 2, 3, 4, 5, 6
-INVALID_CONFIG, NOT_AVAILABLE = 7, 50
+INVALID_CONFIG, TRY_AGAIN, NOT_AVAILABLE = 7, 11, 50
 
 
 @dataclass
@@ -111,12 +111,49 @@ def cmd_add(conf: dict[str, Any]) -> dict[str, Any]:
         pod = add_pod(node, _pod_key(), existing_netns=netns, container_id=container, ifname=ifname)
     except PodError as e:
         raise CniError(IO_FAILURE, str(e)) from None
+    if node.datastore is not None:
+        _publish(node, conf, pod)
     return _result(conf["cniVersion"], pod)
+
+
+def _labels(conf: dict[str, Any]) -> dict[str, str]:
+    """The pod's labels, as the CNI conventions pass them: args.cni.labels = [{key, value}, ...]."""
+    labels = conf.get("args", {}).get("cni", {}).get("labels", [])
+    try:
+        return {str(item["key"]): str(item["value"]) for item in labels}
+    except (TypeError, KeyError):
+        raise CniError(INVALID_CONFIG, "args.cni.labels: expected a list of {key, value}") from None
+
+
+def _publish(node: NodeConfig, conf: dict[str, Any], pod: Pod) -> None:
+    """Hands the pod to the daemon, which publishes it and returns once its policy is enforced.
+
+    Until then no packet may reach the pod unpoliced: if that cannot be done, the ADD fails and the
+    pod's network is taken down again.
+    """
+    from bgpd.control import DaemonNotRunning, query
+    endpoint = {"labels": _labels(conf), "ips": [pod.ip], "interface": pod.host_interface}
+    try:
+        enforced = query(node.run_dir / "tortie.sock", "endpoint_add", timeout=60,
+                         namespace=pod.namespace, pod=pod.name, endpoint=endpoint)
+    except DaemonNotRunning as e:
+        enforced, why = False, str(e)
+    else:
+        why = "the daemon could not apply the policy (see its log)"
+    if not enforced:
+        del_pod(node, container=(pod.container_id, pod.ifname))
+        raise CniError(TRY_AGAIN, "the pod's network policy is not in force", why)
 
 
 def cmd_del(conf: dict[str, Any]) -> None:
     node = _node(conf)
-    del_pod(node, container=(_env("CNI_CONTAINERID"), _env("CNI_IFNAME")))
+    pod = del_pod(node, container=(_env("CNI_CONTAINERID"), _env("CNI_IFNAME")))
+    if pod is not None and node.datastore is not None:
+        from bgpd.control import DaemonNotRunning, query
+        try:
+            query(node.run_dir / "tortie.sock", "endpoint_del", timeout=60, namespace=pod.namespace, pod=pod.name)
+        except DaemonNotRunning:
+            pass  # DEL must succeed; the daemon drops endpoints of pods that are gone when it starts
 
 
 def cmd_check(conf: dict[str, Any]) -> None:

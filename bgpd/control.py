@@ -43,9 +43,9 @@ class ControlServer:
             if view is None:
                 answer = {"ok": False, "error": "unknown view"}
             else:
-                result = view()
+                result = view(**request.get("args", {}))
                 answer = {"ok": True, "result": await result if inspect.isawaitable(result) else result}
-        except (ValueError, AttributeError, asyncio.TimeoutError) as e:
+        except (ValueError, AttributeError, TypeError, asyncio.TimeoutError) as e:
             answer = {"ok": False, "error": f"bad request: {e}"}
         writer.write(json.dumps(answer).encode() + b"\n")
         await writer.drain()
@@ -60,7 +60,7 @@ class DaemonRunning(Exception):
     pass
 
 
-def query(path: Path, view: str, timeout: float = 10.0) -> Any:
+def query(path: Path, view: str, timeout: float = 10.0, **args: Any) -> Any:
     """Asks the running daemon for a view; raises DaemonNotRunning with a one-line reason."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
@@ -68,7 +68,7 @@ def query(path: Path, view: str, timeout: float = 10.0) -> Any:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError, socket.timeout):
             raise DaemonNotRunning(f"tortie is not running (no daemon at {path})") from None
-        sock.sendall(json.dumps({"view": view}).encode() + b"\n")
+        sock.sendall(json.dumps({"view": view, "args": args}).encode() + b"\n")
         data = b""
         while chunk := sock.recv(1 << 16):
             data += chunk

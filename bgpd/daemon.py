@@ -19,6 +19,8 @@ from bgpd.exabgp_config import exabgp_environment, render_config
 from bgpd.exabgp_process import ExaBGPSupervisor
 from bgpd.kernel_routes import KernelTable, has_address
 from bgpd.metrics import DaemonMetrics
+from bgpd.pods import PodStore
+from bgpd.policy_sync import PolicySync
 from bgpd.rib import ImportFilter, Reject, Rib, Update
 from bgpd.sdnotify import notify, watchdog_interval
 from config.datastore import open_datastore
@@ -73,13 +75,17 @@ class Daemon:
             node.run_dir / "exabgp.conf", node.run_dir / "exabgp.sock", exabgp_environment(node),
             on_connect=self._relay_session, on_exit=self._exabgp_exited)
         self.metrics = DaemonMetrics(self)
-        self.control = ControlServer(node.run_dir / "tortie.sock",
-                                     {"status": self.status, "routes": self.routes, "claim_block": self.claim_block})
+        self.control = ControlServer(node.run_dir / "tortie.sock", {
+            "status": self.status, "routes": self.routes, "claim_block": self.claim_block,
+            "endpoint_add": self.endpoint_added, "endpoint_del": self.endpoint_removed})
         self.pidfile = node.run_dir / "tortie.pid"
         self.cluster: Cluster | None = None
+        self.policy: PolicySync | None = None
         if node.datastore is not None:
-            self.cluster = Cluster(open_datastore(node.datastore, node.name), node, self.reconfigure,
-                                   node.node_grace, node.claim_settle)
+            ds = open_datastore(node.datastore, node.name)
+            self.cluster = Cluster(ds, node, self.reconfigure, node.node_grace, node.claim_settle)
+            self.policy = PolicySync(ds, node.name, node.policy_backend, node.run_dir / "policy",
+                                     self.metrics.registry)
         self.initial_sync = asyncio.Event()
         self._adopted: set[IPv4Network] = set()
         self.refused: dict[IPv4Network, str] = {}  # desired routes the kernel refused, with its reason
@@ -119,6 +125,8 @@ class Daemon:
                  asyncio.create_task(self._watchdog(), name="watchdog")]
         if self.cluster:
             tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+            tasks.append(asyncio.create_task(self._run_policy(), name="policy"))
+        tasks.append(asyncio.create_task(self._notify_ready(), name="ready"))
         if not self.peers:
             self._check_initial_sync()
         await self._stop.wait()
@@ -171,7 +179,34 @@ class Daemon:
         self._mark(self._adopted)
         self._adopted = set()
         log.info("initial sync done")
+
+    async def _notify_ready(self) -> None:
+        """READY=1 once the first BGP sync is over and, with a datastore, the first ruleset is in force."""
+        await self.initial_sync.wait()
+        if self.policy:
+            await self.policy.applied.wait()
         notify("READY=1", f"STATUS=initial BGP sync done, {len(self.peers)} peers")
+
+    async def _run_policy(self) -> None:
+        await self.cluster.ready.wait()  # the datastore is loaded
+        pods = {(p.namespace, p.name) for p in PodStore(self.node).all()}
+        for k in self.cluster.ds.items(f"endpoints/{self.node.name}"):
+            if tuple(k.split("/")[2:]) not in pods:  # deleted while the daemon was away
+                await self.cluster.ds.delete(k)
+        await self.policy.run()
+
+    async def endpoint_added(self, namespace: str, pod: str, endpoint: dict) -> bool:
+        """tortie-cni's ADD: publish the pod, return once its policy is enforced (False: it could not be)."""
+        if self.policy is None:
+            return True
+        await self.cluster.ready.wait()
+        return await self.policy.endpoint_added(namespace, pod, endpoint)
+
+    async def endpoint_removed(self, namespace: str, pod: str) -> bool:
+        if self.policy is None:
+            return True
+        await self.cluster.ready.wait()
+        return await self.policy.endpoint_removed(namespace, pod)
 
     async def _watchdog(self) -> None:
         """Pings systemd from the event loop itself: a loop that stops turning stops the pings."""

@@ -65,7 +65,9 @@ def exabgp_environment(node: NodeConfig) -> dict[str, str]:
         "exabgp.api.cli": "false",  # no named pipes: the daemon is the only API user
         "exabgp.log.level": "WARNING",
         "exabgp.log.destination": "stdout",
-        "exabgp.tcp.bind": str(node.listen_address) if any(p.passive for p in node.bgp_peers()) else "",
+        # always listen: peers that wait for us may be added by a reload (the datastore's mesh), and ExaBGP
+        # only binds at start
+        "exabgp.tcp.bind": str(node.listen_address),
         "exabgp.tcp.port": "179",
         "exabgp.daemon.pid": "",
     }

@@ -96,6 +96,8 @@ class NodeConfig(Strict):
     datastore: DatastoreSettings | None = Field(
         None, description="the cluster datastore: with it, an empty mesh.nodes means every registered node, "
                           "and a node without blocks claims one from the pools")
+    policy_backend: Literal["nft", "iptables"] = Field(
+        "nft", description="how network policy from the datastore is enforced on this node")
     node_grace: float = Field(60.0, ge=0, description="seconds a node that went away keeps its mesh place and blocks")
     claim_settle: float = Field(1.0, gt=0, description="seconds a block claim waits for competing claims; "
                                                        "more than twice the datastore's propagation delay")

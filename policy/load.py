@@ -44,7 +44,7 @@ def _documents(path: Path) -> Iterable[tuple[int, int, Any]]:
         loader.dispose()
 
 
-def _parse_document(data: Any) -> AnyPolicy:
+def parse_document(data: Any) -> AnyPolicy:
     if not isinstance(data, dict):
         raise ValueError(f"(top level): expected a mapping, got {type(data).__name__}")
     key = (data.get("apiVersion"), data.get("kind"))
@@ -65,7 +65,7 @@ def load_policies(paths: Iterable[str | Path]) -> list[AnyPolicy]:
             for number, line, data in _documents(path):
                 where = f"{path}: document {number} (line {line})"
                 try:
-                    p = _parse_document(data)
+                    p = parse_document(data)
                 except ValidationError as e:
                     errors.extend(validation_errors(where, e))
                     continue

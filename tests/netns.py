@@ -48,9 +48,12 @@ class Lab:
     def down(self) -> None:
         self.tortie("down", timeout=60, check=False)
 
-    def exec(self, node: str, *cmd: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+    def exec(self, node: str, *cmd: str, timeout: float = 60, check: bool = True, input: str | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        if env:
+            cmd = ("env", *(f"{k}={v}" for k, v in env.items()), *cmd)
         r = subprocess.run([sys.executable, "-m", "bgpd.cli", "lab", "exec", self.topology, "--name", self.name,
-                            node, "--", *cmd], capture_output=True, text=True, timeout=timeout)
+                            node, "--", *cmd], capture_output=True, text=True, timeout=timeout, input=input)
         if check and r.returncode != 0:
             raise AssertionError(f"{node}: {' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         return r

@@ -102,6 +102,71 @@ def test_a_full_block_brings_another(lab):
              10, what="node2's new block at node1")
 
 
+SERVER = """
+import socket
+s = socket.create_server(("0.0.0.0", 8080))
+s.settimeout(60)
+while True:
+    c, _ = s.accept(); c.sendall(b"ok"); c.close()
+"""
+PROBE = """
+import socket, sys
+try:
+    print(socket.create_connection((sys.argv[1], 8080), timeout=0.5).recv(10).decode())
+except OSError:
+    print("blocked")
+"""
+POLICY = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+          "metadata": {"name": "web", "namespace": "shop"},
+          "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                                "ports": [{"protocol": "TCP", "port": 8080}]}]}}
+
+
+def cni_add(lab, node, pod, labels):
+    """What a runtime does: a netns, then tortie-cni ADD with the pod's labels (CNI conventions)."""
+    lab.exec(node, "ip", "netns", "add", pod)
+    netconf = {"cniVersion": "1.1.0", "name": "tortie", "type": "tortie-cni",
+               "tortieConfig": "/etc/tortie/tortie.yaml",
+               "args": {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}}
+    out = lab.exec(node, "tortie-cni", input=json.dumps(netconf), env={
+        "CNI_COMMAND": "ADD", "CNI_CONTAINERID": pod, "CNI_NETNS": f"/run/netns/{pod}", "CNI_IFNAME": "eth0",
+        "CNI_ARGS": f"K8S_POD_NAMESPACE=shop;K8S_POD_NAME={pod}", "CNI_PATH": "/"}).stdout
+    return json.loads(out)["ips"][0]["address"].split("/")[0]
+
+
+def probe(lab, node, pod, ip):
+    return lab.exec(node, "ip", "netns", "exec", pod, "python3", "-c", PROBE, ip).stdout.strip()
+
+
+def test_policy_published_to_the_datastore_is_enforced_on_every_node(lab):
+    wait_for(lambda: full_mesh(lab), 60, what="the automatic full mesh")
+    web = cni_add(lab, "node1", "web", {"app": "web"})
+    client = cni_add(lab, "node2", "client", {"app": "client"})
+    cni_add(lab, "node3", "other", {"app": "other"})
+    server = lab.popen("node1", "ip", "netns", "exec", "web", "python3", "-c", SERVER)
+    try:
+        wait_for(lambda: probe(lab, "node3", "other", web) == "ok", 20, what="web reachable before any policy")
+        assert probe(lab, "node2", "client", web) == "ok"
+        (lab.datastore / "policies" / "shop").mkdir(parents=True)
+        tmp = lab.datastore / "policies" / "shop" / ".web.json.tmp"
+        tmp.write_text(json.dumps(POLICY))
+        start = time.monotonic()
+        tmp.rename(lab.datastore / "policies" / "shop" / "web.json")
+        wait_for(lambda: probe(lab, "node3", "other", web) == "blocked", 20, what="the policy enforced")
+        print(f"publish to enforcement: {time.monotonic() - start:.2f} s (including one probe)")
+        assert probe(lab, "node2", "client", web) == "ok"
+        for node in NODES:  # every node compiled it (each enforces it for its own pods)
+            assert lab.json(node, "tortie", "status", "--json") and "policy applied" in lab.log(node)
+        # a broken policy changes nothing: the good one stays in force
+        (lab.datastore / "policies" / "shop" / "bad.json").write_text(json.dumps({"apiVersion": "nope"}))
+        time.sleep(1)
+        assert probe(lab, "node3", "other", web) == "blocked" and probe(lab, "node2", "client", web) == "ok"
+        assert "policy not applied" in lab.log("node1")
+    finally:
+        server.kill()
+
+
 def test_a_node_that_goes_away_leaves_the_mesh_after_its_grace(lab):
     wait_for(lambda: full_mesh(lab), 60, what="the automatic full mesh")
     block3 = status(lab, "node3")["blocks"][0]
