@@ -198,6 +198,24 @@ def _packet_path(lab, client, server, seconds: float) -> dict:
     return {"throughput_gbit_s": tput * 8 / 1e9, "connections_per_s": conns}
 
 
+def _bench_lab(labs: list):
+    """A host namespace with a client and a server pod (endpoints 0 and 1 of the workload)."""
+    from policy.lab import Lab
+
+    lab = Lab().start()
+    labs.append(lab)
+    client, server = lab.add_pod("client", 1), lab.add_pod("server", 2)
+    for pod in (client, server):
+        lab.run(pod.ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
+    lab.serve(server.ns, [BENCH_PORT], [], sink=[SINK_PORT])
+    return lab, client, server
+
+
+def _base(lab, client, server, n_eps: int) -> dict:
+    return {"endpoints": n_eps, "state_dir": f"/tmp/{lab.prefix}-state",
+            "real": {0: [client.ip, client.interface], 1: [server.ip, server.interface]}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, short runs (a smoke test)")
@@ -206,47 +224,43 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
-    from policy.lab import Lab
-
     sizes = [100, 1000] if args.quick else [100, 1000, 10000]
     n_eps = 200 if args.quick else 1000
     path_sizes = [0, 100, 1000] if args.quick else [0, 1000, 10000]
-    seconds, repeats, rounds = (1.0, 3, 1) if args.quick else (3.0, 7, 3)
+    seconds, repeats, rounds = (1.0, 3, 1) if args.quick else (2.0, 7, 7)
     backends = ["nft", "iptables"]
-    results: dict = {"endpoints": n_eps, "apply": {}, "incremental": {}, "packet_path": {}}
-    lab = Lab().start()
-    state_dir = Path(lab.prefix).resolve()
+    results: dict = {"endpoints": n_eps, "apply": {}, "packet_path": {}}
+    labs: list = []
     try:
-        client, server = lab.add_pod("client", 1), lab.add_pod("server", 2)
-        for pod in (client, server):
-            lab.run(pod.ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
-        lab.serve(server.ns, [BENCH_PORT], [], sink=[SINK_PORT])
-        base = {"endpoints": n_eps, "state_dir": f"/tmp/{lab.prefix}-state",
-                "real": {0: [client.ip, client.interface], 1: [server.ip, server.interface]}}
+        # compile, apply and incremental updates: one lab
+        lab, client, server = _bench_lab(labs)
+        base = _base(lab, client, server, n_eps)
         for n in sizes:
             for backend in backends:
-                big = n == sizes[-1]
                 r = _run_worker(lab, {**base, "backend": backend, "policies": n, "replace": True,
-                                      "incremental": big, "repeats": repeats})
+                                      "incremental": n == sizes[-1], "repeats": repeats})
                 results["apply"][f"{backend}/{n}"] = r
                 print(f"{backend:8} {n:6} policies: {json.dumps(r)}", file=sys.stderr)
-        samples: dict[str, list[dict]] = {}
-        for _ in range(rounds):  # every configuration once per round, in one run: the ratios compare like with like
-            for n in path_sizes:
-                for backend in backends:
-                    if n:
-                        _run_worker(lab, {**base, "backend": backend, "policies": n})
-                    else:
-                        lab.run(lab.host, sys.executable, "-m", "bgpd.cli", "policy", "flush",
-                                "--state-dir", base["state_dir"])
-                    sample = _packet_path(lab, client, server, seconds)
-                    samples.setdefault(f"{backend}/{n}", []).append(sample)
-                    print(f"{backend:8} {n:6} policies: {sample}", file=sys.stderr)
+        # packet path: one lab per configuration, each loaded once, measured in turn round after round, so that
+        # the machine's changing load hits every configuration alike
+        configs = {}
+        for n in path_sizes:
+            for backend in backends:
+                lab, client, server = _bench_lab(labs)
+                if n:
+                    _run_worker(lab, {**_base(lab, client, server, n_eps), "backend": backend, "policies": n})
+                configs[f"{backend}/{n}"] = (lab, client, server)
+        samples: dict[str, list[dict]] = {k: [] for k in configs}
+        for _ in range(rounds):
+            for key, (lab, client, server) in configs.items():
+                samples[key].append(_packet_path(lab, client, server, seconds))
+                print(f"{key:16} {samples[key][-1]}", file=sys.stderr)
         results["packet_path"] = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} | {"samples": v}
                                   for k, v in samples.items()}
     finally:
-        lab.close()
-        subprocess.run(["rm", "-rf", f"/tmp/{lab.prefix}-state"])
+        for lab in labs:
+            lab.close()
+            subprocess.run(["rm", "-rf", f"/tmp/{lab.prefix}-state"])
     _report(results, sizes, path_sizes, backends)
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)

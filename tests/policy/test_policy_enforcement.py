@@ -7,7 +7,7 @@ import pytest
 
 from tests.netns import requires_root, run_in_netns
 
-from tests.policy.conftest import PODS, PolicyLab
+from tests.policy.conftest import PODS, PolicyLab, endpoints_doc
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(240)]
 BACKENDS = ["nft", "iptables"]
@@ -317,3 +317,44 @@ def test_counters_show_and_prometheus(plab: PolicyLab, backend: str) -> None:
     prom = plab.tortie("show", "--prometheus").stdout
     assert ('tortie_policy_rule_packets_total{action="allow",direction="ingress",policy="k8s.NetworkPolicy/x/a",'
             'rule="0"} 3.0') in prom
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_changes_while_traffic_flows_never_open_or_cut(plab: PolicyLab, backend: str) -> None:
+    """Probes run without pause while policies are added, changed and removed and pods relabelled: a pair every
+    version denies never gets through, a pair every version allows never fails."""
+    import threading
+
+    versions = [
+        [k8s("a", "x", {"podSelector": sel(app="web"), "ingress": [{"from": [{"podSelector": sel(app="db")}]}]})],
+        [k8s("a", "x", {"podSelector": sel(app="web"), "ingress": [{"from": [{"podSelector": sel(app="db")}],
+                                                                    "ports": [{"port": 80}, {"port": 81}]}]}),
+         tortie("d", {"order": 5, "selector": "all()", "ingress": [{"action": "Deny", "protocol": "UDP"}]})],
+        [k8s("a", "x", {"podSelector": {}, "ingress": [{"from": [{"podSelector": sel(app="db")}],
+                                                        "ports": [{"port": 80}]}]})],
+    ]
+    a, b, d = (plab.lab.pods[n] for n in "abd")
+    allowed, denied = (a.ip, "tcp", 80), (a.ip, "tcp", 8080)
+    plab.apply(backend, versions[0])
+    seen: dict[str, list[bool]] = {"allowed": [], "denied": []}
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            seen["allowed"].append(plab.lab.probe(b.ns, [allowed], timeout=1.0)[allowed])
+            seen["denied"].append(plab.lab.probe(d.ns, [denied], timeout=0.3)[denied])
+
+    t = threading.Thread(target=probe)
+    t.start()
+    try:
+        for k in range(6):
+            labels = {"c": {"app": "db"}} if k % 2 else {}
+            p = plab.tortie("apply", "--backend", backend, "--endpoints",
+                            str(plab.write("endpoints.yaml", endpoints_doc(plab.lab, labels))),
+                            str(plab.write("policies.yaml", versions[k % len(versions)])))
+            assert "applied" in p.stdout
+    finally:
+        stop.set()
+        t.join(30)
+    assert seen["allowed"] and all(seen["allowed"]), seen["allowed"]
+    assert seen["denied"] and not any(seen["denied"]), seen["denied"]
