@@ -131,9 +131,9 @@ class Datastore(ABC):
         for feed in self._feeds:
             feed.queue.put_nowait(Change(key_, value))
 
-    def _converge(self, state: dict[str, dict]) -> None:
-        """Makes the cache equal to state, emitting exactly the differences (in key order)."""
-        for k in sorted(self._cache.keys() | state.keys()):
+    def _converge(self, state: dict[str, dict], prefix: str = "") -> None:
+        """Makes the cache under prefix equal to state, emitting exactly the differences (in key order)."""
+        for k in sorted(self.items(prefix).keys() | state.keys()):
             self._apply(k, state.get(k))
 
     def _end_feeds(self) -> None:

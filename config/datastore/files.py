@@ -137,15 +137,14 @@ class FilesDatastore(Datastore):
         while not self._stop.is_set():
             try:
                 async for changes in awatch(
-                    self.path, watch_filter=lambda _, p: p.endswith(".json"), debounce=50, step=10,
+                    self.path, watch_filter=lambda _, p: not p.endswith(".tmp"), debounce=50, step=10,
                     rust_timeout=200, yield_on_timeout=True, stop_event=self._stop,
                 ):
                     if not ready.done():
                         ready.set_result(None)
                     elif self._loaded:
                         for _, p in sorted(changes, key=lambda c: c[1]):
-                            if (k := self._key_of(Path(p))) is not None:
-                                self._apply(k, self._read(Path(p)))
+                            self._changed(Path(p))
             except Exception as e:  # noqa: BLE001 - a watcher failure must not end the node
                 if not ready.done():
                     ready.set_exception(e)
@@ -154,9 +153,17 @@ class FilesDatastore(Datastore):
                 await asyncio.sleep(RESTART_DELAY)
                 self._converge(self._scan())
 
-    def _scan(self) -> dict[str, dict]:
+    def _changed(self, path: Path) -> None:
+        """A file changed, or a directory came or went (its files may predate the watch on it): rescan it."""
+        if path.suffix == ".json":
+            if (k := self._key_of(path)) is not None:
+                self._apply(k, self._read(path))
+        elif path != self.path and path.is_relative_to(self.path):
+            self._converge(self._scan(path), str(path.relative_to(self.path)).replace(os.sep, "/"))
+
+    def _scan(self, under: Path | None = None) -> dict[str, dict]:
         state = {}
-        for p in self.path.rglob("*.json"):
+        for p in (under or self.path).rglob("*.json"):
             if (k := self._key_of(p)) is not None and (v := self._read(p)) is not None:
                 state[k] = v
         return state

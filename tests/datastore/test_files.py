@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import logging
 import time
 
@@ -96,3 +97,20 @@ async def test_unusable_directory(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DatastoreError, match="datastore directory"):
         await FilesDatastore(tmp_path / "file" / "sub", "node1").start()
+
+
+async def test_directories_made_and_removed_by_others(tmp_path, clients):
+    """Files written in a new directory before the watch on it exists, and a directory moved away."""
+    ds = await clients.files(tmp_path / "state", "node1")
+    feed = ds.changes()
+    staged = tmp_path / "staged"
+    for pod in range(20):
+        (staged / "node2/default").mkdir(parents=True, exist_ok=True)
+        (staged / f"node2/default/p{pod}.json").write_text(json.dumps({"ip": f"10.244.2.{pod}"}))
+    (tmp_path / "state/endpoints").mkdir(exist_ok=True)
+    os.rename(staged / "node2", tmp_path / "state/endpoints/node2")
+    await eventually(lambda: len(ds.items("endpoints/node2")) == 20)
+    os.rename(tmp_path / "state/endpoints/node2", tmp_path / "gone")
+    await eventually(lambda: not ds.items("endpoints/node2"))
+    seen = await drain(feed)
+    assert len({c.key for c in seen if c.value is None and c.key.startswith("endpoints/node2/")}) == 20
