@@ -160,9 +160,8 @@ def test_policy_published_to_the_datastore_is_enforced_on_every_node(lab):
             assert lab.json(node, "tortie", "status", "--json") and "policy applied" in lab.log(node)
         # a broken policy changes nothing: the good one stays in force
         (lab.datastore / "policies" / "shop" / "bad.json").write_text(json.dumps({"apiVersion": "nope"}))
-        time.sleep(1)
+        wait_for(lambda: "policy not applied" in lab.log("node1"), 10, what="the bad policy refused")
         assert probe(lab, "node3", "other", web) == "blocked" and probe(lab, "node2", "client", web) == "ok"
-        assert "policy not applied" in lab.log("node1")
     finally:
         server.kill()
 
