@@ -15,11 +15,10 @@ from typing import Iterable, Iterator, Sequence
 
 from policy import names
 from policy import selector as sel
-from policy.ir import (AddrMatch, Direction, EndpointChain, IrRule, Match, NamedPortMatch, NamedSet, PolicyChain,
-                       PortMatch, Ruleset, Side)
-from policy.model import (PROTOCOLS, AnyPolicy, EntityRule, Endpoints, GlobalNetworkPolicy, HostEndpoint,
-                          IPNetwork, K8sNetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, PortRange, Rule,
-                          policy_id, policy_order)
+from policy.ir import AddrMatch, Direction, IrRule, Match, NamedPortMatch, NamedSet, PolicyChain, PortMatch, Side
+from policy.model import (PROTOCOLS, AnyPolicy, EntityRule, Endpoints, GlobalNetworkPolicy, IPNetwork,
+                          K8sNetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, PortRange, Rule, policy_id,
+                          policy_order)
 
 
 class CompileError(ValueError):
@@ -71,6 +70,15 @@ class _Alternative:
 
 
 @dataclass
+class _Compiled:
+    """One policy's share of a program, reused when the same policy object is compiled again."""
+
+    policy: AnyPolicy
+    chains: list[tuple[PolicyChain, Group]]
+    objects: list[tuple[str, str, str, object]]  # (Program attribute, set name, name key, value)
+
+
+@dataclass
 class Program:
     """Compiled policies, not yet bound to endpoints."""
 
@@ -81,11 +89,20 @@ class Program:
     groups: dict[str, tuple[Group, int]] = field(default_factory=dict)  # set name -> (group, family)
     nets: dict[str, NamedSet] = field(default_factory=dict)
     named_ports: dict[str, tuple[str, int]] = field(default_factory=dict)  # set name -> (port name, family)
+    compiled: dict[str, _Compiled] = field(default_factory=dict)  # policy identity -> its share
     _names: dict[str, str] = field(default_factory=dict)
+    _record: list[tuple[str, str, str, object]] | None = None
 
     def claim(self, name: str, key: str) -> str:
         if self._names.setdefault(name, key) != key:
             raise CompileError(f"name collision: {name} stands for both {self._names[name]!r} and {key!r}")
+        return name
+
+    def register(self, attr: str, name: str, key: str, value: object) -> str:
+        """Adds a set to `groups`, `nets` or `named_ports`, remembering it for the policy being compiled."""
+        getattr(self, attr)[self.claim(name, key)] = value
+        if self._record is not None:
+            self._record.append((attr, name, key, value))
         return name
 
 
@@ -210,8 +227,7 @@ class _Splitter:
             if fam == 6 and not self.p.ipv6:
                 return None if atom.negate else False
             key = atom.group.key()
-            name = self.p.claim(names.set_name("addr", fam, key), f"addr{fam}:{key}")
-            self.p.groups[name] = (atom.group, fam)
+            name = self.p.register("groups", names.set_name("addr", fam, key), f"addr{fam}:{key}", (atom.group, fam))
             return AddrMatch(atom.side, atom.negate, set=name)
         nets = sorted({n for n in atom.nets if n.version == fam})
         if not nets:
@@ -220,15 +236,15 @@ class _Splitter:
             return AddrMatch(atom.side, atom.negate, cidr=str(nets[0]))
         elements = frozenset(map(str, ipaddress.collapse_addresses(nets)))  # type: ignore[arg-type]
         key = ",".join(sorted(elements))
-        name = self.p.claim(names.set_name("net", fam, key), f"net{fam}:{key}")
-        self.p.nets[name] = NamedSet(name, "net", fam, elements, names.comment(key))
+        name = names.set_name("net", fam, key)
+        self.p.register("nets", name, f"net{fam}:{key}", NamedSet(name, "net", fam, elements, names.comment(key)))
         return AddrMatch(atom.side, atom.negate, set=name)
 
     def named(self, atom: _NamedPortAtom, fam: int) -> NamedPortMatch | None | bool:
         if fam == 6 and not self.p.ipv6:
             return None if atom.negate else False
-        name = self.p.claim(names.set_name("nport", fam, atom.port), f"nport{fam}:{atom.port}")
-        self.p.named_ports[name] = (atom.port, fam)
+        name = self.p.register("named_ports", names.set_name("nport", fam, atom.port), f"nport{fam}:{atom.port}",
+                               (atom.port, fam))
         return NamedPortMatch(atom.side, atom.negate, name)
 
     def split(self, alt: _Alternative) -> list[Match]:
@@ -255,33 +271,52 @@ class _Splitter:
 _ACTIONS = {"Allow": "allow", "Deny": "deny", "Log": "log", "Pass": "pass"}
 
 
-def compile_policies(policies: Iterable[AnyPolicy], ipv6: bool) -> Program:
-    program = Program(ipv6=ipv6)
+def _compile_policy(program: Program, p: AnyPolicy, pid: str) -> _Compiled:
+    if isinstance(p, K8sNetworkPolicy):
+        ns = p.metadata.namespace
+        target = Group(p.spec.podSelector.to_selector(), namespace=ns)
+        types = p.spec.types()
+        rules: dict[str, list[tuple[int, str, list[_Alternative]]]] = {
+            "Ingress": [(i, "allow", _k8s_rule("src", r.from_, r.ports, ns)) for i, r in enumerate(p.spec.ingress)],
+            "Egress": [(i, "allow", _k8s_rule("dst", r.to, r.ports, ns)) for i, r in enumerate(p.spec.egress)],
+        }
+    else:
+        ns = None if isinstance(p, GlobalNetworkPolicy) else p.metadata.namespace
+        target = Group(p.spec.selector, namespace=ns, hosts=ns is None)
+        types = p.spec.policy_types()
+        rules = {
+            "Ingress": [(i, _ACTIONS[r.action], _tortie_rule(r, ns)) for i, r in enumerate(p.spec.ingress)],
+            "Egress": [(i, _ACTIONS[r.action], _tortie_rule(r, ns)) for i, r in enumerate(p.spec.egress)],
+        }
+    entry = _Compiled(p, [], [])
+    program._record = entry.objects
     split = _Splitter(program).split
+    for t in types:
+        direction: Direction = "ingress" if t == "Ingress" else "egress"
+        name = names.policy_chain(pid, direction)
+        ir = tuple(IrRule(m, action, idx) for idx, action, alts in rules[t] for a in alts for m in split(a))
+        entry.chains.append((PolicyChain(name, pid, direction, ir), target))
+    program._record = None
+    return entry
+
+
+def compile_policies(policies: Iterable[AnyPolicy], ipv6: bool, previous: Program | None = None) -> Program:
+    """With `previous`, a policy that is the very same object as one compiled there is not compiled again: after
+    one policy changed, only that policy is."""
+    program = Program(ipv6=ipv6)
+    reuse = previous.compiled if previous is not None and previous.ipv6 == ipv6 else {}
     for p in sorted(policies, key=policy_order):
         pid = policy_id(p)
-        if isinstance(p, K8sNetworkPolicy):
-            ns = p.metadata.namespace
-            target = Group(p.spec.podSelector.to_selector(), namespace=ns)
-            types = p.spec.types()
-            rules: dict[str, list[tuple[int, str, list[_Alternative]]]] = {
-                "Ingress": [(i, "allow", _k8s_rule("src", r.from_, r.ports, ns)) for i, r in enumerate(p.spec.ingress)],
-                "Egress": [(i, "allow", _k8s_rule("dst", r.to, r.ports, ns)) for i, r in enumerate(p.spec.egress)],
-            }
+        entry = reuse.get(pid)
+        if entry is not None and entry.policy is p:
+            for attr, name, key, value in entry.objects:
+                program.register(attr, name, key, value)
         else:
-            ns = None if isinstance(p, GlobalNetworkPolicy) else p.metadata.namespace
-            target = Group(p.spec.selector, namespace=ns, hosts=ns is None)
-            types = p.spec.policy_types()
-            rules = {
-                "Ingress": [(i, _ACTIONS[r.action], _tortie_rule(r, ns)) for i, r in enumerate(p.spec.ingress)],
-                "Egress": [(i, _ACTIONS[r.action], _tortie_rule(r, ns)) for i, r in enumerate(p.spec.egress)],
-            }
-        for t in types:
-            direction: Direction = "ingress" if t == "Ingress" else "egress"
-            name = program.claim(names.policy_chain(pid, direction), f"{pid}:{direction}")
-            ir = tuple(IrRule(m, action, idx) for idx, action, alts in rules[t] for a in alts for m in split(a))
-            program.policy_chains[name] = PolicyChain(name, pid, direction, ir)
-            program.targets.append((name, direction, target))
+            entry = _compile_policy(program, p, pid)
+        program.compiled[pid] = entry
+        for chain, target in entry.chains:
+            program.policy_chains[program.claim(chain.name, f"{pid}:{chain.direction}")] = chain
+            program.targets.append((chain.name, chain.direction, target))
     return program
 
 

@@ -16,7 +16,6 @@ import yaml
 
 from policy.lab import Lab
 from policy.load import load_endpoints, load_policies
-from policy.model import Endpoint, HostEndpoint
 from policy.reference import Packet, Reference
 
 TORTIE = str(Path(sys.executable).with_name("tortie"))
@@ -178,7 +177,3 @@ def check_ns() -> Iterator[str]:
 def nft_check(ns: str, script: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", ns, "nft", "-c", "-f", "-"], input=script, capture_output=True,
                           text=True, timeout=120)
-
-
-def endpoint_of(ref: Reference, name: str) -> Endpoint | HostEndpoint:
-    return next(e for e in [*ref.eps.endpoints, *ref.eps.hostEndpoints] if e.name == name)

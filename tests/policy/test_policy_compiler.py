@@ -143,3 +143,19 @@ def test_every_scenario_passes_nft_check(check_ns: str) -> None:
     r = nft_check(check_ns, render_nft.render(rs))
     assert r.returncode == 0, r.stderr
     assert "meta l4proto 132" in render_nft.render(rs) and "ip6 saddr fd00::/64" in render_nft.render(rs)
+
+
+def test_recompiling_reuses_unchanged_policies() -> None:
+    docs = unique(ALL_SCENARIOS)
+    policies = models(docs)
+    first = compile_policies(policies, False)
+    i = next(i for i, d in enumerate(docs) if d["kind"] == "GlobalNetworkPolicy")
+    changed = list(policies)
+    changed[i] = models([{**docs[i], "spec": {"ingress": [{"action": "Deny", "protocol": "UDP"}]}}])[0]
+    again = compile_policies(changed, False, previous=first)
+    fresh = compile_policies(models([*docs[:i], {**docs[i], "spec": {"ingress": [
+        {"action": "Deny", "protocol": "UDP"}]}}, *docs[i + 1:]]), False)
+    assert (again.policy_chains, again.targets, again.groups, again.nets, again.named_ports) == \
+        (fresh.policy_chains, fresh.targets, fresh.groups, fresh.nets, fresh.named_ports)
+    reused = [pid for pid, e in again.compiled.items() if e is first.compiled.get(pid)]
+    assert len(reused) == len(policies) - 1

@@ -7,7 +7,7 @@ import pytest
 
 from tests.netns import requires_root, run_in_netns
 
-from tests.policy.conftest import PODS, PolicyLab, endpoints_doc
+from tests.policy.conftest import PolicyLab, endpoints_doc
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(240)]
 BACKENDS = ["nft", "iptables"]
