@@ -270,12 +270,12 @@ class MqttDatastore(Datastore):
                     self._apply(k, self._remote.get(k))
 
     async def _halt(self) -> None:
+        """Ends the connection loop: a connected session gets sync_timeout to disconnect cleanly."""
         self._stopping.set()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, self.settings.sync_timeout)
-            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
-                pass
+            grace = self.settings.sync_timeout if self.connected else 0
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, grace)
             self._task = None
 
 

@@ -51,7 +51,7 @@ class Broker:
 
     def config(self) -> str:
         lines = [
-            "per_listener_settings false", "allow_anonymous false", "user root",
+            "per_listener_settings false", "allow_anonymous false", "user root", "max_queued_messages 1000000",
             f"password_file {self.dir / 'passwd'}", f"acl_file {SHIPPED / 'acl'}",
             f"persistence {'true' if self.persistence else 'false'}", f"persistence_location {self.dir / 'data'}/",
             f"listener {self.port} 127.0.0.1", f"log_dest file {self.dir / 'mosquitto.log'}", "log_type all",

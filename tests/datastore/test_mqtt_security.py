@@ -87,10 +87,18 @@ async def test_shipped_mosquitto_conf(tmp_path, certs, clients):
         one = await clients.mqtt(At, "node1", tls=TlsSettings(ca=ca))
         At.port = plain_port
         admin = await clients.mqtt(At, "admin")
+        for i in range(1500):  # more than mosquitto queues per client by default
+            await admin.put(f"policies/default/p{i}", {"i": i})
+        assert await admin.flush(10)
+        two = await clients.mqtt(At, "node2")
+        assert len(two.items("policies/default")) == 1500
         feed = admin.changes()
+        await one.put("nodes/node2", {"address": "10.99.0.1"})  # denied
         await one.put("nodes/node1", {"address": "10.99.0.1"})
-        await collect(feed, lambda c: c.key == "nodes/node1")
-        for ds in (one, admin):
+        seen = await collect(feed, lambda c: c.key == "nodes/node1")
+        assert "nodes/node2" not in {c.key for c in seen}
+        assert one.connected and one.resyncs == 0
+        for ds in (one, two, admin):
             await asyncio.wait_for(ds.stop(), 10)
     finally:
         proc.terminate()
