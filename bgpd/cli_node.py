@@ -78,7 +78,11 @@ def _view(view: str, render):
 def _render_status(s: dict) -> str:
     lines = [f"node {s['node']}  AS {s['asn']}  router id {s['router_id']}  blocks {', '.join(s['blocks'])}",
              f"kernel routes {s['kernel_routes']}  initial sync {'done' if s['initial_sync_done'] else 'pending'}"
-             f"  exabgp restarts {s['exabgp_restarts']}", ""]
+             f"  exabgp restarts {s['exabgp_restarts']}"]
+    if s["datastore"]:
+        lines.append(f"datastore {'connected' if s['datastore']['connected'] else 'DISCONNECTED'}"
+                     f"  resyncs {s['datastore']['resyncs']}")
+    lines.append("")
     fmt = "{:<16} {:<16} {:>10} {:<10} {:>8} {:>9} {:>9} {:>8} {:>10} {:>6}  {}"
     lines.append(fmt.format("peer", "address", "asn", "state", "uptime", "received", "accepted", "rejected",
                             "advertised", "stale", "last error"))

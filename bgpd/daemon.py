@@ -424,6 +424,9 @@ class Daemon:
             "kernel_routes": len(self.kernel.installed),
             "refused_routes": {str(p): why for p, why in sorted(self.refused.items())[:20]},
             "exabgp_restarts": self.supervisor.restarts,
+            "datastore": None if self.cluster is None else {
+                "connected": self.cluster.ds.connected, "resyncs": self.cluster.ds.resyncs,
+                "ready": self.cluster.ready.is_set()},
             "peers": [{
                 "name": ps.peer.name or addr, "address": addr, "asn": ps.peer.asn, "state": ps.state,
                 "uptime": round(now - ps.since, 1) if ps.state == "up" and ps.since else 0,

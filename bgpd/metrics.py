@@ -68,6 +68,12 @@ class DaemonCollector(Collector):
         restarts = CounterMetricFamily("tortie_exabgp_restarts", "times ExaBGP was restarted after it died")
         restarts.add_metric([], d.supervisor.restarts)
         yield restarts
+        if d.cluster is not None:
+            connected = GaugeMetricFamily("tortie_datastore_connected", "1 while the datastore is reachable")
+            connected.add_metric([], 1.0 if d.cluster.ds.connected else 0.0)
+            resyncs = CounterMetricFamily("tortie_datastore_resyncs", "full resynchronisations after a reconnect")
+            resyncs.add_metric([], d.cluster.ds.resyncs)
+            yield from (connected, resyncs)
         sync = GaugeMetricFamily("tortie_initial_sync_done", "1 once the initial BGP sync finished")
         sync.add_metric([], 1.0 if d.initial_sync.is_set() else 0.0)
         yield sync

@@ -65,8 +65,12 @@ class Lab:
     def json(self, node: str, *cmd: str):
         return json.loads(self.exec(node, *cmd).stdout)
 
+    @property
+    def state_dir(self) -> Path:
+        return Path("/run/tortie-lab") / self.name
+
     def log(self, node: str) -> str:
-        path = Path("/run/tortie-lab") / self.name / f"{node}.log"
+        path = self.state_dir / f"{node}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
 

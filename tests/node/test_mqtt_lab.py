@@ -1,0 +1,120 @@
+"""The mesh3-mqtt lab: three hosts, mosquitto in its own namespace, nothing configured but the datastore."""
+import ipaddress
+import json
+import time
+
+import pytest
+
+from tests.netns import Lab, requires_root, wait_for
+from tests.node.test_cluster_lab import POLICY, SERVER, cni_add, probe
+
+pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(300)]
+NODES = ("node1", "node2", "node3")
+TOPIC = "tortie/v1/"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = Lab("mesh3-mqtt.clab.yml", "q")
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+
+
+def status(lab, node):
+    return lab.json(node, "tortie", "status", "--json")
+
+
+def full_mesh(lab):
+    return all(len(s["peers"]) == 2 and all(p["state"] == "up" for p in s["peers"])
+               for s in (status(lab, n) for n in NODES))
+
+
+def publish(lab, key, value, user="admin", password="admin-secret"):
+    lab.exec("broker", "mosquitto_pub", "-h", "127.0.0.1", "-u", user, "-P", password, "-r", "-q", "1",
+             "-t", TOPIC + key, "-m", json.dumps(value))
+
+
+def retained(lab, key):
+    r = lab.exec("broker", "mosquitto_sub", "-h", "127.0.0.1", "-u", "admin", "-P", "admin-secret", "-C", "1",
+                 "-W", "2", "-t", TOPIC + key, check=False)
+    return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+
+
+def broker_pid(lab):
+    """mosquitto: the child of the broker node's cmd shell (which the lab started)."""
+    shell = json.loads((lab.state_dir / "state.json").read_text())["nodes"]["broker"]["cmd_pid"]
+    (child,) = lab.exec("broker", "sh", "-c", f"cat /proc/{shell}/task/*/children").stdout.split()
+    assert "mosquitto" in lab.exec("broker", "cat", f"/proc/{child}/comm").stdout
+    return int(child)
+
+
+def test_simultaneous_claims_give_one_block_each_and_a_full_mesh(lab):
+    wait_for(lambda: full_mesh(lab), 60, what="the automatic full mesh")
+    blocks = [b for n in NODES for b in status(lab, n)["blocks"]]
+    assert len(blocks) == 3 and len(set(blocks)) == 3
+    for n in NODES:
+        assert {r["dst"] for r in lab.json(n, "ip", "-j", "route", "show", "proto", "201")} == set(blocks)
+        assert status(lab, n)["datastore"]["connected"]
+
+
+def test_cni_pods_and_policy_through_the_broker(lab):
+    wait_for(lambda: full_mesh(lab), 60, what="the automatic full mesh")
+    start = time.monotonic()
+    web = cni_add(lab, "node1", "web", {"app": "web"})
+    client = cni_add(lab, "node2", "client", {"app": "client"})
+    assert ipaddress.ip_address(web) in ipaddress.ip_network(status(lab, "node1")["blocks"][0])
+    other = cni_add(lab, "node3", "other", {"app": "other"})
+    server = lab.popen("node1", "ip", "netns", "exec", "web", "python3", "-c", SERVER)
+    lab.server = server
+    wait_for(lambda: probe(lab, "node3", "other", web) == "ok", 20, what="web reachable")
+    print(f"CNI ADD to reachable across nodes: {time.monotonic() - start:.2f} s for three pods")
+    start = time.monotonic()
+    publish(lab, "policies/shop/web", POLICY)
+    wait_for(lambda: probe(lab, "node3", "other", web) == "blocked", 20, what="the policy enforced")
+    print(f"publish to enforcement: {time.monotonic() - start:.2f} s")
+    assert probe(lab, "node2", "client", web) == "ok"
+    lab.pods = {"web": web, "client": client, "other": other}
+
+
+def test_broker_away_policy_stays_and_changes_converge(lab):
+    web = lab.pods["web"]
+    pid = broker_pid(lab)
+    lab.exec("broker", "kill", "-TERM", str(pid))
+    wait_for(lambda: not status(lab, "node1")["datastore"]["connected"], 30, what="node1 to notice")
+    # enforcement goes on, and a pod added meanwhile (a client) is published once the broker is back
+    assert probe(lab, "node3", "other", web) == "blocked" and probe(lab, "node2", "client", web) == "ok"
+    client2 = cni_add(lab, "node2", "client2", {"app": "client"})
+    assert probe(lab, "node2", "client2", web) == "blocked"  # node1 cannot know it yet
+    lab.exec("broker", "sh", "-c", "mosquitto -d -c /etc/mosquitto/lab/mosquitto.conf")
+    wait_for(lambda: all(status(lab, n)["datastore"]["connected"] for n in NODES), 60, what="reconnects")
+    assert all(status(lab, n)["datastore"]["resyncs"] >= 1 for n in NODES)
+    wait_for(lambda: probe(lab, "node2", "client2", web) == "ok", 20, what="client2 allowed after resync")
+    assert probe(lab, "node3", "other", web) == "blocked"  # the policy survived the restart (persistence)
+    assert retained(lab, "endpoints/node2/shop/client2")["ips"] == [client2]
+
+
+def test_node_credentials_write_only_own_keys(lab):
+    before = retained(lab, "nodes/node2")
+    publish(lab, "nodes/node2", {"address": "10.92.0.99"}, user="node1", password="node1-secret")
+    publish(lab, "policies/shop/evil", {"x": 1}, user="node1", password="node1-secret")
+    time.sleep(1)
+    assert retained(lab, "nodes/node2") == before and retained(lab, "policies/shop/evil") is None
+    r = lab.exec("broker", "mosquitto_pub", "-h", "127.0.0.1", "-u", "node1", "-P", "wrong", "-t", TOPIC + "x",
+                 "-m", "{}", check=False)
+    assert r.returncode != 0
+
+
+def test_killed_node_last_will_and_removal(lab):
+    (block3,) = status(lab, "node3")["blocks"]
+    lab.exec("node3", "ip", "link", "set", "eth1", "down")
+    lab.exec("node3", "kill", "-KILL", lab.exec("node3", "cat", "/run/tortie/tortie.pid").stdout.strip())
+    # BGP drops its routes after the hold time (9 s); the broker publishes its Last Will after 1.5
+    # keepalives (15 s) and the others take it out of the mesh after its grace (10 s)
+    wait_for(lambda: (retained(lab, "status/node3") or {}).get("alive") is False, 30, what="node3's Last Will")
+    wait_for(lambda: {p["name"] for p in status(lab, "node1")["peers"]} == {"node2"}, 30,
+             what="node3 out of node1's mesh after its grace")
+    assert block3 not in {r["dst"] for r in lab.json("node1", "ip", "-j", "route", "show", "proto", "201")}
+    lab.server.kill()
