@@ -46,6 +46,8 @@ class FilesDatastore(Datastore):
         self._loaded = False
 
     async def start(self) -> None:
+        """See Datastore.start(); may be called again after it failed."""
+        self._stop.clear()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -63,6 +63,8 @@ class MqttDatastore(Datastore):
         self._last_error = ""
 
     async def start(self) -> None:
+        """See Datastore.start(); may be called again after it failed."""
+        self._stopping.clear()
         self._ready = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(), name=f"datastore-mqtt-{self.node}")
         try:

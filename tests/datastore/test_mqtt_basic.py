@@ -110,8 +110,14 @@ async def test_wrong_password_is_refused(broker):
     assert loop.time() - t0 < 5  # refused at once, not retried until start_timeout
 
 
-async def test_unreachable_broker_times_out(broker):
+async def test_unreachable_broker_times_out_and_start_can_be_retried(broker):
     broker.stop()
     ds = MqttDatastore(settings(broker, "node1", start_timeout=1.5), "node1")
     with pytest.raises(DatastoreError, match="within 1.5 s"):
         await ds.start()
+    broker.start()
+    await ds.start()  # a failed start can be retried
+    try:
+        assert ds.connected and ds.alive("node1") is True
+    finally:
+        await ds.stop()
