@@ -46,6 +46,7 @@ class Broker:
     dir: Path
     persistence: bool = True
     certs: tuple[Path, Path, Path] | None = None
+    require_client_cert: bool = False
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
 
@@ -59,6 +60,7 @@ class Broker:
         if self.certs:
             ca, cert, key = self.certs
             lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+            lines += ["require_certificate true"] if self.require_client_cert else []
         return "\n".join(lines) + "\n"
 
     def start(self) -> Broker:

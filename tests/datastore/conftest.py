@@ -51,7 +51,8 @@ async def drain(changes, quiet: float = 0.3, limit: float = 10.0) -> list:
 
 
 def make_certs(d: Path, name: str) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it: (ca.crt, server.crt, server.key)."""
+    """A CA, a server certificate for 127.0.0.1 and a client one (client.crt, client.key) signed by it:
+    returns (ca.crt, server.crt, server.key)."""
     d.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True, timeout=30)  # noqa: E731
@@ -60,6 +61,8 @@ def make_certs(d: Path, name: str) -> tuple[Path, Path, Path]:
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
         "-extfile", "san.ext", "-out", "server.crt")
+    run("req", *ec, "-subj", "/CN=node1", "-keyout", "client.key", "-out", "client.csr")
+    run("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-days", "2", "-out", "client.crt")
     return d / "ca.crt", d / "server.crt", d / "server.key"
 
 

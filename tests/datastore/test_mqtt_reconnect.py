@@ -1,6 +1,8 @@
 """Losing the broker: last known state kept, writes queued, then resynchronised and converged."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from config.datastore import Change
@@ -98,3 +100,13 @@ async def test_broker_restart(make_broker, clients, persistence):
         assert three.get("policies/default/p") is None
         assert Change("policies/default/p", None) in seen
         await eventually(lambda: one.get("endpoints/node2/default/db") is not None)
+
+
+async def test_stop_while_the_broker_is_away(broker, clients):
+    ds = await clients.mqtt(broker, "node1")
+    feed = ds.changes()
+    broker.stop()
+    await eventually(lambda: not ds.connected)
+    await ds.put("nodes/node1", {"address": "10.99.0.1"})
+    await asyncio.wait_for(ds.stop(), 2)  # does not wait for the broker
+    assert [c async for c in feed] == [Change("nodes/node1", {"address": "10.99.0.1"})]

@@ -61,6 +61,16 @@ async def test_tls(make_broker, certs, clients, tmp_path):
             await ds.start()
 
 
+async def test_tls_client_certificate(make_broker, certs, clients):
+    broker = make_broker(certs=certs, require_client_cert=True)
+    ca, pki = certs[0], certs[0].parent
+    one = await clients.mqtt(broker, "node1", tls=TlsSettings(ca=ca, cert=pki / "client.crt", key=pki / "client.key"))
+    assert one.connected
+    ds = MqttDatastore(settings(broker, "node2", tls=TlsSettings(ca=ca), start_timeout=1.5), "node2")
+    with pytest.raises(DatastoreError, match="within 1.5 s"):
+        await ds.start()
+
+
 async def test_shipped_mosquitto_conf(tmp_path, certs, clients):
     """The shipped configuration, with its paths and ports moved into a temporary directory."""
     ca, cert, key = certs
