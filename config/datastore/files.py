@@ -59,7 +59,11 @@ class FilesDatastore(Datastore):
         except (asyncio.TimeoutError, OSError, RuntimeError) as e:
             await self._cancel_tasks()
             raise DatastoreError(f"cannot watch datastore directory {self.path}: {e or 'timed out'}") from None
-        self._renew_lease()
+        try:
+            self._renew_lease()
+        except DatastoreError:
+            await self._cancel_tasks()
+            raise
         for k, v in self._scan().items():  # the initial state: cached, not emitted
             self._cache[k] = v = lease_view(k, v)
             if k.startswith("status/"):
@@ -72,7 +76,10 @@ class FilesDatastore(Datastore):
         self._stop.set()
         await self._cancel_tasks()
         if self._loaded:
-            await self.put(key("status", self.node), {"alive": False})
+            try:
+                await self.put(key("status", self.node), {"alive": False})
+            except DatastoreError as e:
+                log.error("cannot mark %s down: %s", self.node, e)
         for handle in self._expiry.values():
             handle.cancel()
         self.connected = False
