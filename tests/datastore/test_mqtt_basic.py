@@ -121,3 +121,17 @@ async def test_unreachable_broker_times_out_and_start_can_be_retried(broker):
         assert ds.connected and ds.alive("node1") is True
     finally:
         await ds.stop()
+
+
+async def test_malformed_messages_are_ignored(broker, clients, caplog):
+    one = await clients.mqtt(broker, "node1")
+    feed = one.changes()
+    pub = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-u", "admin", "-P", USERS["admin"], "-q", "1"]
+    for topic, payload in [("tortie/v1/nodes/bad", "{oops"), ("tortie/v1/nodes/list", "[1]"),
+                           ("tortie/v1/nodes/a/b", "{}"), ("tortie/v1/nodes/good", '{"ok": true}')]:
+        subprocess.run([*pub, "-r", "-t", topic, "-m", payload], check=True, timeout=10)
+    await collect(feed, lambda c: c == Change("nodes/good", {"ok": True}))
+    assert one.get("nodes/bad") is None and one.get("nodes/list") is None
+    assert "tortie/v1/nodes/bad" in caplog.text and "tortie/v1/nodes/a/b" in caplog.text
+    two = await clients.mqtt(broker, "node2")  # the same retained garbage at sync
+    assert two.items("nodes/") == {"nodes/good": {"ok": True}}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -110,3 +111,46 @@ async def test_stop_while_the_broker_is_away(broker, clients):
     await ds.put("nodes/node1", {"address": "10.99.0.1"})
     await asyncio.wait_for(ds.stop(), 2)  # does not wait for the broker
     assert [c async for c in feed] == [Change("nodes/node1", {"address": "10.99.0.1"})]
+
+
+def state(ds) -> dict:
+    return {k: v for k, v in ds.items("").items() if not k.startswith("status/")}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_writes_and_partitions_converge(broker, clients, seed):
+    """Three writers, each key with one writer, node1 partitioned at random: all end with the last writes."""
+    rng = random.Random(seed)
+    proxy = Proxy(broker.port)
+    await proxy.heal()
+    one = await clients.mqtt(Via(proxy), "node1")
+    two = await clients.mqtt(broker, "node2")
+    admin = await clients.mqtt(broker, "admin")
+    pools = {
+        ds: [f"endpoints/{n}/default/p{i}" for i in range(5)] + [f"nodes/{n}", f"claims/10.244.{i}.0-26/{n}"]
+        for i, (ds, n) in enumerate([(one, "node1"), (two, "node2")], 1)
+    }
+    pools[admin] = [f"policies/default/p{i}" for i in range(5)] + ["namespaces/default", "blocks/10.244.1.0-26"]
+    last: dict[str, dict | None] = {}
+    cut = False
+    for round_ in range(8):
+        if rng.random() < 0.5:
+            await (proxy.heal() if cut else proxy.cut())
+            cut = not cut
+        for _ in range(rng.randint(1, 15)):
+            ds = rng.choice(list(pools))
+            k = rng.choice(pools[ds])
+            last[k] = None if rng.random() < 0.3 else {"round": round_, "n": rng.randrange(1000)}
+            await (ds.delete(k) if last[k] is None else ds.put(k, last[k]))
+        await asyncio.sleep(rng.uniform(0, 0.4))
+    if cut:
+        await proxy.heal()
+    expected = {k: v for k, v in last.items() if v is not None}
+    await eventually(lambda: one.connected, timeout=10)
+    for ds in pools:
+        assert await ds.flush(10)
+    three = await clients.mqtt(broker, "node3")
+    assert state(three) == expected
+    await eventually(lambda: all(state(ds) == expected for ds in pools), what="convergence")
+    assert one.resyncs >= 1, "the seed gave no partition"
+    await proxy.cut()
