@@ -8,13 +8,14 @@ from bgpd import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bgpd import cli_node, cli_lab
+    from bgpd import cli_cluster, cli_lab, cli_node
     from policy import cli as policy_cli
 
     parser = argparse.ArgumentParser(prog="tortie", description="Tortie pod networking")
     parser.add_argument("--version", action="version", version=f"tortie {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     cli_node.add_parsers(sub)
+    cli_cluster.add_parsers(sub)
     cli_lab.add_parser(sub)
     policy_cli.add_parser(sub)
     return parser

@@ -1,0 +1,120 @@
+"""`tortie ipam show` and `tortie node remove`: the cluster as the datastore holds it."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from ipaddress import IPv4Address
+
+from bgpd.cli_node import DEFAULT_CONFIG, load_node
+from bgpd.cluster import claims_by_block
+from bgpd.ipam import blocks_in, owner
+from config.datastore import Datastore, DatastoreError, key, open_datastore, parse_key
+from config.load import ConfigError
+from config.node import NodeConfig
+
+
+def _open(args: argparse.Namespace) -> tuple[NodeConfig, Datastore]:
+    node = load_node(args.config)
+    if node.datastore is None:
+        raise ConfigError([f"{args.config}: datastore: not configured"])
+    settings = node.datastore
+    if settings.mqtt is not None:
+        update: dict = {"username": args.user or settings.mqtt.username or node.name}
+        if args.password_file:
+            update.update(password_file=args.password_file, password=None)
+        settings = settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update=update)})
+    # a client id of its own, so that this tool never takes over the node's session or its Last Will
+    return node, open_datastore(settings, f"{args.user or node.name}-cli")
+
+
+def ipam_table(node: NodeConfig, ds: Datastore) -> list[dict]:
+    by_block = claims_by_block(ds.items("claims"), lambda n: True)
+    used: dict[str, int] = {}
+    for k, ep in ds.items("endpoints").items():
+        for ip in ep.get("ips", []):
+            used[ip] = used.get(ip, 0) + 1
+    rows = []
+    for pool in node.pools:
+        for block in blocks_in(pool):
+            claims = by_block.get(block, {})
+            if not claims:
+                continue
+            n = sum(1 for ip in used if IPv4Address(ip) in block)
+            rows.append({"pool": str(pool.cidr), "block": str(block), "owner": owner(claims),
+                         "claims": sorted(claims), "alive": ds.alive(owner(claims)) if owner(claims) else None,
+                         "used": n, "size": block.num_addresses - 2})
+    return rows
+
+
+async def _ipam_show(args: argparse.Namespace) -> int:
+    node, ds = _open(args)
+    await ds.start()
+    try:
+        rows = ipam_table(node, ds)
+    finally:
+        await ds.stop()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for pool in node.pools:
+        total = sum(1 for _ in blocks_in(pool))
+        mine = [r for r in rows if r["pool"] == str(pool.cidr)]
+        print(f"pool {pool.cidr}  blocks /{pool.block_size}: {len(mine)} of {total} claimed")
+    fmt = "  {:<20} {:<14} {:<8} {:>9}  {}"
+    print(fmt.format("block", "owner", "alive", "used", "claims"))
+    for r in rows:
+        print(fmt.format(r["block"], r["owner"] or "(pending)", str(r["alive"]).lower(), f"{r['used']}/{r['size']}",
+                         ",".join(r["claims"])))
+    return 0
+
+
+async def _node_remove(args: argparse.Namespace) -> int:
+    """Deletes a node's registration, liveness, claims and endpoints (admin credentials needed on MQTT)."""
+    _, ds = _open(args)
+    await ds.start()
+    try:
+        doomed = [k for kind in ("nodes", "status", "claims", "endpoints") for k in ds.items(kind)
+                  if parse_key(k)[1][-1 if kind == "claims" else 0] == args.name]
+        for k in doomed:
+            await ds.delete(k)
+        flushed = await ds.flush(10)
+    finally:
+        await ds.stop()
+    if not flushed or any(ds.get(k) is not None for k in doomed):
+        print(f"tortie node remove: the datastore kept some of {args.name}'s keys (credentials?)", file=sys.stderr)
+        return 1
+    print(f"removed {args.name}: {len(doomed)} keys")
+    return 0
+
+
+def _run(coro_fn):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(coro_fn(args))
+        except ConfigError as e:
+            print("\n".join(e.errors), file=sys.stderr)
+            return 2
+        except DatastoreError as e:
+            print(f"tortie: datastore: {e}", file=sys.stderr)
+            return 1
+    return run
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+        p.add_argument("--user", help="datastore user (MQTT), e.g. admin")
+        p.add_argument("--password-file", help="file holding that user's password")
+
+    ipam = sub.add_parser("ipam", help="address management").add_subparsers(dest="ipam_command", required=True)
+    p = ipam.add_parser("show", help="pools, blocks, owners and usage")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=_run(_ipam_show))
+    node = sub.add_parser("node", help="cluster nodes").add_subparsers(dest="node_command", required=True)
+    p = node.add_parser("remove", help="remove a node from the cluster: its routes go, its blocks are freed")
+    p.add_argument("name")
+    common(p)
+    p.set_defaults(func=_run(_node_remove))
