@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 
 import pytest
@@ -114,3 +115,16 @@ async def test_shipped_mosquitto_conf(tmp_path, certs, clients):
         proc.terminate()
         proc.wait(5)
     assert (data / "tortie.db").exists()
+
+
+def test_make_passwords(tmp_path):
+    script = SHIPPED / "make-passwords.sh"
+    out = subprocess.run([script, tmp_path / "passwd", "node9", "admin:given"], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.split("\n")
+    assert re.fullmatch(r"node9 [0-9a-f]{32}", out[0]) and out[1] == "admin given"
+    assert [line.split(":")[0] for line in (tmp_path / "passwd").read_text().split()] == ["node9", "admin"]
+    assert (tmp_path / "passwd").stat().st_mode & 0o777 == 0o640
+    bad = subprocess.run([script, tmp_path / "passwd", "bad/user"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "invalid user name" in bad.stderr
+    assert "node9" in (tmp_path / "passwd").read_text()  # the old file is kept
+    assert not [p for p in tmp_path.iterdir() if p.name != "passwd"]
