@@ -121,3 +121,20 @@ async def test_directories_made_and_removed_by_others(tmp_path, clients):
     await eventually(lambda: not ds.items("endpoints/node2"))
     seen = await drain(feed)
     assert len({c.key for c in seen if c.value is None and c.key.startswith("endpoints/node2/")}) == 20
+
+
+async def test_change_feeds(tmp_path, clients):
+    ds = await clients.files(tmp_path, "node1")
+    await ds.put("nodes/a", {"n": 1})  # before anyone asked for a feed
+    first, second, third = ds.changes(), ds.changes(), ds.changes()
+    await ds.put("nodes/b", {"n": 2})
+    await third.aclose()
+    await ds.put("nodes/c", {"n": 3})
+    keys = lambda seen: [c.key for c in seen if not c.key.startswith("status/")]  # noqa: E731
+    assert keys(await drain(first, 0.05)) == ["nodes/a", "nodes/b", "nodes/c"]
+    assert keys(await drain(second, 0.05)) == ["nodes/b", "nodes/c"]
+    assert keys(await drain(third, 0.05)) == ["nodes/b"]
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(second.__anext__(), 0.05)
+    await ds.put("nodes/d", {"n": 4})
+    assert (await asyncio.wait_for(second.__anext__(), 1)).key == "nodes/d"  # the cancelled wait lost nothing
