@@ -7,6 +7,7 @@ incremental path. Input that does not validate changes nothing: the last good ru
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -28,8 +29,17 @@ log = logging.getLogger("tortie.policy")
 WATCHED = ("policies", "globalpolicies", "namespaces", "endpoints")
 
 
-def desired_input(items: Mapping[str, dict]) -> tuple[list, Endpoints]:
-    """Policies and endpoints from datastore entries; ValueError listing every problem found."""
+def remote_interface(node: str, namespace: str, pod: str) -> str:
+    """A stand-in interface name for another node's pod: it only feeds selectors here, no packet uses it.
+
+    (Local pods' host interfaces are `tt` + hash, so the two never collide. Chains for remote pods are
+    dead weight; rendering only local ones is a compiler change left for later.)
+    """
+    return "r" + hashlib.sha1(f"{node}/{namespace}/{pod}".encode()).hexdigest()[:14]
+
+
+def desired_input(items: Mapping[str, dict], local: str) -> tuple[list, Endpoints]:
+    """Policies and endpoints from datastore entries (`local`: this node); ValueError listing every problem."""
     policies, errors = [], []
     namespaces: dict[str, dict] = {}
     endpoints = []
@@ -41,8 +51,11 @@ def desired_input(items: Mapping[str, dict]) -> tuple[list, Endpoints]:
             elif kind == "namespaces":
                 namespaces[parts[0]] = {"name": parts[0], "labels": v.get("labels", {})}
             elif kind == "endpoints":
-                _, ns, pod = parts
-                endpoints.append({**v, "namespace": ns, "name": pod})
+                node, ns, pod = parts
+                ep = {**v, "namespace": ns, "name": pod}
+                if node != local:
+                    ep["interface"] = remote_interface(node, ns, pod)
+                endpoints.append(ep)
         except ValidationError as e:
             errors.extend(validation_errors(k, e))
         except ValueError as e:
@@ -81,7 +94,7 @@ class PolicySync:
             items = {k: v for kind in WATCHED for k, v in self.ds.items(kind).items()}
             start = time.monotonic()
             try:
-                policies, endpoints = desired_input(items)
+                policies, endpoints = desired_input(items, self.node)
                 ruleset = compile_ruleset(policies, endpoints)
                 how = await asyncio.to_thread(self.applier.apply, ruleset)
             except (ValueError, ApplyError) as e:

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Cluster benchmark on the mesh3-mqtt lab (mosquitto in its own namespace, three Tortie hosts).
+
+1. Policy publish -> enforcement on all three nodes: a web pod on every node, a client on another node
+   probing it (TCP connect every 10 ms, 40 ms timeout); a policy admitting only app=client-ok is
+   published with mosquitto_pub on the broker; per node, the time until its probe is refused.
+2. CNI ADD -> pod reachable from another node: tortie-cni ADD on node2 (policy apply included), then
+   node1 pings the new address every 5 ms; the time from the start of ADD to the first reply.
+
+Run as root from the repository: /opt/tortie-venv/bin/python bench/cluster_bench.py [--repeat 5]
+Prints a table and writes bench/results/cluster_bench.json. A benchmark, not a test: it asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.netns import Lab, wait_for  # noqa: E402  (the lab helper the tests use)
+from tests.node.test_cluster_lab import SERVER, cni_add  # noqa: E402
+
+NODES = ("node1", "node2", "node3")
+# probes the web pod until a connection fails, prints the wall time of the first failure
+WATCH = """
+import socket, sys, time
+deadline = time.time() + 60
+while time.time() < deadline:
+    try:
+        socket.create_connection((sys.argv[1], 8080), timeout=0.04).close()
+    except OSError:
+        print(time.time()); break
+    time.sleep(0.01)
+"""
+PUBLISH = """
+import subprocess, sys, time
+t0 = time.time()
+subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-u", "admin", "-P", "admin-secret", "-r", "-q", "1",
+                "-t", sys.argv[1], "-m", sys.argv[2]], check=True)
+print(t0)
+"""
+PING = """
+import subprocess, sys, time
+t0 = float(sys.argv[2])
+while time.time() < t0 + 30:
+    if subprocess.run(["ping", "-c", "1", "-W", "0.05", sys.argv[1]], capture_output=True).returncode == 0:
+        print(time.time()); break
+    time.sleep(0.005)
+"""
+
+
+def other(node: str) -> str:
+    """The node whose client probes `node`'s web pod."""
+    return NODES[(NODES.index(node) + 1) % len(NODES)]
+
+
+def policy(n: int) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": f"web-{n}", "namespace": "shop"},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": f"client-ok-{n}"}}}]}]}}
+
+
+def policy_round(lab: Lab, n: int, webs: dict[str, str]) -> dict[str, float]:
+    watchers = {node: lab.popen(other(node), "ip", "netns", "exec", f"client-{other(node)}", "python3", "-c",
+                                WATCH, ip) for node, ip in webs.items()}
+    time.sleep(0.5)
+    t0 = float(lab.exec("broker", "python3", "-c", PUBLISH, f"tortie/v1/policies/shop/web-{n}",
+                        json.dumps(policy(n))).stdout)
+    out = {node: float(w.communicate(timeout=90)[0].strip() or "nan") - t0 for node, w in watchers.items()}
+    lab.exec("broker", "mosquitto_pub", "-h", "127.0.0.1", "-u", "admin", "-P", "admin-secret", "-r", "-n",
+             "-t", f"tortie/v1/policies/shop/web-{n}")
+    for node, ip in webs.items():  # open again before the next round
+        wait_for(lambda ip=ip, node=node: lab.exec(other(node), "ip", "netns", "exec", f"client-{other(node)}",
+                 "python3", "-c", "import socket,sys; socket.create_connection((sys.argv[1], 8080), 1)",
+                 ip, check=False).returncode == 0, 30, what="the policy removed")
+    return out
+
+
+def cni_round(lab: Lab, n: int) -> dict[str, float]:
+    t0 = time.time()
+    ip = cni_add(lab, "node2", f"new{n}", {"app": "new"})
+    added = time.time() - t0
+    reached = float(lab.exec("node1", "python3", "-c", PING, ip, str(t0)).stdout.strip() or "nan") - t0
+    return {"cni_add": added, "reachable": reached}
+
+
+def table(name: str, values: list[float]) -> str:
+    return f"  {name:<28} {statistics.median(values):8.3f} {min(values):8.3f} {max(values):8.3f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--output", default=str(Path(__file__).parent / "results" / "cluster_bench.json"))
+    args = ap.parse_args()
+    lab = Lab("mesh3-mqtt.clab.yml", "bench")
+    servers = []
+    try:
+        lab.up()
+        wait_for(lambda: all(len(lab.json(n, "tortie", "status", "--json")["peers"]) == 2 for n in NODES), 60,
+                 what="the mesh")
+        webs = {}
+        for node in NODES:
+            webs[node] = cni_add(lab, node, f"web-{node}", {"app": "web"})
+            cni_add(lab, node, f"client-{node}", {"app": "client"})
+            servers.append(lab.popen(node, "ip", "netns", "exec", f"web-{node}", "python3", "-c", SERVER))
+        time.sleep(1)
+        rounds = [policy_round(lab, n, webs) for n in range(args.repeat)]
+        cni = [cni_round(lab, n) for n in range(args.repeat)]
+    finally:
+        for s in servers:
+            s.kill()
+        lab.down()
+    print(f"Cluster on MQTT (mesh3-mqtt lab, 2 vCPU), {args.repeat} runs: seconds (median, min, max)")
+    for node in NODES:
+        print(table(f"publish -> enforced, {node}", [r[node] for r in rounds]))
+    print(table("publish -> enforced, all 3", [max(r.values()) for r in rounds]))
+    print(table("CNI ADD (policy in force)", [c["cni_add"] for c in cni]))
+    print(table("CNI ADD start -> reachable", [c["reachable"] for c in cni]))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps({"policy_rounds": rounds, "cni_rounds": cni}, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
