@@ -16,8 +16,9 @@ __all__ = [
 ]
 
 
-def open_datastore(settings: DatastoreSettings, node: str) -> Datastore:
-    """The datastore client of `node` (not started: call start())."""
+def open_datastore(settings: DatastoreSettings, node: str, observer: bool = False) -> Datastore:
+    """The datastore client of `node` (not started: call start()). An observer (a tool) has no liveness:
+    no status/<node>, no lease, no Last Will; give it a node name (MQTT client id) of its own."""
     if settings.type == "files":
-        return FilesDatastore(settings.path, node, settings.lease_ttl)
-    return MqttDatastore(settings.mqtt, node)
+        return FilesDatastore(settings.path, node, settings.lease_ttl, observer)
+    return MqttDatastore(settings.mqtt, node, observer)

@@ -68,8 +68,9 @@ class Datastore(ABC):
     feeds get the changes after their creation. Feeds end after stop(); aclose() one you abandon.
     """
 
-    def __init__(self, node: str):
+    def __init__(self, node: str, observer: bool = False):
         self.node = check_segment(node)
+        self.observer = observer  # reads and writes, but has no liveness of its own (tools)
         self.connected = False
         self.resyncs = 0
         self._cache: dict[str, dict] = {}

@@ -36,8 +36,8 @@ def lease_view(key_: str, value: dict | None) -> dict | None:
 
 
 class FilesDatastore(Datastore):
-    def __init__(self, path: Path, node: str, lease_ttl: float = 15.0):
-        super().__init__(node)
+    def __init__(self, path: Path, node: str, lease_ttl: float = 15.0, observer: bool = False):
+        super().__init__(node, observer)
         self.path = Path(path)
         self.lease_ttl = lease_ttl
         self._expiry: dict[str, asyncio.TimerHandle] = {}
@@ -59,23 +59,25 @@ class FilesDatastore(Datastore):
         except (asyncio.TimeoutError, OSError, RuntimeError) as e:
             await self._cancel_tasks()
             raise DatastoreError(f"cannot watch datastore directory {self.path}: {e or 'timed out'}") from None
-        try:
-            self._renew_lease()
-        except DatastoreError:
-            await self._cancel_tasks()
-            raise
+        if not self.observer:
+            try:
+                self._renew_lease()
+            except DatastoreError:
+                await self._cancel_tasks()
+                raise
         for k, v in self._scan().items():  # the initial state: cached, not emitted
             self._cache[k] = v = lease_view(k, v)
             if k.startswith("status/"):
                 self._schedule_expiry(k, v)
         self._loaded = True
         self.connected = True
-        self._tasks.append(asyncio.create_task(self._keep_lease(), name=f"datastore-lease-{self.node}"))
+        if not self.observer:
+            self._tasks.append(asyncio.create_task(self._keep_lease(), name=f"datastore-lease-{self.node}"))
 
     async def stop(self) -> None:
         self._stop.set()
         await self._cancel_tasks()
-        if self._loaded:
+        if self._loaded and not self.observer:
             try:
                 await self.put(key("status", self.node), {"alive": False})
             except DatastoreError as e:

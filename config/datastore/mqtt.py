@@ -43,9 +43,10 @@ class _Refused(Exception):
 
 
 class MqttDatastore(Datastore):
-    def __init__(self, settings: MqttSettings, node: str):
-        super().__init__(node)
+    def __init__(self, settings: MqttSettings, node: str, observer: bool = False):
+        super().__init__(node, observer)
         self.settings = settings
+        self._user = settings.username or node
         self._remote: dict[str, dict] = {}
         self._outbox: dict[str, _Write] = {}
         self._pending = asyncio.Event()  # the outbox holds unsent writes
@@ -83,7 +84,8 @@ class MqttDatastore(Datastore):
         if self._task is None:
             return
         if self.connected:
-            await self.put(self._status, {"alive": False})
+            if not self.observer:
+                await self.put(self._status, {"alive": False})
             if not await self.flush(self.settings.sync_timeout):
                 log.warning("stopping with %d writes not confirmed by the broker", len(self._outbox))
         await self._halt()
@@ -146,10 +148,10 @@ class MqttDatastore(Datastore):
 
     def _client(self) -> aiomqtt.Client:
         s = self.settings
+        will = aiomqtt.Will(ROOT + self._status, encode(self._status, {"alive": False}), qos=1, retain=True)
         return aiomqtt.Client(
-            s.host, s.port, username=s.username or self.node, password=s.secret(),
-            identifier=s.client_id or self.node, clean_session=True, keepalive=s.keepalive,
-            will=aiomqtt.Will(ROOT + self._status, encode(self._status, {"alive": False}), qos=1, retain=True),
+            s.host, s.port, username=self._user, password=s.secret(), identifier=s.client_id or self.node,
+            clean_session=True, keepalive=s.keepalive, will=None if self.observer else will,
             tls_context=s.tls.context() if s.tls else None, timeout=s.sync_timeout,
         )
 
@@ -178,7 +180,7 @@ class MqttDatastore(Datastore):
             raise
 
     def _marker(self, nonce: str) -> str:
-        return f"{ROOT}sync/{self.node}/{nonce}"
+        return f"{ROOT}sync/{self._user}/{nonce}"
 
     async def _round_trip(self, client: aiomqtt.Client, nonce: str) -> None:
         """Publishes a marker and waits for it to come back: everything published before it has arrived."""
@@ -188,8 +190,8 @@ class MqttDatastore(Datastore):
             await asyncio.wait_for(arrived, self.settings.sync_timeout)
         except asyncio.TimeoutError:
             raise aiomqtt.MqttError(
-                f"marker sync/{self.node}/{nonce} did not come back within {self.settings.sync_timeout:g} s "
-                f"(does the ACL let user {self.settings.username or self.node} write tortie/v1/sync/{self.node}/#?)"
+                f"marker sync/{self._user}/{nonce} did not come back within {self.settings.sync_timeout:g} s "
+                f"(does the ACL let user {self._user} write tortie/v1/sync/{self._user}/#?)"
             ) from None
         finally:
             self._markers.pop(nonce, None)
@@ -231,7 +233,8 @@ class MqttDatastore(Datastore):
             for k in sorted(self._cache.keys() | fresh.keys()):
                 if owner(k) == self.node and k not in self._outbox and fresh.get(k) != self._cache.get(k):
                     self._outbox[k] = _Write(self._cache.get(k))
-        self._outbox[self._status] = _Write({"alive": True, "since": time.time()})
+        if not self.observer:
+            self._outbox[self._status] = _Write({"alive": True, "since": time.time()})
         for write in self._outbox.values():
             write.sent = None
         self._empty.clear()

@@ -138,3 +138,10 @@ async def test_change_feeds(tmp_path, clients):
         await asyncio.wait_for(second.__anext__(), 0.05)
     await ds.put("nodes/d", {"n": 4})
     assert (await asyncio.wait_for(second.__anext__(), 1)).key == "nodes/d"  # the cancelled wait lost nothing
+
+
+async def test_observer_has_no_lease(tmp_path, clients):
+    tool = await clients.add(FilesDatastore(tmp_path, "node1-cli", observer=True))
+    await tool.put("nodes/node1", {"address": "10.99.0.1"})
+    await tool.stop()
+    assert not (tmp_path / "status").exists() and tool.alive("node1-cli") is None

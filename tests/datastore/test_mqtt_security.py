@@ -128,3 +128,25 @@ def test_make_passwords(tmp_path):
     assert bad.returncode == 2 and "invalid user name" in bad.stderr
     assert "node9" in (tmp_path / "passwd").read_text()  # the old file is kept
     assert not [p for p in tmp_path.iterdir() if p.name != "passwd"]
+
+
+async def test_observer_beside_its_node(broker, clients):
+    """A tool with node1's credentials beside node1's daemon: no liveness of its own, no takeover."""
+    one = await clients.mqtt(broker, "node1")
+    admin = await clients.mqtt(broker, "admin")
+    tool = await clients.add(MqttDatastore(settings(broker, "node1"), "node1-cli", observer=True))
+    await one.put("nodes/node1", {"address": "10.99.0.1"})
+    await eventually(lambda: tool.get("nodes/node1") is not None)
+    await tool.put("endpoints/node1/default/x", {"ip": "10.244.1.9"})  # node1's key: allowed for its user
+    await eventually(lambda: admin.get("endpoints/node1/default/x") is not None)
+    await tool.stop()
+    assert admin.alive("node1") is True and one.connected and one.resyncs == 0
+    admin_tool = await clients.add(MqttDatastore(settings(broker, "admin"), "admin-cli", observer=True))
+    await admin_tool.delete("endpoints/node1/default/x")
+    assert await admin_tool.flush(5)
+    await eventually(lambda: one.get("endpoints/node1/default/x") is None)
+    await eventually(lambda: admin.get("endpoints/node1/default/x") is None)
+    # the broker delivers admin-cli's messages in order: a status it had published would be here by now
+    assert admin.get("status/admin-cli") is None and admin.connected and admin.resyncs == 0
+    await admin_tool.stop()
+    assert admin.alive("admin") is True
