@@ -2,7 +2,7 @@
 
 The cache holds the broker's state (`_remote`, as last received) overlaid by this node's own writes
 that the broker has not echoed back yet (`_outbox`). Every session: connect (Last Will: status/<node>
-= {"alive": false}, retained), subscribe, publish a marker to sync/<node>/<nonce> and take what came
+= {"alive": false}, retained), subscribe, publish a marker to sync/<user>/<nonce> and take what came
 before it back as the broker's whole state; then converge the cache to it (emitting the differences),
 re-publish own keys the broker lacks, publish status/<node> = {"alive": true, ...} and the outbox.
 Writes the broker dropped (the ACL) are found by a marker after each batch and reverted.
