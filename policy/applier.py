@@ -15,7 +15,8 @@ from policy.apply_iptables import IptablesApplier
 from policy.apply_nft import NftApplier
 from policy.diff import diff
 from policy.ir import RULESET_JSON, Ruleset
-from policy.kernel import ApplyError, RuleCounter
+from policy.counters import RuleCounter
+from policy.kernel import ApplyError
 
 Backend = Literal["nft", "iptables"]
 DEFAULT_STATE_DIR = Path(os.environ.get("TORTIE_POLICY_STATE_DIR", "/run/tortie/policy"))

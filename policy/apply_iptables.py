@@ -12,9 +12,9 @@ from collections import defaultdict
 from policy import render_iptables as R
 from policy.diff import Delta
 from policy.ir import Ruleset
-from policy.kernel import ApplyError, RuleCounter, run
+from policy.counters import RuleCounter, counters_from_sums
+from policy.kernel import ApplyError, run
 from policy.names import IPSET_PREFIX, IPT_PREFIX
-from policy.apply_nft import counters_from_sums
 
 FAMILIES = (4, 6)
 

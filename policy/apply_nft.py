@@ -7,7 +7,8 @@ from collections import defaultdict
 from policy import nft_elements, render_nft
 from policy.diff import Delta
 from policy.ir import Ruleset
-from policy.kernel import RuleCounter, run
+from policy.counters import RuleCounter, counters_from_sums
+from policy.kernel import run
 from policy.names import TABLE
 
 
@@ -54,19 +55,3 @@ class NftApplier:
             if per_chain[name]:
                 sums[name, "default deny"] = list(per_chain[name][-1])
         return counters_from_sums(rs, sums)
-
-
-def counters_from_sums(rs: Ruleset, sums: dict[tuple[str, str], list[int]]) -> list[RuleCounter]:
-    """Maps sums keyed by (IR chain name, "r<rule index>" or "default deny") back to policies."""
-    out = []
-    for chain in rs.policy_chains.values():
-        actions = {f"r{r.rule}": r.action for r in chain.rules}
-        for key, action in sorted(actions.items(), key=lambda kv: int(kv[0][1:])):
-            packets, nbytes = sums.get((chain.name, key), (0, 0))
-            out.append(RuleCounter(chain.policy, chain.direction, key[1:], action, packets, nbytes))
-    for chain in rs.endpoint_chains.values():
-        packets, nbytes = sums.get((chain.name, "default deny"), (0, 0))
-        ifaces = sorted(i for d in rs.dispatch.values() for i, c in d.items() if c == chain.name)
-        out.append(RuleCounter(f"endpoint chain {chain.name} ({', '.join(ifaces)})", chain.direction,
-                               "default-deny", "deny", packets, nbytes))
-    return out

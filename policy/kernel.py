@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
 
 
 class ApplyError(RuntimeError):
@@ -19,15 +18,3 @@ def run(args: list[str], stdin: str | None = None, timeout: float = 300) -> str:
     if p.returncode != 0:
         raise ApplyError(f"{' '.join(args)} failed: {p.stderr.strip()[:4000]}")
     return p.stdout
-
-
-@dataclass(frozen=True)
-class RuleCounter:
-    """Packets and bytes matched by one policy rule (summed over the kernel rules it compiled to)."""
-
-    policy: str
-    direction: str
-    rule: str  # rule index in the policy, or "default-deny"
-    action: str
-    packets: int
-    bytes: int

@@ -6,7 +6,7 @@ from typing import Callable, Iterable
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from policy.kernel import RuleCounter
+from policy.counters import RuleCounter
 
 LABELS = ["policy", "direction", "rule", "action"]
 
