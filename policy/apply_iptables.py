@@ -85,22 +85,43 @@ class IptablesApplier:
         self._restore(family, R.restore_script(prev, family, self.slot, remove=[c for c in chains if c not in wanted],
                                                jumps=missing))
 
+    def _element_lines(self, delta: Delta, rs: Ruleset, undo: bool = False) -> list[str]:
+        lines = []
+        for name, (add, remove) in delta.set_elements.items():
+            s, ipset = rs.sets[name], R.ipset_name(name, self.slot)
+            if undo:
+                add, remove = remove, add
+            lines += (f"add {ipset} {R.ipset_element(s, e)}" for e in sorted(add))
+            lines += (f"del {ipset} {R.ipset_element(s, e)}" for e in sorted(remove))
+        return lines
+
     def apply_delta(self, delta: Delta, rs: Ruleset, prev: Ruleset | None = None) -> None:
+        """ipset changes, then one restore per table. ipset restore is not a transaction: if any step fails, the
+        element changes are undone, new sets destroyed and an IPv4 table already changed is restored from `prev`,
+        before the error is raised."""
         lines = [R.ipset_create(s, self.slot) for s in delta.added_sets]
         for s in delta.added_sets:
             lines += (f"add {R.ipset_name(s.name, self.slot)} {R.ipset_element(s, e)}" for e in sorted(s.elements))
-        for name, (add, remove) in delta.set_elements.items():
-            s = rs.sets[name]
-            ipset = R.ipset_name(name, self.slot)
-            lines += (f"add {ipset} {R.ipset_element(s, e)}" for e in sorted(add))
-            lines += (f"del {ipset} {R.ipset_element(s, e)}" for e in sorted(remove))
-        if lines:
-            run(["ipset", "-exist", "restore"], "\n".join(lines) + "\n")
+        lines += self._element_lines(delta, rs)
         rewrite = [*delta.added_policy_chains, *delta.changed_policy_chains, *delta.added_endpoint_chains]
         removed = [R.chain_name(n) for n in (*delta.removed_endpoint_chains, *delta.removed_policy_chains)]
-        if rewrite or removed or delta.dispatch:
-            for fam in FAMILIES:
-                self._restore(fam, R.restore_script(rs, fam, self.slot, chains=rewrite, remove=removed))
+        done: list[int] = []
+        try:
+            if lines:
+                run(["ipset", "-exist", "restore"], "\n".join(lines) + "\n")
+            if rewrite or removed or delta.dispatch:
+                for fam in FAMILIES:
+                    self._restore(fam, R.restore_script(rs, fam, self.slot, chains=rewrite, remove=removed))
+                    done.append(fam)
+        except ApplyError:
+            for fam in done:
+                self._rollback(fam, prev)
+            undo = self._element_lines(delta, rs, undo=True)
+            if undo:
+                run(["ipset", "-exist", "restore"], "\n".join(undo) + "\n")
+            self._destroy([R.ipset_name(s.name, self.slot) for s in delta.added_sets
+                           if R.ipset_name(s.name, self.slot) in self._ipsets()])
+            raise
         self._destroy([R.ipset_name(n, self.slot) for n in delta.removed_sets])
 
     def _remove_script(self, family: int, chains: list[str]) -> str:

@@ -45,6 +45,7 @@ def _documents(path: Path) -> Iterable[tuple[int, int, Any]]:
 
 
 def parse_document(data: Any) -> AnyPolicy:
+    """One policy document (already parsed YAML or JSON) -> its model; ValueError or ValidationError if bad."""
     if not isinstance(data, dict):
         raise ValueError(f"(top level): expected a mapping, got {type(data).__name__}")
     key = (data.get("apiVersion"), data.get("kind"))

@@ -358,3 +358,20 @@ def test_changes_while_traffic_flows_never_open_or_cut(plab: PolicyLab, backend:
         t.join(30)
     assert seen["allowed"] and all(seen["allowed"]), seen["allowed"]
     assert seen["denied"] and not any(seen["denied"]), seen["denied"]
+
+
+def test_kernel_drift_is_repaired_by_a_full_apply(plab: PolicyLab) -> None:
+    """Someone changed our table behind our back: the incremental change the kernel refuses falls back to a full
+    apply, which puts the whole intended ruleset back."""
+    import re
+
+    base = [k8s("a", "x", {"podSelector": sel(app="web"), "ingress": [{"from": [{"podSelector": sel(app="db")}]}]})]
+    plab.apply("nft", base)
+    b = plab.lab.pods["b"]
+    listing = plab.lab.run(plab.lab.host, "nft", "list", "table", "inet", "tortie")
+    name = re.search(r"set (a4_\w+) \{[^}]*elements = \{ " + re.escape(b.ip) + " ", listing)[1]
+    plab.lab.run(plab.lab.host, "nft", "flush", "set", "inet", "tortie", name)
+    assert "(full)" in plab.apply("nft", base, labels={"b": {"app": "web"}}).stdout
+    plab.assert_matrix({("b", "a", "tcp", 80): False})
+    assert "(incremental)" in plab.apply("nft", base).stdout
+    plab.assert_matrix({("b", "a", "tcp", 80): True})
