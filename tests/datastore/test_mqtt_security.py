@@ -39,11 +39,15 @@ async def test_node_writes_only_its_own_keys(broker, clients):
     assert one.get("policies/default/allow") == {"by": "admin"}
 
 
-async def test_username_other_than_node_name_cannot_sync(broker):
-    """node2's credentials do not let a client act as node1: not even its sync marker gets through."""
-    ds = MqttDatastore(settings(broker, "node2", sync_timeout=0.5, start_timeout=2), "node1")
-    with pytest.raises(DatastoreError, match="sync/node1"):
-        await ds.start()
+async def test_credentials_of_another_node_cannot_write_as_it(broker, clients):
+    """A client acting as node1 with node2's credentials reads, but its node1 writes (liveness too) are dropped."""
+    admin = await clients.mqtt(broker, "admin")
+    fake = await clients.mqtt(broker, "node1", user="node2", client_id="fake")
+    await fake.put("nodes/node1", {"address": "10.66.6.6"})
+    await fake.put("nodes/node2", {"address": "10.99.0.2"})  # node2's key: its user may write it
+    await eventually(lambda: admin.get("nodes/node2") is not None)
+    assert admin.get("nodes/node1") is None and admin.alive("node1") is None
+    await eventually(lambda: fake.get("nodes/node1") is None, what="the dropped write reverted")
 
 
 async def test_tls(make_broker, certs, clients, tmp_path):
