@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 POD_NET = "10.99"
 HOST_GW = "10.99.255.1"  # the host side of every pod's veth
+POD_NET6, HOST_GW6 = "fd99::", "fd99::ffff"
 LINK_NET = "10.98"  # host endpoints: host <-> external peers
 
 
@@ -36,6 +37,7 @@ class Pod:
     ns: str
     ip: str
     interface: str  # host-side veth
+    ip6: str = ""
 
 
 @dataclass
@@ -55,16 +57,20 @@ class Lab:
         _sh("ip", "netns", "add", ns)
         self._namespaces.append(ns)
         _sh("ip", "link", "set", "lo", "up", ns=ns)
+        # no duplicate address detection: link-local addresses usable at once, so IPv6 neighbours resolve at once
+        _sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0", ns=ns)
         return ns
 
     def start(self) -> Lab:
         self._netns("host")
-        _sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=self.host)
+        _sh("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", ns=self.host)
         return self
 
     def plan_pod(self, name: str, index: int) -> Pod:
-        """What add_pod creates, without creating it: address 10.99.<index/250>.<index%250+1>, interface tv<index>."""
-        return Pod(name, f"{self.prefix}-{name}", f"{POD_NET}.{index // 250}.{index % 250 + 1}", f"tv{index}")
+        """What add_pod creates, without creating it: addresses 10.99.<index/250>.<index%250+1> and
+        fd99::<index+1 in hex>, host interface tv<index>."""
+        return Pod(name, f"{self.prefix}-{name}", f"{POD_NET}.{index // 250}.{index % 250 + 1}", f"tv{index}",
+                   f"{POD_NET6}{index + 1:x}")
 
     def plan_peer(self, name: str, index: int) -> Pod:
         """What add_peer creates: the peer is 10.98.<index>.2 behind host interface te<index> (10.98.<index>.1)."""
@@ -80,6 +86,11 @@ class Lab:
         _sh("ip", "addr", "add", f"{ip}/32", "dev", "eth0", ns=ns)
         _sh("ip", "link", "set", "eth0", "up", ns=ns)
         _sh("ip", "route", "add", "default", "via", HOST_GW, "dev", "eth0", "onlink", ns=ns)
+        _sh("ip", "-6", "addr", "add", f"{HOST_GW6}/128", "dev", iface, "nodad", ns=self.host)
+        _sh("ip", "-6", "route", "add", f"{pod.ip6}/128", "dev", iface, ns=self.host)
+        _sh("ip", "-6", "addr", "add", f"{pod.ip6}/128", "dev", "eth0", "nodad", ns=ns)
+        _sh("ip", "-6", "route", "add", f"{HOST_GW6}/128", "dev", "eth0", ns=ns)
+        _sh("ip", "-6", "route", "add", "default", "via", HOST_GW6, "dev", "eth0", ns=ns)
         self.pods[name] = pod
         return pod
 
@@ -139,16 +150,19 @@ class Lab:
 
 def _serve(spec: dict) -> None:
     socks = []
-    for port in spec["tcp"]:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    def dual_stack(kind: int, port: int) -> socket.socket:
+        s = socket.socket(socket.AF_INET6, kind)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
+        s.bind(("::", port))
+        return s
+
+    for port in spec["tcp"]:
+        s = dual_stack(socket.SOCK_STREAM, port)
         s.listen(128)
         socks.append(s)
     for port in spec["udp"]:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("0.0.0.0", port))
-        socks.append(s)
+        socks.append(dual_stack(socket.SOCK_DGRAM, port))
 
     def tcp_loop(s: socket.socket) -> None:
         while True:
@@ -193,12 +207,13 @@ def _probe_one(addr: str, proto: str, port: int, timeout: float, src_port: int =
         return subprocess.run(["ping", "-c1", "-n", "-q", f"-W{max(1, round(timeout))}", addr],
                               capture_output=True).returncode == 0
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as s:
+    v6 = ":" in addr
+    with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind) as s:
         s.settimeout(timeout)
         try:
             if src_port:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("0.0.0.0", src_port))
+                s.bind(("::" if v6 else "0.0.0.0", src_port))
             if proto == "tcp":
                 s.connect((addr, port))
             else:

@@ -125,11 +125,13 @@ def _endpoint_rules(c: EndpointChain) -> list[str]:
     return out
 
 
-def _dispatch_rules(rs: Ruleset) -> list[str]:
+def _dispatch_rules(rs: Ruleset, family: int) -> list[str]:
     clear = f"-j MARK --set-xmark 0x0/{ALLOW_MARK:#x}"
     out = [f"-A {ALLOW_CHAIN} -j MARK --set-xmark {ALLOW_MARK:#x}/{ALLOW_MARK:#x}"]
     for chain, (_builtin, checks) in DISPATCH.items():
         out.append(f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+        if family == 6:  # neighbour and router discovery is never subject to policy (as in Calico)
+            out += (f"-A {chain} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN" for t in range(133, 137))
         for opt, vmap in checks:
             out.append(f"-A {chain} {clear}")
             out += (f"-A {chain} {opt} {iface} -j {chain_name(target)}"
@@ -159,7 +161,7 @@ def restore_script(rs: Ruleset, family: int, slot: str, *, chains: Iterable[str]
         lines += _policy_rules(c, family, slot)
     for e in eps.values():
         lines += _endpoint_rules(e)
-    lines += _dispatch_rules(rs)
+    lines += _dispatch_rules(rs, family)
     lines += (f"-X {c}" for c in remove)
     for builtin in jumps:
         ours = next(c for c, (b, _) in DISPATCH.items() if b == builtin)

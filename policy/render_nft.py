@@ -21,6 +21,8 @@ BASE_CHAINS = (
     ("output_ingress", "output", "filter + 1", "oifname", "workload_ingress"),
 )
 _VERDICT = {"allow": "accept", "deny": "drop", "pass": "accept"}
+# IPv6 neighbour and router discovery is never subject to policy (as in Calico): without it no address resolves
+ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
 _SET_TYPE = {("addr", 4): "ipv4_addr", ("addr", 6): "ipv6_addr", ("net", 4): "ipv4_addr", ("net", 6): "ipv6_addr",
              ("nport", 4): "ipv4_addr . inet_proto . inet_service", ("nport", 6): "ipv6_addr . inet_proto . inet_service"}
 
@@ -118,7 +120,8 @@ def render(rs: Ruleset) -> str:
     for _, e in sorted(rs.endpoint_chains.items()):
         lines += _chain_block(e.name, _endpoint_rules(e))
     for name, hook, prio, key, vmap in BASE_CHAINS:
-        lines += _chain_block(name, ["ct state established,related accept", f"{key} vmap @{vmap}"],
+        lines += _chain_block(name, ["ct state established,related accept", f"icmpv6 type {{ {ND_TYPES} }} accept",
+                                     f"{key} vmap @{vmap}"],
                               head=f"type filter hook {hook} priority {prio}; policy accept;")
     lines.append("}")
     return "\n".join(lines) + "\n"

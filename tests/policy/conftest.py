@@ -35,12 +35,14 @@ PEERS = {"peer1": 1, "peer2": 2}  # external hosts on host interfaces te1, te2
 
 
 def endpoints_doc(lab: Lab, labels: dict[str, dict[str, str]] | None = None,
-                  host_labels: dict[str, str] | None = None) -> dict:
-    """The endpoints file for the lab; `labels` overrides pod labels (relabelling)."""
+                  host_labels: dict[str, str] | None = None, ipv6: bool = False) -> dict:
+    """The endpoints file for the lab; `labels` overrides pod labels (relabelling); `ipv6` adds the pods'
+    IPv6 addresses."""
     labels = labels or {}
     doc: dict = {
         "namespaces": [{"name": n, "labels": lab_labels} for n, lab_labels in NAMESPACES.items()],
-        "endpoints": [{"namespace": ns, "name": name, "labels": labels.get(name, lbl), "ips": [lab.pods[name].ip],
+        "endpoints": [{"namespace": ns, "name": name, "labels": labels.get(name, lbl),
+                       "ips": [lab.pods[name].ip, *([lab.pods[name].ip6] if ipv6 else [])],
                        "interface": lab.pods[name].interface, "ports": ports}
                       for name, (ns, _i, lbl, ports) in PODS.items()],
     }

@@ -375,3 +375,35 @@ def test_kernel_drift_is_repaired_by_a_full_apply(plab: PolicyLab) -> None:
     plab.assert_matrix({("b", "a", "tcp", 80): False})
     assert "(incremental)" in plab.apply("nft", base).stdout
     plab.assert_matrix({("b", "a", "tcp", 80): True})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ipv6(plab: PolicyLab, backend: str) -> None:
+    """Dual-stack pods: selectors match both families, nets only their own, negations hold for the other family."""
+    from policy.binding import compile_ruleset as compile_
+    from policy.load import load_endpoints, load_policies
+    from policy.reference import Packet
+
+    pods = plab.lab.pods
+    policy = [tortie("v6", {"selector": "app == 'web'", "ingress": [
+        {"action": "Allow", "protocol": "TCP", "source": {"nets": [pods["b"].ip6 + "/128"]}},
+        {"action": "Deny", "protocol": "TCP", "source": {"notNets": ["10.0.0.0/8"]}, "destination": {"ports": [81]}},
+        {"action": "Allow", "source": {"selector": "app == 'client'"}}]}, ns="x")]
+    eps = plab.write("endpoints.yaml", endpoints_doc(plab.lab, ipv6=True))
+    pol = plab.write("policies.yaml", policy)
+    plab.lab.run(plab.lab.host, "conntrack", "-F", check=False)
+    plab.tortie("apply", "--backend", backend, "--endpoints", str(eps), str(pol))
+    assert compile_(load_policies([pol]), load_endpoints(eps)).ipv6
+    ref = plab.reference()
+    by_name = {e.name: e for e in ref.eps.endpoints}
+    a = pods["a"]
+    for src in ("b", "c", "d"):
+        targets = [(a.ip6, "tcp", 80), (a.ip6, "tcp", 81), (a.ip6, "udp", 53), (a.ip, "tcp", 80)]
+        got = plab.lab.probe(pods[src].ns, targets)
+        for addr, proto, port in targets:
+            src_ip = pods[src].ip6 if ":" in addr else pods[src].ip
+            want = ref.allows(Packet(src_ip, addr, {"tcp": 6, "udp": 17}[proto], None, port), by_name[src],
+                              by_name["a"])
+            assert got[(addr, proto, port)] == want, (src, addr, proto, port, got)
+    got = plab.lab.probe(pods["b"].ns, [(a.ip6, "tcp", 80), (a.ip, "tcp", 80), (a.ip6, "tcp", 81)])
+    assert got == {(a.ip6, "tcp", 80): True, (a.ip, "tcp", 80): False, (a.ip6, "tcp", 81): True}
