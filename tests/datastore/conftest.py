@@ -91,7 +91,7 @@ def broker(make_broker) -> Broker:
 
 
 def settings(broker: Broker, user: str, **kw) -> MqttSettings:
-    """Fast timers for tests; the password from USERS unless given."""
+    """Fast timers for tests; the password from USERS unless given. broker: anything with a loopback .port."""
     values = dict(host="127.0.0.1", port=broker.port, username=user, password=USERS.get(user, "?"),
                   backoff_min=0.2, backoff_max=1.0, start_timeout=5, sync_timeout=3)
     return MqttSettings(**(values | kw))

@@ -13,17 +13,10 @@ from tests.datastore.proxy import Proxy
 pytestmark = pytest.mark.timeout(60)
 
 
-class Via:
-    """A broker address for settings(): through the proxy."""
-
-    def __init__(self, proxy: Proxy):
-        self.port = proxy.port
-
-
 async def test_partition_then_resync(broker, clients):
     proxy = Proxy(broker.port)
     await proxy.heal()
-    one = await clients.mqtt(Via(proxy), "node1")
+    one = await clients.mqtt(proxy, "node1")  # through the proxy
     two = await clients.mqtt(broker, "node2")
     admin = await clients.mqtt(broker, "admin")
     for k in ("policies/default/a", "policies/default/b", "namespaces/default"):
@@ -123,7 +116,7 @@ async def test_random_writes_and_partitions_converge(broker, clients, seed):
     rng = random.Random(seed)
     proxy = Proxy(broker.port)
     await proxy.heal()
-    one = await clients.mqtt(Via(proxy), "node1")
+    one = await clients.mqtt(proxy, "node1")  # through the proxy
     two = await clients.mqtt(broker, "node2")
     admin = await clients.mqtt(broker, "admin")
     pools = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 
@@ -96,16 +97,12 @@ async def test_shipped_mosquitto_conf(tmp_path, certs, clients):
     try:
         wait_listening(tls_port, proc)
 
-        class At:
-            port = tls_port
-
-        one = await clients.mqtt(At, "node1", tls=TlsSettings(ca=ca))
-        At.port = plain_port
-        admin = await clients.mqtt(At, "admin")
+        one = await clients.mqtt(SimpleNamespace(port=tls_port), "node1", tls=TlsSettings(ca=ca))
+        admin = await clients.mqtt(SimpleNamespace(port=plain_port), "admin")
         for i in range(1500):  # more than mosquitto queues per client by default
             await admin.put(f"policies/default/p{i}", {"i": i})
         assert await admin.flush(10)
-        two = await clients.mqtt(At, "node2")
+        two = await clients.mqtt(SimpleNamespace(port=plain_port), "node2")
         assert len(two.items("policies/default")) == 1500
         feed = admin.changes()
         await one.put("nodes/node2", {"address": "10.99.0.1"})  # denied
