@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from config.datastore import Datastore, FilesDatastore, MqttDatastore, MqttSettings
-from tests.datastore.broker import USERS, Broker
+from tests.datastore.broker import REPO, USERS, Broker
 
 
 async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -> None:
@@ -95,6 +99,28 @@ def settings(broker: Broker, user: str, **kw) -> MqttSettings:
     values = dict(host="127.0.0.1", port=broker.port, username=user, password=USERS.get(user, "?"),
                   backoff_min=0.2, backoff_max=1.0, start_timeout=5, sync_timeout=3)
     return MqttSettings(**(values | kw))
+
+
+@pytest.fixture
+def spawn_node():
+    """spawn_node(broker, node) -> the PID of a node in a process of its own, connected; SIGKILLed afterwards."""
+    procs: list[subprocess.Popen] = []
+
+    async def spawn(broker: Broker, node: str) -> int:
+        s = json.dumps({"host": "127.0.0.1", "port": broker.port, "username": node, "password": USERS[node],
+                        "start_timeout": 5})
+        proc = subprocess.Popen([sys.executable, "-m", "tests.datastore.hold_client", s, node], cwd=REPO,
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 15)
+        assert line.strip() == "ready"
+        return proc.pid
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
 
 
 @pytest.fixture

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from config.datastore import Change, DatastoreError, MqttDatastore
-from tests.datastore.broker import REPO, USERS
+from tests.datastore.broker import USERS
 from tests.datastore.conftest import collect, drain, eventually, settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,22 +81,12 @@ async def test_clean_stop_marks_node_down(broker, clients):
     assert one.get("status/node2") == {"alive": False}
 
 
-async def test_last_will_when_client_is_killed(broker, clients):
+async def test_last_will_when_client_is_killed(broker, clients, spawn_node):
     one = await clients.mqtt(broker, "node1")
-    s = json.dumps({"host": "127.0.0.1", "port": broker.port, "username": "node3", "password": USERS["node3"],
-                    "start_timeout": 5})
-    proc = subprocess.Popen([sys.executable, "-m", "tests.datastore.hold_client", s, "node3"], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 15)
-        assert line.strip() == "ready"
-        await eventually(lambda: one.alive("node3") is True)
-        os.kill(proc.pid, signal.SIGKILL)
-        await eventually(lambda: one.alive("node3") is False, what="Last Will")
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+    pid = await spawn_node(broker, "node3")
+    await eventually(lambda: one.alive("node3") is True)
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: one.alive("node3") is False, what="Last Will")
 
 
 async def test_wrong_password_is_refused(broker):

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 
 import pytest
 
 from config.datastore import Change
-from tests.datastore.conftest import collect, drain, eventually
+from tests.datastore.conftest import drain, eventually
 from tests.datastore.proxy import Proxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -147,3 +149,13 @@ async def test_random_writes_and_partitions_converge(broker, clients, seed):
     await eventually(lambda: all(state(ds) == expected for ds in pools), what="convergence")
     assert one.resyncs >= 1, "the seed gave no partition"
     await proxy.cut()
+
+
+async def test_node_dying_while_the_broker_is_stopped_reads_down(broker, clients, spawn_node):
+    """mosquitto publishes the wills of its clients when it stops: a node that does not come back is down."""
+    pid = await spawn_node(broker, "node3")
+    broker.stop()
+    os.kill(pid, signal.SIGKILL)
+    broker.start()
+    one = await clients.mqtt(broker, "node1")
+    assert one.alive("node3") is False
