@@ -14,8 +14,8 @@ from typing import Literal
 from policy.apply_iptables import IptablesApplier
 from policy.apply_nft import NftApplier
 from policy.diff import diff
-from policy.ir import RULESET_JSON, Ruleset
 from policy.counters import RuleCounter
+from policy.ir import RULESET_JSON, Ruleset
 from policy.kernel import ApplyError
 
 Backend = Literal["nft", "iptables"]
@@ -102,7 +102,9 @@ class PolicyApplier:
     def flush(self) -> None:
         """Removes everything Tortie applied here, with either backend."""
         for backend in ("nft", "iptables"):
-            self._kernel(backend).flush()
+            kernel = self._kernel(backend)
+            if kernel.available():  # a host may have only one of them
+                kernel.flush()
         self.path.unlink(missing_ok=True)
         self._state = None
 

@@ -7,12 +7,13 @@ succeeded, IPv4 is restored to the previous ruleset before the error is reported
 from __future__ import annotations
 
 import re
+import shutil
 from collections import defaultdict
 
 from policy import render_iptables as R
+from policy.counters import RuleCounter, counters_from_sums
 from policy.diff import Delta
 from policy.ir import Ruleset
-from policy.counters import RuleCounter, counters_from_sums
 from policy.kernel import ApplyError, run
 from policy.names import IPSET_PREFIX, IPT_PREFIX
 
@@ -48,6 +49,9 @@ class IptablesApplier:
     def _destroy(self, names: list[str]) -> None:
         if names:
             run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in names))
+
+    def available(self) -> bool:
+        return all(shutil.which(t) for t in (self._tool(4, "restore"), self._tool(6, "restore"), "ipset"))
 
     def exists(self) -> bool:
         return all(f":{IPT_PREFIX}FORWARD " in self._saved(f) for f in FAMILIES)

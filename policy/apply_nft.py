@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 
 from policy import nft_elements, render_nft
+from policy.counters import RuleCounter, counters_from_sums
 from policy.diff import Delta
 from policy.ir import Ruleset
-from policy.counters import RuleCounter, counters_from_sums
 from policy.kernel import run
 from policy.names import TABLE
 
@@ -27,6 +28,9 @@ class NftApplier:
         script = render_nft.render_delta(delta, rs)
         if script:
             run(["nft", "-f", "-"], script)
+
+    def available(self) -> bool:
+        return shutil.which("nft") is not None
 
     def exists(self) -> bool:
         return f"table inet {TABLE}" in run(["nft", "list", "tables"]).splitlines()
