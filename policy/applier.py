@@ -6,20 +6,32 @@ per table with iptables), so when it fails the previous ruleset stays in force a
 """
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from pydantic import TypeAdapter
 
 from policy.apply_iptables import IptablesApplier
 from policy.apply_nft import NftApplier
 from policy.diff import diff
 from policy.counters import RuleCounter
-from policy.ir import RULESET_JSON, Ruleset
+from policy.ir import Ruleset
 from policy.kernel import ApplyError
 
 Backend = Literal["nft", "iptables"]
 DEFAULT_STATE_DIR = Path(os.environ.get("TORTIE_POLICY_STATE_DIR", "/run/tortie/policy"))
+
+
+@dataclass(frozen=True)
+class _SavedState:
+    backend: str
+    slot: str  # the iptables backend's ipset slot
+    ruleset: Ruleset
+
+
+_STATE_JSON = TypeAdapter(_SavedState)
 
 
 def _netns_id() -> str:
@@ -48,9 +60,9 @@ class PolicyApplier:
         if not self._loaded:
             self._loaded = True
             try:
-                raw = json.loads(self.path.read_text())
-                state = (raw["backend"], raw["slot"], RULESET_JSON.validate_python(raw["ruleset"]))
-            except (OSError, ValueError, KeyError):
+                saved = _STATE_JSON.validate_json(self.path.read_bytes())
+                state = (saved.backend, saved.slot, saved.ruleset)
+            except (OSError, ValueError):
                 state = None
             if state and self._kernel(state[0], state[1]).exists():
                 self._state = state
@@ -67,8 +79,7 @@ class PolicyApplier:
         backend, slot, rs = self._state
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"backend": backend, "slot": slot,
-                                   "ruleset": RULESET_JSON.dump_python(rs, mode="json")}))
+        tmp.write_bytes(_STATE_JSON.dump_json(_SavedState(backend, slot, rs)))
         tmp.replace(self.path)
 
     def apply(self, rs: Ruleset, full: bool = False) -> str:

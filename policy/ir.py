@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import TypeAdapter
-
 Direction = Literal["ingress", "egress"]
 Action = Literal["allow", "deny", "log", "pass"]
 SetKind = Literal["addr", "net", "nport"]
@@ -106,6 +104,3 @@ class Ruleset:
     endpoint_chains: dict[str, EndpointChain] = field(default_factory=dict)
     dispatch: dict[str, dict[str, str]] = field(default_factory=lambda: {m: {} for m in DISPATCH_MAPS})
     ipv6: bool = False
-
-
-RULESET_JSON = TypeAdapter(Ruleset)
