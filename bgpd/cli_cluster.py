@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 from ipaddress import IPv4Address
 
 from bgpd.cli_node import DEFAULT_CONFIG, load_node
@@ -23,10 +24,10 @@ def _open(args: argparse.Namespace) -> tuple[NodeConfig, Datastore]:
     if settings.mqtt is not None:
         update: dict = {"username": args.user or settings.mqtt.username or node.name}
         if args.password_file:
-            update.update(password_file=args.password_file, password=None)
+            update.update(password_file=Path(args.password_file), password=None)
         settings = settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update=update)})
-    # a client id of its own, so that this tool never takes over the node's session or its Last Will
-    return node, open_datastore(settings, f"{args.user or node.name}-cli")
+    # an observer (no liveness, no Last Will) with a client id of its own: never takes over the node's session
+    return node, open_datastore(settings, f"{args.user or node.name}-cli", observer=True)
 
 
 def ipam_table(node: NodeConfig, ds: Datastore) -> list[dict]:

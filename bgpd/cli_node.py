@@ -106,7 +106,12 @@ def _render_routes(routes: list[dict]) -> str:
 def cmd_pod_add(args: argparse.Namespace, node: NodeConfig) -> int:
     from bgpd.pods import PodError, add_pod
     try:
-        pod = add_pod(node, args.pod, ip=args.ip, existing_netns=args.netns)
+        labels = dict(item.split("=", 1) for item in args.label)
+    except ValueError:
+        print("tortie pod add: --label takes KEY=VALUE", file=sys.stderr)
+        return 2
+    try:
+        pod = add_pod(node, args.pod, ip=args.ip, existing_netns=args.netns, labels=labels)
     except (PodError, ValueError) as e:
         print(f"tortie pod add: {e}", file=sys.stderr)
         return 1
@@ -178,6 +183,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pod", metavar="NAMESPACE/POD")
     p.add_argument("--ip", help="address to use (default: the first free one of the node's blocks)")
     p.add_argument("--netns", help="use this existing network namespace")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label of the pod, for policy selectors (with a datastore); repeatable")
     with_config(p, cmd_pod_add)
     p = pod.add_parser("del", help="remove a pod's network")
     p.add_argument("pod", metavar="NAMESPACE/POD")

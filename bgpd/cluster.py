@@ -6,6 +6,7 @@ the I/O and hands every new configuration to the daemon's `reconfigure`, the sam
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from ipaddress import IPv4Address, IPv4Network
@@ -59,12 +60,25 @@ class Cluster:
         since = self._down_since.setdefault(node, time.monotonic())
         return time.monotonic() - since < self.grace
 
-    def owned_blocks(self) -> list[IPv4Network]:
+    def owned(self) -> list[IPv4Network]:
+        """What this node owns: blocks, and /32s borrowed from other nodes' blocks."""
         by_block = claims_by_block(self.ds.items("claims"), self.counts)
         return sorted(b for b, claims in by_block.items() if owner(claims) == self.base.name)
 
+    def owned_blocks(self) -> list[IPv4Network]:
+        return [b for b in self.owned() if b.prefixlen < 32]
+
+    def lent(self) -> list[str]:
+        """Addresses of our blocks that other nodes borrowed: never to be handed out here."""
+        ours = self.desired().blocks
+        by_block = claims_by_block(self.ds.items("claims"), self.counts)
+        return sorted(str(b.network_address) for b, claims in by_block.items()
+                      if b.prefixlen == 32 and owner(claims) not in (None, self.base.name)
+                      and any(b.subnet_of(o) for o in ours))
+
     def desired(self) -> NodeConfig:
-        update: dict = {"blocks": sorted(set(self.base.blocks) | set(self.owned_blocks()))}
+        update: dict = {"blocks": sorted(set(self.base.blocks) | set(self.owned_blocks())),
+                        "borrowed": [b.network_address for b in self.owned() if b.prefixlen == 32]}
         if self.base.mesh.enabled and not self.base.mesh.nodes:
             members = [m for m in mesh_members(self.ds.items("nodes")) if self.counts(m.name)]
             update["mesh"] = self.base.mesh.model_copy(update={"nodes": members})
@@ -78,6 +92,7 @@ class Cluster:
         if not self.base.blocks and not self.owned_blocks():
             await self.claim_block()
         await self.apply(self.desired())
+        self._save_lent()
         self.ready.set()
         watcher = asyncio.create_task(self._watch(feed))
         try:
@@ -86,6 +101,7 @@ class Cluster:
                 self._wake.clear()
                 await asyncio.sleep(0.1)  # gather a burst of changes
                 await self.apply(self.desired())
+                self._save_lent()
                 if self._down_since:  # look again once the earliest grace period is over
                     left = min(self._down_since.values()) + self.grace - time.monotonic()
                     asyncio.get_running_loop().call_later(max(left, 0) + 0.1, self._wake.set)
@@ -109,6 +125,48 @@ class Cluster:
             if change.key.split("/", 1)[0] in ("nodes", "status", "claims"):
                 self._wake.set()
 
+    def _save_lent(self) -> None:
+        path = self.base.state_dir / "lent.json"
+        path.with_suffix(".tmp").write_text(json.dumps(self.lent()))
+        path.with_suffix(".tmp").rename(path)
+
+    async def borrow_address(self) -> IPv4Network | None:
+        """One address of another node's block, for when the pools have no free block left.
+
+        The same claim rule as for blocks, on a /32; an address that shows up in an endpoint meanwhile
+        (its owner handed it out) is given up.
+        """
+        mine = set(self.desired().blocks)
+        by_block = claims_by_block(self.ds.items("claims"), self.counts)
+        used = {ip for ep in self.ds.items("endpoints").values() for ip in ep.get("ips", [])}
+        taken = {b for b, c in by_block.items() if b.prefixlen == 32 and c}
+        for block, claims in sorted(by_block.items()):
+            if block.prefixlen == 32 or block in mine or owner(claims) is None:
+                continue
+            for ip in block.hosts():
+                single = IPv4Network(ip)
+                if str(ip) in used or single in taken:
+                    continue
+                if await self._claim(single, lambda: str(ip) not in {
+                        a for ep in self.ds.items("endpoints").values() for a in ep.get("ips", [])}):
+                    log.info("borrowed address=%s from block=%s", ip, block)
+                    return single
+                taken.add(single)
+        log.error("no free address left anywhere in the pools")
+        return None
+
+    async def _claim(self, prefix: IPv4Network, still_free=lambda: True) -> bool:
+        claim_key = key("claims", cidr_segment(prefix), self.base.name)
+        await self.ds.put(claim_key, {"owned": False, "at": time.time()})
+        await asyncio.sleep(self.settle)
+        claims = claims_by_block(self.ds.items("claims"), self.counts).get(prefix, {})
+        if wins(self.base.name, claims) and still_free():
+            await self.ds.put(claim_key, {"owned": True, "at": time.time()})
+            return True
+        await self.ds.delete(claim_key)
+        log.info("lost the race for %s to %s", prefix, sorted(set(claims) - {self.base.name}))
+        return False
+
     async def claim_block(self) -> IPv4Network | None:
         """Claims a free block of the pools (see bgpd/ipam.py for why this converges to one owner)."""
         given_up: set[IPv4Network] = set()
@@ -116,16 +174,9 @@ class Cluster:
             taken = claims_by_block(self.ds.items("claims"), self.counts)
             block = next_free(self.base.pools, [b for b, c in taken.items() if c], given_up)
             if block is None:
-                log.error("no free block left in the pools")
+                log.warning("no free block left in the pools")
                 return None
-            claim_key = key("claims", cidr_segment(block), self.base.name)
-            await self.ds.put(claim_key, {"owned": False, "at": time.time()})
-            await asyncio.sleep(self.settle)
-            claims = claims_by_block(self.ds.items("claims"), self.counts).get(block, {})
-            if wins(self.base.name, claims):
-                await self.ds.put(claim_key, {"owned": True, "at": time.time()})
+            if await self._claim(block):
                 log.info("claimed block=%s", block)
                 return block
-            await self.ds.delete(claim_key)
             given_up.add(block)
-            log.info("lost the race for block=%s to %s", block, sorted(set(claims) - {self.base.name}))

@@ -14,7 +14,7 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetNS
 
-from bgpd.pods import GATEWAY, Pod, PodError, PodStore, add_pod, del_pod
+from bgpd.pods import GATEWAY, Pod, PodError, PodNotPoliced, PodStore, add_pod, del_pod
 from config.load import ConfigError, load_model
 from config.node import NodeConfig
 
@@ -108,11 +108,12 @@ def cmd_add(conf: dict[str, Any]) -> dict[str, Any]:
     if existing is not None:  # a retried ADD: the same answer again
         return _result(conf["cniVersion"], existing)
     try:
-        pod = add_pod(node, _pod_key(), existing_netns=netns, container_id=container, ifname=ifname)
+        pod = add_pod(node, _pod_key(), existing_netns=netns, container_id=container, ifname=ifname,
+                      labels=_labels(conf))
+    except PodNotPoliced as e:
+        raise CniError(TRY_AGAIN, "the pod's network policy is not in force", str(e)) from None
     except PodError as e:
         raise CniError(IO_FAILURE, str(e)) from None
-    if node.datastore is not None:
-        _publish(node, conf, pod)
     return _result(conf["cniVersion"], pod)
 
 
@@ -125,35 +126,8 @@ def _labels(conf: dict[str, Any]) -> dict[str, str]:
         raise CniError(INVALID_CONFIG, "args.cni.labels: expected a list of {key, value}") from None
 
 
-def _publish(node: NodeConfig, conf: dict[str, Any], pod: Pod) -> None:
-    """Hands the pod to the daemon, which publishes it and returns once its policy is enforced.
-
-    Until then no packet may reach the pod unpoliced: if that cannot be done, the ADD fails and the
-    pod's network is taken down again.
-    """
-    from bgpd.control import DaemonNotRunning, query
-    endpoint = {"labels": _labels(conf), "ips": [pod.ip], "interface": pod.host_interface}
-    try:
-        enforced = query(node.run_dir / "tortie.sock", "endpoint_add", timeout=60,
-                         namespace=pod.namespace, pod=pod.name, endpoint=endpoint)
-    except DaemonNotRunning as e:
-        enforced, why = False, str(e)
-    else:
-        why = "the daemon could not apply the policy (see its log)"
-    if not enforced:
-        del_pod(node, container=(pod.container_id, pod.ifname))
-        raise CniError(TRY_AGAIN, "the pod's network policy is not in force", why)
-
-
 def cmd_del(conf: dict[str, Any]) -> None:
-    node = _node(conf)
-    pod = del_pod(node, container=(_env("CNI_CONTAINERID"), _env("CNI_IFNAME")))
-    if pod is not None and node.datastore is not None:
-        from bgpd.control import DaemonNotRunning, query
-        try:
-            query(node.run_dir / "tortie.sock", "endpoint_del", timeout=60, namespace=pod.namespace, pod=pod.name)
-        except DaemonNotRunning:
-            pass  # DEL must succeed; the daemon drops endpoints of pods that are gone when it starts
+    del_pod(_node(conf), container=(_env("CNI_CONTAINERID"), _env("CNI_IFNAME")))
 
 
 def cmd_check(conf: dict[str, Any]) -> None:

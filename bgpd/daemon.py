@@ -41,7 +41,12 @@ RESTART_FIELDS = ("name", "router_id", "asn", "listen_address", "route_protocol"
 
 def import_filter(node: NodeConfig) -> ImportFilter:
     return ImportFilter(tuple(p.cidr for p in node.pools), tuple(node.blocks),
-                        frozenset((node.listen_address, node.router_id)))
+                        frozenset((node.listen_address, node.router_id)), tuple(announced(node)[len(node.blocks):]))
+
+
+def announced(node: NodeConfig) -> list[IPv4Network]:
+    """What we announce: our blocks, then each borrowed address as a /32."""
+    return list(node.blocks) + [IPv4Network(a) for a in node.borrowed]
 
 
 @dataclass
@@ -134,7 +139,7 @@ class Daemon:
         notify("STOPPING=1")
         self._stopping = True  # sessions now go down because *we* stop: their routes stay
         if self.cleanup_on_exit and self._writer:
-            await self._send(msgs.withdraw_blocks(self.node.blocks))
+            await self._send(msgs.withdraw_blocks(announced(self.node)))
             await asyncio.sleep(0.5)
         await self.supervisor.stop()
         if self.cluster:
@@ -252,23 +257,24 @@ class Daemon:
         (new.run_dir / "exabgp.conf").write_text(render_config(new, new.run_dir / "exabgp.sock"))
         self.supervisor.reload()
         self._save_blocks()
-        gone = [b for b in old.blocks if b not in new.blocks]
-        await self._send(msgs.withdraw_blocks(gone) + msgs.announce_blocks(new.blocks) + [msgs.route_refresh()])
+        gone = [b for b in announced(old) if b not in announced(new)]
+        await self._send(msgs.withdraw_blocks(gone) + msgs.announce_blocks(announced(new)) + [msgs.route_refresh()])
 
     def _save_blocks(self) -> None:
         """The blocks in force, for `tortie pod add` and tortie-cni: claimed ones are not in the file."""
         path = self.node.state_dir / "blocks.json"
-        path.with_suffix(".tmp").write_text(json.dumps([str(b) for b in self.node.blocks]))
+        path.with_suffix(".tmp").write_text(json.dumps([str(b) for b in announced(self.node)]))
         path.with_suffix(".tmp").rename(path)
 
     async def claim_block(self) -> str | None:
-        """Another block for this node's pods (the control socket's `claim_block`)."""
+        """Another block for this node's pods (the control socket's `claim_block`); failing that, when the
+        pools have no free block, one address borrowed from another node's block."""
         if self.cluster is None:
             return None
-        block = await self.cluster.claim_block()
-        if block is not None:
+        got = await self.cluster.claim_block() or await self.cluster.borrow_address()
+        if got is not None:
             await self.reconfigure(self.cluster.desired())
-        return str(block) if block else None
+        return str(got) if got else None
 
     def _apply_peers(self, node: NodeConfig) -> None:
         wanted = {str(p.address): p for p in node.bgp_peers()}
@@ -290,7 +296,7 @@ class Daemon:
                              fresh: bool) -> None:
         self._writer = writer
         log.info("exabgp relay connected new_process=%s", fresh)
-        await self._send(msgs.announce_blocks(self.node.blocks))
+        await self._send(msgs.announce_blocks(announced(self.node)))
         if not fresh:  # only the relay was respawned: sessions are up but updates may have been lost
             await self._send([msgs.route_refresh()])
         try:
@@ -338,12 +344,12 @@ class Daemon:
             self._check_initial_sync()
         elif event.state == "up":
             ps.state, ps.since, ps.logged_rejects = "up", time.time(), frozenset()
-            ps.advertised = len(self.node.blocks)
+            ps.advertised = len(announced(self.node))
             self.rib.session_up(event.peer)
             log.info("session up peer=%s", event.peer)
             # a peer added by a reload did not exist when we announced: announce again, then End-of-RIB
             asyncio.get_running_loop().create_task(self._send(
-                msgs.announce_blocks(self.node.blocks, event.peer) + [msgs.end_of_rib(event.peer)]))
+                msgs.announce_blocks(announced(self.node), event.peer) + [msgs.end_of_rib(event.peer)]))
         elif event.state == "down":
             self._session_down(event.peer, ps, event.reason, event.graceful and self.node.graceful_restart > 0)
         else:
@@ -420,6 +426,7 @@ class Daemon:
         return {
             "node": self.node.name, "asn": self.node.asn, "router_id": str(self.node.router_id),
             "blocks": [str(b) for b in self.node.blocks],
+            "borrowed": [str(a) for a in self.node.borrowed],
             "initial_sync_done": self.initial_sync.is_set(),
             "kernel_routes": len(self.kernel.installed),
             "refused_routes": {str(p): why for p, why in sorted(self.refused.items())[:20]},

@@ -30,6 +30,10 @@ class PodError(Exception):
     pass
 
 
+class PodNotPoliced(PodError):
+    """The daemon could not put the pod's network policy in force: the pod's network was taken down again."""
+
+
 @dataclass(frozen=True)
 class Pod:
     namespace: str
@@ -101,7 +105,9 @@ class PodStore:
         return sorted(set(self.node.blocks) | set(claimed))
 
     def allocate(self, requested: str | None) -> IPv4Address:
-        used = {IPv4Address(p.ip) for p in self.all()}
+        lent = self.node.state_dir / "lent.json"  # addresses of our blocks that other nodes borrowed
+        used = {IPv4Address(p.ip) for p in self.all()} | {IPv4Address(a) for a in
+                                                          (json.loads(lent.read_text()) if lent.exists() else [])}
         blocks = self.blocks()
         if requested:
             ip = IPv4Address(requested)
@@ -119,7 +125,7 @@ class PodStore:
         raise PodError("no free address in this node's blocks")
 
     def _claim_block(self) -> bool:
-        """Asks the running daemon to claim one more block from the pools."""
+        """Asks the running daemon for one more block from the pools, or failing that a borrowed address."""
         from bgpd.control import DaemonNotRunning, query
         try:
             return query(self.node.run_dir / "tortie.sock", "claim_block", timeout=30) is not None
@@ -132,7 +138,34 @@ def _netns_exists(name: str) -> bool:
 
 
 def add_pod(node: NodeConfig, key: str, ip: str | None = None, existing_netns: str | None = None,
-            container_id: str = "", ifname: str = "eth0") -> Pod:
+            container_id: str = "", ifname: str = "eth0", labels: dict[str, str] | None = None) -> Pod:
+    """Wires a pod; with a datastore, also publishes it and returns once its policy is enforced."""
+    pod = _add(node, key, ip, existing_netns, container_id, ifname)
+    if node.datastore is not None:
+        _publish(node, pod, labels or {})
+    return pod
+
+
+def _publish(node: NodeConfig, pod: Pod, labels: dict[str, str]) -> None:
+    """Hands the pod to the daemon, which publishes it and answers once its policy is in force.
+
+    Until then no packet may reach the pod unpoliced: if that cannot be done, the pod goes again.
+    """
+    from bgpd.control import DaemonNotRunning, query
+    endpoint = {"labels": labels, "ips": [pod.ip], "interface": pod.host_interface}
+    try:
+        enforced = query(node.run_dir / "tortie.sock", "endpoint_add", timeout=60,
+                         namespace=pod.namespace, pod=pod.name, endpoint=endpoint)
+        why = "the daemon could not apply the policy (see its log)"
+    except DaemonNotRunning as e:
+        enforced, why = False, str(e)
+    if not enforced:
+        del_pod(node, pod.key)
+        raise PodNotPoliced(why)
+
+
+def _add(node: NodeConfig, key: str, ip: str | None, existing_netns: str | None, container_id: str,
+         ifname: str) -> Pod:
     namespace, name = parse_key(key)
     store = PodStore(node)
     with store.locked():
@@ -197,7 +230,13 @@ def del_pod(node: NodeConfig, key: str | None = None, container: tuple[str, str]
             return None
         _unwire(pod)
         store.delete(pod)
-        return pod
+    if node.datastore is not None:
+        from bgpd.control import DaemonNotRunning, query
+        try:
+            query(node.run_dir / "tortie.sock", "endpoint_del", timeout=60, namespace=pod.namespace, pod=pod.name)
+        except DaemonNotRunning:
+            pass  # deleting must succeed; the daemon drops endpoints of pods that are gone when it starts
+    return pod
 
 
 def exec_in_pod(node: NodeConfig, key: str, argv: list[str]) -> None:

@@ -23,7 +23,7 @@ from policy.binding import compile_ruleset
 from policy.kernel import ApplyError
 from policy.load import parse_document
 from policy.metrics import RuleCounterCollector
-from policy.model import Endpoints
+from policy.model import AnyPolicy, Endpoint, Endpoints, Namespace
 
 log = logging.getLogger("tortie.policy")
 WATCHED = ("policies", "globalpolicies", "namespaces", "endpoints")
@@ -38,38 +38,48 @@ def remote_interface(node: str, namespace: str, pod: str) -> str:
     return "r" + hashlib.sha1(f"{node}/{namespace}/{pod}".encode()).hexdigest()[:14]
 
 
-def desired_input(items: Mapping[str, dict], local: str) -> tuple[list, Endpoints]:
-    """Policies and endpoints from datastore entries (`local`: this node); ValueError listing every problem."""
-    policies, errors = [], []
-    namespaces: dict[str, dict] = {}
-    endpoints = []
-    for k, v in sorted(items.items()):
-        kind, parts = parse_key(k)
-        try:
-            if kind in ("policies", "globalpolicies"):
-                policies.append(parse_document(v))
-            elif kind == "namespaces":
-                namespaces[parts[0]] = {"name": parts[0], "labels": v.get("labels", {})}
-            elif kind == "endpoints":
-                node, ns, pod = parts
-                ep = {**v, "namespace": ns, "name": pod}
-                if node != local:
-                    ep["interface"] = remote_interface(node, ns, pod)
-                endpoints.append(ep)
-        except ValidationError as e:
-            errors.extend(validation_errors(k, e))
-        except ValueError as e:
-            errors.append(f"{k}: {e}")
-    for ep in endpoints:  # a namespace nobody described yet still exists, with its name label
-        namespaces.setdefault(ep["namespace"], {"name": ep["namespace"], "labels": {}})
-    try:
-        eps = Endpoints.model_validate({"namespaces": list(namespaces.values()), "endpoints": endpoints})
-    except ValidationError as e:
-        errors.extend(validation_errors("endpoints", e))
-        eps = None
-    if errors:
-        raise ValueError("\n".join(errors))
-    return policies, eps
+def parse_entry(k: str, v: dict, local: str) -> AnyPolicy | Namespace | Endpoint:
+    """One datastore entry as a model; ValidationError or ValueError if it is not valid."""
+    kind, parts = parse_key(k)
+    if kind in ("policies", "globalpolicies"):
+        return parse_document(v)
+    if kind == "namespaces":
+        return Namespace.model_validate({"name": parts[0], "labels": v.get("labels", {})})
+    node, ns, pod = parts
+    ep = {**v, "namespace": ns, "name": pod}
+    if node != local:
+        ep["interface"] = remote_interface(node, ns, pod)
+    return Endpoint.model_validate(ep)
+
+
+class LastGood:
+    """Each entry as last seen valid. An entry that turns invalid keeps its last valid form in force (a broken
+    policy must not open what it closed), and one that never was valid is left out; either way the other
+    entries go on being applied. Every problem is reported."""
+
+    def __init__(self) -> None:
+        self.good: dict[str, AnyPolicy | Namespace | Endpoint] = {}
+
+    def resolve(self, items: Mapping[str, dict], local: str) -> tuple[list[AnyPolicy], Endpoints, list[str]]:
+        errors: list[str] = []
+        for k in [k for k in self.good if k not in items]:
+            del self.good[k]
+        for k, v in sorted(items.items()):
+            try:
+                self.good[k] = parse_entry(k, v, local)
+            except ValidationError as e:
+                errors.extend(validation_errors(k, e))
+            except ValueError as e:
+                errors.append(f"{k}: {e}")
+        entries = self.good.values()
+        policies = [e for e in entries if not isinstance(e, (Namespace, Endpoint))]
+        endpoints = [e for e in entries if isinstance(e, Endpoint)]
+        namespaces = {e.name: e for e in entries if isinstance(e, Namespace)}
+        for ep in endpoints:  # a namespace nobody described yet still exists, with its name label
+            namespaces.setdefault(ep.namespace, Namespace(name=ep.namespace, labels={}))
+        # the cross-entry checks (an address or interface used twice) need the whole set: ValidationError
+        eps = Endpoints(namespaces=list(namespaces.values()), endpoints=endpoints)
+        return policies, Endpoints.model_validate(eps.model_dump()), errors
 
 
 class PolicySync:
@@ -86,6 +96,9 @@ class PolicySync:
                                 registry=registry)
         self.policies = Gauge("tortie_policy_policies", "policies in force", registry=registry)
         self.endpoints = Gauge("tortie_policy_endpoints", "endpoints the ruleset knows", registry=registry)
+        self.invalid = Counter("tortie_policy_invalid_entries", "applies that met invalid datastore entries "
+                               "(their last valid form stayed in force)", registry=registry)
+        self.last_good = LastGood()
         registry.register(RuleCounterCollector(self.applier.counters))
 
     async def apply(self) -> bool:
@@ -94,16 +107,18 @@ class PolicySync:
             items = {k: v for kind in WATCHED for k, v in self.ds.items(kind).items()}
             start = time.monotonic()
             try:
-                policies, endpoints = desired_input(items, self.node)
+                policies, endpoints, problems = self.last_good.resolve(items, self.node)
                 ruleset = compile_ruleset(policies, endpoints)
                 how = await asyncio.to_thread(self.applier.apply, ruleset)
+            except ValidationError as e:
+                return self._failed("; ".join(validation_errors("endpoints", e)))
             except (ValueError, ApplyError) as e:
-                self.failures.inc()
-                if str(e) != self._last_error:
-                    log.error("policy not applied, the previous ruleset stays in force: %s", e)
-                    self._last_error = str(e)
-                return False
-            self._last_error = ""
+                return self._failed(str(e))
+            if problems:
+                self.invalid.inc()
+                self._report("invalid entries left as they were (last valid form kept): " + "; ".join(problems))
+            else:
+                self._last_error = ""
             self.duration.observe(time.monotonic() - start)
             self.policies.set(len(policies))
             self.endpoints.set(len(endpoints.endpoints))
@@ -111,6 +126,16 @@ class PolicySync:
             if how != "unchanged":
                 log.info("policy applied how=%s policies=%d endpoints=%d", how, len(policies), len(endpoints.endpoints))
             return True
+
+    def _report(self, message: str) -> None:
+        if message != self._last_error:
+            log.error("%s", message)
+            self._last_error = message
+
+    def _failed(self, why: str) -> bool:
+        self.failures.inc()
+        self._report(f"policy not applied, the previous ruleset stays in force: {why}")
+        return False
 
     async def run(self) -> None:
         feed = self.ds.changes()

@@ -39,10 +39,12 @@ class ImportFilter:
     pools: tuple[IPv4Network, ...]
     own_blocks: tuple[IPv4Network, ...]
     own_addresses: frozenset[IPv4Address] = frozenset()
+    borrowed: tuple[IPv4Network, ...] = ()  # /32s we took from other nodes' blocks: ours too
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_pools", tuple(map(_as_int, self.pools)))
         object.__setattr__(self, "_blocks", tuple(map(_as_int, self.own_blocks)))
+        object.__setattr__(self, "_borrowed", frozenset(map(_as_int, self.borrowed)))
 
     def check(self, prefix: IPv4Network, next_hop: IPv4Address | None) -> Reject | None:
         return self.check_prefix(prefix) or (self.check_next_hop(next_hop) if next_hop is not None else None)
@@ -53,7 +55,10 @@ class ImportFilter:
         p = _as_int(prefix)
         if not any(_contains(pool, p) for pool in self._pools):
             return Reject.NOT_IN_POOL
-        if any(_contains(b, p) or _contains(p, b) for b in self._blocks):  # two prefixes overlap iff one holds the other
+        for b in self._blocks:  # two prefixes overlap iff one holds the other
+            if _contains(p, b) or (_contains(b, p) and p[1] < 32):
+                return Reject.OWN_BLOCK  # a /32 inside one of our blocks is an address another node borrowed
+        if p in self._borrowed:  # only the address itself: the block it came from is its owner's as before
             return Reject.OWN_BLOCK
         return None
 

@@ -83,6 +83,9 @@ class NodeConfig(Strict):
     listen_address: IPv4Address = Field(description="BGP source and listen address of this node")
     pools: list[IPPool] = Field(min_length=1, description="the cluster's pod address pools")
     blocks: list[IPv4Network] = Field(default_factory=list, description="this node's pod address blocks")
+    borrowed: list[IPv4Address] = Field(
+        default_factory=list, description="addresses taken from other nodes' blocks when the pools had no free "
+                                          "block, announced as /32 (kept by the datastore; not set by hand)")
     peers: list[Peer] = Field(default_factory=list, description="BGP peers outside the mesh: ToR routers, route reflectors")
     mesh: Mesh = Field(default_factory=Mesh, description="the node-to-node full mesh")
     max_prefixes: int = Field(100000, ge=1, description="per peer, unless the peer says otherwise")

@@ -18,7 +18,7 @@ name: {name}
 router_id: 10.93.0.{i}
 asn: 64512
 listen_address: 10.93.0.{i}
-pools: [{{cidr: 10.245.0.0/24, block_size: 28}}]
+pools: [{{cidr: 10.245.0.0/26, block_size: 28}}]   # four blocks
 blocks: []
 mesh: {{enabled: true, hold_time: 9}}
 datastore: {{type: files, path: /srv/tortie-cluster, lease_ttl: 3}}
@@ -160,10 +160,33 @@ def test_policy_published_to_the_datastore_is_enforced_on_every_node(lab):
             assert lab.json(node, "tortie", "status", "--json") and "policy applied" in lab.log(node)
         # a broken policy changes nothing: the good one stays in force
         (lab.datastore / "policies" / "shop" / "bad.json").write_text(json.dumps({"apiVersion": "nope"}))
-        wait_for(lambda: "policy not applied" in lab.log("node1"), 10, what="the bad policy refused")
+        wait_for(lambda: "invalid entries left as they were" in lab.log("node1"), 10, what="the bad policy refused")
         assert probe(lab, "node3", "other", web) == "blocked" and probe(lab, "node2", "client", web) == "ok"
     finally:
         server.kill()
+
+
+def test_no_free_block_left_borrows_an_address_announced_as_32(lab):
+    """All four blocks are taken: node2's 29th pod gets an address of another node's block, as a /32."""
+    wait_for(lambda: full_mesh(lab), 60, what="the automatic full mesh")
+    for i in range(14, 60):  # until the pools are out of blocks
+        ip = lab.exec("node2", "tortie", "pod", "add", f"fill/p{i}").stdout.strip()
+        if status(lab, "node2")["borrowed"]:
+            break
+    s2 = status(lab, "node2")
+    assert s2["borrowed"] == [ip] and not any(ipaddress.ip_address(ip) in ipaddress.ip_network(b) for b in s2["blocks"])
+    used = {p["ip"] for n in ("node1", "node3") for p in json.loads(lab.exec(n, "tortie", "pod", "list", "--json").stdout)}
+    assert ip not in used  # every pod is published, so a borrower never takes an address in use
+    owner = next(n for n in ("node1", "node3") if any(ipaddress.ip_address(ip) in ipaddress.ip_network(b)
+                                                       for b in status(lab, n)["blocks"]))
+    # the block's owner routes that one address to node2, past its own blackhole for the block
+    wait_for(lambda: any(r["dst"] == ip and r.get("gateway") == "10.93.0.2"
+                         for r in lab.json(owner, "ip", "-j", "route", "show", "proto", "201")), 10,
+             what=f"{owner} to route the borrowed {ip}")
+    for node in ("node1", "node3"):
+        lab.exec(node, "tortie", "pod", "exec", "default/p", "--", "ping", "-c", "1", "-W", "2", ip)
+    # and the owner never hands that address out itself
+    assert ip in json.loads(lab.exec(owner, "cat", "/var/lib/tortie/lent.json").stdout)
 
 
 def test_a_node_that_goes_away_leaves_the_mesh_after_its_grace(lab):

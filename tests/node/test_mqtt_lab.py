@@ -118,3 +118,18 @@ def test_killed_node_last_will_and_removal(lab):
              what="node3 out of node1's mesh after its grace")
     assert block3 not in {r["dst"] for r in lab.json("node1", "ip", "-j", "route", "show", "proto", "201")}
     lab.server.kill()
+
+
+def test_ipam_show_and_node_remove(lab):
+    rows = lab.json("node1", "tortie", "ipam", "show", "--json")
+    owners = {r["owner"] for r in rows}
+    assert {"node1", "node2"} <= owners and all(r["size"] == 14 for r in rows)
+    assert next(r for r in rows if r["owner"] == "node1")["used"] == 1  # the web pod
+    # a node's credentials cannot remove another node; the admin's can
+    denied = lab.exec("node1", "tortie", "node", "remove", "node3", check=False)
+    assert denied.returncode == 1 and retained(lab, "nodes/node3") is not None
+    lab.exec("node1", "sh", "-c", "echo admin-secret > /tmp/admin.pw")
+    lab.exec("node1", "tortie", "node", "remove", "node3", "--user", "admin", "--password-file", "/tmp/admin.pw")
+    assert retained(lab, "nodes/node3") is None and retained(lab, "status/node3") is None
+    assert "node3" not in {r["owner"] for r in lab.json("node1", "tortie", "ipam", "show", "--json")}
+    print(lab.exec("node1", "tortie", "ipam", "show").stdout)

@@ -19,7 +19,11 @@ def test_filter():
     assert FLT.check(N("192.0.2.0/24"), NH2) is Reject.NOT_IN_POOL
     assert FLT.check(N("10.0.0.0/8"), NH2) is Reject.NOT_IN_POOL  # a supernet of the pool
     assert FLT.check(N("10.244.1.0/26"), NH2) is Reject.OWN_BLOCK
-    assert FLT.check(N("10.244.1.5/32"), NH2) is Reject.OWN_BLOCK
+    assert FLT.check(N("10.244.1.4/30"), NH2) is Reject.OWN_BLOCK
+    assert FLT.check(N("10.244.1.5/32"), NH2) is None  # an address another node borrowed from our block
+    borrowing = ImportFilter(FLT.pools, FLT.own_blocks, borrowed=(N("10.244.9.7/32"),))
+    assert borrowing.check(N("10.244.9.7/32"), NH2) is Reject.OWN_BLOCK  # the one we borrowed is ours
+    assert borrowing.check(N("10.244.9.0/26"), NH2) is None  # the block it came from is still its owner's
     assert FLT.check(N("10.244.0.0/23"), NH2) is Reject.OWN_BLOCK
     assert FLT.check(N("10.244.2.0/26"), A("10.99.0.1")) is Reject.BAD_NEXT_HOP
     assert FLT.check(N("10.244.2.0/26"), A("127.0.0.1")) is Reject.BAD_NEXT_HOP
@@ -124,7 +128,7 @@ def test_filter_agrees_with_ipaddress(prefix, pools, blocks):
         expected = Reject.DEFAULT_ROUTE
     elif not any(prefix.subnet_of(p) for p in pools):
         expected = Reject.NOT_IN_POOL
-    elif any(prefix.overlaps(b) for b in blocks):
+    elif any(prefix.supernet_of(b) or (prefix.subnet_of(b) and prefix.prefixlen < 32) for b in blocks):
         expected = Reject.OWN_BLOCK
     else:
         expected = None
