@@ -273,7 +273,7 @@ def main() -> int:
 
 def _report(results: dict, sizes: list[int], path_sizes: list[int], backends: list[str]) -> None:
     print(f"\nFull apply ({results['endpoints']} endpoints; seconds; median of 3 for replace)")
-    print(f"| backend | policies | kernel rules | validate | compile | apply (empty) | replace (all changed) |")
+    print("| backend | policies | kernel rules | validate | compile | apply (empty) | replace (all changed) |")
     print("|---|---|---|---|---|---|---|")
     for n in sizes:
         for b in backends:

@@ -11,7 +11,7 @@ from ipaddress import IPv4Address
 from bgpd.cli_node import DEFAULT_CONFIG, load_node
 from bgpd.cluster import claims_by_block
 from bgpd.ipam import blocks_in, owner
-from config.datastore import Datastore, DatastoreError, key, open_datastore, parse_key
+from config.datastore import Datastore, DatastoreError, open_datastore, parse_key
 from config.load import ConfigError
 from config.node import NodeConfig
 

@@ -74,6 +74,16 @@ class Lab:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+def running_lab(topology: str, suffix: str):
+    """For module fixtures: `yield from running_lab(...)` brings a lab up and always takes it down."""
+    lab = Lab(topology, suffix)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
     """Polls predicate() until it returns something truthy; fails the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.netns import Lab, requires_root, wait_for
+from tests.netns import requires_root, running_lab, wait_for
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(240)]
 
@@ -17,23 +17,14 @@ def metrics(lab, node):
                     "'http://127.0.0.1:9473/metrics').read().decode())").stdout
 
 
-def up(topology, suffix):
-    lab = Lab(topology, suffix)
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
-
-
 @pytest.fixture(scope="module")
 def bird_lab():
-    yield from up("tor-bird.clab.yml", "b")
+    yield from running_lab("tor-bird.clab.yml", "b")
 
 
 @pytest.fixture(scope="module")
 def gobgp_lab():
-    yield from up("tor-gobgp.clab.yml", "g")
+    yield from running_lab("tor-gobgp.clab.yml", "g")
 
 
 BIRD_HOSTS = {"node1": ("10.98.0.1", "10.244.1.0/26"), "node2": ("10.98.0.2", "10.244.2.0/26"),

@@ -1,11 +1,10 @@
 """The three-node iBGP mesh lab (containers/labs/mesh3.clab.yml): routes, packets, restarts, failures."""
-import json
 import re
 import time
 
 import pytest
 
-from tests.netns import Lab, requires_root, wait_for
+from tests.netns import requires_root, running_lab, wait_for
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(240)]
 
@@ -32,12 +31,7 @@ c.sendall(b"hello"); print(c.recv(100).decode())
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab("mesh3.clab.yml", "m")
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
+    yield from running_lab("mesh3.clab.yml", "m")
 
 
 def kernel_routes(lab, node):

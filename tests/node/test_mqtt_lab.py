@@ -5,31 +5,16 @@ import time
 
 import pytest
 
-from tests.netns import Lab, requires_root, wait_for
-from tests.node.test_cluster_lab import POLICY, SERVER, cni_add, probe
+from tests.netns import requires_root, running_lab, wait_for
+from tests.node.test_cluster_lab import NODES, POLICY, SERVER, cni_add, full_mesh, probe, status
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(300)]
-NODES = ("node1", "node2", "node3")
 TOPIC = "tortie/v1/"
 
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab("mesh3-mqtt.clab.yml", "q")
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
-
-
-def status(lab, node):
-    return lab.json(node, "tortie", "status", "--json")
-
-
-def full_mesh(lab):
-    return all(len(s["peers"]) == 2 and all(p["state"] == "up" for p in s["peers"])
-               for s in (status(lab, n) for n in NODES))
+    yield from running_lab("mesh3-mqtt.clab.yml", "q")
 
 
 def publish(lab, key, value, user="admin", password="admin-secret"):

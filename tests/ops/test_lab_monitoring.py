@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bgpd.metrics import SESSION_STATES
 from bgpd.rib import Reject
-from tests.netns import Lab, requires_root, wait_for
+from tests.netns import Lab, requires_root, running_lab, wait_for
 from tests.ops.promql import (ASSUMED, PROMETHEUS_CONFIG, RULES, dashboard_exprs, grafana_to_promql, metric_names,
                               policy_series, readme_series, recorded_names, rules, series_names)
 
@@ -35,12 +35,7 @@ LABEL_VALUES = {"peer": set(NODES.values()), "state": set(SESSION_STATES), "reas
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab("mesh3.clab.yml", "o")
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
+    yield from running_lab("mesh3.clab.yml", "o")
 
 
 def fetch(lab: Lab, node: str, *urls: str) -> list[str]:

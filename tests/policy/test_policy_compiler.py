@@ -70,7 +70,7 @@ def test_names_are_stable_short_and_never_from_user_text() -> None:
 
 
 def test_equal_selectors_share_one_set() -> None:
-    docs = [tortie(f"p{i}", {"selector": f"app == 'web'", "ingress": [
+    docs = [tortie(f"p{i}", {"selector": "app == 'web'", "ingress": [
         {"action": "Allow", "source": {"selector": "tier == 'back' && app == 'client'"}}]}) for i in range(3)]
     docs.append(k8s("k", "y", {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {
         "matchLabels": {"app": "client", "tier": "back"}}}]}]}))
