@@ -96,6 +96,8 @@ class PolicySync:
                                 registry=registry)
         self.policies = Gauge("tortie_policy_policies", "policies in force", registry=registry)
         self.endpoints = Gauge("tortie_policy_endpoints", "endpoints the ruleset knows", registry=registry)
+        self.rules = Gauge("tortie_policy_rules", "policy rules in the applied ruleset", registry=registry)
+        self.sets = Gauge("tortie_policy_sets", "named address sets in the applied ruleset", registry=registry)
         self.invalid = Counter("tortie_policy_invalid_entries", "applies that met invalid datastore entries "
                                "(their last valid form stayed in force)", registry=registry)
         self.last_good = LastGood()
@@ -121,6 +123,8 @@ class PolicySync:
                 self._last_error = ""
             self.duration.observe(time.monotonic() - start)
             self.policies.set(len(policies))
+            self.rules.set(sum(len(c.rules) for c in ruleset.policy_chains.values()))
+            self.sets.set(len(ruleset.sets))
             self.endpoints.set(len(endpoints.endpoints))
             self.applied.set()
             if how != "unchanged":

@@ -1,6 +1,7 @@
 """The mesh3-mqtt lab: three hosts, mosquitto in its own namespace, nothing configured but the datastore."""
 import ipaddress
 import json
+import subprocess
 import time
 
 import pytest
@@ -62,6 +63,13 @@ def test_cni_pods_and_policy_through_the_broker(lab):
     print(f"publish to enforcement: {time.monotonic() - start:.2f} s")
     assert probe(lab, "node2", "client", web) == "ok"
     lab.pods = {"web": web, "client": client, "other": other}
+    text = lab.exec("node1", "python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+                    "'http://127.0.0.1:9473/metrics').read().decode())").stdout
+    for line in ("tortie_datastore_connected 1.0", "tortie_policy_policies 1.0", "tortie_policy_endpoints 3.0"):
+        assert line in text, line
+    assert "tortie_policy_apply_duration_seconds_count" in text and 'tortie_policy_rule_packets_total{' in text
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
 
 
 def test_broker_away_policy_stays_and_changes_converge(lab):
