@@ -63,6 +63,7 @@ def exabgp_environment(node: NodeConfig) -> dict[str, str]:
         "exabgp.daemon.drop": "false",
         "exabgp.api.ack": "false",
         "exabgp.api.cli": "false",  # no named pipes: the daemon is the only API user
+        "exabgp.api.compact": "true",  # prefixes as bare strings: less JSON to write and to read
         "exabgp.log.level": "WARNING",
         "exabgp.log.destination": "stdout",
         # always listen: peers that wait for us may be added by a reload (the datastore's mesh), and ExaBGP

@@ -90,12 +90,17 @@ def _update_events(peer: str, message: dict) -> Iterable[Event]:
     update = message.get("update", {})
     for family, nlris in update.get("withdraw", {}).items():
         if family == FAMILY:
-            yield Withdraw(peer, tuple(Prefix(n["nlri"]) for n in nlris))
+            yield Withdraw(peer, tuple(Prefix(_nlri(n)) for n in nlris))
     for family, by_next_hop in update.get("announce", {}).items():
         if family != FAMILY:
             continue
         for next_hop, nlris in by_next_hop.items():
-            yield Announce(peer, IPv4Address(next_hop), tuple(Prefix(n["nlri"]) for n in nlris))
+            yield Announce(peer, IPv4Address(next_hop), tuple(Prefix(_nlri(n)) for n in nlris))
+
+
+def _nlri(n: str | dict) -> str:
+    """ExaBGP's compact encoding (exabgp.api.compact) gives bare prefixes; the full one {"nlri": ...}."""
+    return n if isinstance(n, str) else n["nlri"]
 
 
 # --- commands --------------------------------------------------------------------------------------

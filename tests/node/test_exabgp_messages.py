@@ -35,6 +35,10 @@ def test_update_announce_withdraw_eor():
     events = m.parse_line(line(type="update", direction="receive", message=upd))
     assert events == [m.Withdraw("10.99.0.2", (N("10.244.9.0/26"),)),
                       m.Announce("10.99.0.2", A("10.99.0.2"), (N("10.244.2.0/26"), N("10.244.3.0/26")))]
+    compact = {"update": {"announce": {"ipv4 unicast": {"10.99.0.2": ["10.244.2.0/26"]}},
+                          "withdraw": {"ipv4 unicast": ["10.244.9.0/26"]}}}
+    assert m.parse_line(line(type="update", message=compact)) == [
+        m.Withdraw("10.99.0.2", (N("10.244.9.0/26"),)), m.Announce("10.99.0.2", A("10.99.0.2"), (N("10.244.2.0/26"),))]
     eor = m.parse_line(line(type="update", message={"eor": {"afi": "ipv4", "safi": "unicast"}}))
     assert eor == [m.EndOfRib("10.99.0.2")]
 
