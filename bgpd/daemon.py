@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ class PeerState:
 class Daemon:
     COALESCE = 0.001  # seconds to gather more changes before a kernel write
     FLUSH_AT = 512  # changed prefixes that make the reader give the kernel writer a turn
+    MAX_BATCH = 1024  # prefixes per kernel write
     RETRY = 5.0  # seconds before a route the kernel refused is tried again
 
     def __init__(self, node: NodeConfig, config_path: Path | None = None, cleanup_on_exit: bool = False):
@@ -402,8 +404,14 @@ class Daemon:
             await self._wake.wait()
             await asyncio.sleep(self.COALESCE)
             self._wake.clear()
-            batch, self._dirty = self._dirty, set()
-            since, self._dirty_since = self._dirty_since, None
+            if len(self._dirty) > self.MAX_BATCH:  # small batches: the last one after a burst ends soon
+                batch = set(itertools.islice(self._dirty, self.MAX_BATCH))
+                self._dirty -= batch
+                since = self._dirty_since
+                self._wake.set()
+            else:
+                batch, self._dirty = self._dirty, set()
+                since, self._dirty_since = self._dirty_since, None
             desired = {}
             for prefix in batch:
                 want = self.rib.desired(prefix)
