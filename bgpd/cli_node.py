@@ -42,7 +42,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, node: NodeConfig) -> int:
-    from bgpd.daemon import Daemon, StartupError
+    from bgpd.daemon import Daemon, DaemonFailed, StartupError
 
     # under systemd (JOURNAL_STREAM set) journald stamps the time itself
     bare = args.no_timestamps or "JOURNAL_STREAM" in os.environ
@@ -56,7 +56,7 @@ def cmd_run(args: argparse.Namespace, node: NodeConfig) -> int:
 
     try:
         asyncio.run(main())
-    except StartupError as e:
+    except (StartupError, DaemonFailed) as e:
         print(f"tortie run: {e}", file=sys.stderr)
         return 1
     return 0

@@ -35,6 +35,10 @@ class StartupError(Exception):
     pass
 
 
+class DaemonFailed(Exception):
+    """A task of the daemon died; the daemon stopped (kernel routes left in place) and exits non-zero."""
+
+
 # changing these needs a restart: they name the node, its sockets, or the routes it owns
 RESTART_FIELDS = ("name", "router_id", "asn", "listen_address", "route_protocol", "pod_route_protocol",
                   "pod_netns_prefix", "state_dir", "run_dir", "metrics", "datastore")
@@ -102,6 +106,7 @@ class Daemon:
         self._writer: asyncio.StreamWriter | None = None
         self._stop = asyncio.Event()
         self._stopping = False
+        self._failure: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -134,6 +139,8 @@ class Daemon:
             tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
             tasks.append(asyncio.create_task(self._run_policy(), name="policy"))
         tasks.append(asyncio.create_task(self._notify_ready(), name="ready"))
+        for t in tasks:
+            t.add_done_callback(self._task_done)
         if not self.peers:
             self._check_initial_sync()
         await self._stop.wait()
@@ -155,6 +162,16 @@ class Daemon:
         await self.control.stop()
         self.pidfile.unlink(missing_ok=True)
         self.kernel.close()
+        if self._failure is not None:
+            raise DaemonFailed(self._failure)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        """A part of the daemon that died would leave the rest running blind: stop (routes stay) and exit 1."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self._failure = f"{task.get_name()}: {task.exception()!r}"
+        log.critical("internal error, stopping task=%s", task.get_name(), exc_info=task.exception())
+        self._stop.set()
 
     async def _start_bgp(self) -> None:
         """ExaBGP cannot bind before our BGP address exists (a host still coming up): wait for it."""
