@@ -77,8 +77,9 @@ class Cluster:
                       and any(b.subnet_of(o) for o in ours))
 
     def desired(self) -> NodeConfig:
-        update: dict = {"blocks": sorted(set(self.base.blocks) | set(self.owned_blocks())),
-                        "borrowed": [b.network_address for b in self.owned() if b.prefixlen == 32]}
+        owned = self.owned()
+        update: dict = {"blocks": sorted(set(self.base.blocks) | {b for b in owned if b.prefixlen < 32}),
+                        "borrowed": [b.network_address for b in owned if b.prefixlen == 32]}
         if self.base.mesh.enabled and not self.base.mesh.nodes:
             members = [m for m in mesh_members(self.ds.items("nodes")) if self.counts(m.name)]
             update["mesh"] = self.base.mesh.model_copy(update={"nodes": members})

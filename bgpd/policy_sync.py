@@ -59,18 +59,26 @@ class LastGood:
 
     def __init__(self) -> None:
         self.good: dict[str, AnyPolicy | Namespace | Endpoint] = {}
+        self._seen: dict[str, dict] = {}  # the raw value last parsed for each key: unchanged ones are not parsed again
+        self._errors: dict[str, list[str]] = {}
 
     def resolve(self, items: Mapping[str, dict], local: str) -> tuple[list[AnyPolicy], Endpoints, list[str]]:
-        errors: list[str] = []
-        for k in [k for k in self.good if k not in items]:
-            del self.good[k]
-        for k, v in sorted(items.items()):
+        for k in [k for k in self._seen if k not in items]:
+            self.good.pop(k, None)
+            self._errors.pop(k, None)
+            del self._seen[k]
+        for k, v in items.items():
+            if self._seen.get(k) == v:
+                continue
+            self._seen[k] = v
+            self._errors.pop(k, None)
             try:
                 self.good[k] = parse_entry(k, v, local)
             except ValidationError as e:
-                errors.extend(validation_errors(k, e))
+                self._errors[k] = validation_errors(k, e)
             except ValueError as e:
-                errors.append(f"{k}: {e}")
+                self._errors[k] = [f"{k}: {e}"]
+        errors = [line for k in sorted(self._errors) for line in self._errors[k]]
         entries = self.good.values()
         policies = [e for e in entries if not isinstance(e, (Namespace, Endpoint))]
         endpoints = [e for e in entries if isinstance(e, Endpoint)]
@@ -78,8 +86,7 @@ class LastGood:
         for ep in endpoints:  # a namespace nobody described yet still exists, with its name label
             namespaces.setdefault(ep.namespace, Namespace(name=ep.namespace, labels={}))
         # the cross-entry checks (an address or interface used twice) need the whole set: ValidationError
-        eps = Endpoints(namespaces=list(namespaces.values()), endpoints=endpoints)
-        return policies, Endpoints.model_validate(eps.model_dump()), errors
+        return policies, Endpoints(namespaces=list(namespaces.values()), endpoints=endpoints), errors
 
 
 class PolicySync:
