@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 from pyroute2.netns import setns
 
 from bgpd.lab import processes
-from bgpd.netlink_routes import _NLMSGHDR, _RTA, _RTMSG, NETLINK_ROUTE, RT_TABLE_MAIN, RTA_DST, RTM_NEWROUTE
+from bgpd.dataplane.netlink_routes import _NLMSGHDR, _RTA, _RTMSG, NETLINK_ROUTE, RT_TABLE_MAIN, RTA_DST, RTM_NEWROUTE
 from config.node import NodeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -347,7 +347,7 @@ def start_tortie(bed: Testbed) -> Receiver:
     _wait(lambda: _log_has(log, "exabgp relay connected") and _listening_on_bgp(daemon.pid), "tortie start",
           daemon, log)
     exabgp = _child(daemon.pid, "exabgp")
-    relay = exabgp and _child(exabgp, "bgpd.relay")
+    relay = exabgp and _child(exabgp, "bgpd.bgp.relay")
     if not exabgp or not relay:
         raise BenchError(f"tortie: no ExaBGP with a relay under pid {daemon.pid}")
     pids = {"tortie daemon": daemon.pid, "exabgp": exabgp, "relay": relay}

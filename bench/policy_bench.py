@@ -199,7 +199,7 @@ def _packet_path(lab, client, server, seconds: float) -> dict:
 
 def _bench_lab(labs: list):
     """A host namespace with a client and a server pod (endpoints 0 and 1 of the workload)."""
-    from policy.lab import Lab
+    from tests.policy.lab import Lab
 
     lab = Lab().start()
     labs.append(lab)

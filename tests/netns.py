@@ -36,7 +36,7 @@ class Lab:
         self.name = f"{RUN_PREFIX}{suffix}"
 
     def tortie(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-        r = subprocess.run([sys.executable, "-m", "bgpd.cli", "lab", *args, self.topology, "--name", self.name],
+        r = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "lab", *args, self.topology, "--name", self.name],
                            capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
             raise AssertionError(f"tortie lab {args[0]} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
@@ -52,14 +52,14 @@ class Lab:
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         if env:
             cmd = ("env", *(f"{k}={v}" for k, v in env.items()), *cmd)
-        r = subprocess.run([sys.executable, "-m", "bgpd.cli", "lab", "exec", self.topology, "--name", self.name,
+        r = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "lab", "exec", self.topology, "--name", self.name,
                             node, "--", *cmd], capture_output=True, text=True, timeout=timeout, input=input)
         if check and r.returncode != 0:
             raise AssertionError(f"{node}: {' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         return r
 
     def popen(self, node: str, *cmd: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "bgpd.cli", "lab", "exec", self.topology, "--name", self.name,
+        return subprocess.Popen([sys.executable, "-m", "bgpd.cli.main", "lab", "exec", self.topology, "--name", self.name,
                                  node, "--", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def json(self, node: str, *cmd: str):

@@ -54,7 +54,7 @@ class Lab:
         self.path, self.name = path, name
 
     def tortie(self, *args: str, timeout: float = 45, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "bgpd.cli", "lab", *args[:1], str(self.path),
+        return subprocess.run([sys.executable, "-m", "bgpd.cli.main", "lab", *args[:1], str(self.path),
                                "--name", self.name, *args[1:]],
                               capture_output=True, text=True, timeout=timeout, **kw)
 

@@ -17,7 +17,7 @@ LABS = Path(__file__).resolve().parents[2] / "containers" / "labs"
 
 
 def tortie(*args: str, timeout: float = 100) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bgpd.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "bgpd.cli.main", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

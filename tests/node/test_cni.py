@@ -67,7 +67,7 @@ def test_add_check_del_lifecycle(node, make_netns):
                    capture_output=True, timeout=10)
     assert cni(host, "ADD", netconf, netns=netns_path, args=args) == (0, out)  # a retried ADD: same answer
     assert cni(host, "CHECK", netconf, netns=netns_path, args=args)[0] == 0
-    listed = subprocess.run(["ip", "netns", "exec", host, sys.executable, "-m", "bgpd.cli", "pod", "list", "--json",
+    listed = subprocess.run(["ip", "netns", "exec", host, sys.executable, "-m", "bgpd.cli.main", "pod", "list", "--json",
                              "--config", netconf["tortieConfig"]], capture_output=True, text=True, cwd=ROOT)
     assert [p["namespace"] + "/" + p["name"] for p in json.loads(listed.stdout)] == ["shop/web-1"]
     assert cni(host, "DEL", netconf, netns=netns_path)[0] == 0

@@ -75,16 +75,16 @@ def test_cli_config_check(tmp_path):
     good = write(tmp_path, GOOD)
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("asn: 64512", "asn: many"))
-    ok = subprocess.run([sys.executable, "-m", "bgpd.cli", "config", "check", str(good)], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "config", "check", str(good)], capture_output=True, text=True)
     assert ok.returncode == 0 and "ok" in ok.stdout
-    ko = subprocess.run([sys.executable, "-m", "bgpd.cli", "config", "check", str(bad)], capture_output=True, text=True)
+    ko = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "config", "check", str(bad)], capture_output=True, text=True)
     assert ko.returncode == 2 and f"{bad}: asn: " in ko.stderr
 
 
 def test_daemon_refuses_invalid_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("blocks: [10.244.1.0/26]", "blocks: [nope]") + f"state_dir: {tmp_path}/state\n")
-    r = subprocess.run([sys.executable, "-m", "bgpd.cli", "run", "--config", str(bad)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "run", "--config", str(bad)], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and "blocks[0]" in r.stderr
     assert not (tmp_path / "state").exists()  # nothing was touched

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from hypothesis import given, strategies as st
 
-from bgpd import exabgp_messages as m
-from bgpd.exabgp_config import render_config
+from bgpd.bgp import messages as m
+from bgpd.bgp.exabgp_config import render_config
 from config.node import NodeConfig
 
 NEIGHBOR = {"address": {"local": "10.99.0.1", "peer": "10.99.0.2"}, "asn": {"local": 64512, "peer": 64512}}

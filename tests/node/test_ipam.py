@@ -5,7 +5,7 @@ from ipaddress import IPv4Network as N
 
 from hypothesis import given, settings, strategies as st
 
-from bgpd.ipam import Claim, next_free, owner, wins
+from bgpd.ipam.claims import Claim, next_free, owner, wins
 from config.node import IPPool
 
 POOL = IPPool(cidr=N("10.244.0.0/28"), block_size=30)  # 4 blocks

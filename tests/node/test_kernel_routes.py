@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
 PRELUDE = textwrap.dedent("""
     import asyncio, json
     from ipaddress import IPv4Address as A, IPv4Network as N
-    from bgpd.kernel_routes import KernelTable
+    from bgpd.dataplane.kernel_routes import KernelTable
     GW = frozenset([A("10.9.0.2")])
     ECMP = frozenset([A("10.9.0.2"), A("10.9.0.3")])
 """)
@@ -70,7 +70,7 @@ def test_never_touches_foreign_routes(host):
             print(sorted(map(str, r.errors)))
             r = await k.sync({N("10.50.0.0/24"): None}) # nothing of ours there: deleting is a no-op
             print(r.removed)
-            from bgpd.netlink_routes import RouteOp
+            from bgpd.dataplane.netlink_routes import RouteOp
             failed = k._writer.apply([RouteOp(N("10.50.0.0/24"), None)])  # a raw delete with our protocol
             print(len(failed))
         asyncio.run(main())

@@ -4,7 +4,7 @@ from ipaddress import IPv4Address as A, IPv4Network as N
 from hypothesis import given, strategies as st
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from bgpd.netlink_routes import (NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWROUTE, RouteOp,
+from bgpd.dataplane.netlink_routes import (NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWROUTE, RouteOp,
                                  encode)
 
 addresses = st.integers(1, 2**32 - 2).map(A)

@@ -3,7 +3,7 @@ from ipaddress import IPv4Address as A, IPv4Network as N
 
 from hypothesis import given, settings, strategies as st
 
-from bgpd.rib import ImportFilter, Reject, Rib
+from bgpd.bgp.rib import ImportFilter, Reject, Rib
 
 FLT = ImportFilter((N("10.244.0.0/16"),), (N("10.244.1.0/26"),), frozenset({A("10.99.0.1")}))
 NH2, NH3 = A("10.99.0.2"), A("10.99.0.3")

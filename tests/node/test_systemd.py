@@ -28,7 +28,7 @@ def test_install_script_places_unit_config_and_docs(tmp_path):
     unit = tmp_path / "etc/systemd/system/tortie.service"
     config = tmp_path / "etc/tortie/tortie.yaml"
     assert unit.read_text() == UNIT.read_text().replace("/opt/tortie-venv", os.environ.get("TORTIE_VENV", "/opt/tortie-venv"))
-    check = subprocess.run([sys.executable, "-m", "bgpd.cli", "config", "check", str(config)], capture_output=True,
+    check = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "config", "check", str(config)], capture_output=True,
                            text=True)
     assert check.returncode == 0, check.stderr  # the example configuration is valid
     assert (tmp_path / "usr/share/doc/tortie/README.md").exists()
@@ -86,7 +86,7 @@ def test_ready_after_initial_sync_watchdog_and_reload(tmp_path, make_netns):
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "600000"}
     log = open(tmp_path / "daemon.log", "w")
     started = time.monotonic()
-    daemon = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bgpd.cli", "run", "--config",
+    daemon = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bgpd.cli.main", "run", "--config",
                                str(config)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         first_ping = notify.wait("WATCHDOG=1", 10)
@@ -107,7 +107,7 @@ def test_ready_after_initial_sync_watchdog_and_reload(tmp_path, make_netns):
         daemon.send_signal(signal.SIGHUP)
         notify.wait("RELOADING=1", 5)
         notify.wait("READY=1", 5)
-        status = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "bgpd.cli", "status", "--json",
+        status = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "bgpd.cli.main", "status", "--json",
                                  "--config", str(config)], capture_output=True, text=True, timeout=10, cwd=ROOT)
         assert status.returncode == 0, status.stderr
         s = json.loads(status.stdout)

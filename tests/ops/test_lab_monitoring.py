@@ -15,8 +15,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bgpd.metrics import SESSION_STATES
-from bgpd.rib import Reject
+from bgpd.agent.metrics import SESSION_STATES
+from bgpd.bgp.rib import Reject
 from tests.netns import Lab, requires_root, running_lab, wait_for
 from tests.ops.promql import (ASSUMED, PROMETHEUS_CONFIG, RULES, dashboard_exprs, grafana_to_promql, metric_names,
                               policy_series, readme_series, recorded_names, rules, series_names)

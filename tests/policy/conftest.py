@@ -14,9 +14,9 @@ from typing import Iterator
 import pytest
 import yaml
 
-from policy.lab import Lab
+from tests.policy.lab import Lab
 from policy.load import load_endpoints, load_policies
-from policy.reference import Packet, Reference
+from tests.policy.reference import Packet, Reference
 
 TORTIE = str(Path(sys.executable).with_name("tortie"))
 TCP_PORTS = [80, 81, 8080]

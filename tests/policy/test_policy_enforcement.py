@@ -382,7 +382,7 @@ def test_ipv6(plab: PolicyLab, backend: str) -> None:
     """Dual-stack pods: selectors match both families, nets only their own, negations hold for the other family."""
     from policy.binding import compile_ruleset as compile_
     from policy.load import load_endpoints, load_policies
-    from policy.reference import Packet
+    from tests.policy.reference import Packet
 
     pods = plab.lab.pods
     policy = [tortie("v6", {"selector": "app == 'web'", "ingress": [

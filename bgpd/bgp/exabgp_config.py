@@ -48,7 +48,7 @@ def render_neighbor(node: NodeConfig, peer: Peer) -> str:
 def render_config(node: NodeConfig, relay_socket: Path, python: str = sys.executable) -> str:
     head = (
         f"process {PROCESS} {{\n"
-        f"    run {python} -m bgpd.relay {relay_socket};\n"
+        f"    run {python} -m bgpd.bgp.relay {relay_socket};\n"
         "    encoder json;\n"
         "}\n"
     )

@@ -16,6 +16,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]  # `-m tests.policy.lab` runs from the checkout
 
 POD_NET = "10.99"
 HOST_GW = "10.99.255.1"  # the host side of every pod's veth
@@ -25,7 +28,7 @@ LINK_NET = "10.98"  # host endpoints: host <-> external peers
 
 def _sh(*args: str, ns: str | None = None, check: bool = True, stdin: str | None = None) -> str:
     cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
-    p = subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=120)
+    p = subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=120, cwd=ROOT)
     if check and p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {p.stderr.strip()}")
     return p.stdout
@@ -110,9 +113,9 @@ class Lab:
 
     def serve(self, ns: str, tcp: list[int], udp: list[int], sink: list[int] = ()) -> None:
         """Starts an echo server in `ns` (and TCP sinks that discard what they read); returns once it listens."""
-        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "policy.lab", "serve",
+        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "tests.policy.lab", "serve",
                               json.dumps({"tcp": tcp, "udp": udp, "sink": list(sink)})], stdout=subprocess.PIPE,
-                             text=True)
+                             text=True, cwd=ROOT)
         self._procs.append(p)
         assert p.stdout is not None
         if p.stdout.readline().strip() != "ready":
@@ -121,14 +124,14 @@ class Lab:
     def probe(self, ns: str, targets: list[tuple], timeout: float = 0.6) -> dict[tuple, bool]:
         """From namespace `ns`, tries every (address, "tcp"|"udp"|"icmp", port[, source port]) in parallel:
         True if it answered. For "icmp" an echo request is sent (the port is ignored)."""
-        out = _sh(sys.executable, "-m", "policy.lab", "probe", json.dumps({"targets": targets, "timeout": timeout}),
+        out = _sh(sys.executable, "-m", "tests.policy.lab", "probe", json.dumps({"targets": targets, "timeout": timeout}),
                   ns=ns)
         return {tuple(t): ok for t, ok in json.loads(out)}
 
     def measure(self, ns: str, mode: str, addr: str, port: int, seconds: float) -> float:
         """From `ns`: "stream" -> TCP bytes per second sent to a sink; "connect" -> connections per second."""
         spec = json.dumps({"addr": addr, "port": port, "seconds": seconds})
-        return float(_sh(sys.executable, "-m", "policy.lab", mode, spec, ns=ns))
+        return float(_sh(sys.executable, "-m", "tests.policy.lab", mode, spec, ns=ns))
 
     def run(self, ns: str, *args: str, check: bool = True, stdin: str | None = None) -> str:
         return _sh(*args, ns=ns, check=check, stdin=stdin)

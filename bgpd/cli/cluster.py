@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from ipaddress import IPv4Address
 
-from bgpd.cli_node import DEFAULT_CONFIG, load_node
-from bgpd.cluster import claims_by_block
-from bgpd.ipam import blocks_in, owner
+from bgpd.cli.node import DEFAULT_CONFIG, load_node
+from bgpd.agent.cluster import claims_by_block
+from bgpd.ipam.claims import blocks_in, owner
 from config.datastore import Datastore, DatastoreError, open_datastore, parse_key
 from config.load import ConfigError
 from config.node import NodeConfig

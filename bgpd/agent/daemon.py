@@ -13,17 +13,17 @@ from ipaddress import IPv4Network
 
 from pathlib import Path
 
-from bgpd import exabgp_messages as msgs
-from bgpd.cluster import Cluster
-from bgpd.control import ControlServer, DaemonRunning
-from bgpd.exabgp_config import exabgp_environment, render_config
-from bgpd.exabgp_process import ExaBGPSupervisor
-from bgpd.kernel_routes import KernelTable, has_address
-from bgpd.metrics import DaemonMetrics
-from bgpd.pods import PodStore
-from bgpd.policy_sync import PolicySync
-from bgpd.rib import ImportFilter, Reject, Rib, Update
-from bgpd.sdnotify import notify, watchdog_interval
+from bgpd.bgp import messages as msgs
+from bgpd.agent.cluster import Cluster
+from bgpd.agent.control import ControlServer, DaemonRunning
+from bgpd.bgp.exabgp_config import exabgp_environment, render_config
+from bgpd.bgp.exabgp_process import ExaBGPSupervisor
+from bgpd.dataplane.kernel_routes import KernelTable, has_address
+from bgpd.agent.metrics import DaemonMetrics
+from bgpd.dataplane.pods import PodStore
+from policy.datastore_sync import PolicySync
+from bgpd.bgp.rib import ImportFilter, Reject, Rib, Update
+from bgpd.agent.sdnotify import notify, watchdog_interval
 from config.datastore import open_datastore
 from config.load import ConfigError, load_model
 from config.node import NodeConfig, Peer

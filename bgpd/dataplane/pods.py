@@ -126,7 +126,7 @@ class PodStore:
 
     def _claim_block(self) -> bool:
         """Asks the running daemon for one more block from the pools, or failing that a borrowed address."""
-        from bgpd.control import DaemonNotRunning, query
+        from bgpd.agent.control import DaemonNotRunning, query
         try:
             return query(self.node.run_dir / "tortie.sock", "claim_block", timeout=30) is not None
         except DaemonNotRunning:
@@ -151,7 +151,7 @@ def _publish(node: NodeConfig, pod: Pod, labels: dict[str, str]) -> None:
 
     Until then no packet may reach the pod unpoliced: if that cannot be done, the pod goes again.
     """
-    from bgpd.control import DaemonNotRunning, query
+    from bgpd.agent.control import DaemonNotRunning, query
     endpoint = {"labels": labels, "ips": [pod.ip], "interface": pod.host_interface}
     try:
         enforced = query(node.run_dir / "tortie.sock", "endpoint_add", timeout=60,
@@ -231,7 +231,7 @@ def del_pod(node: NodeConfig, key: str | None = None, container: tuple[str, str]
         _unwire(pod)
         store.delete(pod)
     if node.datastore is not None:
-        from bgpd.control import DaemonNotRunning, query
+        from bgpd.agent.control import DaemonNotRunning, query
         try:
             query(node.run_dir / "tortie.sock", "endpoint_del", timeout=60, namespace=pod.namespace, pod=pod.name)
         except DaemonNotRunning:

@@ -9,7 +9,7 @@ from typing import Mapping
 
 from pyroute2 import AsyncIPRoute
 
-from bgpd.netlink_routes import RT_TABLE_MAIN, RouteOp, RouteWriter, strerror
+from bgpd.dataplane.netlink_routes import RT_TABLE_MAIN, RouteOp, RouteWriter, strerror
 
 log = logging.getLogger("tortie.kernel")
 KernelRoute = frozenset[IPv4Address]  # empty: blackhole

@@ -8,7 +8,7 @@ from bgpd import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bgpd import cli_cluster, cli_lab, cli_node
+    from bgpd.cli import cluster as cli_cluster, lab as cli_lab, node as cli_node
     from policy import cli as policy_cli
 
     parser = argparse.ArgumentParser(prog="tortie", description="Tortie pod networking")

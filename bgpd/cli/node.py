@@ -42,7 +42,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, node: NodeConfig) -> int:
-    from bgpd.daemon import Daemon, DaemonFailed, StartupError
+    from bgpd.agent.daemon import Daemon, DaemonFailed, StartupError
 
     # under systemd (JOURNAL_STREAM set) journald stamps the time itself
     bare = args.no_timestamps or "JOURNAL_STREAM" in os.environ
@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace, node: NodeConfig) -> int:
 
 def _view(view: str, render):
     def cmd(args: argparse.Namespace, node: NodeConfig) -> int:
-        from bgpd.control import DaemonNotRunning, query
+        from bgpd.agent.control import DaemonNotRunning, query
         try:
             result = query(node.run_dir / "tortie.sock", view)
         except DaemonNotRunning as e:
@@ -104,7 +104,7 @@ def _render_routes(routes: list[dict]) -> str:
 
 
 def cmd_pod_add(args: argparse.Namespace, node: NodeConfig) -> int:
-    from bgpd.pods import PodError, add_pod
+    from bgpd.dataplane.pods import PodError, add_pod
     try:
         labels = dict(item.split("=", 1) for item in args.label)
     except ValueError:
@@ -120,7 +120,7 @@ def cmd_pod_add(args: argparse.Namespace, node: NodeConfig) -> int:
 
 
 def cmd_pod_del(args: argparse.Namespace, node: NodeConfig) -> int:
-    from bgpd.pods import PodError, del_pod
+    from bgpd.dataplane.pods import PodError, del_pod
     try:
         del_pod(node, args.pod)
     except PodError as e:
@@ -132,7 +132,7 @@ def cmd_pod_del(args: argparse.Namespace, node: NodeConfig) -> int:
 def cmd_pod_list(args: argparse.Namespace, node: NodeConfig) -> int:
     from dataclasses import asdict
 
-    from bgpd.pods import PodStore
+    from bgpd.dataplane.pods import PodStore
     pods = PodStore(node).all()
     if args.json:
         print(json.dumps([asdict(p) for p in pods], indent=2))
@@ -143,7 +143,7 @@ def cmd_pod_list(args: argparse.Namespace, node: NodeConfig) -> int:
 
 
 def cmd_pod_exec(args: argparse.Namespace, node: NodeConfig) -> int:
-    from bgpd.pods import PodError, exec_in_pod
+    from bgpd.dataplane.pods import PodError, exec_in_pod
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         print("tortie pod exec: give a command after --", file=sys.stderr)

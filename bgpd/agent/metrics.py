@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 from bgpd import __version__
 
 if TYPE_CHECKING:
-    from bgpd.daemon import Daemon
+    from bgpd.agent.daemon import Daemon
 
 SESSION_STATES = ("idle", "connected", "up", "down")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetNS
 
-from bgpd.pods import GATEWAY, Pod, PodError, PodNotPoliced, PodStore, add_pod, del_pod
+from bgpd.dataplane.pods import GATEWAY, Pod, PodError, PodNotPoliced, PodStore, add_pod, del_pod
 from config.load import ConfigError, load_model
 from config.node import NodeConfig
 
@@ -152,7 +152,7 @@ def cmd_check(conf: dict[str, Any]) -> None:
 
 def cmd_status(conf: dict[str, Any]) -> None:
     """Ready when the node daemon runs: without it no route to other nodes exists."""
-    from bgpd.control import DaemonNotRunning, query
+    from bgpd.agent.control import DaemonNotRunning, query
     node = _node(conf)
     try:
         query(node.run_dir / "tortie.sock", "status", timeout=2)

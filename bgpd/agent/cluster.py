@@ -12,7 +12,7 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 from typing import Awaitable, Callable, Mapping
 
-from bgpd.ipam import Claim, next_free, owner, wins
+from bgpd.ipam.claims import Claim, next_free, owner, wins
 from config.datastore import Datastore, DatastoreError, cidr_segment, key, parse_cidr_segment, parse_key
 from config.node import MeshMember, NodeConfig
 
@@ -169,7 +169,7 @@ class Cluster:
         return False
 
     async def claim_block(self) -> IPv4Network | None:
-        """Claims a free block of the pools (see bgpd/ipam.py for why this converges to one owner)."""
+        """Claims a free block of the pools (see bgpd/ipam/claims.py for why this converges to one owner)."""
         given_up: set[IPv4Network] = set()
         while True:
             taken = claims_by_block(self.ds.items("claims"), self.counts)
