@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from config.load import ConfigError, load_model, validation_errors
+from config.load import ConfigError, load_model, validation_errors, yaml_documents
 from policy.model import (AnyPolicy, Endpoints, GlobalNetworkPolicy, K8sNetworkPolicy, TortieNetworkPolicy,
                           policy_id)
 
@@ -16,32 +15,6 @@ KINDS: dict[tuple[str, str], type[BaseModel]] = {
     ("tortie.io/v1", "NetworkPolicy"): TortieNetworkPolicy,
     ("tortie.io/v1", "GlobalNetworkPolicy"): GlobalNetworkPolicy,
 }
-
-
-def _documents(path: Path) -> Iterable[tuple[int, int, Any]]:
-    """Yields (document number from 1, first line, data) for each non-empty document."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{path}: cannot read: {getattr(e, 'strerror', None) or e}"]) from None
-    loader = yaml.SafeLoader(text)
-    number = 0
-    try:
-        while True:
-            current = number + 1  # the document being read, for errors
-            if not loader.check_node():
-                break
-            number = current
-            node = loader.get_node()
-            data = loader.construct_document(node)
-            if data is not None:
-                yield number, node.start_mark.line + 1, data
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError([f"{path}: document {current}: {where}invalid YAML: {getattr(e, 'problem', e)}"]) from None
-    finally:
-        loader.dispose()
 
 
 def parse_document(data: Any) -> AnyPolicy:
@@ -63,7 +36,7 @@ def load_policies(paths: Iterable[str | Path]) -> list[AnyPolicy]:
     seen: dict[str, str] = {}
     for path in map(Path, paths):
         try:
-            for number, line, data in _documents(path):
+            for number, line, data in yaml_documents(path):
                 where = f"{path}: document {number} (line {line})"
                 try:
                     p = parse_document(data)
