@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from config.datastore.errors import DatastoreError
 from config.datastore.keys import check_segment, key, parse_key, under
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,21 +46,59 @@ class ChangeFeed:
             self._feeds.remove(self)
 
 
+# Every value, read or written: at most this many bytes of JSON and this many levels of objects and arrays.
+# Beyond that an entry is refused on write and dropped on arrival (counted in `rejected`), so no entry can
+# exhaust a reader's memory or stack (json.loads raises RecursionError at ~1000 levels).
+MAX_VALUE_BYTES = 1 << 20
+MAX_DEPTH = 32
+
+
+def too_deep(value: object) -> bool:
+    """Whether dicts and lists nest deeper than MAX_DEPTH (iterative: safe on any depth, and on cycles)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, (list, tuple)):
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((x, depth + 1) for x in v)
+    return False
+
+
 def encode(key_: str, value: dict) -> bytes:
-    """The JSON form of a value (compact, sorted keys); DatastoreError if it is not a JSON object."""
+    """The JSON form of a value (compact, sorted keys); DatastoreError if it is not a JSON object within the limits."""
     if not isinstance(value, dict):
         raise DatastoreError(f"value of {key_} must be a dict, not {type(value).__name__}")
+    if too_deep(value):
+        raise DatastoreError(f"value of {key_} is nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+        data = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as e:
         raise DatastoreError(f"value of {key_} is not JSON: {e}") from None
+    if len(data) > MAX_VALUE_BYTES:
+        raise DatastoreError(f"value of {key_} is {len(data)} bytes of JSON, more than {MAX_VALUE_BYTES}")
+    return data
+
+
+def _constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
 
 
 def decode(payload: bytes) -> dict:
-    """A stored value; ValueError if the payload is not a JSON object."""
-    value = json.loads(payload)
+    """A stored value; ValueError (with the reason) if the payload is not a JSON object within the limits."""
+    if len(payload) > MAX_VALUE_BYTES:
+        raise ValueError(f"more than {MAX_VALUE_BYTES} bytes")
+    try:
+        value = json.loads(payload, parse_constant=_constant)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    if too_deep(value):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     return value
 
 
@@ -73,6 +114,7 @@ class Datastore(ABC):
         self.observer = observer  # reads and writes, but has no liveness of its own (tools)
         self.connected = False
         self.resyncs = 0
+        self.rejected = 0  # entries dropped on arrival: not a JSON object within the limits
         self._cache: dict[str, dict] = {}
         self._feeds: list[ChangeFeed] = []
         self._first_feed: ChangeFeed | None = ChangeFeed(self._feeds)
@@ -136,6 +178,11 @@ class Datastore(ABC):
         """Makes the cache under prefix equal to state, emitting exactly the differences (in key order)."""
         for k in sorted(self.items(prefix).keys() | state.keys()):
             self._apply(k, state.get(k))
+
+    def _reject(self, where: str, reason: object) -> None:
+        """An entry that arrived malformed or beyond the limits: dropped (the cached value stays), counted, logged."""
+        self.rejected += 1
+        log.warning("ignoring datastore entry %s: %s", where, reason)
 
     def _end_feeds(self) -> None:
         for feed in self._feeds:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from watchfiles import awatch
 
-from config.datastore.base import Datastore, checked, decode, encode
+from config.datastore.base import MAX_VALUE_BYTES, Datastore, checked, decode, encode
 from config.datastore.errors import DatastoreError, InvalidKey
 from config.datastore.keys import key, parse_key
 
@@ -196,14 +196,15 @@ class FilesDatastore(Datastore):
         return k
 
     def _read(self, path: Path) -> dict | None:
-        """A file's value, None if it is gone; a malformed file is logged and keeps the cached value."""
+        """A file's value, None if it is gone; a malformed one is rejected and keeps the cached value."""
         k = self._key_of(path)
         try:
-            return decode(path.read_bytes())
+            with path.open("rb") as f:
+                return decode(f.read(MAX_VALUE_BYTES + 1))  # no more than the limit is ever read
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            log.warning("ignoring malformed datastore file %s: %s", path, e)
+            self._reject(str(path), e)
             return self._cache.get(k)
 
     async def _cancel_tasks(self) -> None:

@@ -211,7 +211,7 @@ class MqttDatastore(Datastore):
                 parse_key(k)
                 value = decode(message.payload) if message.payload else None
             except (InvalidKey, ValueError) as e:
-                log.warning("ignoring MQTT message on %s: %s", topic, e)
+                self._reject(topic, e)
                 continue
             self._receive(k, value)
 
