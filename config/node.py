@@ -14,6 +14,18 @@ IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
 
 
+RESTART = {"restart": True}  # json_schema_extra of the fields a running daemon cannot change: a reload refuses them
+
+
+# rtnetlink protocol numbers of other routing daemons (linux/rtnetlink.h; FRR's /etc/iproute2/rt_protos.d/frr.conf)
+FOREIGN_PROTOCOLS = {
+    8: "gated", 9: "ra", 10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp", 15: "ntk", 16: "dhcp",
+    17: "mrouted", 18: "keepalived", 42: "babel", 99: "openr", 186: "bgp (FRR)", 187: "isis", 188: "ospf",
+    189: "rip", 190: "ripng", 191: "nhrp", 192: "eigrp", 193: "ldp", 194: "sharp", 195: "pbr", 196: "static (FRR)",
+    197: "openfabric",
+}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,35 +89,46 @@ class Metrics(Strict):
 
 
 class NodeConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="this node's name, unique in the cluster")
-    router_id: IPv4Address = Field(description="BGP router id")
-    asn: ASN = Field(description="this node's AS number")
-    listen_address: IPv4Address = Field(description="BGP source and listen address of this node")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="this node's name, unique in the cluster",
+                      json_schema_extra=RESTART)
+    router_id: IPv4Address = Field(description="BGP router id", json_schema_extra=RESTART)
+    asn: ASN = Field(description="this node's AS number", json_schema_extra=RESTART)
+    listen_address: IPv4Address = Field(description="BGP source and listen address of this node",
+                                        json_schema_extra=RESTART)
     pools: list[IPPool] = Field(min_length=1, description="the cluster's pod address pools")
     blocks: list[IPv4Network] = Field(default_factory=list, description="this node's pod address blocks")
-    borrowed: list[IPv4Address] = Field(
-        default_factory=list, description="addresses taken from other nodes' blocks when the pools had no free "
-                                          "block, announced as /32 (kept by the datastore; not set by hand)")
     peers: list[Peer] = Field(default_factory=list, description="BGP peers outside the mesh: ToR routers, route reflectors")
     mesh: Mesh = Field(default_factory=Mesh, description="the node-to-node full mesh")
     max_prefixes: int = Field(100000, ge=1, description="per peer, unless the peer says otherwise")
     graceful_restart: int = Field(120, ge=0, le=4095, description="seconds peers keep our routes while we restart")
     initial_sync_timeout: float = Field(30.0, gt=0, description="seconds to wait for End-of-RIB before removing unjustified kernel routes")
-    route_protocol: int = Field(201, ge=5, le=254, description="rtnetlink protocol number of Tortie's BGP routes")
-    pod_route_protocol: int = Field(202, ge=5, le=254, description="rtnetlink protocol number of local pod routes")
-    pod_netns_prefix: str = Field("tortie-", pattern=r"^[A-Za-z0-9_.-]{0,24}$",
+    route_protocol: int = Field(201, ge=5, le=254, description="rtnetlink protocol number of Tortie's BGP routes",
+                                json_schema_extra=RESTART)
+    pod_route_protocol: int = Field(202, ge=5, le=254, description="rtnetlink protocol number of local pod routes",
+                                    json_schema_extra=RESTART)
+    pod_netns_prefix: str = Field("tortie-", pattern=r"^[A-Za-z0-9_.-]{0,24}$", json_schema_extra=RESTART,
                                   description="prefix of the network namespaces `tortie pod add` creates")
-    metrics: Metrics = Field(default_factory=Metrics, description="the Prometheus endpoint")
+    metrics: Metrics = Field(default_factory=Metrics, description="the Prometheus endpoint", json_schema_extra=RESTART)
     datastore: DatastoreSettings | None = Field(
         None, description="the cluster datastore: with it, an empty mesh.nodes means every registered node, "
-                          "and a node without blocks claims one from the pools")
+                          "and a node without blocks claims one from the pools", json_schema_extra=RESTART)
     policy_backend: Literal["nft", "iptables"] = Field(
-        "nft", description="how network policy from the datastore is enforced on this node")
+        "nft", description="how network policy from the datastore is enforced on this node", json_schema_extra=RESTART)
     node_grace: float = Field(60.0, ge=0, description="seconds a node that went away keeps its mesh place and blocks")
     claim_settle: float = Field(1.0, gt=0, description="seconds a block claim waits for competing claims; "
                                                        "more than twice the datastore's propagation delay")
-    state_dir: Path = Field(Path("/var/lib/tortie"), description="pods and their addresses, kept across restarts")
-    run_dir: Path = Field(Path("/run/tortie"), description="control socket, pid file, ExaBGP configuration and socket")
+    state_dir: Path = Field(Path("/var/lib/tortie"), description="pods and their addresses, kept across restarts",
+                            json_schema_extra=RESTART)
+    run_dir: Path = Field(Path("/run/tortie"), description="control socket, pid file, ExaBGP configuration and socket",
+                          json_schema_extra=RESTART)
+
+    @field_validator("route_protocol", "pod_route_protocol")
+    @classmethod
+    def _own_protocol(cls, v: int) -> int:
+        if v in FOREIGN_PROTOCOLS:
+            raise ValueError(f"{v} is the protocol number of {FOREIGN_PROTOCOLS[v]}: Tortie adopts and deletes "
+                             "every route of its protocols, so they must be numbers no other routing daemon uses")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> NodeConfig:
@@ -143,3 +166,13 @@ class NodeConfig(Strict):
 
     def max_prefixes_for(self, peer: Peer) -> int:
         return peer.max_prefixes if peer.max_prefixes is not None else self.max_prefixes
+
+
+def restart_fields() -> list[str]:
+    """The fields marked RESTART: they name the node, its sockets, or the routes it owns."""
+    return [name for name, f in NodeConfig.model_fields.items() if f.json_schema_extra == RESTART]
+
+
+def restart_changes(old: NodeConfig, new: NodeConfig) -> list[str]:
+    """The restart-only fields whose values differ between two configurations."""
+    return [name for name in restart_fields() if getattr(old, name) != getattr(new, name)]

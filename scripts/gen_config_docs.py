@@ -24,7 +24,7 @@ from pydantic.types import PathType
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from config.node import NodeConfig  # noqa: E402
+from config.node import FOREIGN_PROTOCOLS, RESTART, NodeConfig  # noqa: E402
 
 OUTPUT = REPO / "docs" / "configuration.md"
 TYPE_NAMES = {
@@ -108,7 +108,7 @@ def error_messages(func) -> list[str]:
 def checks(model: type[BaseModel], path: str) -> list[str]:
     """The errors the model's validators report beyond each field's own type and constraints."""
     decorators = model.__pydantic_decorators__
-    found = [(f"`{path}.{v.info.fields[0]}`" if path else f"`{v.info.fields[0]}`", v.func)
+    found = [(", ".join(f"`{path}.{f}`" if path else f"`{f}`" for f in v.info.fields), v.func)
              for v in decorators.field_validators.values()]
     found += [("across fields", v.func) for v in decorators.model_validators.values()]
     return [f"* {where}: {msg}" for where, func in found for msg in error_messages(func)]
@@ -118,22 +118,25 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def sections(model: type[BaseModel], path: str, title: str) -> list[str]:
-    """One table for `model` at `path`, then one per nested model, depth first."""
+def sections(model: type[BaseModel], path: str, title: str, restart: bool = False) -> list[str]:
+    """One table for `model` at `path`, then one per nested model, depth first (`restart`: the parent field is
+    restart-only, and so is everything in it)."""
     doc = (model.__doc__ or "").strip()
     if doc.startswith(f"{model.__name__}("):  # pydantic's generated signature, not a docstring
         doc = ""
     lines = [f"## {title}", ""] + ([doc, ""] if doc else [])
-    lines += ["| key | type | default | description | constraints |", "|---|---|---|---|---|"]
+    lines += ["| key | type | default | description | constraints | on reload |", "|---|---|---|---|---|---|"]
     later: list[str] = []
     for name, f in model.model_fields.items():
         key = f"{path}.{name}" if path else name
+        field_restart = restart or f.json_schema_extra == RESTART
         lines.append(f"| `{key}` | {cell(type_name(f.annotation))} | {cell(default(f))} | "
-                     f"{cell(f.description or '')} | {cell(constraints(f))} |")
+                     f"{cell(f.description or '')} | {cell(constraints(f))} | "
+                     f"{'**restart**' if field_restart else 'applied'} |")
         sub = nested_model(f.annotation)
         if sub is not None:
             sub_path = key + ("[]" if typing.get_origin(f.annotation) is list else "")
-            later += sections(sub, sub_path, f"`{sub_path}` ({sub.__name__})")
+            later += sections(sub, sub_path, f"`{sub_path}` ({sub.__name__})", field_restart)
     errors = checks(model, path)
     if errors:
         lines += ["", "Also refused (the error `tortie config check` prints; `<...>` stands for a value):", ""] + errors
@@ -150,6 +153,14 @@ def render() -> str:
         "`config/node.py`. `tortie config check FILE...` prints every problem as `file: field.path: reason` and",
         "exits 2; `tortie run` refuses an invalid file and changes nothing. Unknown keys are errors. In key",
         "paths, `[]` stands for every element of a list. An example: `containers/labs/mesh3/node1/tortie.yaml`.",
+        "",
+        "A running daemon rereads the file on SIGHUP (`systemctl reload tortie`) and applies the change without",
+        "disturbing the BGP sessions it does not touch. A field marked **restart** in the column *on reload* names",
+        "the node, its sockets or the routes it owns: a reload that changes one is refused as a whole (the running",
+        "configuration stays, the log says why) and the change needs a restart.",
+        "",
+        "Protocol numbers of other routing daemons, refused for `route_protocol` and `pod_route_protocol`: "
+        + ", ".join(f"{n} ({name})" for n, name in FOREIGN_PROTOCOLS.items()) + ".",
         "",
     ]
     return "\n".join(head + sections(NodeConfig, "", "Top level (NodeConfig)")).rstrip("\n") + "\n"

@@ -14,6 +14,8 @@ from typing import Awaitable, Callable, Mapping
 
 from bgpd.ipam.claims import Claim, next_free, owner, wins
 from config.datastore import Datastore, DatastoreError, cidr_segment, key, parse_cidr_segment, parse_key
+from config.effective import ClusterView, EffectiveConfig, effective
+from config.load import ConfigError
 from config.node import MeshMember, NodeConfig
 
 log = logging.getLogger("tortie.cluster")
@@ -29,25 +31,30 @@ def claims_by_block(items: Mapping[str, dict], usable: Callable[[str], bool]) ->
     return out
 
 
-def mesh_members(nodes: Mapping[str, dict]) -> list[MeshMember]:
-    """Every registered node (nodes/<name>) with a valid address."""
+def mesh_members(nodes: Mapping[str, dict], peers: set[IPv4Address]) -> list[MeshMember]:
+    """Every registered node (nodes/<name>) with a valid address that no configured peer or earlier node has."""
     members = []
+    taken = set(peers)
     for k, record in sorted(nodes.items()):
         name = parse_key(k)[1][0]
         try:
-            members.append(MeshMember(name=name, address=IPv4Address(record.get("address", ""))))
+            member = MeshMember(name=name, address=IPv4Address(record.get("address", "")))
         except ValueError:
             log.warning("ignoring node record key=%s: no valid address", k)
+            continue
+        if member.address in taken:
+            log.warning("ignoring node record key=%s: address %s is already a peer's", k, member.address)
+            continue
+        taken.add(member.address)
+        members.append(member)
     return members
 
 
 class Cluster:
     """Keeps the daemon's configuration in line with the datastore."""
 
-    def __init__(self, ds: Datastore, base: NodeConfig, apply: Callable[[NodeConfig], Awaitable[None]],
-                 grace: float, settle: float):
-        self.ds, self.base, self.apply = ds, base, apply
-        self.grace, self.settle = grace, settle
+    def __init__(self, ds: Datastore, base: NodeConfig, apply: Callable[[EffectiveConfig], Awaitable[None]]):
+        self.ds, self.base, self.apply = ds, base, apply  # base: the file's configuration, replaced by a reload
         self._down_since: dict[str, float] = {}
         self._wake = asyncio.Event()
         self.ready = asyncio.Event()  # the first configuration from the datastore is applied
@@ -58,7 +65,7 @@ class Cluster:
             self._down_since.pop(node, None)
             return True
         since = self._down_since.setdefault(node, time.monotonic())
-        return time.monotonic() - since < self.grace
+        return time.monotonic() - since < self.base.node_grace
 
     def owned(self) -> list[IPv4Network]:
         """What this node owns: blocks, and /32s borrowed from other nodes' blocks."""
@@ -70,20 +77,30 @@ class Cluster:
 
     def lent(self) -> list[str]:
         """Addresses of our blocks that other nodes borrowed: never to be handed out here."""
-        ours = self.desired().blocks
+        ours = set(self.base.blocks) | set(self.owned_blocks())
         by_block = claims_by_block(self.ds.items("claims"), self.counts)
         return sorted(str(b.network_address) for b, claims in by_block.items()
                       if b.prefixlen == 32 and owner(claims) not in (None, self.base.name)
                       and any(b.subnet_of(o) for o in ours))
 
-    def desired(self) -> NodeConfig:
+    def view(self) -> ClusterView:
         owned = self.owned()
-        update: dict = {"blocks": sorted(set(self.base.blocks) | {b for b in owned if b.prefixlen < 32}),
-                        "borrowed": [b.network_address for b in owned if b.prefixlen == 32]}
-        if self.base.mesh.enabled and not self.base.mesh.nodes:
-            members = [m for m in mesh_members(self.ds.items("nodes")) if self.counts(m.name)]
-            update["mesh"] = self.base.mesh.model_copy(update={"nodes": members})
-        return self.base.model_copy(update=update)
+        members = mesh_members(self.ds.items("nodes"), {p.address for p in self.base.peers})
+        return ClusterView(members=tuple(m for m in members if self.counts(m.name)),
+                           blocks=tuple(b for b in owned if b.prefixlen < 32),
+                           borrowed=tuple(b.network_address for b in owned if b.prefixlen == 32))
+
+    def desired(self) -> EffectiveConfig:
+        """The file's configuration with the datastore's view; ConfigError if they do not fit together."""
+        return effective(self.base, self.view())
+
+    async def _apply_desired(self) -> None:
+        try:
+            new = self.desired()
+        except ConfigError as e:
+            log.error("cluster view refused, the running configuration stays: %s", "; ".join(e.errors))
+            return
+        await self.apply(new)
 
     async def run(self) -> None:
         await self._start()
@@ -92,7 +109,7 @@ class Cluster:
                                                          "asn": self.base.asn, "router_id": str(self.base.router_id)})
         if not self.base.blocks and not self.owned_blocks():
             await self.claim_block()
-        await self.apply(self.desired())
+        await self._apply_desired()
         self._save_lent()
         self.ready.set()
         watcher = asyncio.create_task(self._watch(feed))
@@ -101,10 +118,10 @@ class Cluster:
                 await self._wake.wait()
                 self._wake.clear()
                 await asyncio.sleep(0.1)  # gather a burst of changes
-                await self.apply(self.desired())
+                await self._apply_desired()
                 self._save_lent()
                 if self._down_since:  # look again once the earliest grace period is over
-                    left = min(self._down_since.values()) + self.grace - time.monotonic()
+                    left = min(self._down_since.values()) + self.base.node_grace - time.monotonic()
                     asyncio.get_running_loop().call_later(max(left, 0) + 0.1, self._wake.set)
         finally:
             watcher.cancel()
@@ -137,7 +154,7 @@ class Cluster:
         The same claim rule as for blocks, on a /32; an address that shows up in an endpoint meanwhile
         (its owner handed it out) is given up.
         """
-        mine = set(self.desired().blocks)
+        mine = set(self.base.blocks) | set(self.owned_blocks())
         by_block = claims_by_block(self.ds.items("claims"), self.counts)
         used = {ip for ep in self.ds.items("endpoints").values() for ip in ep.get("ips", [])}
         taken = {b for b, c in by_block.items() if b.prefixlen == 32 and c}
@@ -159,7 +176,7 @@ class Cluster:
     async def _claim(self, prefix: IPv4Network, still_free=lambda: True) -> bool:
         claim_key = key("claims", cidr_segment(prefix), self.base.name)
         await self.ds.put(claim_key, {"owned": False, "at": time.time()})
-        await asyncio.sleep(self.settle)
+        await asyncio.sleep(self.base.claim_settle)
         claims = claims_by_block(self.ds.items("claims"), self.counts).get(prefix, {})
         if wins(self.base.name, claims) and still_free():
             await self.ds.put(claim_key, {"owned": True, "at": time.time()})

@@ -25,8 +25,9 @@ from policy.datastore_sync import PolicySync
 from bgpd.bgp.rib import ImportFilter, Reject, Rib, Update
 from bgpd.agent.sdnotify import notify, watchdog_interval
 from config.datastore import open_datastore
+from config.effective import EffectiveConfig, effective
 from config.load import ConfigError, load_model
-from config.node import NodeConfig, Peer
+from config.node import NodeConfig, Peer, restart_changes
 
 log = logging.getLogger("tortie.daemon")
 
@@ -39,19 +40,9 @@ class DaemonFailed(Exception):
     """A task of the daemon died; the daemon stopped (kernel routes left in place) and exits non-zero."""
 
 
-# changing these needs a restart: they name the node, its sockets, or the routes it owns
-RESTART_FIELDS = ("name", "router_id", "asn", "listen_address", "route_protocol", "pod_route_protocol",
-                  "pod_netns_prefix", "state_dir", "run_dir", "metrics", "datastore")
-
-
-def import_filter(node: NodeConfig) -> ImportFilter:
+def import_filter(node: EffectiveConfig) -> ImportFilter:
     return ImportFilter(tuple(p.cidr for p in node.pools), tuple(node.blocks),
-                        frozenset((node.listen_address, node.router_id)), tuple(announced(node)[len(node.blocks):]))
-
-
-def announced(node: NodeConfig) -> list[IPv4Network]:
-    """What we announce: our blocks, then each borrowed address as a /32."""
-    return list(node.blocks) + [IPv4Network(a) for a in node.borrowed]
+                        frozenset((node.listen_address, node.router_id)), tuple(IPv4Network(a) for a in node.borrowed))
 
 
 @dataclass
@@ -72,8 +63,8 @@ class Daemon:
     MAX_BATCH = 1024  # prefixes per kernel write
     RETRY = 5.0  # seconds before a route the kernel refused is tried again
 
-    def __init__(self, node: NodeConfig, config_path: Path | None = None, cleanup_on_exit: bool = False):
-        self.node = node
+    def __init__(self, file_config: NodeConfig, config_path: Path | None = None, cleanup_on_exit: bool = False):
+        self.node = node = effective(file_config, None)  # with a datastore, the cluster's view follows
         self.config_path = config_path
         self.cleanup_on_exit = cleanup_on_exit
         peers = node.bgp_peers()
@@ -94,7 +85,7 @@ class Daemon:
         self.policy: PolicySync | None = None
         if node.datastore is not None:
             ds = open_datastore(node.datastore, node.name)
-            self.cluster = Cluster(ds, node, self.reconfigure, node.node_grace, node.claim_settle)
+            self.cluster = Cluster(ds, file_config, self.reconfigure)
             self.policy = PolicySync(ds, node.name, node.policy_backend, node.run_dir / "policy",
                                      self.metrics.registry)
         self.initial_sync = asyncio.Event()
@@ -148,7 +139,7 @@ class Daemon:
         notify("STOPPING=1")
         self._stopping = True  # sessions now go down because *we* stop: their routes stay
         if self.cleanup_on_exit and self._writer:
-            await self._send(msgs.withdraw_blocks(announced(self.node)))
+            await self._send(msgs.withdraw_blocks(self.node.announced()))
             await asyncio.sleep(0.5)
         await self.supervisor.stop()
         if self.cluster:
@@ -243,30 +234,31 @@ class Daemon:
     async def reload(self) -> bool:
         """SIGHUP: apply a changed configuration file without disturbing sessions it does not change.
 
-        An invalid file, or one that changes a field in RESTART_FIELDS, is refused as a whole.
+        An invalid file, one that changes a restart-only field (config/node.py: RESTART), or one that does not
+        fit the cluster's view is refused as a whole.
         """
         notify("RELOADING=1")
         try:
             if self.config_path is None:
                 raise ConfigError(["no configuration file to reload"])
-            new = load_model(self.config_path, NodeConfig)
-            fixed = [f for f in RESTART_FIELDS if getattr(new, f) != getattr(self.node, f)]
+            file_config = load_model(self.config_path, NodeConfig)
+            fixed = restart_changes(self.node, file_config)
             if fixed:
                 raise ConfigError([f"{self.config_path}: {f}: changing it needs a restart" for f in fixed])
+            new = effective(file_config, self.cluster.view() if self.cluster else None)
         except ConfigError as e:
             log.error("reload refused, the running configuration stays: %s", "; ".join(e.errors))
             notify("READY=1", "STATUS=reload refused: see the log")
             return False
         if self.cluster:
-            self.cluster.base = new
-            new = self.cluster.desired()
+            self.cluster.base = file_config
         await self.reconfigure(new)
         log.info("reloaded peers=%d blocks=%d", len(self.peers), len(new.blocks))
         notify("READY=1", f"STATUS=reloaded, {len(self.peers)} peers")
         return True
 
-    async def reconfigure(self, new: NodeConfig) -> None:
-        """Moves to `new` (same RESTART_FIELDS): peers, blocks, pools, limits; other sessions stay up."""
+    async def reconfigure(self, new: EffectiveConfig) -> None:
+        """Moves to `new` (same restart-only fields): peers, blocks, pools, limits; other sessions stay up."""
         if new == self.node:
             return
         old, self.node = self.node, new
@@ -276,13 +268,13 @@ class Daemon:
         (new.run_dir / "exabgp.conf").write_text(render_config(new, new.run_dir / "exabgp.sock"))
         self.supervisor.reload()
         self._save_blocks()
-        gone = [b for b in announced(old) if b not in announced(new)]
-        await self._send(msgs.withdraw_blocks(gone) + msgs.announce_blocks(announced(new)) + [msgs.route_refresh()])
+        gone = [b for b in old.announced() if b not in new.announced()]
+        await self._send(msgs.withdraw_blocks(gone) + msgs.announce_blocks(new.announced()) + [msgs.route_refresh()])
 
     def _save_blocks(self) -> None:
         """The blocks in force, for `tortie pod add` and tortie-cni: claimed ones are not in the file."""
         path = self.node.state_dir / "blocks.json"
-        path.with_suffix(".tmp").write_text(json.dumps([str(b) for b in announced(self.node)]))
+        path.with_suffix(".tmp").write_text(json.dumps([str(b) for b in self.node.announced()]))
         path.with_suffix(".tmp").rename(path)
 
     async def claim_block(self) -> str | None:
@@ -292,7 +284,11 @@ class Daemon:
             return None
         got = await self.cluster.claim_block() or await self.cluster.borrow_address()
         if got is not None:
-            await self.reconfigure(self.cluster.desired())
+            try:
+                await self.reconfigure(self.cluster.desired())
+            except ConfigError as e:
+                log.error("cluster view refused, the running configuration stays: %s", "; ".join(e.errors))
+                return None
         return str(got) if got else None
 
     def _apply_peers(self, node: NodeConfig) -> None:
@@ -315,7 +311,7 @@ class Daemon:
                              fresh: bool) -> None:
         self._writer = writer
         log.info("exabgp relay connected new_process=%s", fresh)
-        await self._send(msgs.announce_blocks(announced(self.node)))
+        await self._send(msgs.announce_blocks(self.node.announced()))
         if not fresh:  # only the relay was respawned: sessions are up but updates may have been lost
             await self._send([msgs.route_refresh()])
         try:
@@ -363,12 +359,12 @@ class Daemon:
             self._check_initial_sync()
         elif event.state == "up":
             ps.state, ps.since, ps.logged_rejects = "up", time.time(), frozenset()
-            ps.advertised = len(announced(self.node))
+            ps.advertised = len(self.node.announced())
             self.rib.session_up(event.peer)
             log.info("session up peer=%s", event.peer)
             # a peer added by a reload did not exist when we announced: announce again, then End-of-RIB
             asyncio.get_running_loop().create_task(self._send(
-                msgs.announce_blocks(announced(self.node), event.peer) + [msgs.end_of_rib(event.peer)]))
+                msgs.announce_blocks(self.node.announced(), event.peer) + [msgs.end_of_rib(event.peer)]))
         elif event.state == "down":
             self._session_down(event.peer, ps, event.reason, event.graceful and self.node.graceful_restart > 0)
         else:

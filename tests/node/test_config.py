@@ -3,11 +3,16 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-from hypothesis import given, strategies as st
+from ipaddress import IPv4Address, IPv4Network as N
 
+import pytest
+import yaml
+from hypothesis import given, strategies as st
+from pydantic import ValidationError
+
+from config.effective import ClusterView, EffectiveConfig, effective
 from config.load import ConfigError, load_model
-from config.node import NodeConfig
+from config.node import FOREIGN_PROTOCOLS, MeshMember, NodeConfig, restart_changes, restart_fields
 
 GOOD = """
 name: node1
@@ -98,3 +103,85 @@ def test_random_input_never_crashes_validation(data):
         NodeConfig.model_validate(data)
     except ValidationError:
         pass
+
+
+def good_node(tmp_path, text=GOOD) -> NodeConfig:
+    return load_model(write(tmp_path, text), NodeConfig)
+
+
+def test_file_schema_has_no_derived_fields():
+    assert "borrowed" not in NodeConfig.model_fields
+    with pytest.raises(ValidationError, match="borrowed"):
+        NodeConfig.model_validate({**yaml.safe_load(GOOD), "borrowed": ["10.244.2.1"]})
+
+
+def test_effective_without_a_datastore_is_the_file(tmp_path):
+    node = good_node(tmp_path)
+    eff = effective(node, None)
+    assert isinstance(eff, EffectiveConfig) and eff.borrowed == []
+    assert eff.model_dump(exclude={"borrowed"}) == node.model_dump()
+    assert eff.announced() == [N("10.244.1.0/26")]
+
+
+def test_effective_merges_the_cluster_view(tmp_path):
+    node = good_node(tmp_path, GOOD[:GOOD.index("mesh:")] + "mesh: {enabled: true}\n")
+    members = (MeshMember(name="node1", address="10.99.0.1"), MeshMember(name="node7", address="10.99.0.7"))
+    view = ClusterView(members=members, blocks=(N("10.244.9.0/26"), N("10.244.1.0/26")),
+                       borrowed=(IPv4Address("10.244.5.3"),))
+    eff = effective(node, view)
+    assert eff.blocks == [N("10.244.1.0/26"), N("10.244.9.0/26")]
+    assert eff.borrowed == [IPv4Address("10.244.5.3")]
+    assert eff.announced() == [N("10.244.1.0/26"), N("10.244.9.0/26"), N("10.244.5.3/32")]
+    assert [m.name for m in eff.mesh.nodes] == ["node1", "node7"]
+    assert {str(p.address) for p in eff.bgp_peers()} == {"10.98.0.254", "10.99.0.7"}
+    # a file that lists the mesh keeps its list
+    listed = effective(good_node(tmp_path), view)
+    assert [m.name for m in listed.mesh.nodes] == ["node1", "node2", "node0"]
+
+
+@pytest.mark.parametrize("view, reason", [
+    (ClusterView(blocks=(N("10.250.0.0/26"),)), "blocks[1]: 10.250.0.0/26 is not inside any pool"),
+    (ClusterView(borrowed=(IPv4Address("10.250.0.1"),)), "borrowed[0]: 10.250.0.1 is not inside any pool"),
+    (ClusterView(borrowed=(IPv4Address("10.244.1.5"),)), "borrowed[0]: 10.244.1.5 is inside a block of this node"),
+])
+def test_effective_validates_the_merge(tmp_path, view, reason):
+    with pytest.raises(ConfigError) as e:
+        effective(good_node(tmp_path), view)
+    assert any(reason in line for line in e.value.errors), e.value.errors
+
+
+def test_restart_fields_are_marked_on_the_model(tmp_path):
+    assert set(restart_fields()) == {"name", "router_id", "asn", "listen_address", "route_protocol",
+                                     "pod_route_protocol", "pod_netns_prefix", "state_dir", "run_dir", "metrics",
+                                     "datastore", "policy_backend"}
+    old = effective(good_node(tmp_path), ClusterView(blocks=(N("10.244.9.0/26"),)))
+    same = good_node(tmp_path, GOOD.replace("hold_time: 30", "hold_time: 60").replace("blocks: [10.244.1.0/26]",
+                                                                                     "blocks: []"))
+    assert restart_changes(old, same) == []
+    moved = good_node(tmp_path, GOOD.replace("asn: 64512", "asn: 64513") + "metrics: {port: 0}\n")
+    assert restart_changes(old, moved) == ["asn", "metrics"]
+
+
+@pytest.mark.parametrize("field, number, daemon", [
+    ("route_protocol", 186, "bgp (FRR)"), ("route_protocol", 12, "bird"), ("pod_route_protocol", 16, "dhcp"),
+    ("pod_route_protocol", 42, "babel"), ("route_protocol", 196, "static (FRR)")])
+def test_route_protocol_of_another_daemon_is_refused(tmp_path, field, number, daemon):
+    with pytest.raises(ConfigError) as e:
+        good_node(tmp_path, GOOD + f"{field}: {number}\n")
+    (line,) = e.value.errors
+    assert f": {field}: " in line and f"{number} is the protocol number of {daemon}" in line
+
+
+def test_every_protocol_named_on_this_machine_is_refused():
+    """The numbers /etc/iproute2 names for other daemons (Tortie's own tortie.conf aside) are all refused."""
+    from pathlib import Path
+    names = {}
+    for f in [Path("/etc/iproute2/rt_protos"), *sorted(Path("/etc/iproute2/rt_protos.d").glob("*.conf"))]:
+        if f.exists() and f.name != "tortie.conf":
+            for line in f.read_text().splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    number, name = line.split()[:2]
+                    names[int(number)] = name
+    for number in names:
+        if 5 <= number <= 254:
+            assert number in FOREIGN_PROTOCOLS, (number, names[number])

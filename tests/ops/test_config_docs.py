@@ -24,3 +24,13 @@ def test_reference_documents_every_field():
             assert f"| `{prefix}{name}` |" in text, prefix + name
     assert "| `peers[].hold_time` | integer | `90` |" in text
     assert "route_protocol and pod_route_protocol must differ" in text
+
+
+def test_reference_marks_restart_only_fields():
+    from config.node import restart_fields
+    rows = {line.split(" | ")[0].strip("| `"): line for line in (REPO / "docs" / "configuration.md").read_text()
+            .splitlines() if line.startswith("| `")}
+    for name in NodeConfig.model_fields:
+        assert rows[name].endswith("| **restart** |" if name in restart_fields() else "| applied |"), name
+    assert rows["metrics.port"].endswith("| **restart** |")  # inside a restart-only field
+    assert rows["peers[].hold_time"].endswith("| applied |")
