@@ -176,12 +176,20 @@ def _tortie_rule(rule: Rule, namespace: str | None) -> list[_Alternative]:
         _icmp_alternatives(rule), _entity("src", rule.source, namespace), _entity("dst", rule.destination, namespace))]
 
 
+def _exclude(net: IPNetwork, excepts: list[IPNetwork]) -> list[IPNetwork]:
+    """`net` minus `excepts` (all inside it), by halving: each except descends one path, so the work is
+    excepts x prefix bits, where removing them one by one from an ever longer list was quadratic."""
+    if not excepts:
+        return [net]
+    if any(net.subnet_of(e) for e in excepts):  # type: ignore[arg-type]
+        return []
+    halves = list(net.subnets())
+    return [piece for h in halves for piece in _exclude(h, [e for e in excepts if e.subnet_of(h)])]  # type: ignore[arg-type]
+
+
 def _k8s_peer(side: Side, peer: NetworkPolicyPeer, namespace: str) -> _AddrAtom:
     if peer.ipBlock:
-        nets = [peer.ipBlock.cidr]
-        for exc in peer.ipBlock.except_:
-            nets = [piece for n in nets for piece in
-                    (n.address_exclude(exc) if exc.subnet_of(n) else ((n,) if not n.subnet_of(exc) else ()))]  # type: ignore[arg-type]
+        nets = _exclude(peer.ipBlock.cidr, list(peer.ipBlock.except_))
         return _AddrAtom(side, False, nets=tuple(sorted(nets, key=lambda n: (n.version, n))))
     pods = peer.podSelector.to_selector() if peer.podSelector else sel.All()
     if peer.namespaceSelector is None:

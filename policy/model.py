@@ -53,9 +53,14 @@ Labels = Annotated[dict[str, str], BeforeValidator(lambda v: {} if v is None els
                    Field(default_factory=dict)]
 
 
+_SCOPED = "scoped IPv6 address{}: nft and iptables match no zone (%...), write the address without it"
+
+
 def _network(v: Any) -> IPNetwork:
     if not isinstance(v, str):
         raise ValueError("expected a CIDR string such as 10.0.0.0/8")
+    if "%" in v:
+        raise ValueError(_SCOPED.format(f" in {v!r}"))
     try:
         return ipaddress.ip_network(v, strict=False)
     except ValueError as e:
@@ -63,6 +68,19 @@ def _network(v: Any) -> IPNetwork:
 
 
 Network = Annotated[IPNetwork, BeforeValidator(_network)]
+
+
+def _unscoped(v: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if getattr(v, "scope_id", None):
+        raise ValueError(_SCOPED.format(f" {v}"))
+    return v
+
+
+Address = Annotated[IPvAnyAddress, AfterValidator(_unscoped)]
+# Kernel rules one source rule may expand to (ORed ports and peers multiply): a bound on compile time and memory
+MAX_RULE_EXPANSION = 1024
+MAX_POLICY_EXPANSION = 16384
+MAX_EXCEPT = 256  # an ipBlock's except list: each one splits the block into up to 128 pieces
 
 
 def _selector(v: Any) -> sel.Selector:
@@ -127,7 +145,7 @@ class LabelSelector(Strict):
 
 class IPBlock(Strict):
     cidr: Network
-    except_: list[Network] = Field(default_factory=list, alias="except")
+    except_: list[Network] = Field(default_factory=list, alias="except", max_length=MAX_EXCEPT)
 
     @model_validator(mode="after")
     def _inside(self) -> IPBlock:
@@ -166,14 +184,47 @@ class NetworkPolicyPort(Strict):
         return self
 
 
-class NetworkPolicyIngressRule(Strict):
+def _bounded(count: int, what: str) -> int:
+    if count > MAX_RULE_EXPANSION:
+        raise ValueError(f"{what} expand to {count} kernel rules, the limit is {MAX_RULE_EXPANSION}")
+    return count
+
+
+def _policy_bounded(rules: list[Any]) -> None:
+    total = sum(r.expansion() for r in rules)
+    if total > MAX_POLICY_EXPANSION:
+        raise ValueError(f"the rules expand to {total} kernel rules, the limit is {MAX_POLICY_EXPANSION}")
+
+
+class _PeersAndPorts(Strict):
+    """A Kubernetes rule: every peer ORed with every port, one kernel rule each."""
+
+    def peers(self) -> list[NetworkPolicyPeer]:
+        raise NotImplementedError
+
+    def expansion(self) -> int:
+        return max(1, len(self.peers())) * max(1, len(self.ports))  # type: ignore[attr-defined]
+
+    @model_validator(mode="after")
+    def _expansion(self) -> _PeersAndPorts:
+        _bounded(self.expansion(), f"{len(self.peers())} peers times {len(self.ports)} ports")  # type: ignore[attr-defined]
+        return self
+
+
+class NetworkPolicyIngressRule(_PeersAndPorts):
     from_: list[NetworkPolicyPeer] = Field(default_factory=list, alias="from")
     ports: list[NetworkPolicyPort] = Field(default_factory=list)
 
+    def peers(self) -> list[NetworkPolicyPeer]:
+        return self.from_
 
-class NetworkPolicyEgressRule(Strict):
+
+class NetworkPolicyEgressRule(_PeersAndPorts):
     to: list[NetworkPolicyPeer] = Field(default_factory=list)
     ports: list[NetworkPolicyPort] = Field(default_factory=list)
+
+    def peers(self) -> list[NetworkPolicyPeer]:
+        return self.to
 
 
 class NetworkPolicySpec(Strict):
@@ -181,6 +232,11 @@ class NetworkPolicySpec(Strict):
     policyTypes: list[Literal["Ingress", "Egress"]] | None = None
     ingress: list[NetworkPolicyIngressRule] = Field(default_factory=list)
     egress: list[NetworkPolicyEgressRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _expansion(self) -> NetworkPolicySpec:
+        _policy_bounded([*self.ingress, *self.egress])
+        return self
 
     def types(self) -> tuple[str, ...]:
         """The API server's defaulting: Ingress always, Egress when there are egress rules."""
@@ -271,7 +327,14 @@ class Rule(Strict):
             raise ValueError("ports and notPorts need protocol tcp, udp, sctp or udplite")
         if (self.icmp or self.notICMP) and self.protocol not in (1, 58):
             raise ValueError("icmp and notICMP need protocol icmp or icmpv6")
+        _bounded(self.expansion(), f"{len(self.source.ports)} source ports times {len(self.destination.ports)}"
+                 " destination ports")
         return self
+
+    def expansion(self) -> int:
+        """An upper bound of the kernel rules per address family (a notICMP with a code takes two)."""
+        icmp = 2 if self.notICMP is not None and self.notICMP.code is not None else 1
+        return icmp * max(1, len(self.source.ports)) * max(1, len(self.destination.ports))
 
 
 class TortiePolicySpec(Strict):
@@ -287,6 +350,11 @@ class TortiePolicySpec(Strict):
         if v is not None and not math.isfinite(v):
             raise ValueError("order must be a finite number")
         return v
+
+    @model_validator(mode="after")
+    def _expansion(self) -> TortiePolicySpec:
+        _policy_bounded([*self.ingress, *self.egress])
+        return self
 
     def policy_types(self) -> tuple[str, ...]:
         """Calico's defaulting: Egress alone if there are only egress rules, both if both, else Ingress."""
@@ -357,7 +425,7 @@ class Endpoint(Strict):
     namespace: DNSLabel
     name: DNSSubdomain
     labels: Labels
-    ips: list[IPvAnyAddress] = Field(min_length=1)
+    ips: list[Address] = Field(min_length=1)
     interface: InterfaceName
     ports: list[NamedPort] = Field(default_factory=list)
 
@@ -368,8 +436,13 @@ class HostEndpoint(Strict):
     name: DNSSubdomain
     labels: Labels
     interface: InterfaceName
-    ips: list[IPvAnyAddress] = Field(default_factory=list)
+    ips: list[Address] = Field(default_factory=list)
     ports: list[NamedPort] = Field(default_factory=list)
+
+
+def claims(e: Endpoint | HostEndpoint) -> list[str]:
+    """What an endpoint holds exclusively on a node: its interface and each of its addresses."""
+    return [f"interface {e.interface!r}", *(f"address {ip}" for ip in e.ips)]
 
 
 class Endpoints(Strict):
@@ -383,18 +456,14 @@ class Endpoints(Strict):
         if len(set(names)) != len(names):
             raise ValueError("namespaces: a namespace is listed twice")
         known = set(names)
-        seen_if: dict[str, str] = {}
         for i, e in enumerate(self.endpoints):
             if e.namespace not in known:
                 raise ValueError(f"endpoints[{i}]: namespace {e.namespace!r} is not in namespaces")
-        seen_ip: dict[str, str] = {}
+        seen: dict[str, str] = {}
         for kind, items in (("endpoints", self.endpoints), ("hostEndpoints", self.hostEndpoints)):
             for i, e in enumerate(items):
-                if e.interface in seen_if:
-                    raise ValueError(f"{kind}[{i}]: interface {e.interface!r} is also used by {seen_if[e.interface]}")
-                seen_if[e.interface] = f"{kind}[{i}]"
-                for ip in map(str, e.ips):
-                    if ip in seen_ip:
-                        raise ValueError(f"{kind}[{i}]: address {ip} is also used by {seen_ip[ip]}")
-                    seen_ip[ip] = f"{kind}[{i}]"
+                for c in claims(e):
+                    if c in seen:
+                        raise ValueError(f"{kind}[{i}]: {c} is also used by {seen[c]}")
+                    seen[c] = f"{kind}[{i}]"
         return self

@@ -129,21 +129,27 @@ _TOKEN = re.compile(r"""
 _LABEL_KEY = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
+_SPACE = re.compile(r"\s*")
+MAX_LENGTH = 16384  # characters; a selector is a line of text, not a document
+MAX_DEPTH = 64  # nested parentheses and negations: the parser and every tree walk recurse this deep
+
+
 class _Parser:
     def __init__(self, text: str):
+        if len(text) > MAX_LENGTH:
+            raise SelectorError(f"selector is {len(text)} characters long, the limit is {MAX_LENGTH}")
         self.text = text
         self.tokens: list[tuple[str, str, int]] = []
-        pos = 0
-        while pos < len(text):
-            if text[pos:].strip() == "":
-                break
+        pos = _SPACE.match(text).end()  # type: ignore[union-attr]
+        while pos < len(text):  # linear: every step consumes a token and the whitespace after it
             m = _TOKEN.match(text, pos)
-            if not m or m.end() == pos:
-                raise SelectorError(f"unexpected character {text[pos:].lstrip()[:1]!r} at offset {pos}")
+            if not m:
+                raise SelectorError(f"unexpected character {text[pos]!r} at offset {pos}")
             kind = m.lastgroup or ""
             self.tokens.append((kind, m.group(kind), m.start(kind)))
-            pos = m.end()
+            pos = _SPACE.match(text, m.end()).end()  # type: ignore[union-attr]
         self.i = 0
+        self.depth = 0
 
     def peek(self, ahead: int = 0) -> tuple[str, str, int] | None:
         j = self.i + ahead
@@ -185,12 +191,22 @@ class _Parser:
             terms.append(self.unary())
         return terms[0] if len(terms) == 1 else BoolOp("&&", tuple(terms))
 
+    def nested(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise SelectorError(f"selector nests parentheses and negations deeper than {MAX_DEPTH} levels")
+
     def unary(self) -> Selector:
         if self.take("!"):
-            return Not(self.unary())
+            self.nested()
+            inner = self.unary()
+            self.depth -= 1
+            return Not(inner)
         if self.take("("):
+            self.nested()
             inner = self.or_expr()
             self.expect(")")
+            self.depth -= 1
             return inner
         tok = self.peek()
         if tok and tok[0] == "word" and tok[1] in ("all", "has") and (nxt := self.peek(1)) and nxt[1] == "(":
