@@ -1,0 +1,95 @@
+"""Test helpers for BFD: two namespaces joined by a veth pair, runners that report state changes, nft cuts."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+LEFT, RIGHT = "10.77.0.1", "10.77.0.2"
+
+
+def veth_pair(make_netns) -> tuple[str, str]:
+    """Two fresh namespaces, LEFT and RIGHT on either end of one veth pair (created inside the namespaces)."""
+    a, b = make_netns("bfda"), make_netns("bfdb")
+    subprocess.run(["ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b],
+                   check=True)
+    for ns, addr in ((a, LEFT), (b, RIGHT)):
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+    return a, b
+
+
+class Lines:
+    """Reads a process's JSON lines on a thread so a test can wait for one with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.q: queue.Queue = queue.Queue()
+        self.seen: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                self.q.put(json.loads(line))
+
+    def wait(self, predicate, timeout: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout
+        for item in self.seen:
+            if predicate(item):
+                return item
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}; saw {self.seen}")
+            try:
+                item = self.q.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self.seen.append(item)
+            if predicate(item):
+                return item
+
+
+def start_runner(ns: str, listen: str, peer: str, *extra: str) -> Lines:
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bgpd.bfd.runner", "--listen", listen,
+                             "--peer", peer, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    lines = Lines(proc)
+    lines.wait(lambda d: "listening" in d, 20, f"the runner in {ns} to listen")
+    return lines
+
+
+def stop_runner(lines: Lines) -> dict:
+    """SIGTERM (sessions end with AdminDown), then the runner's last line: its counters."""
+    if lines.proc.returncode is not None:
+        return {}
+    if lines.proc.poll() is None:
+        lines.proc.terminate()
+    try:
+        lines.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        lines.proc.kill()
+        lines.proc.wait()
+    return lines.wait(lambda d: "stats" in d, 5, "runner stats")["stats"]
+
+
+def state_is(peer: str, state: str):
+    return lambda d: d.get("peer") == peer and d.get("new") == state
+
+
+def cut_bfd(ns: str) -> float:
+    """Drops every BFD packet leaving `ns` (a silent failure: the link stays up); returns when it took effect."""
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], text=True, check=True, capture_output=True,
+                   timeout=10, input="table inet bfdcut {\n chain out {\n type filter hook output priority 0;\n"
+                                     " udp dport 3784 drop\n }\n}\n")
+    return time.time()
+
+
+def heal_bfd(ns: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "bfdcut"], check=True,
+                   capture_output=True, timeout=10)
