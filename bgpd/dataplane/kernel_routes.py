@@ -1,18 +1,23 @@
-"""Reconciles the kernel's routing table to the RIB's desired routes, for routes of our protocol only."""
+"""Reconciles the kernel's routing table to the RIB's desired routes, for routes of our protocol only.
+
+The kernel is the truth: `KernelTable.watch` follows its change events and re-reads it, so routes that
+others delete or change, or that a link flap removes, are found and handed back to the owner.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Mapping
+from typing import Callable, Mapping
 
 from pyroute2 import AsyncIPRoute
 
-from bgpd.dataplane.netlink_routes import RT_TABLE_MAIN, RouteOp, RouteWriter, strerror
+from bgpd.dataplane.netlink_routes import RT_TABLE_MAIN, KernelRoute, RouteOp, RouteWriter, strerror
+from bgpd.dataplane.route_watch import (RTMGRP_IPV4_ROUTE, RTMGRP_LINK, Changes, RouteMonitor, RouteStream,
+                                        key_prefix)
 
 log = logging.getLogger("tortie.kernel")
-KernelRoute = frozenset[IPv4Address]  # empty: blackhole
 
 
 @dataclass
@@ -21,23 +26,6 @@ class SyncResult:
     replaced: int = 0
     removed: int = 0
     errors: dict[IPv4Network, str] = field(default_factory=dict)
-
-
-async def dump_routes(protocol: int, table: int = RT_TABLE_MAIN) -> dict[IPv4Network, KernelRoute]:
-    """The IPv4 routes of `protocol` in `table`, as prefix -> next hops (empty for blackholes)."""
-    out: dict[IPv4Network, KernelRoute] = {}
-    async with AsyncIPRoute() as ipr:
-        async for r in await ipr.route("dump", table=table, proto=protocol, family=2):
-            if r["proto"] != protocol or r.get("table") != table:
-                continue
-            prefix = IPv4Network(f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}")
-            if r.get("gateway"):
-                hops = frozenset((IPv4Address(r.get("gateway")),))
-            else:
-                hops = frozenset(IPv4Address(dict(nh["attrs"])["RTA_GATEWAY"])
-                                 for nh in r.get("multipath") or () if "RTA_GATEWAY" in dict(nh["attrs"]))
-            out[prefix] = hops
-    return out
 
 
 async def has_address(address: IPv4Address) -> bool:
@@ -51,21 +39,35 @@ async def has_address(address: IPv4Address) -> bool:
 class KernelTable:
     """Our view of the kernel's routes of our protocol, and the writer that changes them.
 
-    `installed` is what we believe is in the kernel: adopted from a dump at start (no flush, no flap)
-    and updated from the acknowledgements of every change.
+    `installed` is what the kernel holds: adopted from a dump at start (no flush, no flap), updated from
+    the acknowledgements of every change and, while `watch` runs, from what the kernel reports.
     """
+
+    INTERVAL = 5.0  # seconds between full re-reads while watching
 
     def __init__(self, protocol: int, table: int = RT_TABLE_MAIN):
         self.protocol, self.table = protocol, table
         self.installed: dict[IPv4Network, KernelRoute] = {}
+        self.refused: set[IPv4Network] = set()  # prefixes whose last change the kernel refused
+        self.repairs = 0  # routes found differing from `installed` (deleted, changed, lost with a link)
         self._writer = RouteWriter(protocol, table)
         self._lock = asyncio.Lock()
 
     def close(self) -> None:
         self._writer.close()
 
+    def _stream(self) -> RouteStream:
+        return RouteStream(self.protocol, self.table, self._writer.port, self._writer.metric)
+
     async def adopt(self) -> int:
-        self.installed = await dump_routes(self.protocol, self.table)
+        with RouteMonitor(self._stream()) as monitor:
+            monitor.dump()
+            await monitor.settle()
+            changes = monitor.stream.take()
+        if not changes.full:
+            raise OSError(changes.dump_error, f"route dump: {strerror(changes.dump_error)}")
+        async with self._lock:
+            self._reconcile(changes)
         return len(self.installed)
 
     async def sync(self, desired: Mapping[IPv4Network, KernelRoute | None]) -> SyncResult:
@@ -74,6 +76,7 @@ class KernelTable:
         for prefix, want in desired.items():
             have = self.installed.get(prefix)
             if want == have:
+                self.refused.discard(prefix)
                 continue
             ops.append(RouteOp(prefix, want, replace=have is not None))
         result = SyncResult()
@@ -85,7 +88,9 @@ class KernelTable:
             code = failed.get(op)
             if code is not None:  # the kernel kept what it had: so does our view
                 result.errors[op.prefix] = strerror(code)
+                self.refused.add(op.prefix)
                 continue
+            self.refused.discard(op.prefix)
             if op.next_hops is None:
                 self.installed.pop(op.prefix, None)
                 result.removed += 1
@@ -99,3 +104,76 @@ class KernelTable:
             sample = ", ".join(f"{p}: {e}" for p, e in list(result.errors.items())[:3])
             log.warning("kernel rejected %d route change(s), e.g. %s", len(result.errors), sample)
         return result
+
+    async def watch(self, on_drift: Callable[[set[IPv4Network]], None], interval: float = INTERVAL) -> None:
+        """Follows the kernel until cancelled; `on_drift(prefixes)` gets the routes to program again.
+
+        Those are the prefixes whose kernel route differs from `installed` (which then says what the kernel
+        holds) and, after a link or a route of another protocol appeared, the ones the kernel refused last
+        (a gateway may be reachable again). Read on every event, in full every `interval` seconds and
+        whenever events may be missing.
+        """
+        loop = asyncio.get_running_loop()
+        with RouteMonitor(self._stream(), RTMGRP_LINK | RTMGRP_IPV4_ROUTE) as monitor:
+            stream = monitor.stream
+            monitor.dump()  # whatever changed since adopt()
+            due, retry = loop.time() + interval, False
+            while True:
+                await monitor.wait(max(due - loop.time(), 0))
+                if loop.time() >= due:
+                    monitor.dump()
+                    due = loop.time() + interval
+                async with self._lock:  # no write in flight: the events of finished ones are queued already
+                    monitor.drain()
+                    changes = stream.changes
+                    retry |= changes.links or changes.foreign_added
+                    if changes.links or changes.foreign & self.installed.keys():
+                        changes.links, changes.foreign = False, set()
+                        monitor.dump()
+                    if not stream.settled:
+                        continue
+                    changes = stream.take()
+                    drift = self._reconcile(changes)
+                if changes.dump_error:
+                    log.warning("kernel route dump failed: %s (next try in %.0f s)",
+                                strerror(changes.dump_error), interval)
+                if drift:
+                    self.repairs += len(drift)
+                    sample = ", ".join(map(str, sorted(drift)[:3]))
+                    log.warning("kernel routes differ from ours: %d (e.g. %s), programming them again",
+                                len(drift), sample)
+                if retry and self.refused:
+                    log.info("a link or route changed: retrying %d refused route(s)", len(self.refused))
+                    drift |= self.refused
+                retry = False
+                if drift:
+                    on_drift(drift)
+
+    def _reconcile(self, changes: Changes) -> set[IPv4Network]:
+        """Sets `installed` to what the kernel holds and returns the prefixes that changed."""
+        installed, drift = self.installed, set()
+        if changes.full:  # every route of ours is in `changes`
+            kernel: dict[IPv4Network, KernelRoute] = {}
+            for key, entry in changes.routes.items():
+                if entry is None:  # as our writer left it: as installed
+                    prefix = key_prefix(key)
+                    hops = installed.get(prefix)
+                else:
+                    prefix, hops = entry
+                if hops is not None:
+                    kernel[prefix] = hops
+            drift = {p for p in installed.keys() ^ kernel.keys()}
+            drift.update(p for p, hops in kernel.items() if p not in drift and installed[p] != hops)
+            self.installed = kernel
+            return drift
+        for entry in changes.routes.values():
+            if entry is None:
+                continue
+            prefix, hops = entry
+            if installed.get(prefix) != hops:
+                drift.add(prefix)
+                if hops is None:
+                    del installed[prefix]
+                else:
+                    installed[prefix] = hops
+        return drift

@@ -3,8 +3,9 @@
 pyroute2 builds about 20k route messages a second, so 10,000 routes would take half a second in
 encoding alone (see the shared notes: batching, not concurrency, is what helps). These few message
 layouts are packed with `struct` instead, many per sendmsg, and each one is acknowledged, so every
-failure is reported per route. The encoding is checked against pyroute2's decoder in the tests;
-reading routes back (dumps) stays with pyroute2.
+failure is reported per route. Reading routes back (dumps and change events) is decoded the same way:
+pyroute2 takes about 0.3 s to decode the events of 10,000 route adds. Both directions are checked
+against pyroute2's codec in the tests.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Sequence
 
 NETLINK_ROUTE = 0
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-NLMSG_ERROR = 2
+RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 16, 17, 24, 25, 26
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_REPLACE = 0x1, 0x4, 0x200, 0x400, 0x100
+NLM_F_DUMP = 0x300
 RTA_DST, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 5, 6, 9, 15
 RTN_UNICAST, RTN_BLACKHOLE = 1, 6
 RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
@@ -30,6 +32,11 @@ _RTMSG = struct.Struct("=BBBBBBBBI")
 _RTA = struct.Struct("=HH")
 _RTNH = struct.Struct("=HBBi")
 _NLMSGERR = struct.Struct("=iIHHII")  # error code, then the header of the failed message
+_U32 = struct.Struct("=I")
+KernelRoute = frozenset[IPv4Address]  # next hops; empty: blackhole
+OTHER_ROUTE: KernelRoute = frozenset((IPv4Address(0),))
+"""Next hops of a route of our protocol that we never write (unreachable, prohibit, a device route, next-hop
+objects): equal to no desired route, so the owner replaces it."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class RouteOp:
     """One change: `next_hops` None deletes, empty installs a blackhole, otherwise unicast (ECMP if >1)."""
 
     prefix: IPv4Network
-    next_hops: frozenset[IPv4Address] | None
+    next_hops: KernelRoute | None
     replace: bool = False  # the route is ours already; otherwise create exclusively, never clobber
 
 
@@ -83,6 +90,7 @@ class RouteWriter:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         self.sock.bind((0, 0))
+        self.port = self.sock.getsockname()[0]  # the kernel's change events of our writes carry it
         self._seq = 0
         self._buffer = bytearray(1 << 16)
         self._view = memoryview(self._buffer)
@@ -118,6 +126,77 @@ class RouteWriter:
                     failed[op] = code
                 if seq == last:
                     return
+
+
+def dump_request(seq: int, protocol: int, table: int = RT_TABLE_MAIN) -> bytes:
+    """RTM_GETROUTE for the IPv4 routes of `protocol` in `table`: the kernel filters on a strict-check socket."""
+    body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, min(table, 255), protocol, 0, 0, 0) + _attr4(RTA_TABLE, _U32.pack(table))
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def decode_route(data: memoryview | bytes, body: int, end: int
+                 ) -> tuple[int, int, int, IPv4Network, KernelRoute] | None:
+    """An rtmsg (and its attributes) between `body` and `end`: (table, protocol, metric, prefix, next hops).
+
+    None for another family or a malformed message. Next hops as `RouteOp` writes them: empty for a
+    blackhole, OTHER_ROUTE for any other shape.
+    """
+    if end - body < _RTMSG.size:
+        return None
+    family, dst_len, _src, _tos, table, protocol, _scope, rtype, _flags = _RTMSG.unpack_from(data, body)
+    if family != socket.AF_INET or dst_len > 32:
+        return None
+    dst, metric, gateway, multipath = 0, 0, None, None
+    offset = body + _RTMSG.size
+    while offset + _RTA.size <= end:
+        alen, kind = _RTA.unpack_from(data, offset)
+        if alen < _RTA.size or offset + alen > end:
+            return None
+        if alen == 8:
+            if kind == RTA_DST:
+                dst = int.from_bytes(data[offset + 4:offset + 8], "big")
+            elif kind == RTA_TABLE:
+                table = _U32.unpack_from(data, offset + 4)[0]
+            elif kind == RTA_GATEWAY:
+                gateway = offset + 4
+            elif kind == RTA_PRIORITY:
+                metric = _U32.unpack_from(data, offset + 4)[0]
+        if kind == RTA_MULTIPATH:
+            multipath = (offset + 4, offset + alen)
+        offset += (alen + 3) & ~3
+    try:
+        prefix = IPv4Network((dst, dst_len))
+    except ValueError:  # host bits set
+        return None
+    if rtype == RTN_BLACKHOLE:
+        hops: KernelRoute = frozenset()
+    elif rtype != RTN_UNICAST:
+        hops = OTHER_ROUTE
+    elif gateway is not None:
+        hops = frozenset((IPv4Address(bytes(data[gateway:gateway + 4])),))
+    elif multipath is not None:
+        hops = _multipath(data, *multipath)
+    else:
+        hops = OTHER_ROUTE
+    return table, protocol, metric, prefix, hops
+
+
+def _multipath(data: memoryview | bytes, offset: int, end: int) -> KernelRoute:
+    hops = []
+    while offset + _RTNH.size <= end:
+        length = _RTNH.unpack_from(data, offset)[0]
+        if length < _RTNH.size:
+            break
+        attr, stop = offset + _RTNH.size, min(offset + length, end)
+        while attr + _RTA.size <= stop:
+            alen, kind = _RTA.unpack_from(data, attr)
+            if alen < _RTA.size:
+                break
+            if kind == RTA_GATEWAY and alen == 8:
+                hops.append(IPv4Address(bytes(data[attr + 4:attr + 8])))
+            attr += (alen + 3) & ~3
+        offset += (length + 3) & ~3
+    return frozenset(hops) if hops else OTHER_ROUTE
 
 
 def _acks(data: memoryview) -> Iterable[tuple[int, int]]:
