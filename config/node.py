@@ -43,6 +43,15 @@ class IPPool(Strict):
         return self
 
 
+class Bfd(Strict):
+    """BFD for a BGP session (RFC 5880/5881): a silent peer is down after multiplier x its TX interval."""
+
+    enabled: bool = Field(False, description="run a single-hop BFD session with the peer")
+    min_rx: int = Field(300, ge=10, le=60000, description="milliseconds: the fastest we accept the peer's packets")
+    min_tx: int = Field(300, ge=10, le=60000, description="milliseconds: the rate we would like to send at")
+    multiplier: int = Field(3, ge=1, le=255, description="packets missed in a row before the peer is down")
+
+
 class Peer(Strict):
     """A BGP peer: a top-of-rack router, a route reflector or a host outside the mesh."""
 
@@ -53,6 +62,7 @@ class Peer(Strict):
     passive: bool = Field(False, description="wait for the peer to connect instead of connecting")
     max_prefixes: int | None = Field(None, ge=1, description="overrides the node's max_prefixes")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="shown in status and metrics")
+    bfd: Bfd = Field(default_factory=Bfd, description="BFD with this peer: a failure takes its routes out at once")
 
     @field_validator("hold_time")
     @classmethod
@@ -81,6 +91,7 @@ class Mesh(Strict):
     nodes: list[MeshMember] = Field(default_factory=list, description="every node of the mesh; this node is skipped")
     hold_time: int = Field(9, ge=3, le=65535, description="seconds; a dead node's routes go after this long")
     password: str | None = Field(None, min_length=1, max_length=80, description="TCP MD5 password of mesh sessions")
+    bfd: Bfd = Field(default_factory=Bfd, description="BFD with every other mesh node")
 
 
 class Metrics(Strict):
@@ -159,7 +170,7 @@ class NodeConfig(Strict):
                 if m.name == self.name or m.address == self.listen_address:
                     continue
                 peers.append(Peer(address=m.address, asn=self.asn, hold_time=self.mesh.hold_time,
-                                  password=self.mesh.password, name=m.name,
+                                  password=self.mesh.password, name=m.name, bfd=self.mesh.bfd,
                                   # one side connects, the other listens: the lower address is active
                                   passive=int(m.address) < int(self.listen_address)))
         return peers
