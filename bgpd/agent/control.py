@@ -68,11 +68,18 @@ def query(path: Path, view: str, timeout: float = 10.0, **args: Any) -> Any:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError, socket.timeout):
             raise DaemonNotRunning(f"tortie is not running (no daemon at {path})") from None
-        sock.sendall(json.dumps({"view": view, "args": args}).encode() + b"\n")
         data = b""
-        while chunk := sock.recv(1 << 16):
-            data += chunk
-    answer = json.loads(data)
-    if not answer.get("ok"):
-        raise DaemonNotRunning(answer.get("error", "daemon refused the request"))
-    return answer["result"]
+        try:
+            sock.sendall(json.dumps({"view": view, "args": args}).encode() + b"\n")
+            while chunk := sock.recv(1 << 16):
+                data += chunk
+        except OSError as e:  # a hung daemon: socket.timeout is an OSError
+            raise DaemonNotRunning(f"the daemon at {path} did not answer: {e.strerror or 'timed out'}") from None
+    try:
+        answer = json.loads(data)
+        ok, result, error = answer.get("ok"), answer.get("result"), answer.get("error", "daemon refused the request")
+    except (ValueError, AttributeError):
+        raise DaemonNotRunning(f"the daemon at {path} gave no valid answer ({len(data)} bytes)") from None
+    if not ok:
+        raise DaemonNotRunning(str(error))
+    return result

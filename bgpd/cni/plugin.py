@@ -1,42 +1,51 @@
 """`tortie-cni`: a CNI 1.1 plugin that wires pods as `tortie pod add` does.
 
 The runtime calls it with CNI_COMMAND and friends in the environment and the network configuration
-on stdin; results and errors go to stdout as the specification defines them. The plugin does its own
-address management from the node's blocks (`ipam` is not delegated).
+on stdin; results and errors go to stdout as the specification defines them. Whatever happens, the
+answer is a result or a CNI error object (cniVersion, code, msg, details) with a non-zero exit, never a
+traceback. The plugin does its own address management from the node's blocks (`ipam` is not delegated).
+
+A container runtime starts the plugin for every pod, so it imports only what the command uses: VERSION
+needs nothing beyond the standard library, pyroute2 and pydantic load only for the commands that use them.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
-from dataclasses import dataclass
-from typing import Any
-
-from pyroute2 import IPRoute, NetNS
-
-from bgpd.dataplane.pods import GATEWAY, Pod, PodError, PodNotPoliced, PodStore, add_pod, del_pod
-from config.load import ConfigError, load_model
-from config.node import NodeConfig
+from contextlib import contextmanager
 
 SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+LATEST = SUPPORTED[-1]
 DEFAULT_CONFIG = "/etc/tortie/tortie.yaml"
-# error codes of the specification
+MAX_STDIN = 1 << 20  # a network configuration is a few hundred bytes; GC's attachment list can be long
+# error codes of the specification, then ours (100 and up)
 INCOMPATIBLE_VERSION, UNSUPPORTED_FIELD, UNKNOWN_CONTAINER, INVALID_ENV, IO_FAILURE, DECODE_FAILURE = 1, 2, 3, 4, 5, 6
 INVALID_CONFIG, TRY_AGAIN, NOT_AVAILABLE = 7, 11, 50
+UNEXPECTED = 100
+# the specification's container ID: "alphanumeric, plus underscore, dot and hyphen"
+CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,1023}$")
+IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")  # within what the kernel accepts as an interface name
 
 
-@dataclass
 class CniError(Exception):
-    code: int
-    msg: str
-    details: str = ""
+    def __init__(self, code: int, msg: str, details: str = ""):
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
 
 
-def _env(name: str, required: bool = True) -> str:
+def _env(name: str, pattern: re.Pattern[str] | None = None) -> str:
     value = os.environ.get(name, "")
-    if required and not value:
+    if not value:
         raise CniError(INVALID_ENV, f"{name} is not set")
+    if pattern is not None and (not pattern.match(value) or value in (".", "..")):
+        raise CniError(INVALID_ENV, f"{name} is not valid", f"{value[:80]!r} does not match {pattern.pattern}")
     return value
+
+
+def _container() -> tuple[str, str]:
+    return _env("CNI_CONTAINERID", CONTAINER_ID), _env("CNI_IFNAME", IFNAME)
 
 
 def _cni_args() -> dict[str, str]:
@@ -44,50 +53,101 @@ def _cni_args() -> dict[str, str]:
     for item in filter(None, os.environ.get("CNI_ARGS", "").split(";")):
         k, sep, v = item.partition("=")
         if not sep:
-            raise CniError(INVALID_ENV, f"CNI_ARGS: {item!r} is not KEY=VALUE")
+            raise CniError(INVALID_ENV, f"CNI_ARGS: {item[:80]!r} is not KEY=VALUE")
         out[k] = v
     return out
 
 
-def _network_config(raw: str) -> dict[str, Any]:
+def _requested_version(conf: object) -> str:
+    """The cniVersion the caller asked for if we speak it, else the latest (for answers about bad input)."""
+    version = conf.get("cniVersion") if isinstance(conf, dict) else None
+    return version if version in SUPPORTED else LATEST
+
+
+def _network_config(raw: bytes) -> dict:
+    from config.load import ConfigError, parse_json
+
     try:
-        conf = json.loads(raw)
-    except ValueError as e:
-        raise CniError(DECODE_FAILURE, "network configuration is not JSON", str(e)) from None
+        conf = parse_json(raw, "network configuration", max_bytes=MAX_STDIN)
+    except ConfigError as e:
+        raise CniError(DECODE_FAILURE, "network configuration is not valid JSON", "; ".join(e.errors)) from None
     if not isinstance(conf, dict):
-        raise CniError(DECODE_FAILURE, "network configuration is not a JSON object")
+        raise CniError(DECODE_FAILURE, f"network configuration is a JSON {type(conf).__name__}, not an object")
     version = conf.get("cniVersion")
     if version not in SUPPORTED:
-        raise CniError(INCOMPATIBLE_VERSION, f"cniVersion {version!r} is not supported", ", ".join(SUPPORTED))
+        raise CniError(INCOMPATIBLE_VERSION, f"cniVersion {str(version)[:20]!r} is not supported",
+                       ", ".join(SUPPORTED))
     for field in ("name", "type"):
         if not isinstance(conf.get(field), str) or not conf[field]:
-            raise CniError(INVALID_CONFIG, f"network configuration: {field} is missing")
-    if "ipam" in conf and conf["ipam"]:
+            raise CniError(INVALID_CONFIG, f"network configuration: {field} is missing or not a string")
+    if not isinstance(conf.get("tortieConfig", DEFAULT_CONFIG), str):
+        raise CniError(INVALID_CONFIG, "network configuration: tortieConfig is not a string (a file path)")
+    if conf.get("ipam"):
         raise CniError(UNSUPPORTED_FIELD, "ipam: tortie-cni allocates addresses itself; remove the ipam section")
     return conf
 
 
-def _node(conf: dict[str, Any]) -> NodeConfig:
+def _node(conf: dict):
+    from config.load import ConfigError, load_model
+    from config.node import NodeConfig
+
     try:
         return load_model(conf.get("tortieConfig", DEFAULT_CONFIG), NodeConfig)
     except ConfigError as e:
         raise CniError(INVALID_CONFIG, "tortie node configuration is invalid", "; ".join(e.errors)) from None
 
 
-def _pod_key() -> str:
+@contextmanager
+def _pods(node):
+    """The node's pod store; a state file that does not parse is a clear I/O failure, not a traceback."""
+    from bgpd.dataplane.pods import PodError, PodNotPoliced, PodStore
+
+    try:
+        yield PodStore(node)
+    except PodNotPoliced as e:
+        raise CniError(TRY_AGAIN, "the pod's network policy is not in force", str(e)) from None
+    except PodError as e:
+        raise CniError(IO_FAILURE, str(e)) from None
+    except (ValueError, TypeError, KeyError) as e:  # json.JSONDecodeError is a ValueError
+        raise CniError(IO_FAILURE, f"the node's state under {node.state_dir} is unreadable",
+                       f"{type(e).__name__}: {e}") from None
+
+
+def _pod_key(container: str) -> str:
+    from bgpd.dataplane.pods import PodError, parse_key
+
     args = _cni_args()
     ns, name = args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME")
-    if not ns or not name:
-        # not from Kubernetes: name the pod after its container
-        return f"cni/{_env('CNI_CONTAINERID')[:40].lower()}"
-    return f"{ns}/{name}"
+    if ns or name:
+        key, source = f"{ns}/{name}", "CNI_ARGS K8S_POD_NAMESPACE/K8S_POD_NAME"
+    else:  # not from Kubernetes: name the pod after its container
+        key, source = "cni/" + re.sub(r"[^a-z0-9-]", "-", container[:40].lower()).strip("-"), "CNI_CONTAINERID"
+    try:
+        parse_key(key)
+    except PodError as e:
+        raise CniError(INVALID_ENV, f"{source} cannot name a pod", str(e)[:300]) from None
+    return key
 
 
-def _result(version: str, pod: Pod) -> dict[str, Any]:
+def _labels(conf: dict) -> dict[str, str]:
+    """The pod's labels, as the CNI conventions pass them: args.cni.labels = [{key, value}, ...]."""
+    args = conf.get("args", {})
+    cni = args.get("cni", {}) if isinstance(args, dict) else None
+    labels = cni.get("labels", []) if isinstance(cni, dict) else None
+    if not isinstance(labels, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("key"), str) and isinstance(i.get("value"), str) for i in labels):
+        raise CniError(INVALID_CONFIG, "args.cni.labels: expected a list of {key, value} strings")
+    return {i["key"]: i["value"] for i in labels}
+
+
+def _result(version: str, pod) -> dict:
+    from pyroute2 import IPRoute, NetNS
+
     with IPRoute() as host:
         host_mac = host.get_links(host.link_lookup(ifname=pod.host_interface)[0])[0].get("address")
     with NetNS(pod.netns) as ns:
         pod_mac = ns.get_links(ns.link_lookup(ifname=pod.ifname)[0])[0].get("address")
+    from bgpd.dataplane.pods import GATEWAY
     ip = {"address": f"{pod.ip}/32", "gateway": GATEWAY, "interface": 1}
     if version in ("0.3.0", "0.3.1"):
         ip["version"] = "4"
@@ -101,40 +161,36 @@ def _result(version: str, pod: Pod) -> dict[str, Any]:
     }
 
 
-def cmd_add(conf: dict[str, Any]) -> dict[str, Any]:
+def cmd_add(conf: dict) -> dict:
+    container, ifname = _container()
+    netns = _env("CNI_NETNS")
+    key, labels = _pod_key(container), _labels(conf)
     node = _node(conf)
-    container, ifname, netns = _env("CNI_CONTAINERID"), _env("CNI_IFNAME"), _env("CNI_NETNS")
-    existing = PodStore(node).by_container(container, ifname)
-    if existing is not None:  # a retried ADD: the same answer again
-        return _result(conf["cniVersion"], existing)
-    try:
-        pod = add_pod(node, _pod_key(), existing_netns=netns, container_id=container, ifname=ifname,
-                      labels=_labels(conf))
-    except PodNotPoliced as e:
-        raise CniError(TRY_AGAIN, "the pod's network policy is not in force", str(e)) from None
-    except PodError as e:
-        raise CniError(IO_FAILURE, str(e)) from None
+    from bgpd.dataplane.pods import add_pod
+    with _pods(node) as store:
+        existing = store.by_container(container, ifname)
+        if existing is not None:  # a retried ADD: the same answer again
+            return _result(conf["cniVersion"], existing)
+        pod = add_pod(node, key, existing_netns=netns, container_id=container, ifname=ifname, labels=labels)
     return _result(conf["cniVersion"], pod)
 
 
-def _labels(conf: dict[str, Any]) -> dict[str, str]:
-    """The pod's labels, as the CNI conventions pass them: args.cni.labels = [{key, value}, ...]."""
-    labels = conf.get("args", {}).get("cni", {}).get("labels", [])
-    try:
-        return {str(item["key"]): str(item["value"]) for item in labels}
-    except (TypeError, KeyError):
-        raise CniError(INVALID_CONFIG, "args.cni.labels: expected a list of {key, value}") from None
-
-
-def cmd_del(conf: dict[str, Any]) -> None:
-    del_pod(_node(conf), container=(_env("CNI_CONTAINERID"), _env("CNI_IFNAME")))
-
-
-def cmd_check(conf: dict[str, Any]) -> None:
+def cmd_del(conf: dict) -> None:
+    container = _container()
     node = _node(conf)
-    pod = PodStore(node).by_container(_env("CNI_CONTAINERID"), _env("CNI_IFNAME"))
+    from bgpd.dataplane.pods import del_pod
+    with _pods(node):
+        del_pod(node, container=container)
+
+
+def cmd_check(conf: dict) -> None:
+    container = _container()
+    node = _node(conf)
+    with _pods(node) as store:
+        pod = store.by_container(*container)
     if pod is None:
         raise CniError(UNKNOWN_CONTAINER, "no such attachment")
+    from pyroute2 import IPRoute, NetNS
     try:
         with NetNS(pod.netns) as ns:
             idx = ns.link_lookup(ifname=pod.ifname)
@@ -150,56 +206,71 @@ def cmd_check(conf: dict[str, Any]) -> None:
         raise CniError(IO_FAILURE, f"the host has no route to {pod.ip} via {pod.host_interface}")
 
 
-def cmd_status(conf: dict[str, Any]) -> None:
+def cmd_status(conf: dict) -> None:
     """Ready when the node daemon runs: without it no route to other nodes exists."""
-    from bgpd.agent.control import DaemonNotRunning, query
     node = _node(conf)
+    from bgpd.agent.control import DaemonNotRunning, query
     try:
         query(node.run_dir / "tortie.sock", "status", timeout=2)
     except DaemonNotRunning as e:
         raise CniError(NOT_AVAILABLE, "the tortie daemon is not running", str(e)) from None
 
 
-def cmd_gc(conf: dict[str, Any]) -> None:
+def cmd_gc(conf: dict) -> None:
     """Removes every attachment of ours that the runtime no longer lists as valid."""
+    attachments = conf.get("cni.dev/valid-attachments", [])
+    if not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments):
+        raise CniError(INVALID_CONFIG, "cni.dev/valid-attachments: expected a list of {containerID, ifname}")
+    valid = {(a.get("containerID"), a.get("ifname")) for a in attachments}
     node = _node(conf)
-    valid = {(a.get("containerID"), a.get("ifname")) for a in conf.get("cni.dev/valid-attachments", [])}
-    for pod in PodStore(node).all():
-        if pod.container_id and (pod.container_id, pod.ifname) not in valid:
-            del_pod(node, container=(pod.container_id, pod.ifname))
+    from bgpd.dataplane.pods import del_pod
+    with _pods(node) as store:
+        for pod in store.all():
+            if pod.container_id and (pod.container_id, pod.ifname) not in valid:
+                del_pod(node, container=(pod.container_id, pod.ifname))
 
 
-def run(command: str, stdin: str) -> dict[str, Any] | None:
-    if command == "VERSION":
-        version = "1.1.0"
-        if stdin.strip():
-            try:
-                version = json.loads(stdin).get("cniVersion", version)
-            except ValueError:
-                pass
-        return {"cniVersion": version, "supportedVersions": SUPPORTED}
-    conf = _network_config(stdin)
-    handlers = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}
-    if command not in handlers:
-        raise CniError(INVALID_ENV, f"CNI_COMMAND {command!r} is not one of VERSION, {', '.join(handlers)}")
-    return handlers[command](conf)
+HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}
+
+
+def run(command: str, stdin: bytes) -> dict | None:
+    if command == "VERSION":  # stdin may hold {"cniVersion": ...}; nothing else matters here
+        try:
+            requested = json.loads(stdin) if len(stdin) < MAX_STDIN else None
+        except (ValueError, RecursionError):
+            requested = None
+        return {"cniVersion": _requested_version(requested), "supportedVersions": SUPPORTED}
+    if command not in HANDLERS:
+        raise CniError(INVALID_ENV, f"CNI_COMMAND {command[:20]!r} is not one of VERSION, {', '.join(HANDLERS)}")
+    return HANDLERS[command](_network_config(stdin))
+
+
+def _read_stdin() -> bytes:
+    if sys.stdin is None or sys.stdin.isatty():
+        return b""
+    return sys.stdin.buffer.read(MAX_STDIN + 1)
 
 
 def main() -> int:
-    stdin = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+    stdin = b""
     try:
+        stdin = _read_stdin()
         out = run(os.environ.get("CNI_COMMAND", ""), stdin)
     except CniError as e:
-        version = "1.1.0"
-        try:
-            version = json.loads(stdin).get("cniVersion", version)
-        except (ValueError, AttributeError):
-            pass
-        json.dump({"cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details}, sys.stdout)
-        return 1
-    if out is not None:
-        json.dump(out, sys.stdout)
-    return 0
+        error = e
+    except Exception as e:  # a bug or an unforeseen failure still gets a CNI answer, not a traceback
+        error = CniError(UNEXPECTED, "tortie-cni failed unexpectedly", f"{type(e).__name__}: {str(e)[:500]}")
+    else:
+        if out is not None:
+            json.dump(out, sys.stdout)
+        return 0
+    try:
+        conf = json.loads(stdin)
+    except (ValueError, RecursionError):
+        conf = None
+    json.dump({"cniVersion": _requested_version(conf), "code": error.code, "msg": error.msg,
+               "details": error.details}, sys.stdout)
+    return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cni_driver import write_node_config
 from tests.netns import requires_root
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
@@ -18,18 +19,7 @@ CNI = str(Path(sys.executable).with_name("tortie-cni"))
 def node(tmp_path, make_netns):
     ns = make_netns("cnihost")
     subprocess.run(["ip", "-n", ns, "addr", "add", "10.95.1.1/32", "dev", "lo"], check=True)
-    config = tmp_path / "tortie.yaml"
-    config.write_text(f"""
-name: cnihost
-router_id: 10.95.1.1
-asn: 64512
-listen_address: 10.95.1.1
-pools: [{{cidr: 10.244.0.0/16}}]
-blocks: [10.244.7.0/26]
-mesh: {{enabled: false}}
-state_dir: {tmp_path}/state
-run_dir: {tmp_path}/run
-""")
+    config = write_node_config(tmp_path)
     conflist = json.loads((ROOT / "containers" / "cni" / "10-tortie.conflist").read_text())
     netconf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **conflist["plugins"][0],
                "tortieConfig": str(config)}
