@@ -1,13 +1,18 @@
 """Test helpers for BFD: two namespaces joined by a veth pair, runners that report state changes, nft cuts."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 LEFT, RIGHT = "10.77.0.1", "10.77.0.2"
 
@@ -93,3 +98,60 @@ def cut_bfd(ns: str) -> float:
 def heal_bfd(ns: str) -> None:
     subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "bfdcut"], check=True,
                    capture_output=True, timeout=10)
+
+
+class Frr:
+    """FRR's zebra and bfdd in a namespace, sockets and pid files in a private directory (owned by user frr)."""
+
+    def __init__(self, ns: str, config: str):
+        self.ns = ns
+        self.dir = tempfile.mkdtemp(prefix="bfd-frr-")
+        shutil.chown(self.dir, "frr", "frr")
+        Path(self.dir, "zebra.conf").write_text("")
+        Path(self.dir, "bfdd.conf").write_text(config)
+        common = ["-z", f"{self.dir}/zserv.api", "--vty_socket", self.dir, "-P", "0", "-d"]
+        for daemon, extra in (("zebra", []), ("bfdd", ["--bfdctl", f"{self.dir}/bfdd.sock"])):
+            subprocess.run(["ip", "netns", "exec", ns, f"/usr/lib/frr/{daemon}", "-f", f"{self.dir}/{daemon}.conf",
+                            "-i", f"{self.dir}/{daemon}.pid", "--log", f"file:{self.dir}/{daemon}.log", *common,
+                            *extra], check=True, timeout=30, capture_output=True)
+
+    def peers(self) -> dict[str, dict]:
+        out = subprocess.run(["vtysh", "--vty_socket", self.dir, "-c", "show bfd peers json"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        return {p["peer"]: p for p in json.loads(out)}
+
+    def stop(self) -> None:
+        for daemon in ("bfdd", "zebra"):
+            pidfile = Path(self.dir, f"{daemon}.pid")
+            if pidfile.exists():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pidfile.read_text()), signal.SIGTERM)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Bird:
+    """BIRD 2 in a namespace with its control socket in a private directory."""
+
+    def __init__(self, ns: str, config: str):
+        self.ns = ns
+        self.dir = tempfile.mkdtemp(prefix="bfd-bird-")
+        Path(self.dir, "bird.conf").write_text(config)
+        subprocess.run(["ip", "netns", "exec", ns, "bird", "-c", f"{self.dir}/bird.conf", "-s", self.ctl,
+                        "-P", f"{self.dir}/bird.pid"], check=True, timeout=30, capture_output=True)
+
+    @property
+    def ctl(self) -> str:
+        return f"{self.dir}/bird.ctl"
+
+    def sessions(self) -> dict[str, str]:
+        """Peer address -> BFD state, from `show bfd sessions`."""
+        out = subprocess.run(["birdc", "-s", self.ctl, "show", "bfd", "sessions"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+        return {f[0]: f[2] for line in out.splitlines() if len(f := line.split()) >= 3 and f[0][0].isdigit()}
+
+    def stop(self) -> None:
+        pidfile = Path(self.dir, "bird.pid")
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGTERM)
+        shutil.rmtree(self.dir, ignore_errors=True)
