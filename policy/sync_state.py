@@ -20,11 +20,11 @@ from pydantic import ValidationError
 
 from config.datastore.keys import KINDS, parse_key
 from config.load import validation_errors
-from policy.binding import Binding
-from policy.compiler import Program, compile_policies, gc_paused, needs_ipv6
+from policy.compiler import gc_paused, needs_ipv6
 from policy.ir import Ruleset
 from policy.load import parse_document
-from policy.model import AnyPolicy, Endpoint, Endpoints, GlobalNetworkPolicy, Namespace
+from policy.model import AnyPolicy, Endpoint, Endpoints, GlobalNetworkPolicy, Namespace, policy_id
+from policy.program_change import LiveBinding, LiveProgram
 
 WATCHED = ("policies", "globalpolicies", "namespaces", "endpoints")
 Model = AnyPolicy | Namespace | Endpoint
@@ -97,8 +97,8 @@ class SyncState:
         self.raw: dict[str, object] = {}
         self.good: dict[str, Model] = {}
         self.errors: dict[str, list[str]] = {}
-        self.program: Program | None = None
-        self.binding: Binding | None = None
+        self.live: LiveProgram | None = None
+        self.binding: LiveBinding | None = None
 
     def problems(self) -> list[str]:
         return [line for k in sorted(self.errors) for line in self.errors[k]]
@@ -142,18 +142,25 @@ class SyncState:
             self._recompile(changed, kinds)
         assert self.binding is not None
         rs = self.binding.ruleset
-        return Outcome(rs, len(self.program.compiled) if self.program else 0, len(self.binding.by_key),
+        return Outcome(rs, len(self.live.program.compiled) if self.live else 0, len(self.binding.by_key),
                        self.problems())
 
     def _recompile(self, changed: dict[str, tuple[Model | None, Model | None]], kinds: set[str]) -> None:
         new_endpoints = [new for _, new in changed.values() if isinstance(new, Endpoint)]
-        if self.program is None or self.binding is None or kinds & {"policies", "globalpolicies"} or \
-                not self.program.ipv6 and any(ip.version == 6 for e in new_endpoints for ip in e.ips):
+        new_policies = [new for _, new in changed.values() if new is not None and not isinstance(new, (Endpoint, Namespace))]
+        if self.live is None or self.binding is None or \
+                not self.live.program.ipv6 and needs_ipv6(new_policies, Endpoints.model_construct(
+                    namespaces=[], endpoints=new_endpoints, hostEndpoints=[])):
             policies, endpoints = self._policies(), self._endpoints()
-            self.program = compile_policies(policies, needs_ipv6(policies, endpoints), previous=self.program)
-            self.binding = Binding(self.program, endpoints)
-        elif "namespaces" in kinds:
+            self.live = LiveProgram(policies, needs_ipv6(policies, endpoints), self.live)
+            self.binding = LiveBinding(self.live, endpoints)
+            return
+        if kinds & {"policies", "globalpolicies"}:
+            removed, added = self.live.change(new_policies, [
+                policy_id(old) for old, _ in changed.values() if old is not None and not isinstance(old, (Endpoint, Namespace))])
+            self.binding.change_program(removed, added)
+        if "namespaces" in kinds:
             self.binding.update(self._endpoints())
-        elif changed:
+        elif kinds & {"endpoints"}:
             self.binding.change(new_endpoints, [f"{old.namespace}/{old.name}" for old, new in changed.values()
                                                 if isinstance(old, Endpoint) and new is None])
