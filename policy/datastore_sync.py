@@ -105,6 +105,12 @@ class PolicySync:
             log.info("policy applied how=%s policies=%d endpoints=%d seconds=%.3f", how, outcome.policies,
                      outcome.endpoints, seconds)
 
+    def settled(self, key_: str) -> bool:
+        """True when the datastore's current value of this key has been through an apply (in force, or refused
+        and reported), and no apply is pending."""
+        return not self._dirty and not self._lock.locked() and not self._fresh and \
+            self.state.raw.get(key_) == self.ds.get(key_)
+
     def _report(self, message: str) -> None:
         if message != self._last_error:
             log.error("%s", message)
