@@ -12,23 +12,14 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 from typing import Awaitable, Callable, Mapping
 
-from bgpd.ipam.claims import Claim, next_free, owner, wins
-from config.datastore import Datastore, DatastoreError, cidr_segment, key, parse_cidr_segment, parse_key
+from bgpd.ipam.claims import claims_by_block, next_free, owner, wins
+from bgpd.ipam.ownership import Ignored, registration, rival_claims, unique_addresses
+from config.datastore import Datastore, DatastoreError, cidr_segment, key, parse_key
 from config.effective import ClusterView, EffectiveConfig, effective
 from config.load import ConfigError
 from config.node import MeshMember, NodeConfig
 
 log = logging.getLogger("tortie.cluster")
-
-
-def claims_by_block(items: Mapping[str, dict], usable: Callable[[str], bool]) -> dict[IPv4Network, dict[str, Claim]]:
-    """claims/<cidr>/<node> entries, by block, of the nodes `usable` says still count."""
-    out: dict[IPv4Network, dict[str, Claim]] = {}
-    for k, v in items.items():
-        _, (cidr, node) = parse_key(k)
-        if usable(node):
-            out.setdefault(parse_cidr_segment(cidr), {})[node] = Claim(node, bool(v.get("owned")))
-    return out
 
 
 def mesh_members(nodes: Mapping[str, dict], peers: set[IPv4Address]) -> list[MeshMember]:
@@ -58,6 +49,7 @@ class Cluster:
         self._down_since: dict[str, float] = {}
         self._wake = asyncio.Event()
         self.ready = asyncio.Event()  # the first configuration from the datastore is applied
+        self.ignored_claims, self.ignored_records = Ignored(), Ignored()  # what other nodes may not say (reported)
 
     def counts(self, node: str) -> bool:
         """A node counts while alive, or dead for less than the grace period (a restart is not a removal)."""
@@ -70,6 +62,7 @@ class Cluster:
     def owned(self) -> list[IPv4Network]:
         """What this node owns: blocks, and /32s borrowed from other nodes' blocks."""
         by_block = claims_by_block(self.ds.items("claims"), self.counts)
+        self.ignored_claims.update(rival_claims(by_block))
         return sorted(b for b, claims in by_block.items() if owner(claims) == self.base.name)
 
     def owned_blocks(self) -> list[IPv4Network]:
@@ -85,8 +78,11 @@ class Cluster:
 
     def view(self) -> ClusterView:
         owned = self.owned()
-        members = mesh_members(self.ds.items("nodes"), {p.address for p in self.base.peers})
-        return ClusterView(members=tuple(m for m in members if self.counts(m.name)),
+        records, ignored = unique_addresses({k: v for k, v in self.ds.items("nodes").items()
+                                             if self.counts(parse_key(k)[1][0])})
+        self.ignored_records.update(ignored)
+        members = mesh_members(records, {p.address for p in self.base.peers})
+        return ClusterView(members=tuple(members),
                            blocks=tuple(b for b in owned if b.prefixlen < 32),
                            borrowed=tuple(b.network_address for b in owned if b.prefixlen == 32))
 
@@ -105,8 +101,9 @@ class Cluster:
     async def run(self) -> None:
         await self._start()
         feed = self.ds.changes()
-        await self.ds.put(key("nodes", self.base.name), {"address": str(self.base.listen_address),
-                                                         "asn": self.base.asn, "router_id": str(self.base.router_id)})
+        record = key("nodes", self.base.name)
+        await self.ds.put(record, registration(self.ds.get(record), str(self.base.listen_address), self.base.asn,
+                                               str(self.base.router_id), time.time()))
         if not self.base.blocks and not self.owned_blocks():
             await self.claim_block()
         await self._apply_desired()

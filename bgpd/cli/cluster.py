@@ -9,8 +9,7 @@ from pathlib import Path
 from ipaddress import IPv4Address
 
 from bgpd.cli.node import DEFAULT_CONFIG, load_node
-from bgpd.agent.cluster import claims_by_block
-from bgpd.ipam.claims import blocks_in, owner
+from bgpd.ipam.claims import blocks_in, claims_by_block, owner
 from config.datastore import Datastore, DatastoreError, open_datastore, parse_key
 from config.load import ConfigError
 from config.node import NodeConfig

@@ -7,13 +7,22 @@ by then (each one checked before claiming, so a claim made after another became 
 made), and all decide by the same rule, so exactly one of them wins; the winner marks its claim
 owned, the losers delete theirs. An owned claim beats any pending one, so a latecomer never takes a
 block in use. tests/node/test_ipam.py checks this against a simulation of racing nodes.
+
+Any node can write a claim of its own on any block (the broker's ACL checks only that the key carries
+its name), so an owned claim does not take a block from its owner: the first owner keeps it. "First"
+is the marker `at` the owner wrote when it marked its claim owned (unix time, never rewritten); a later
+owned claim by another node is a rival, ignored by every reader and reported (`rivals()`). Two honest
+owners can only follow a partition (a node that claimed from a stale view): the earlier marker wins,
+then the lower name. tests/node/test_ownership.py checks the rule.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
+from config.datastore.keys import parse_cidr_segment, parse_key
 from config.node import IPPool
 
 
@@ -21,16 +30,45 @@ from config.node import IPPool
 class Claim:
     node: str
     owned: bool
+    at: float = math.inf  # the marker: when the claim was written (owned: when it became owned); inf if none
+
+    @classmethod
+    def of(cls, node: str, value: Mapping) -> Claim:
+        """A claims/<cidr>/<node> value as a Claim; a marker that is not a finite number counts as none (last)."""
+        at = value.get("at")
+        valid = isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at)
+        return cls(node, value.get("owned") is True, float(at) if valid else math.inf)
+
+
+def claims_by_block(items: Mapping[str, dict], usable: Callable[[str], bool]) -> dict[IPv4Network, dict[str, Claim]]:
+    """claims/<cidr>/<node> entries, by block, of the nodes `usable` says still count (IPv4 blocks only)."""
+    out: dict[IPv4Network, dict[str, Claim]] = {}
+    for k, v in items.items():
+        _, (cidr, node) = parse_key(k)
+        block = parse_cidr_segment(cidr)
+        if isinstance(block, IPv4Network) and usable(node):
+            out.setdefault(block, {})[node] = Claim.of(node, v)
+    return out
 
 
 def blocks_in(pool: IPPool) -> Iterator[IPv4Network]:
     return pool.cidr.subnets(new_prefix=pool.block_size)
 
 
+def _first(claim: Claim) -> tuple[float, str]:
+    return claim.at, claim.node
+
+
 def owner(claims: Mapping[str, Claim]) -> str | None:
-    """The node that owns a block, if any. Two owners can only follow a partition: the lower name keeps it."""
-    owned = sorted(n for n, c in claims.items() if c.owned)
-    return owned[0] if owned else None
+    """The node that owns a block, if any: of the owned claims, the first (earliest marker, then lowest name)."""
+    owned = [c for c in claims.values() if c.owned]
+    return min(owned, key=_first).node if owned else None
+
+
+def rivals(claims: Mapping[str, Claim]) -> list[str]:
+    """The nodes whose owned claim on a block is ignored because another node owned it first."""
+    first = owner(claims)
+    return sorted(n for n, c in claims.items() if c.owned and n != first)
 
 
 def wins(me: str, claims: Mapping[str, Claim]) -> bool:

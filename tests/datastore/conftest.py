@@ -55,12 +55,14 @@ async def drain(changes, quiet: float = 0.3, limit: float = 10.0) -> list:
     raise AssertionError(f"changes kept coming for {limit} s: {seen[-5:]}")
 
 
-async def publish_raw(broker: Broker, user: str, topic: str, payload: bytes, retain: bool = True) -> None:
-    """One message published as `user` with a plain MQTT client, bypassing the datastore client's checks (as a
-    hostile or broken tool would). QoS 1: the broker has handled it (delivered or dropped) when this returns."""
+async def publish_raw(broker: Broker, user: str, messages: list[tuple[str, bytes]]) -> None:
+    """Retained messages published in order as `user` with a plain MQTT client, bypassing the datastore client's
+    checks (as a hostile or broken tool would). QoS 1: the broker has handled each (delivered or dropped) when
+    this returns."""
     async with aiomqtt.Client("127.0.0.1", broker.port, username=user, password=USERS[user],
                               identifier=f"raw-{user}") as client:
-        await client.publish(topic, payload, qos=1, retain=retain)
+        for topic, payload in messages:
+            await client.publish(topic, payload, qos=1, retain=True)
 
 
 def make_certs(d: Path, name: str) -> tuple[Path, Path, Path]:

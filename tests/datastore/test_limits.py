@@ -60,15 +60,14 @@ async def test_files_hostile_entries_dropped(tmp_path, clients, caplog):
 
 
 async def test_mqtt_hostile_retained_entries_do_not_break_sync(broker, clients):
-    for name, payload in BAD.items():
-        await publish_raw(broker, "admin", f"tortie/v1/policies/default/{name}", payload)
-    await publish_raw(broker, "admin", "tortie/v1/policies/default/good", b'{"ok":1}')
+    await publish_raw(broker, "admin", [(f"tortie/v1/policies/default/{name}", payload) for name, payload in BAD.items()]
+                      + [("tortie/v1/policies/default/good", b'{"ok":1}')])
     one = await clients.mqtt(broker, "node1")  # before the fix: RecursionError, the session restarts for ever
     assert one.items("policies") == {"policies/default/good": {"ok": 1}}
     assert one.rejected == len(BAD) and one.resyncs == 0
     two = await clients.mqtt(broker, "node2")
     feed = two.changes()
-    await publish_raw(broker, "admin", "tortie/v1/policies/default/good", NESTED)  # turned hostile while they run
+    await publish_raw(broker, "admin", [("tortie/v1/policies/default/good", NESTED)])  # turned hostile while they run
     await one.put("nodes/node1", {"address": "10.99.0.1"})
     await collect(feed, lambda c: c == Change("nodes/node1", {"address": "10.99.0.1"}))
     assert two.get("policies/default/good") == {"ok": 1} and two.rejected == len(BAD) + 1

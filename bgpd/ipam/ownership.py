@@ -1,0 +1,142 @@
+"""What a node's datastore entries may say, checked by every reader, pure.
+
+The broker's ACL lets a node write only keys that carry its name (docs/datastore.md), but not what the
+values say. So every reader checks, and ignores (and reports) what a node is not entitled to:
+
+* a claim on a block another node owned first: `bgpd.ipam.claims.owner()`, `rivals()`;
+* an endpoint (endpoints/<node>/...) with an address outside the prefixes its node owns (its blocks and
+  the /32s it borrowed, by the claim rule): `foreign_endpoints()`;
+* a node record (nodes/<node>) whose address another node registered first: `unique_addresses()`.
+  "First" is the record's marker `since`, which `registration()` keeps for as long as the node's
+  address stays the same (restarts included); equal markers: the lower name.
+
+Markers are written by their nodes, so a node can backdate its own: what the rules stop is a node
+taking over what another node already holds with a later marker, and nobody guessing wrong about it.
+The limits (a backdated marker; an address registered before its node ever did) are in docs/datastore.md.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from ipaddress import IPv4Address, IPv4Network
+from typing import Callable, Iterable, Mapping
+
+from bgpd.ipam.claims import Claim, claims_by_block, owner, rivals
+from config.datastore.keys import cidr_segment, parse_key
+
+log = logging.getLogger("tortie.ownership")
+
+
+class Ignored:
+    """The entries a reader ignores, each logged once while it lasts; `total` counts them (for a metric)."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, str] = {}
+        self.total = 0
+
+    def update(self, problems: Mapping[str, str]) -> None:
+        for k in sorted(problems.keys() - self.current.keys()):
+            log.warning("ignoring datastore entry %s: %s", k, problems[k])
+            self.total += 1
+        self.current = dict(problems)
+
+
+def rival_claims(by_block: Mapping[IPv4Network, Mapping[str, Claim]]) -> dict[str, str]:
+    """claims/<cidr>/<node> keys -> why they are ignored: another node owned the block first."""
+    return {f"claims/{cidr_segment(block)}/{node}": f"{block} is owned by {owner(claims)}, who claimed it first"
+            for block, claims in by_block.items() for node in rivals(claims)}
+
+
+def owned_prefixes(by_block: Mapping[IPv4Network, Mapping[str, Claim]]) -> dict[str, list[IPv4Network]]:
+    """node -> the prefixes it owns by the claim rule (blocks, and borrowed /32s)."""
+    out: dict[str, list[IPv4Network]] = {}
+    for block, claims in sorted(by_block.items()):
+        if (node := owner(claims)) is not None:
+            out.setdefault(node, []).append(block)
+    return out
+
+
+def endpoint_problem(value: Mapping, prefixes: Iterable[IPv4Network]) -> str | None:
+    """Why an endpoint's addresses are not its node's to use (None: they all are)."""
+    ips = value.get("ips")
+    if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
+        return "ips is not a list of addresses"
+    prefixes = list(prefixes)
+    for ip in ips:
+        try:
+            address = IPv4Address(ip)
+        except ValueError:
+            return f"address {ip!r} is not in a block of its node"
+        if not any(address in p for p in prefixes):
+            return f"address {ip} is not in a block its node owns or borrowed"
+    return None
+
+
+def foreign_endpoints(endpoints: Mapping[str, Mapping], owned: Mapping[str, Iterable[IPv4Network]]) -> dict[str, str]:
+    """endpoints/<node>/<ns>/<pod> keys -> why they are ignored: an address outside what <node> owns."""
+    problems = {}
+    for k, value in endpoints.items():
+        node = parse_key(k)[1][0]
+        if (why := endpoint_problem(value, owned.get(node, ()))) is not None:
+            problems[k] = why
+    return problems
+
+
+class EndpointGate:
+    """For an incremental reader of endpoints (the policy sync): lets through only the endpoints whose
+    addresses their node owns, as claims and liveness change too. Sans-IO: the caller passes the changed
+    keys and the current entries; the answer is the changes to apply (a foreign endpoint reads as deleted)."""
+
+    def __init__(self) -> None:
+        self.ignored = Ignored()
+
+    def filter(self, changes: Mapping[str, dict | None], endpoints: Mapping[str, dict], claims: Mapping[str, dict],
+               usable: Callable[[str], bool]) -> dict[str, dict | None]:
+        """changes: key -> value (None: deleted) since the last call; endpoints, claims: every current entry;
+        usable: whether a node's claims count (alive). Wake the caller on claims/ and status/ changes too."""
+        foreign = foreign_endpoints(endpoints, owned_prefixes(claims_by_block(claims, usable)))
+        out = {k: None if k in foreign else v for k, v in changes.items()}
+        for k in foreign.keys() - self.ignored.current.keys():
+            out[k] = None  # foreign now: withdrawn
+        for k in self.ignored.current.keys() - foreign.keys():
+            out[k] = endpoints.get(k)  # acceptable again (or gone)
+        self.ignored.update(foreign)
+        return out
+
+
+def _since(record: Mapping) -> float:
+    since = record.get("since")
+    valid = isinstance(since, (int, float)) and not isinstance(since, bool) and math.isfinite(since)
+    return float(since) if valid else math.inf
+
+
+def registration(previous: Mapping | None, address: str, asn: int, router_id: str, now: float) -> dict:
+    """The nodes/<name> record a node writes: its marker `since` is kept while the address stays the same."""
+    record = {"address": address, "asn": asn, "router_id": router_id}
+    keep = previous is not None and previous.get("address") == address and _since(previous) <= now
+    return {**record, "since": _since(previous) if keep else now}
+
+
+def _address(k: str, record: Mapping) -> object:
+    """What a record's address is compared by: the address, or the key itself for one that is not valid
+    (such a record conflicts with nobody; the mesh ignores it for its address)."""
+    try:
+        return IPv4Address(record["address"]) if isinstance(record.get("address"), str) else k
+    except ValueError:
+        return k
+
+
+def unique_addresses(records: Mapping[str, Mapping]) -> tuple[dict[str, Mapping], dict[str, str]]:
+    """nodes/<name> records -> (the ones kept, {ignored key: why}): of the records that give one address,
+    the first registered (earliest `since`, then lowest name) keeps it."""
+    first: dict[object, str] = {}
+    for k in sorted(records, key=lambda k: (_since(records[k]), parse_key(k)[1][0])):
+        first.setdefault(_address(k, records[k]), k)
+    kept, ignored = {}, {}
+    for k, record in records.items():
+        holder = first[_address(k, record)]
+        if holder == k:
+            kept[k] = record
+        else:
+            ignored[k] = f"address {record.get('address')} is registered by {parse_key(holder)[1][0]} since earlier"
+    return kept, ignored
