@@ -30,6 +30,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class WithPassword(Strict):
+    """A model with a TCP MD5 `password` written into ExaBGP's configuration."""
+
+    @field_validator("password", check_fields=False)
+    @classmethod
+    def _password(cls, v: str | None) -> str | None:
+        # ExaBGP's tokenizer ends a quoted word at either quote and drops control characters, and it hands the
+        # key to the kernel as ASCII (measured with `exabgp validate`, ExaBGP 5.0)
+        if v is not None and (not (v.isascii() and v.isprintable()) or any(c in v for c in "\"'\\;{}")):
+            raise ValueError('password: printable ASCII only, without quotes, backslashes, ";", "{" or "}"')
+        return v
+
+
 class IPPool(Strict):
     """A cluster IP pool, cut into per-host blocks."""
 
@@ -52,7 +65,7 @@ class Bfd(Strict):
     multiplier: int = Field(3, ge=1, le=255, description="packets missed in a row before the peer is down")
 
 
-class Peer(Strict):
+class Peer(WithPassword):
     """A BGP peer: a top-of-rack router, a route reflector or a host outside the mesh."""
 
     address: IPv4Address = Field(description="the peer's address; we connect to it from listen_address")
@@ -71,20 +84,13 @@ class Peer(Strict):
             raise ValueError("hold_time must be 0 or between 3 and 65535")
         return v
 
-    @field_validator("password")
-    @classmethod
-    def _password(cls, v: str | None) -> str | None:
-        if v is not None and any(c in v for c in "\"\\\n;{}"):
-            raise ValueError('password may not contain quotes, backslashes, newlines, ";", "{" or "}"')
-        return v
-
 
 class MeshMember(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="the node's name")
     address: IPv4Address = Field(description="the node's listen_address")
 
 
-class Mesh(Strict):
+class Mesh(WithPassword):
     """The node-to-node iBGP full mesh."""
 
     enabled: bool = Field(True, description="peer with every other node of the mesh over iBGP")

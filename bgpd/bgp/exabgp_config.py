@@ -1,6 +1,9 @@
-"""Renders ExaBGP's configuration and environment from the node configuration. Pure."""
+"""Renders ExaBGP's configuration and environment from the node configuration (pure), and writes the
+configuration, which holds the peers' MD5 passwords, readable by root only."""
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -72,3 +75,25 @@ def exabgp_environment(node: NodeConfig) -> dict[str, str]:
         "exabgp.tcp.port": "179",
         "exabgp.daemon.pid": "",
     }
+
+
+def private_dir(path: Path) -> None:
+    """Creates the run directory 0700; one we own that is open to others (not sticky, as /tmp) is closed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077 and not st.st_mode & stat.S_ISVTX:
+        path.chmod(0o700)
+
+
+def write_config(path: Path, text: str) -> None:
+    """Replaces ExaBGP's configuration atomically with a file that is 0600 from its creation (umask 077)."""
+    private_dir(path.parent)
+    tmp = path.with_name(path.name + ".tmp")
+    old = os.umask(0o077)
+    try:
+        tmp.unlink(missing_ok=True)  # a leftover could have other permissions; O_EXCL makes ours
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        os.umask(old)
