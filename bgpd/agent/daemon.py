@@ -16,7 +16,7 @@ from pathlib import Path
 from bgpd.bgp import messages as msgs
 from bgpd.agent.cluster import Cluster
 from bgpd.agent.control import ControlServer, DaemonRunning
-from bgpd.bgp.exabgp_config import exabgp_environment, render_config
+from bgpd.bgp.exabgp_config import exabgp_environment, private_dir, render_config, write_config
 from bgpd.bgp.exabgp_process import ExaBGPSupervisor
 from bgpd.dataplane.kernel_routes import KernelTable, has_address
 from bgpd.agent.metrics import DaemonMetrics
@@ -71,7 +71,7 @@ class Daemon:
         self.peers = {str(p.address): PeerState(p) for p in peers}
         self.rib = Rib(import_filter(node), {str(p.address): node.max_prefixes_for(p) for p in peers})
         self.kernel = KernelTable(node.route_protocol)
-        node.run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(node.run_dir)
         node.state_dir.mkdir(parents=True, exist_ok=True)
         self.supervisor = ExaBGPSupervisor(
             node.run_dir / "exabgp.conf", node.run_dir / "exabgp.sock", exabgp_environment(node),
@@ -121,7 +121,7 @@ class Daemon:
         log.info("adopted kernel routes=%d protocol=%d", len(self._adopted), self.node.route_protocol)
         self._mark(self.node.blocks)  # blackholes for our own blocks, at once
         self._save_blocks()
-        (self.node.run_dir / "exabgp.conf").write_text(render_config(self.node, self.node.run_dir / "exabgp.sock"))
+        write_config(self.node.run_dir / "exabgp.conf", render_config(self.node, self.node.run_dir / "exabgp.sock"))
         tasks = [asyncio.create_task(self._program(), name="program"),
                  asyncio.create_task(self._start_bgp(), name="exabgp"),
                  asyncio.create_task(self._initial_sync_deadline(), name="initial-sync"),
@@ -265,7 +265,7 @@ class Daemon:
         self._apply_peers(new)
         self._apply("", None, self.rib.refilter(import_filter(new)))
         self._mark(set(old.blocks) ^ set(new.blocks))
-        (new.run_dir / "exabgp.conf").write_text(render_config(new, new.run_dir / "exabgp.sock"))
+        write_config(new.run_dir / "exabgp.conf", render_config(new, new.run_dir / "exabgp.sock"))
         self.supervisor.reload()
         self._save_blocks()
         gone = [b for b in old.announced() if b not in new.announced()]
