@@ -131,6 +131,13 @@ class Rib:
         rib.eor = True
         return self.purge_stale(peer)
 
+    def expect_no_end_of_rib(self, peer: str) -> None:
+        """The peer is gone (not restarting): it sends no End-of-RIB, so nothing should wait for one."""
+        self.peers[peer].eor = True
+
+    def waiting_for_end_of_rib(self) -> list[str]:
+        return [peer for peer, rib in self.peers.items() if not rib.eor]
+
     def purge_stale(self, peer: str) -> Update:
         rib = self.peers[peer]
         upd = self._drop(peer, list(rib.stale))
