@@ -56,45 +56,95 @@ def owned_prefixes(by_block: Mapping[IPv4Network, Mapping[str, Claim]]) -> dict[
     return out
 
 
-def endpoint_problem(value: Mapping, prefixes: Iterable[IPv4Network]) -> str | None:
-    """Why an endpoint's addresses are not its node's to use (None: they all are)."""
+def endpoint_addresses(value: Mapping) -> tuple[int, ...] | str:
+    """An endpoint's addresses (IPv4, as integers), or why it has none that can be checked."""
     ips = value.get("ips")
-    if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
+    if not isinstance(ips, list) or not ips or not all(isinstance(ip, str) for ip in ips):
         return "ips is not a list of addresses"
-    prefixes = list(prefixes)
-    for ip in ips:
-        try:
-            address = IPv4Address(ip)
-        except ValueError:
-            return f"address {ip!r} is not in a block of its node"
-        if not any(address in p for p in prefixes):
-            return f"address {ip} is not in a block its node owns or borrowed"
-    return None
+    try:
+        return tuple(int(IPv4Address(ip)) for ip in ips)
+    except ValueError as e:
+        return f"not an IPv4 address in a block of its node: {e}"
 
 
-def foreign_endpoints(endpoints: Mapping[str, Mapping], owned: Mapping[str, Iterable[IPv4Network]]) -> dict[str, str]:
-    """endpoints/<node>/<ns>/<pod> keys -> why they are ignored: an address outside what <node> owns."""
-    problems = {}
+def foreign_endpoints(endpoints: Mapping[str, Mapping], owned: Mapping[str, Iterable[IPv4Network]],
+                      local: str | None = None, memo: dict | None = None) -> dict[str, str]:
+    """endpoints/<node>/<ns>/<pod> keys -> why they are ignored: an address outside what <node> owns.
+
+    An address a block's owner uses for a pod of its own stays its own: a /32 another node claims over it
+    (a borrow the claim protocol would never make) does not let that node use it. The `local` node's own
+    endpoints are never ignored (its own pods: the policy compiler judges them). `memo` (a dict kept by the
+    caller) holds each endpoint's parsed addresses for as long as its value is the same object."""
+    memo = {} if memo is None else memo
+    for k in memo.keys() - endpoints.keys():
+        del memo[k]
+    parsed: dict[str, tuple[str, tuple[int, ...] | str]] = {}
     for k, value in endpoints.items():
-        node = parse_key(k)[1][0]
-        if (why := endpoint_problem(value, owned.get(node, ()))) is not None:
-            problems[k] = why
+        if (hit := memo.get(k)) is None or hit[0] is not value:
+            hit = memo[k] = (value, endpoint_addresses(value))
+        parsed[k] = (k.split("/", 2)[1], hit[1])
+    blocks: dict[str, list[tuple[int, int]]] = {}
+    borrowed: dict[int, str] = {}  # /32s, by address
+    for node, prefixes in owned.items():
+        for p in prefixes:
+            if p.prefixlen == 32:
+                borrowed[int(p.network_address)] = node
+            else:
+                blocks.setdefault(node, []).append((int(p.network_address), int(p.broadcast_address)))
+    held = set()  # borrowed addresses that their block's owner uses for a pod of its own
+    for node, addresses in parsed.values():
+        for a in addresses if borrowed and isinstance(addresses, tuple) else ():
+            if borrowed.get(a, node) != node and any(lo <= a <= hi for lo, hi in blocks.get(node, ())):
+                held.add(a)
+    allowed = {node: [*blocks.get(node, ()), *((a, a) for a, n in borrowed.items() if n == node and a not in held)]
+               for node in owned}
+    problems = {}
+    for k, (node, addresses) in parsed.items():
+        if node == local:
+            continue
+        if isinstance(addresses, str):
+            problems[k] = addresses
+            continue
+        ranges = allowed.get(node, ())
+        for a in addresses:
+            if not any(lo <= a <= hi for lo, hi in ranges):
+                problems[k] = f"address {IPv4Address(a)} is not in a block its node owns or borrowed"
+                break
     return problems
 
 
 class EndpointGate:
-    """For an incremental reader of endpoints (the policy sync): lets through only the endpoints whose
-    addresses their node owns, as claims and liveness change too. Sans-IO: the caller passes the changed
-    keys and the current entries; the answer is the changes to apply (a foreign endpoint reads as deleted)."""
+    """For an incremental reader of endpoints (the policy sync on node `local`): lets through only the
+    endpoints whose addresses their node owns, as claims and liveness change too. Sans-IO: the caller passes
+    the changed keys and the current entries; the answer is the changes to apply (a foreign endpoint reads
+    as deleted). About 1 ms per call at 1,000 endpoints."""
 
-    def __init__(self) -> None:
+    def __init__(self, local: str) -> None:
+        self.local = local
         self.ignored = Ignored()
+        self._memo: dict = {}
+        self._down: set[str] = set()  # nodes whose status reads down
+
+    def concerns(self, key_: str, value: dict | None) -> bool:
+        """Whether a datastore change can change what the gate lets through: a claim, or a node going down or
+        coming back (not every lease renewal)."""
+        kind, _, node = key_.partition("/")
+        if kind == "claims":
+            return True
+        if kind != "status":
+            return False
+        down = value is not None and value.get("alive") is not True
+        if down == (node in self._down):
+            return False
+        (self._down.add if down else self._down.discard)(node)
+        return True
 
     def filter(self, changes: Mapping[str, dict | None], endpoints: Mapping[str, dict], claims: Mapping[str, dict],
                usable: Callable[[str], bool]) -> dict[str, dict | None]:
         """changes: key -> value (None: deleted) since the last call; endpoints, claims: every current entry;
         usable: whether a node's claims count (alive). Wake the caller on claims/ and status/ changes too."""
-        foreign = foreign_endpoints(endpoints, owned_prefixes(claims_by_block(claims, usable)))
+        owned = owned_prefixes(claims_by_block(claims, usable))
+        foreign = foreign_endpoints(endpoints, owned, self.local, self._memo)
         out = {k: None if k in foreign else v for k, v in changes.items()}
         for k in foreign.keys() - self.ignored.current.keys():
             out[k] = None  # foreign now: withdrawn

@@ -5,6 +5,7 @@ segments follow. A CIDR becomes one segment with `/` written `-` (and IPv6 `:` w
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -63,6 +64,7 @@ def cidr_segment(cidr: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> s
     return str(net).replace(":", "_").replace("/", "-")
 
 
+@functools.lru_cache(maxsize=8192)  # readers parse every claim's CIDR on every look at the claims
 def parse_cidr_segment(segment: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """The inverse of cidr_segment(); raises InvalidKey on anything else."""
     address, sep, length = segment.replace("_", ":").rpartition("-")

@@ -72,7 +72,7 @@ async def test_endpoints_with_another_nodes_addresses_are_ignored(nodes):
     await one.put("endpoints/node1/default/web", {"ips": ["10.244.1.5"]})
     await one.put("endpoints/node1/default/fake-db", {"ips": ["10.244.2.5"], "labels": {"app": "db"}})
     await eventually(lambda: len(three.items("endpoints")) == 3 and len(three.items("claims")) == 2)
-    gate = EndpointGate()
+    gate = EndpointGate("node3")
     eps = three.items("endpoints")
     applied = gate.filter(eps, eps, three.items("claims"), lambda n: three.alive(n) is not False)
     assert {k for k, v in applied.items() if v is not None} == {"endpoints/node2/default/db",

@@ -83,6 +83,16 @@ def test_endpoints_outside_their_nodes_blocks_are_foreign():
         "endpoints/node1/default/" + p for p in ("steal", "half", "pending", "v6", "junk", "none")} | {
         "endpoints/node3/default/nothing"}
     assert "10.244.2.9 is not in a block its node owns" in foreign_endpoints(endpoints, owned)["endpoints/node1/default/steal"]
+    assert not [k for k in foreign_endpoints(endpoints, owned, local="node1") if k.startswith("endpoints/node1/")]
+
+
+def test_a_borrowed_address_in_use_by_its_block_owner_stays_the_owners():
+    """A /32 claim over an address node2's pod uses (no honest borrow makes one) does not let node1 use it."""
+    owned = {"node1": [N("10.244.2.9/32"), N("10.244.2.7/32")], "node2": [N("10.244.2.0/26")]}
+    endpoints = {"endpoints/node2/default/db": {"ips": ["10.244.2.9"]},
+                 "endpoints/node1/default/fake-db": {"ips": ["10.244.2.9"]},
+                 "endpoints/node1/default/borrowed": {"ips": ["10.244.2.7"]}}
+    assert list(foreign_endpoints(endpoints, owned)) == ["endpoints/node1/default/fake-db"]
 
 
 def test_registration_keeps_its_marker_while_the_address_stays():
@@ -134,7 +144,7 @@ def test_ignored_entries_are_logged_once_while_they_last(caplog):
 
 
 def test_endpoint_gate_follows_claims_and_liveness():
-    gate, alive = EndpointGate(), {"node1": True, "node2": True}
+    gate, alive = EndpointGate("node3"), {"node1": True, "node2": True}
     usable = lambda n: alive[n]  # noqa: E731
     claims = {BLOCK + "node2": {"owned": True, "at": 1}, "claims/10.244.1.0-26/node1": {"owned": True, "at": 1}}
     mine, steal = "endpoints/node1/default/a", "endpoints/node1/default/steal"
@@ -150,3 +160,14 @@ def test_endpoint_gate_follows_claims_and_liveness():
     del eps[steal]
     assert gate.filter({steal: None}, eps, claims, usable) == {steal: None} and gate.ignored.current == {}
     assert gate.filter({}, eps, claims, usable) == {}
+
+
+def test_endpoint_gate_wakes_its_reader_on_claims_and_liveness_flips_only():
+    gate = EndpointGate("node1")
+    assert gate.concerns("claims/10.244.2.0-26/node2", None)
+    assert not gate.concerns("endpoints/node2/default/x", {}) and not gate.concerns("nodes/node2", {})
+    assert not gate.concerns("status/node2", {"alive": True, "expires": 1})
+    assert gate.concerns("status/node2", {"alive": False})
+    assert not gate.concerns("status/node2", {"alive": False, "expires": 2})
+    assert gate.concerns("status/node2", {"alive": True, "expires": 3})
+    assert not gate.concerns("status/node2", None)  # unknown counts as up
