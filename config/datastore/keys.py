@@ -39,8 +39,10 @@ def parse_key(key: str) -> tuple[str, tuple[str, ...]]:
         raise InvalidKey(f"invalid key {key!r}: unknown kind {kind!r} (one of {', '.join(KINDS)})")
     if len(parts) != len(KINDS[kind]):
         raise InvalidKey(f"invalid key {key!r}: {kind} keys are {'/'.join((kind, *(f'<{s}>' for s in KINDS[kind])))}")
-    for part in parts:
+    for name, part in zip(KINDS[kind], parts):
         check_segment(part)
+        if name == "cidr":
+            parse_cidr_segment(part)
     return kind, tuple(parts)
 
 

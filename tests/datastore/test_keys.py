@@ -21,6 +21,9 @@ def test_key_builds_and_validates():
     assert key("endpoints", "node1", "default", "web-1") == "endpoints/node1/default/web-1"
     assert key("blocks", cidr_segment("10.244.1.0/26")) == "blocks/10.244.1.0-26"
     assert parse_key("claims/10.244.1.0-26/node2") == ("claims", ("10.244.1.0-26", "node2"))
+    for bad in ("claims/garbage/node2", "claims/10.244.1.1-26/node2", "blocks/10.244.1.0-99"):
+        with pytest.raises(InvalidKey, match="invalid CIDR segment"):
+            parse_key(bad)  # before: accepted, and every reader's claim parsing raised on it
     for bad, why in [("nodes", "nodes keys are nodes/<node>"), ("nodes/a/b", "nodes/<node>"),
                      ("pods/x", "unknown kind"), ("nodes/a b", "segment"), ("nodes/..", "segment"),
                      ("nodes/", "segment"), ("endpoints/n/+/x", "segment"), ("status/#", "segment")]:

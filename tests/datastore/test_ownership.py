@@ -96,3 +96,20 @@ async def test_a_node_cannot_register_another_nodes_address(nodes, tmp_path):
     # node2 restarts: it keeps its marker, so it keeps its address
     again = registration(two.get("nodes/node2"), "10.99.0.2", 64512, "10.99.0.2", now=3000.0)
     assert again["since"] == 1000.0
+
+
+async def test_a_claim_on_no_valid_block_is_dropped_on_arrival(broker, clients, tmp_path):
+    """claims/<not a CIDR>/node1 matches the ACL (claims/+/node1); before, it made every node's cluster task raise."""
+    three = await clients.mqtt(broker, "node3")
+    await publish_raw(broker, "node1", [("tortie/v1/claims/garbage/node1", b'{"owned":true,"at":1}'),
+                                        ("tortie/v1/claims/10.244.2.1-26/node1", b'{"owned":true,"at":1}'),
+                                        ("tortie/v1/nodes/node1", b'{"address":"10.99.0.1"}')])
+    await eventually(lambda: three.get("nodes/node1") is not None)
+    assert three.items("claims") == {} and three.rejected == 2
+    assert Cluster(three, node_config("node3", tmp_path), apply=None).owned() == []
+    state = tmp_path / "state"
+    (state / "claims/garbage").mkdir(parents=True)
+    (state / "claims/garbage/node1.json").write_text('{"owned": true, "at": 1}')
+    files = await clients.files(state, "node3")
+    assert files.items("claims") == {}
+    assert Cluster(files, node_config("node3", tmp_path), apply=None).owned() == []
