@@ -14,8 +14,7 @@ from typing import Callable, Mapping
 from pyroute2 import AsyncIPRoute
 
 from bgpd.dataplane.netlink_routes import RT_TABLE_MAIN, KernelRoute, RouteOp, RouteWriter, strerror
-from bgpd.dataplane.route_watch import (RTMGRP_IPV4_ROUTE, RTMGRP_LINK, Changes, RouteMonitor, RouteStream,
-                                        key_prefix)
+from bgpd.dataplane.route_watch import RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RouteMonitor, RouteStream, reconcile
 
 log = logging.getLogger("tortie.kernel")
 
@@ -67,7 +66,7 @@ class KernelTable:
         if not changes.full:
             raise OSError(changes.dump_error, f"route dump: {strerror(changes.dump_error)}")
         async with self._lock:
-            self._reconcile(changes)
+            self.installed = reconcile(self.installed, changes)[0]
         return len(self.installed)
 
     async def sync(self, desired: Mapping[IPv4Network, KernelRoute | None]) -> SyncResult:
@@ -133,7 +132,7 @@ class KernelTable:
                     if not stream.settled:
                         continue
                     changes = stream.take()
-                    drift = self._reconcile(changes)
+                    self.installed, drift = reconcile(self.installed, changes)
                 if changes.dump_error:
                     log.warning("kernel route dump failed: %s (next try in %.0f s)",
                                 strerror(changes.dump_error), interval)
@@ -148,32 +147,3 @@ class KernelTable:
                 retry = False
                 if drift:
                     on_drift(drift)
-
-    def _reconcile(self, changes: Changes) -> set[IPv4Network]:
-        """Sets `installed` to what the kernel holds and returns the prefixes that changed."""
-        installed, drift = self.installed, set()
-        if changes.full:  # every route of ours is in `changes`
-            kernel: dict[IPv4Network, KernelRoute] = {}
-            for key, entry in changes.routes.items():
-                if entry is None:  # as our writer left it: as installed
-                    prefix = key_prefix(key)
-                    hops = installed.get(prefix)
-                else:
-                    prefix, hops = entry
-                if hops is not None:
-                    kernel[prefix] = hops
-            drift = {p for p in installed.keys() ^ kernel.keys()}
-            drift.update(p for p, hops in kernel.items() if p not in drift and installed[p] != hops)
-            self.installed = kernel
-            return drift
-        for entry in changes.routes.values():
-            if entry is None:
-                continue
-            prefix, hops = entry
-            if installed.get(prefix) != hops:
-                drift.add(prefix)
-                if hops is None:
-                    del installed[prefix]
-                else:
-                    installed[prefix] = hops
-        return drift

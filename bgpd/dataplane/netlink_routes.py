@@ -138,20 +138,20 @@ def decode_route(data: memoryview | bytes, body: int, end: int
                  ) -> tuple[int, int, int, IPv4Network, KernelRoute] | None:
     """An rtmsg (and its attributes) between `body` and `end`: (table, protocol, metric, prefix, next hops).
 
-    None for another family or a malformed message. Next hops as `RouteOp` writes them: empty for a
-    blackhole, OTHER_ROUTE for any other shape.
+    None for another family; ValueError for a malformed message. Next hops as `RouteOp` writes them:
+    empty for a blackhole, OTHER_ROUTE for any other shape.
     """
     if end - body < _RTMSG.size:
-        return None
+        raise ValueError("short route message")
     family, dst_len, _src, _tos, table, protocol, _scope, rtype, _flags = _RTMSG.unpack_from(data, body)
-    if family != socket.AF_INET or dst_len > 32:
+    if family != socket.AF_INET:
         return None
     dst, metric, gateway, multipath = 0, 0, None, None
     offset = body + _RTMSG.size
     while offset + _RTA.size <= end:
         alen, kind = _RTA.unpack_from(data, offset)
         if alen < _RTA.size or offset + alen > end:
-            return None
+            raise ValueError("route attribute out of bounds")
         if alen == 8:
             if kind == RTA_DST:
                 dst = int.from_bytes(data[offset + 4:offset + 8], "big")
@@ -164,10 +164,7 @@ def decode_route(data: memoryview | bytes, body: int, end: int
         if kind == RTA_MULTIPATH:
             multipath = (offset + 4, offset + alen)
         offset += (alen + 3) & ~3
-    try:
-        prefix = IPv4Network((dst, dst_len))
-    except ValueError:  # host bits set
-        return None
+    prefix = IPv4Network((dst, dst_len))  # ValueError: a length over 32, host bits set
     if rtype == RTN_BLACKHOLE:
         hops: KernelRoute = frozenset()
     elif rtype != RTN_UNICAST:
@@ -190,7 +187,7 @@ def _multipath(data: memoryview | bytes, offset: int, end: int) -> KernelRoute:
         attr, stop = offset + _RTNH.size, min(offset + length, end)
         while attr + _RTA.size <= stop:
             alen, kind = _RTA.unpack_from(data, attr)
-            if alen < _RTA.size:
+            if alen < _RTA.size or attr + alen > stop:
                 break
             if kind == RTA_GATEWAY and alen == 8:
                 hops.append(IPv4Address(bytes(data[attr + 4:attr + 8])))

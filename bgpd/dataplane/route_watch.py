@@ -119,7 +119,11 @@ class RouteStream:
             self._touched.add(key)
 
     def _route(self, kind: int, data, body: int, end: int) -> None:
-        route = decode_route(data, body, end)
+        try:
+            route = decode_route(data, body, end)
+        except ValueError:
+            self.overrun()  # a change we cannot read: as good as lost
+            return
         if route is None:
             return
         table, protocol, metric, prefix, hops = route
@@ -207,11 +211,13 @@ class RouteMonitor:
             self.dump()
 
     async def wait(self, timeout: float | None = None) -> None:
-        """Until something arrives (or `timeout` seconds)."""
+        """Until something arrives (or `timeout` seconds). Not wait_for: in 3.11 it can swallow a cancel."""
+        timer = None if timeout is None else self._loop.call_later(timeout, self._ready.set)
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            pass
+            await self._ready.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
         self._ready.clear()
 
     async def settle(self) -> None:
@@ -224,3 +230,37 @@ class RouteMonitor:
     def _readable(self) -> None:
         self.drain()
         self._ready.set()
+
+
+def reconcile(installed: dict[IPv4Network, KernelRoute], changes: Changes
+              ) -> tuple[dict[IPv4Network, KernelRoute], set[IPv4Network]]:
+    """What the kernel holds, from our record `installed` (updated in place unless the changes are a full
+    read) and what changed since, and the prefixes where the two differed.
+
+    Only valid while no write of ours is in flight and after every event of the finished ones was read.
+    """
+    drift: set[IPv4Network] = set()
+    if changes.full:  # every route of ours is in `changes`
+        kernel: dict[IPv4Network, KernelRoute] = {}
+        for key, entry in changes.routes.items():
+            if entry is None:  # as our writer left it: as installed
+                prefix = key_prefix(key)
+                hops = installed.get(prefix)
+            else:
+                prefix, hops = entry
+            if hops is not None:
+                kernel[prefix] = hops
+        drift = installed.keys() ^ kernel.keys()
+        drift.update(p for p, hops in kernel.items() if p not in drift and installed[p] != hops)
+        return kernel, drift
+    for entry in changes.routes.values():
+        if entry is None:
+            continue
+        prefix, hops = entry
+        if installed.get(prefix) != hops:
+            drift.add(prefix)
+            if hops is None:
+                del installed[prefix]
+            else:
+                installed[prefix] = hops
+    return installed, drift

@@ -1,0 +1,155 @@
+"""RouteStream and reconcile without a kernel: datagrams as the kernel would send them, in its order."""
+import errno
+import struct
+from ipaddress import IPv4Address as A, IPv4Network as N
+
+from hypothesis import given, strategies as st
+
+from bgpd.dataplane.netlink_routes import _NLMSGHDR, NLMSG_DONE, RTM_NEWLINK, RouteOp, encode
+from bgpd.dataplane.route_watch import RouteStream, reconcile
+
+PROTO, OWN, OTHER, MONITOR = 201, 777, 999, 555
+PREFIXES = [N(f"10.100.{i}.0/26") for i in range(6)]
+HOPS = [None, frozenset(), frozenset([A("10.9.0.2")]), frozenset([A("10.9.0.2"), A("10.9.0.3")])]
+
+
+def message(prefix, hops, port, protocol=PROTO, seq=0, metric=0):
+    data = bytearray(encode(RouteOp(prefix, hops, replace=True), seq, protocol, metric=metric, ack=False))
+    _NLMSGHDR.pack_into(data, 0, *(_NLMSGHDR.unpack_from(data)[:4] + (port,)))
+    return bytes(data)
+
+
+def done(seq, code=0):
+    return _NLMSGHDR.pack(20, NLMSG_DONE, 2, seq, MONITOR) + struct.pack("=i", -code)
+
+
+def link():
+    return _NLMSGHDR.pack(32, RTM_NEWLINK, 0, 0, 0) + bytes(16)
+
+
+def stream():
+    return RouteStream(PROTO, 254, OWN)
+
+
+def put(routes, prefix, hops):
+    if hops is None:
+        routes.pop(prefix, None)
+    else:
+        routes[prefix] = hops
+
+
+def test_own_writes_are_recognised_without_decoding():
+    s = stream()
+    s.feed(message(PREFIXES[0], HOPS[2], OWN) + message(PREFIXES[1], None, OWN))
+    got = s.take()
+    assert list(got.routes.values()) == [None, None] and not got.full
+    assert reconcile({PREFIXES[0]: HOPS[2]}, got) == ({PREFIXES[0]: HOPS[2]}, set())
+
+
+def test_changes_by_others_are_decoded_last_one_wins():
+    s = stream()
+    s.feed(message(PREFIXES[0], HOPS[3], OTHER) + message(PREFIXES[1], None, OTHER) + message(PREFIXES[0], HOPS[1], 0))
+    installed, drift = reconcile({PREFIXES[0]: HOPS[2], PREFIXES[1]: HOPS[2], PREFIXES[2]: HOPS[2]}, s.take())
+    assert installed == {PREFIXES[0]: HOPS[1], PREFIXES[2]: HOPS[2]} and drift == {PREFIXES[0], PREFIXES[1]}
+
+
+def test_routes_of_others_only_flag():
+    s = stream()
+    s.feed(message(PREFIXES[0], HOPS[2], OTHER, protocol=12) + message(PREFIXES[1], HOPS[2], OTHER, protocol=4, metric=5)
+           + message(PREFIXES[2], None, OTHER, protocol=12) + message(PREFIXES[3], HOPS[2], OTHER, metric=100))
+    got = s.take()
+    assert not got.routes and got.foreign_added and got.foreign == {PREFIXES[0]}  # same key as ours: may replace it
+
+
+def test_a_dump_is_the_whole_truth_and_events_keep_their_order():
+    s = stream()
+    s.feed(message(PREFIXES[0], HOPS[2], OTHER))  # before the dump, which does not list it: gone since
+    s.begin_dump(7)
+    s.feed(message(PREFIXES[1], HOPS[2], MONITOR, seq=7) + message(PREFIXES[1], None, OTHER))  # deleted after it
+    s.feed(message(PREFIXES[2], HOPS[2], OWN))  # our write, later than its place in the dump
+    s.feed(done(6))  # not ours
+    assert not s.settled
+    s.feed(message(PREFIXES[3], HOPS[3], MONITOR, seq=7) + done(7))
+    assert s.settled
+    got = s.take()
+    assert got.full
+    installed, drift = reconcile({PREFIXES[0]: HOPS[2], PREFIXES[1]: HOPS[2], PREFIXES[2]: HOPS[2],
+                                  PREFIXES[4]: HOPS[2]}, got)
+    assert installed == {PREFIXES[2]: HOPS[2], PREFIXES[3]: HOPS[3]}
+    assert drift == {PREFIXES[0], PREFIXES[1], PREFIXES[3], PREFIXES[4]}
+
+
+def test_dump_errors():
+    s = stream()
+    s.begin_dump(1)
+    s.feed(done(1, errno.ENOENT))  # no such table yet: empty
+    got = s.take()
+    assert got.full and not got.routes and not got.dump_error
+    s.begin_dump(2)
+    s.feed(done(2, errno.EINVAL))
+    got = s.take()
+    assert s.settled and not got.full and got.dump_error == errno.EINVAL
+
+
+def test_doubt_asks_for_a_dump():
+    s = stream()
+    s.feed(link())
+    assert s.take().links and s.settled
+    bad = bytearray(message(PREFIXES[0], HOPS[2], OTHER))
+    struct.pack_into("=HH", bad, 16 + 12, 200, 1)  # an attribute longer than the message
+    s.feed(bytes(bad))
+    assert not s.settled and s.dump_again
+    s = stream()
+    s.feed(message(PREFIXES[0], HOPS[2], OTHER)[:30])  # cut short
+    assert s.dump_again
+
+
+steps = st.lists(st.one_of(
+    st.tuples(st.sampled_from(["own", "other"]), st.sampled_from(PREFIXES), st.sampled_from(HOPS)),
+    st.tuples(st.just("lose"), st.sampled_from(PREFIXES), st.none())), max_size=30)
+
+
+@given(st.dictionaries(st.sampled_from(PREFIXES), st.sampled_from(HOPS[1:])), steps, steps, st.permutations(PREFIXES),
+       st.integers(1, 6))
+def test_after_a_full_read_installed_is_the_kernel(start, before, during, order, chunk):
+    """Our writes, others' changes and silent losses (a link flap) before a dump; writes and changes while
+    its chunks are produced. Then `installed` is exactly the kernel, and the drift is where our record was wrong."""
+    kernel, ours, s = dict(start), dict(start), stream()
+
+    def step(kind, prefix, hops):
+        put(kernel, prefix, hops)
+        if kind == "own":
+            put(ours, prefix, hops)
+            s.feed(message(prefix, hops, OWN))
+        elif kind == "other":
+            s.feed(message(prefix, hops, OTHER))
+
+    for args in before:
+        step(*args)
+    s.begin_dump(3)
+    pending, changes = list(order), iter([d for d in during if d[0] != "lose"])
+    while pending:
+        listed, pending = pending[:chunk], pending[chunk:]
+        s.feed(b"".join(message(p, kernel[p], MONITOR, seq=3) for p in listed if p in kernel))
+        args = next(changes, None)
+        if args:
+            step(*args)
+    for args in changes:
+        step(*args)
+    s.feed(done(3))
+    wrong = {p for p in PREFIXES if ours.get(p) != kernel.get(p)}
+    installed, drift = reconcile(ours, s.take())
+    assert installed == kernel and drift == wrong
+
+
+@given(st.dictionaries(st.sampled_from(PREFIXES), st.sampled_from(HOPS[1:])),
+       st.lists(st.tuples(st.sampled_from(["own", "other"]), st.sampled_from(PREFIXES), st.sampled_from(HOPS))))
+def test_events_alone_keep_installed_true(start, changes):
+    kernel, ours, s = dict(start), dict(start), stream()
+    for kind, prefix, hops in changes:
+        for routes in (kernel, ours) if kind == "own" else (kernel,):
+            put(routes, prefix, hops)
+        s.feed(message(prefix, hops, OWN if kind == "own" else OTHER))
+    wrong = {p for p in PREFIXES if ours.get(p) != kernel.get(p)}
+    installed, drift = reconcile(dict(ours), s.take())
+    assert installed == kernel and drift == wrong
