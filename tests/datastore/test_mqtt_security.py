@@ -10,7 +10,8 @@ import pytest
 
 from config.datastore import Change, DatastoreError, MqttDatastore, TlsSettings
 from tests.datastore.broker import SHIPPED, free_port, make_passwords, wait_listening
-from tests.datastore.conftest import collect, drain, eventually, make_certs, settings
+from config.datastore.base import MAX_VALUE_BYTES
+from tests.datastore.conftest import collect, drain, eventually, make_certs, publish_raw, settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,6 +110,12 @@ async def test_shipped_mosquitto_conf(tmp_path, certs, clients):
         await one.put("nodes/node1", {"address": "10.99.0.1"})
         seen = await collect(feed, lambda c: c.key == "nodes/node1")
         assert "nodes/node2" not in {c.key for c in seen}
+        # message_size_limit: a value over the datastore's limit never reaches a node (the broker drops it)
+        big = b'{"a":"' + b"x" * MAX_VALUE_BYTES + b'"}'
+        await publish_raw(SimpleNamespace(port=plain_port), "admin", [("tortie/v1/policies/default/big", big),
+                                                                     ("tortie/v1/policies/default/after", b"{}")])
+        await collect(feed, lambda c: c.key == "policies/default/after")
+        assert admin.get("policies/default/big") is None and admin.rejected == 0
         assert one.connected and one.resyncs == 0
         for ds in (one, two, admin):
             await asyncio.wait_for(ds.stop(), 10)
