@@ -73,7 +73,15 @@ class DaemonCollector(Collector):
             connected.add_metric([], 1.0 if d.cluster.ds.connected else 0.0)
             resyncs = CounterMetricFamily("tortie_datastore_resyncs", "full resynchronisations after a reconnect")
             resyncs.add_metric([], d.cluster.ds.resyncs)
-            yield from (connected, resyncs)
+            rejected = CounterMetricFamily("tortie_datastore_rejected_entries",
+                                           "entries dropped on arrival: malformed, or over the size or depth limit")
+            rejected.add_metric([], d.cluster.ds.rejected)
+            ignored = CounterMetricFamily("tortie_datastore_ignored_entries", "other nodes' entries ignored: a claim "
+                                          "on a block owned first by another node, a record with a taken address",
+                                          labels=["kind"])
+            ignored.add_metric(["claims"], d.cluster.ignored_claims.total)
+            ignored.add_metric(["nodes"], d.cluster.ignored_records.total)
+            yield from (connected, resyncs, rejected, ignored)
         sync = GaugeMetricFamily("tortie_initial_sync_done", "1 once the initial BGP sync finished")
         sync.add_metric([], 1.0 if d.initial_sync.is_set() else 0.0)
         yield sync
