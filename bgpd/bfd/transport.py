@@ -42,7 +42,6 @@ class Endpoint:
         self.rng = rng or random.SystemRandom()
         self.sessions: dict[IPv4Address, Session] = {}
         self.stats: collections.Counter[str] = collections.Counter()
-        self.tx_times: dict[IPv4Address, list[float]] | None = None  # set to a dict to record periodic sends
         self._timers: dict[IPv4Address, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rx: socket.socket | None = None
@@ -78,6 +77,10 @@ class Endpoint:
                     raise
         raise OSError(errno.EADDRINUSE, "no free BFD source port in 49152-65535")
 
+    def now(self) -> float:
+        """The clock the sessions run on (the event loop's)."""
+        return self._loop.time()
+
     def close(self) -> None:
         """Tells every peer we stop on purpose (AdminDown, RFC 5882 3.2: not a path failure), then closes."""
         if self._loop is None:
@@ -93,17 +96,17 @@ class Endpoint:
 
     def add(self, peer: IPv4Address, timers: Timers) -> None:
         if peer in self.sessions:
-            self._apply(peer, self.sessions[peer].set_timers(timers, self._loop.time()))
+            self._apply(peer, self.sessions[peer].set_timers(timers, self.now()))
             return
         discr = self._free_discriminator()
-        self.sessions[peer] = Session(discr, timers, self._loop.time(), self.rng)
-        self._apply(peer, self.sessions[peer].expire(self._loop.time()))
+        self.sessions[peer] = Session(discr, timers, self.now(), self.rng)
+        self._apply(peer, self.sessions[peer].expire(self.now()))
 
     def remove(self, peer: IPv4Address) -> None:
         session = self.sessions.get(peer)
         if session is None:
             return
-        self._apply(peer, session.admin_down(self._loop.time()))
+        self._apply(peer, session.admin_down(self.now()))
         if (handle := self._timers.pop(peer, None)) is not None:
             handle.cancel()
         del self.sessions[peer]
@@ -145,15 +148,12 @@ class Endpoint:
             self.stats["rx_discarded_no_session"] += 1
             return
         self.stats["rx_packets"] += 1
-        self._apply(source, session.receive(packet, self._loop.time()))
+        self._apply(source, session.receive(packet, self.now()))
 
     def _expire(self, peer: IPv4Address) -> None:
         session = self.sessions.get(peer)
         if session is not None:
-            periodic = session.next_tx is not None and self._loop.time() >= session.next_tx
-            if periodic and self.tx_times is not None:
-                self.tx_times.setdefault(peer, []).append(self._loop.time())
-            self._apply(peer, session.expire(self._loop.time()))
+            self._apply(peer, session.expire(self.now()))
 
     def _apply(self, peer: IPv4Address, out: Output) -> None:
         for packet in out.send:

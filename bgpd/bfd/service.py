@@ -1,0 +1,128 @@
+"""The node's BFD: one endpoint on the listen address, a session and a guard per peer with `bfd.enabled`.
+
+The daemon hands it the BGP peers (`configure`, also on reload) and hears `on_failure(peer, reason)` for the
+failures its guard says to act on; the rest (status, metrics) is read from here.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Address
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from bgpd.bfd.guard import PeerGuard
+from bgpd.bfd.packet import Diag, State
+from bgpd.bfd.session import Timers, Transition
+from bgpd.bfd.transport import Endpoint
+from config.node import Bfd, Peer
+
+log = logging.getLogger("tortie.bfd")
+
+
+def timers(bfd: Bfd) -> Timers:
+    return Timers(desired_min_tx=bfd.min_tx * 1000, required_min_rx=bfd.min_rx * 1000, detect_mult=bfd.multiplier)
+
+
+class BfdService:
+    def __init__(self, listen: IPv4Address, on_failure: Callable[[str, str], None]):
+        self.endpoint = Endpoint(listen, self._changed)
+        self.on_failure = on_failure
+        self.wanted: dict[IPv4Address, Timers] = {}
+        self.guards: dict[IPv4Address, PeerGuard] = {}
+        self.changes: collections.Counter[tuple[str, str]] = collections.Counter()  # (peer, new state)
+        self.detections: collections.Counter[str] = collections.Counter()  # by us: detection time expired
+        self.since: dict[IPv4Address, float] = {}
+        self.started = False
+
+    async def start(self) -> None:
+        """Binds UDP 3784 on the listen address (which must exist) and starts the configured sessions."""
+        await self.endpoint.start()
+        self.started = True
+        self._sync()
+
+    def configure(self, peers: Iterable[Peer]) -> None:
+        self.wanted = {p.address: timers(p.bfd) for p in peers if p.bfd.enabled}
+        if self.started:
+            self._sync()
+
+    def _sync(self) -> None:
+        for peer in [p for p in self.endpoint.sessions if p not in self.wanted]:
+            self.endpoint.remove(peer)
+            self.guards.pop(peer, None)
+            self.since.pop(peer, None)
+            log.info("bfd session removed peer=%s", peer)
+        for peer, t in self.wanted.items():
+            if peer not in self.endpoint.sessions:
+                log.info("bfd session added peer=%s min_rx=%dms min_tx=%dms multiplier=%d", peer,
+                         t.required_min_rx // 1000, t.desired_min_tx // 1000, t.detect_mult)
+                self.guards[peer] = PeerGuard()
+                self.since[peer] = time.time()
+            self.endpoint.add(peer, t)
+
+    def close(self) -> None:
+        """AdminDown to every peer (a deliberate stop: not a failure for them), then the sockets close."""
+        self.endpoint.close()
+        self.started = False
+
+    def _changed(self, peer: IPv4Address, t: Transition) -> None:
+        self.changes[(str(peer), t.new.name.lower())] += 1
+        self.since[peer] = time.time()
+        if t.diag == Diag.DETECTION_TIME_EXPIRED and t.new == State.DOWN:
+            self.detections[str(peer)] += 1
+        guard = self.guards[peer]
+        now = self.endpoint.now()
+        act = guard.failed(t, now)
+        if t.old == State.UP and t.new == State.DOWN:
+            action = ("routes out" if act else "none, dampened" if guard.suppressed
+                      else "none, the peer stopped BFD" if t.remote_state == State.ADMIN_DOWN
+                      else "none, within the hold-down")
+            log.warning("bfd down peer=%s diag=%s action=%s", peer, t.diag.name.lower(), action)
+        else:
+            log.info("bfd %s peer=%s diag=%s remote=%s", t.new.name.lower(), peer, t.diag.name.lower(),
+                     t.remote_state.name.lower())
+        if act:
+            self.on_failure(str(peer), f"bfd down ({t.diag.name.lower().replace('_', ' ')})")
+
+    # --- views
+
+    def status(self, peer: str) -> dict | None:
+        addr = IPv4Address(peer)
+        session = self.endpoint.sessions.get(addr)
+        if session is None:
+            return None
+        guard, now = self.guards[addr], self.endpoint.now()
+        return {"state": session.state.name.lower(), "diag": Diag(session.diag).name.lower(),
+                "remote_state": session.remote_state.name.lower(),
+                "since": round(time.time() - self.since[addr], 1),
+                "tx_interval_ms": session.tx_interval / 1000 if session.state == State.UP else None,
+                "detection_time_ms": session.detection_time / 1000 if session.state == State.UP else None,
+                "armed": guard.armed(now), "dampened": guard.dampened(now), "failures": guard.failures,
+                "ignored_failures": guard.ignored}
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily("tortie_bfd_session_up", "1 while the BFD session with the peer is Up", labels=["peer"])
+        detect = GaugeMetricFamily("tortie_bfd_detection_time_seconds",
+                                   "negotiated detection time of an Up session", labels=["peer"])
+        damp = GaugeMetricFamily("tortie_bfd_dampened", "1 while the peer's BFD failures are dampened (ignored)",
+                                 labels=["peer"])
+        changes = CounterMetricFamily("tortie_bfd_state_changes", "BFD session state changes, by new state",
+                                      labels=["peer", "state"])
+        detections = CounterMetricFamily("tortie_bfd_detections", "the peer fell silent for a detection time",
+                                         labels=["peer"])
+        failures = CounterMetricFamily("tortie_bfd_failures", "BFD failures: acted on (routes out, BGP torn down) "
+                                       "or ignored (within the hold-down, or dampened)", labels=["peer", "action"])
+        now = self.endpoint.now()
+        for addr, session in self.endpoint.sessions.items():
+            peer, guard = str(addr), self.guards[addr]
+            up.add_metric([peer], 1.0 if session.state == State.UP else 0.0)
+            detect.add_metric([peer], session.detection_time / 1e6 if session.state == State.UP else 0.0)
+            damp.add_metric([peer], 1.0 if guard.dampened(now) else 0.0)
+            for state in State:
+                changes.add_metric([peer, state.name.lower()], self.changes[(peer, state.name.lower())])
+            detections.add_metric([peer], self.detections[peer])
+            failures.add_metric([peer, "acted"], guard.failures)
+            failures.add_metric([peer, "ignored"], guard.ignored)
+        yield from (up, detect, damp, changes, detections, failures)
