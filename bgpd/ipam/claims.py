@@ -34,10 +34,14 @@ class Claim:
 
     @classmethod
     def of(cls, node: str, value: Mapping) -> Claim:
-        """A claims/<cidr>/<node> value as a Claim; a marker that is not a finite number counts as none (last)."""
-        at = value.get("at")
-        valid = isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at)
-        return cls(node, value.get("owned") is True, float(at) if valid else math.inf)
+        """A claims/<cidr>/<node> value as a Claim."""
+        return cls(node, value.get("owned") is True, marker(value.get("at")))
+
+
+def marker(value: object) -> float:
+    """A marker (unix time) as written by a node; one that is not a finite number ranks last (inf)."""
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if valid else math.inf
 
 
 def claims_by_block(items: Mapping[str, dict], usable: Callable[[str], bool]) -> dict[IPv4Network, dict[str, Claim]]:

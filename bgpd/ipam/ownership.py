@@ -17,11 +17,10 @@ The limits (a backdated marker; an address registered before its node ever did) 
 from __future__ import annotations
 
 import logging
-import math
 from ipaddress import IPv4Address, IPv4Network
 from typing import Callable, Iterable, Mapping
 
-from bgpd.ipam.claims import Claim, claims_by_block, owner, rivals
+from bgpd.ipam.claims import Claim, claims_by_block, marker, owner, rivals
 from config.datastore.keys import cidr_segment, parse_key
 
 log = logging.getLogger("tortie.ownership")
@@ -117,7 +116,7 @@ class EndpointGate:
     """For an incremental reader of endpoints (the policy sync on node `local`): lets through only the
     endpoints whose addresses their node owns, as claims and liveness change too. Sans-IO: the caller passes
     the changed keys and the current entries; the answer is the changes to apply (a foreign endpoint reads
-    as deleted). About 1 ms per call at 1,000 endpoints."""
+    as deleted). A few ms per call at 1,000 endpoints (addresses are parsed once per value)."""
 
     def __init__(self, local: str) -> None:
         self.local = local
@@ -154,17 +153,11 @@ class EndpointGate:
         return out
 
 
-def _since(record: Mapping) -> float:
-    since = record.get("since")
-    valid = isinstance(since, (int, float)) and not isinstance(since, bool) and math.isfinite(since)
-    return float(since) if valid else math.inf
-
-
 def registration(previous: Mapping | None, address: str, asn: int, router_id: str, now: float) -> dict:
     """The nodes/<name> record a node writes: its marker `since` is kept while the address stays the same."""
     record = {"address": address, "asn": asn, "router_id": router_id}
-    keep = previous is not None and previous.get("address") == address and _since(previous) <= now
-    return {**record, "since": _since(previous) if keep else now}
+    keep = previous is not None and previous.get("address") == address and marker(previous.get("since")) <= now
+    return {**record, "since": marker(previous.get("since")) if keep else now}
 
 
 def _address(k: str, record: Mapping) -> object:
@@ -180,7 +173,7 @@ def unique_addresses(records: Mapping[str, Mapping]) -> tuple[dict[str, Mapping]
     """nodes/<name> records -> (the ones kept, {ignored key: why}): of the records that give one address,
     the first registered (earliest `since`, then lowest name) keeps it."""
     first: dict[object, str] = {}
-    for k in sorted(records, key=lambda k: (_since(records[k]), parse_key(k)[1][0])):
+    for k in sorted(records, key=lambda k: (marker(records[k].get("since")), parse_key(k)[1][0])):
         first.setdefault(_address(k, records[k]), k)
     kept, ignored = {}, {}
     for k, record in records.items():
