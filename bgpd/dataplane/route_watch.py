@@ -100,8 +100,10 @@ class RouteStream:
             offset += (length + 3) & ~3
 
     def _own(self, data, body: int, end: int) -> None:
-        """Our writer's change: the prefix is enough, the writer knows what it wrote."""
-        if end - body < _RTMSG.size:
+        """Our writer's change: the prefix is enough, the writer knows what it wrote. It matters only
+        if it follows another change of the same prefix, or a dump is running."""
+        changes = self.changes
+        if not (changes.routes or changes.full or self.dumping) or end - body < _RTMSG.size:
             return
         dst_len = data[body + 1]
         offset, dst = body + _RTMSG.size, 0
@@ -114,7 +116,7 @@ class RouteStream:
                 break
             offset += (alen + 3) & ~3
         key = prefix_key(dst, dst_len)
-        self.changes.routes[key] = None
+        changes.routes[key] = None
         if self.dumping:
             self._touched.add(key)
 

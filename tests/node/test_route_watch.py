@@ -40,10 +40,20 @@ def put(routes, prefix, hops):
 
 def test_own_writes_are_recognised_without_decoding():
     s = stream()
-    s.feed(message(PREFIXES[0], HOPS[2], OWN) + message(PREFIXES[1], None, OWN))
+    s.feed(message(PREFIXES[0], HOPS[2], OWN))  # nothing to override: skipped
+    assert not s.changes.routes
+    s.feed(message(PREFIXES[1], HOPS[3], OTHER) + message(PREFIXES[1], None, OWN) + message(PREFIXES[0], None, OWN))
     got = s.take()
     assert list(got.routes.values()) == [None, None] and not got.full
     assert reconcile({PREFIXES[0]: HOPS[2]}, got) == ({PREFIXES[0]: HOPS[2]}, set())
+
+
+def test_own_writes_after_an_empty_dump_count():
+    s = stream()
+    s.begin_dump(1)
+    s.feed(done(1) + message(PREFIXES[0], HOPS[2], OWN))
+    installed, drift = reconcile({PREFIXES[0]: HOPS[2]}, s.take())
+    assert installed == {PREFIXES[0]: HOPS[2]} and not drift
 
 
 def test_changes_by_others_are_decoded_last_one_wins():
@@ -110,10 +120,11 @@ steps = st.lists(st.one_of(
 
 
 @given(st.dictionaries(st.sampled_from(PREFIXES), st.sampled_from(HOPS[1:])), steps, steps, st.permutations(PREFIXES),
-       st.integers(1, 6))
-def test_after_a_full_read_installed_is_the_kernel(start, before, during, order, chunk):
+       st.integers(1, 6), steps)
+def test_after_a_full_read_installed_is_the_kernel(start, before, during, order, chunk, after):
     """Our writes, others' changes and silent losses (a link flap) before a dump; writes and changes while
-    its chunks are produced. Then `installed` is exactly the kernel, and the drift is where our record was wrong."""
+    its chunks are produced and after its end. Then `installed` is exactly the kernel, and the drift is
+    where our record was wrong."""
     kernel, ours, s = dict(start), dict(start), stream()
 
     def step(kind, prefix, hops):
@@ -137,6 +148,9 @@ def test_after_a_full_read_installed_is_the_kernel(start, before, during, order,
     for args in changes:
         step(*args)
     s.feed(done(3))
+    for args in after:
+        if args[0] != "lose":
+            step(*args)
     wrong = {p for p in PREFIXES if ours.get(p) != kernel.get(p)}
     installed, drift = reconcile(ours, s.take())
     assert installed == kernel and drift == wrong
