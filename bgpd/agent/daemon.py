@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from bgpd.bgp.exabgp_process import ExaBGPSupervisor
 from bgpd.dataplane.kernel_routes import KernelTable, has_address
 from bgpd.agent.metrics import DaemonMetrics
 from bgpd.dataplane.pods import PodStore
+from bgpd.ipam.state import NodeBlocks, save as save_ipam_state
 from policy.datastore_sync import PolicySync
 from bgpd.bgp.rib import ImportFilter, Reject, Rib, Update
 from bgpd.agent.sdnotify import notify, watchdog_interval
@@ -273,16 +273,14 @@ class Daemon:
 
     def _save_blocks(self) -> None:
         """The blocks in force, for `tortie pod add` and tortie-cni: claimed ones are not in the file."""
-        path = self.node.state_dir / "blocks.json"
-        path.with_suffix(".tmp").write_text(json.dumps([str(b) for b in self.node.announced()]))
-        path.with_suffix(".tmp").rename(path)
+        save_ipam_state(self.node.state_dir, NodeBlocks(blocks=self.node.blocks, borrowed=self.node.borrowed))
 
     async def claim_block(self) -> str | None:
         """Another block for this node's pods (the control socket's `claim_block`); failing that, when the
         pools have no free block, one address borrowed from another node's block."""
         if self.cluster is None:
             return None
-        got = await self.cluster.claim_block() or await self.cluster.borrow_address()
+        got = await self.cluster.claim_more()
         if got is not None:
             try:
                 await self.reconfigure(self.cluster.desired())

@@ -83,8 +83,7 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lab", help="run a containerlab topology with network namespaces",
-                       description="Realize a containerlab topology (.clab.yml) on this host with network "
+    p = sub.add_parser("lab", description="Realize a containerlab topology (.clab.yml) on this host with network "
                                    "namespaces, veth links and processes; no container engine needed.")
     p.set_defaults(func=lambda args: p.print_help() or 2)
     lab_sub = p.add_subparsers(dest="lab_command", metavar="{up,down,status,exec}")

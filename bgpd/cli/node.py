@@ -1,10 +1,11 @@
-"""`tortie run`, `tortie config check`, `tortie status`, `tortie routes`, `tortie pod ...`."""
+"""`tortie run`, `tortie config check`, `tortie status`, `tortie routes`, `tortie pod ...`.
+
+Each command imports what it needs when it runs (see bgpd/cli/main.py): a CLI call pays only for its own.
+"""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -42,6 +43,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, node: NodeConfig) -> int:
+    import asyncio
+    import logging
+
     from bgpd.agent.daemon import Daemon, DaemonFailed, StartupError
 
     # under systemd (JOURNAL_STREAM set) journald stamps the time itself
@@ -161,24 +165,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"node configuration (default {DEFAULT_CONFIG})")
         p.set_defaults(func=lambda args: _config_errors(args, func))
 
-    p = sub.add_parser("run", help="run the node daemon")
+    p = sub.add_parser("run", description="Run the node daemon.")
     p.add_argument("--cleanup", action="store_true", help="on exit, withdraw our blocks and remove our kernel routes")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-timestamps", action="store_true", help="leave timestamps to journald")
     with_config(p, cmd_run)
 
-    cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_command", required=True)
+    cfg = sub.add_parser("config").add_subparsers(dest="config_command", required=True)
     p = cfg.add_parser("check", help="validate node configuration files")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_config_check)
 
     for name, view, render, text in (("status", "status", _render_status, "BGP sessions of the running daemon"),
                                      ("routes", "routes", _render_routes, "the RIB and what is in the kernel")):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, description=text[0].upper() + text[1:] + ".")
         p.add_argument("--json", action="store_true")
         with_config(p, _view(view, render))
 
-    pod = sub.add_parser("pod", help="local pods").add_subparsers(dest="pod_command", required=True)
+    pod = sub.add_parser("pod").add_subparsers(dest="pod_command", required=True)
     p = pod.add_parser("add", help="create a pod's network: netns, veth, address, routes")
     p.add_argument("pod", metavar="NAMESPACE/POD")
     p.add_argument("--ip", help="address to use (default: the first free one of the node's blocks)")

@@ -1,4 +1,5 @@
-"""Local pods: a network namespace, a veth pair, an address from the node's blocks, a /32 host route.
+"""Local pods: a network namespace, a veth pair, an address from the node's blocks (bgpd/ipam/allocate.py),
+a /32 host route.
 
 Wiring follows Calico: the pod gets its address as a /32 and a default route via the link-local
 gateway 169.254.1.1, which the host side answers for (a permanent neighbour entry in the pod, plus
@@ -13,12 +14,14 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Iterator
 
 from pyroute2 import IPRoute, NetNS, netns
 
+from bgpd.ipam.allocate import AddressError, allocate
+from bgpd.ipam.state import IpamStateError
 from config.node import NodeConfig
 
 GATEWAY = "169.254.1.1"
@@ -98,40 +101,6 @@ class PodStore:
     def delete(self, pod: Pod) -> None:
         self._path(pod.namespace, pod.name).unlink(missing_ok=True)
 
-    def blocks(self) -> list[IPv4Network]:
-        """The node's blocks: those of its file, and those the daemon claimed (state_dir/blocks.json)."""
-        path = self.node.state_dir / "blocks.json"
-        claimed = [IPv4Network(b) for b in json.loads(path.read_text())] if path.exists() else []
-        return sorted(set(self.node.blocks) | set(claimed))
-
-    def allocate(self, requested: str | None) -> IPv4Address:
-        lent = self.node.state_dir / "lent.json"  # addresses of our blocks that other nodes borrowed
-        used = {IPv4Address(p.ip) for p in self.all()} | {IPv4Address(a) for a in
-                                                          (json.loads(lent.read_text()) if lent.exists() else [])}
-        blocks = self.blocks()
-        if requested:
-            ip = IPv4Address(requested)
-            if not any(ip in b for b in blocks):
-                raise PodError(f"{ip} is not in this node's blocks ({', '.join(map(str, blocks))})")
-            if ip in used:
-                raise PodError(f"{ip} is already used by another pod")
-            return ip
-        for block in blocks:
-            for ip in block.hosts():
-                if ip not in used:
-                    return ip
-        if self.node.datastore is not None and self._claim_block():
-            return self.allocate(None)
-        raise PodError("no free address in this node's blocks")
-
-    def _claim_block(self) -> bool:
-        """Asks the running daemon for one more block from the pools, or failing that a borrowed address."""
-        from bgpd.agent.control import DaemonNotRunning, query
-        try:
-            return query(self.node.run_dir / "tortie.sock", "claim_block", timeout=30) is not None
-        except DaemonNotRunning:
-            return False
-
 
 def _netns_exists(name: str) -> bool:
     return os.path.exists(name) if "/" in name else name in netns.listnetns()
@@ -173,7 +142,10 @@ def _add(node: NodeConfig, key: str, ip: str | None, existing_netns: str | None,
             raise PodError(f"pod {key} exists already")
         if existing_netns and not _netns_exists(existing_netns):
             raise PodError(f"network namespace {existing_netns} does not exist")
-        address = store.allocate(ip)
+        try:
+            address = allocate(node, (IPv4Address(p.ip) for p in store.all()), ip)
+        except (AddressError, IpamStateError) as e:
+            raise PodError(str(e)) from None
         pod = Pod(namespace, name, str(address), existing_netns or f"{node.pod_netns_prefix}{namespace}-{name}",
                   host_interface(namespace, name), owns_netns=existing_netns is None,
                   container_id=container_id, ifname=ifname)

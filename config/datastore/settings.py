@@ -1,11 +1,13 @@
 """Datastore settings (the `datastore:` section of a node configuration)."""
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, model_validator
+
+if TYPE_CHECKING:
+    import ssl
 
 NAME = r"^[A-Za-z0-9_.-]{1,63}$"
 
@@ -29,6 +31,7 @@ class TlsSettings(_Settings):
         return self
 
     def context(self) -> ssl.SSLContext:
+        import ssl  # only a TLS connection needs it: importing these settings stays cheap
         ctx = ssl.create_default_context(cafile=self.ca)
         if self.cert is not None:
             ctx.load_cert_chain(self.cert, self.key)

@@ -179,7 +179,7 @@ def test_no_free_block_left_borrows_an_address_announced_as_32(lab):
     for node in ("node1", "node3"):
         lab.exec(node, "tortie", "pod", "exec", "default/p", "--", "ping", "-c", "1", "-W", "2", ip)
     # and the owner never hands that address out itself
-    assert ip in json.loads(lab.exec(owner, "cat", "/var/lib/tortie/lent.json").stdout)
+    assert ip in json.loads(lab.exec(owner, "cat", "/var/lib/tortie/lent.json").stdout)["addresses"]
 
 
 def test_a_node_that_goes_away_leaves_the_mesh_after_its_grace(lab):

@@ -1,12 +1,17 @@
-"""The block claim rule: unit tests and a simulation of nodes racing for blocks over a slow datastore."""
+"""IPAM: the block claim rule (unit tests and a simulation of nodes racing for blocks over a slow datastore),
+borrowing, address allocation and the state files."""
 import heapq
 import random
-from ipaddress import IPv4Network as N
+from ipaddress import IPv4Address as A, IPv4Network as N
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
+from bgpd.ipam.allocate import AddressError, allocate, choose
 from bgpd.ipam.claims import Claim, next_free, owner, wins
-from config.node import IPPool
+from bgpd.ipam.holdings import borrowable, lent
+from bgpd.ipam.state import IpamStateError, Lent, NodeBlocks, load, save
+from config.node import IPPool, NodeConfig
 
 POOL = IPPool(cidr=N("10.244.0.0/28"), block_size=30)  # 4 blocks
 
@@ -99,3 +104,55 @@ def test_racing_claims_end_with_one_owner_per_block(n, starts, seed):
         for block, claims in view.items():
             if claims:
                 assert list(claims) == [owner(claims)] and got[owner(claims)] == block
+
+
+# --- allocation, borrowing and the state files ---------------------------------------------------------------
+
+
+def test_choose_takes_the_first_free_address_or_the_one_asked_for():
+    blocks = [N("10.244.0.0/30"), N("10.244.0.9/32")]
+    assert choose(blocks, set(), None) == A("10.244.0.1")  # hosts only: not the network address
+    assert choose(blocks, {A("10.244.0.1"), A("10.244.0.2")}, None) == A("10.244.0.9")  # a borrowed /32
+    assert choose(blocks, {A("10.244.0.1"), A("10.244.0.2"), A("10.244.0.9")}, None) is None
+    assert choose(blocks, set(), A("10.244.0.2")) == A("10.244.0.2")
+    with pytest.raises(AddressError, match="already used"):
+        choose(blocks, {A("10.244.0.2")}, A("10.244.0.2"))
+    with pytest.raises(AddressError, match="not in this node's blocks"):
+        choose(blocks, set(), A("10.245.0.1"))
+
+
+def test_lent_and_borrowable():
+    c = {N("10.244.0.0/30"): {"a": Claim("a", True, 1.0)}, N("10.244.0.4/30"): {"b": Claim("b", True, 1.0)},
+         N("10.244.0.5/32"): {"a": Claim("a", True, 2.0)}, N("10.244.0.8/30"): {"c": Claim("c", False)}}
+    assert lent("b", [N("10.244.0.4/30")], c) == [A("10.244.0.5")]
+    assert lent("a", [N("10.244.0.0/30")], c) == []
+    # a borrows from b's block (c's is only pending): not the address it has, nor one a pod uses
+    assert list(borrowable({N("10.244.0.0/30")}, c, {"10.244.0.6"})) == []
+    assert list(borrowable({N("10.244.0.0/30")}, c, set())) == [N("10.244.0.6/32")]
+    assert list(borrowable({N("10.244.0.4/30")}, c, set())) == [N("10.244.0.1/32"), N("10.244.0.2/32")]
+
+
+def test_state_files_round_trip_and_refuse_garbage(tmp_path):
+    assert load(tmp_path, NodeBlocks) == NodeBlocks() and load(tmp_path, Lent) == Lent()  # no daemon yet
+    save(tmp_path, NodeBlocks(blocks=[N("10.244.0.0/26")], borrowed=[A("10.244.9.3")]))
+    save(tmp_path, Lent(addresses=[A("10.244.0.7")]))
+    assert load(tmp_path, NodeBlocks).borrowed == [A("10.244.9.3")]
+    assert load(tmp_path, Lent).addresses == [A("10.244.0.7")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks.json", "lent.json"]
+    (tmp_path / "blocks.json").write_text('["10.244.0.0/26"]')  # the old, untyped form
+    with pytest.raises(IpamStateError, match=r"blocks\.json: invalid"):
+        load(tmp_path, NodeBlocks)
+
+
+def test_allocate_reads_the_daemons_blocks_and_skips_lent_addresses(tmp_path):
+    node = NodeConfig.model_validate({"name": "n", "router_id": "10.0.0.1", "asn": 64512,
+                                      "listen_address": "10.0.0.1", "state_dir": str(tmp_path),
+                                      "pools": [{"cidr": "10.244.0.0/24", "block_size": 30}],
+                                      "blocks": ["10.244.0.0/30"]})
+    assert allocate(node, [], None) == A("10.244.0.1")
+    save(tmp_path, Lent(addresses=[A("10.244.0.1")]))
+    save(tmp_path, NodeBlocks(blocks=[N("10.244.0.0/30"), N("10.244.0.8/30")], borrowed=[A("10.244.0.66")]))
+    assert allocate(node, [A("10.244.0.2")], None) == A("10.244.0.9")
+    assert allocate(node, [A("10.244.0.2"), A("10.244.0.9"), A("10.244.0.10")], None) == A("10.244.0.66")
+    with pytest.raises(AddressError, match="no free address"):  # no datastore: nobody to ask for more
+        allocate(node, [A("10.244.0.2"), A("10.244.0.9"), A("10.244.0.10"), A("10.244.0.66")], None)

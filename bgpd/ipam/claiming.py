@@ -1,0 +1,80 @@
+"""This node's claims in the datastore: claiming a free block, borrowing an address when none is left,
+and the addresses of its blocks lent to others (the I/O around bgpd/ipam/claims.py and holdings.py)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from ipaddress import IPv4Network
+from typing import AbstractSet, Callable
+
+from bgpd.ipam.claims import Claim, claims_by_block, next_free, wins
+from bgpd.ipam.holdings import borrowable, lent
+from bgpd.ipam.state import Lent, save
+from config.datastore import Datastore, cidr_segment, key
+from config.node import NodeConfig
+
+log = logging.getLogger("tortie.ipam")
+
+
+class BlockClaims:
+    """Claims of one node; `counts(node)` says whether another node's claims still count (alive or in grace).
+
+    `ours` arguments: the node's blocks (the file's and the claimed ones)."""
+
+    def __init__(self, ds: Datastore, counts: Callable[[str], bool]):
+        self.ds, self.counts = ds, counts
+
+    def by_block(self) -> dict[IPv4Network, dict[str, Claim]]:
+        return claims_by_block(self.ds.items("claims"), self.counts)
+
+    def save_lent(self, node: NodeConfig, ours: AbstractSet[IPv4Network]) -> None:
+        """state_dir/lent.json: the addresses of our blocks that the pods of this node must not get."""
+        save(node.state_dir, Lent(addresses=lent(node.name, ours, self.by_block())))
+
+    async def claim_more(self, node: NodeConfig, ours: AbstractSet[IPv4Network]) -> IPv4Network | None:
+        """Another block for the node's pods or, when the pools have no free block, one borrowed address."""
+        return await self.claim_block(node) or await self.borrow_address(node, ours)
+
+    async def claim_block(self, node: NodeConfig) -> IPv4Network | None:
+        """Claims a free block of the pools (see bgpd/ipam/claims.py for why this converges to one owner)."""
+        given_up: set[IPv4Network] = set()
+        while True:
+            taken = [b for b, c in self.by_block().items() if c]
+            block = next_free(node.pools, taken, given_up)
+            if block is None:
+                log.warning("no free block left in the pools")
+                return None
+            if await self._claim(node, block):
+                log.info("claimed block=%s", block)
+                return block
+            given_up.add(block)
+
+    async def borrow_address(self, node: NodeConfig, ours: AbstractSet[IPv4Network]) -> IPv4Network | None:
+        """One address of another node's block, for when the pools have no free block left.
+
+        The same claim rule as for blocks, on a /32; an address that shows up in an endpoint meanwhile
+        (its owner handed it out) is given up.
+        """
+        for single in borrowable(ours, self.by_block(), self._endpoint_ips()):
+            if await self._claim(node, single, lambda: str(single.network_address) not in self._endpoint_ips()):
+                log.info("borrowed address=%s", single.network_address)
+                return single
+        log.error("no free address left anywhere in the pools")
+        return None
+
+    def _endpoint_ips(self) -> set[str]:
+        return {ip for ep in self.ds.items("endpoints").values() for ip in ep.get("ips", [])}
+
+    async def _claim(self, node: NodeConfig, prefix: IPv4Network,
+                     still_free: Callable[[], bool] = lambda: True) -> bool:
+        claim_key = key("claims", cidr_segment(prefix), node.name)
+        await self.ds.put(claim_key, {"owned": False, "at": time.time()})
+        await asyncio.sleep(node.claim_settle)
+        claims = self.by_block().get(prefix, {})
+        if wins(node.name, claims) and still_free():
+            await self.ds.put(claim_key, {"owned": True, "at": time.time()})
+            return True
+        await self.ds.delete(claim_key)
+        log.info("lost the race for %s to %s", prefix, sorted(set(claims) - {node.name}))
+        return False
