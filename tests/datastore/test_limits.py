@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from config.datastore import Change, DatastoreError
-from config.datastore.base import MAX_DEPTH, MAX_VALUE_BYTES, decode
+from config.datastore.base import MAX_DEPTH, MAX_VALUE_BYTES, decode, encode
 from tests.datastore.conftest import collect, publish_raw
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,3 +75,30 @@ async def test_mqtt_hostile_retained_entries_do_not_break_sync(broker, clients):
     assert two.get("policies/default/good") == {"ok": 1} and two.rejected == len(BAD) + 1
     await asyncio.sleep(0)
     assert one.connected and two.connected and one.resyncs == two.resyncs == 0
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                           max_leaves=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values, st.integers(0, 60))
+def test_any_value_is_written_or_refused_cleanly(value, wrap):
+    """Random shapes (NaN, deep nesting, non-objects): a write either round-trips or raises DatastoreError."""
+    for _ in range(wrap):
+        value = {"a": value}
+    try:
+        data = encode("nodes/node1", value)
+    except DatastoreError:
+        return
+    assert decode(data) == json.loads(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.builds(lambda n, s: s * n, st.integers(0, 3000), st.sampled_from([b"[", b'{"a":'])))
+def test_any_payload_is_read_or_refused_cleanly(payload):
+    try:
+        assert isinstance(decode(payload), dict)
+    except ValueError:
+        pass
