@@ -32,7 +32,7 @@ class ConfigError(Exception):
         self.errors = errors
 
 
-def _short(text: str, limit: int = _PART) -> str:
+def shorten(text: str, limit: int = _PART) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
@@ -44,7 +44,7 @@ def field_path(loc: tuple) -> str:
             continue
         part = str(part)
         if not part.isprintable() or len(part) > _PART:
-            part = _short(repr(part))
+            part = shorten(repr(part))
         out += f".{part}" if out else part
     if len(loc) > _PARTS:
         out += f"...({len(loc)} levels)"
@@ -52,7 +52,7 @@ def field_path(loc: tuple) -> str:
 
 
 def validation_errors(source: str, exc: ValidationError) -> list[str]:
-    return [f"{source}: {field_path(e['loc'])}: {_short(e['msg'], 300)}" for e in exc.errors()]
+    return [f"{source}: {field_path(e['loc'])}: {shorten(e['msg'], 300)}" for e in exc.errors()]
 
 
 def read_text(path: str | Path, max_bytes: int = MAX_BYTES) -> str:
@@ -164,7 +164,7 @@ class StrictLoader(yaml.SafeLoader):
                 name = self.construct_object(key)
                 if name in first:
                     self._where.append(name)
-                    raise self._refuse(f"duplicate key {_short(repr(name))} (first at line {first[name]})",
+                    raise self._refuse(f"duplicate key {shorten(repr(name))} (first at line {first[name]})",
                                        key.start_mark)
                 first[name] = key.start_mark.line + 1
             self._where.append(name if name is not None else "?")
@@ -181,7 +181,7 @@ class StrictLoader(yaml.SafeLoader):
         try:
             return super().construct_object(node, deep)
         except (ValueError, OverflowError, TypeError) as e:
-            raise _Refused(field_path(self._path_to(node)), f"cannot read this value: {_short(str(e), 200)}",
+            raise _Refused(field_path(self._path_to(node)), f"cannot read this value: {shorten(str(e), 200)}",
                            node.start_mark) from None
 
     def _path_to(self, target: Node) -> tuple:
@@ -215,7 +215,7 @@ def _yaml_error(source: str, e: yaml.YAMLError, text: str) -> str:
     if isinstance(e, _Refused):
         return f"{source}: {where}{e.path}: {e.problem}"
     problem = ", ".join(filter(None, [getattr(e, "context", None), getattr(e, "problem", None)])) or str(e)
-    return f"{source}: {where}invalid YAML: {_short(problem, 200)}"
+    return f"{source}: {where}invalid YAML: {shorten(problem, 200)}"
 
 
 def yaml_documents(path: str | Path, max_bytes: int = MAX_BYTES) -> Iterator[tuple[int, int, Any]]:
@@ -267,7 +267,7 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(out) != len(pairs):
         keys = [k for k, _ in pairs]
         dup = next(k for i, k in enumerate(keys) if k in keys[:i])
-        raise _JSONRefused(f"duplicate key {_short(repr(dup))}")
+        raise _JSONRefused(f"duplicate key {shorten(repr(dup))}")
     return out
 
 
@@ -290,7 +290,7 @@ def parse_json(data: bytes | str, source: str, max_bytes: int = MAX_BYTES) -> An
     except _JSONRefused as e:
         raise ConfigError([f"{source}: (somewhere): {e}"]) from None
     except ValueError as e:  # an integer of more than 4,300 digits
-        raise ConfigError([f"{source}: (somewhere): {_short(str(e), 200)}"]) from None
+        raise ConfigError([f"{source}: (somewhere): {shorten(str(e), 200)}"]) from None
     except RecursionError:
         raise ConfigError([f"{source}: (top level): nested deeper than {MAX_DEPTH} levels"]) from None
     _check_tree(value, source)

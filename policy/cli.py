@@ -19,11 +19,14 @@ def _compile(args: argparse.Namespace) -> Ruleset:
     return compile_ruleset(load_policies(args.files), load_endpoints(args.endpoints))
 
 
-def _errors(e: Exception) -> int:
+def _errors(e: Exception, status: int = 1) -> int:
     lines = e.errors if isinstance(e, ConfigError) else [str(e)]
     for line in lines:
         print(f"error: {line}", file=sys.stderr)
-    return 1
+    return status
+
+
+BAD_INPUT = 2  # the exit status of check and compile for invalid files, as `tortie config check`
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -32,7 +35,7 @@ def _check(args: argparse.Namespace) -> int:
         if args.endpoints:
             compile_ruleset(policies, load_endpoints(args.endpoints))
     except (ConfigError, CompileError) as e:
-        return _errors(e)
+        return _errors(e, BAD_INPUT)
     print(f"ok: {len(policies)} policies")
     return 0
 
@@ -51,7 +54,7 @@ def _compile_cmd(args: argparse.Namespace) -> int:
     try:
         rs = _compile(args)
     except (ConfigError, CompileError) as e:
-        return _errors(e)
+        return _errors(e, BAD_INPUT)
     sys.stdout.write(render_text(rs, args.backend))
     return 0
 

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ValidationError
 
-from config.load import ConfigError, load_model, validation_errors, yaml_documents
+from config.load import ConfigError, load_model, shorten, validation_errors, yaml_documents
 from policy.model import (AnyPolicy, Endpoints, GlobalNetworkPolicy, K8sNetworkPolicy, TortieNetworkPolicy,
                           policy_id)
 
@@ -22,10 +22,10 @@ def parse_document(data: Any) -> AnyPolicy:
     if not isinstance(data, dict):
         raise ValueError(f"(top level): expected a mapping, got {type(data).__name__}")
     key = (data.get("apiVersion"), data.get("kind"))
-    model = KINDS.get(key)  # type: ignore[arg-type]
+    model = KINDS.get(key) if all(isinstance(k, str) for k in key) else None  # type: ignore[arg-type]
     if model is None:
         known = ", ".join(f"{a} {k}" for a, k in KINDS)
-        raise ValueError(f"apiVersion/kind: unknown {key[0]!r} {key[1]!r}; known: {known}")
+        raise ValueError(f"apiVersion/kind: unknown {shorten(repr(key[0]))} {shorten(repr(key[1]))}; known: {known}")
     return model.model_validate(data)  # type: ignore[return-value]
 
 
