@@ -8,6 +8,8 @@ values the constructors cannot represent (a 5,000-digit integer, 2001-13-45), an
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
@@ -58,7 +60,11 @@ def validation_errors(source: str, exc: ValidationError) -> list[str]:
 def read_text(path: str | Path, max_bytes: int = MAX_BYTES) -> str:
     """The file's text: at most `max_bytes`, strict UTF-8; ConfigError otherwise."""
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO without a writer would wait forever; a regular file ignores it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError([f"{path}: cannot read: not a regular file"])
             data = f.read(max_bytes + 1)
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from None

@@ -122,3 +122,14 @@ def test_policy_with_duplicate_action_is_refused_not_last_wins(tmp_path):
         load_policies([f])
     assert e.value.errors == [f"{f}: document 1: line 7, column 7: spec.ingress[0].action: duplicate key 'action' "
                               "(first at line 6)"]
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_only_regular_files_are_read(tmp_path, kind):
+    """A FIFO without a writer used to block the reader forever."""
+    import os
+    path = {"directory": tmp_path, "device": "/dev/zero", "fifo": tmp_path / "fifo"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(ConfigError, match=r"cannot read: (not a regular file|Is a directory)"):
+        load_yaml(path)
