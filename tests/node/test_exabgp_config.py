@@ -85,3 +85,10 @@ def test_a_shared_sticky_directory_is_left_alone(tmp_path):
     shared.chmod(0o1777)
     private_dir(shared)
     assert mode(shared) == 0o1777
+
+
+def test_the_daemon_makes_its_run_dir_private(tmp_path, umask_022):
+    from bgpd.agent.daemon import Daemon
+    config = node([]).model_copy(update={"run_dir": tmp_path / "run", "state_dir": tmp_path / "state"})
+    Daemon(NodeConfig.model_validate(config.model_dump()))
+    assert mode(tmp_path / "run") == 0o700
