@@ -6,8 +6,11 @@
    (RFC 5880 6.8.7 wants 0.75-1.0), with 0, 1 and 2 cores kept busy by spinning processes.
 2. Detection: a sender falls silent (nft drops its BFD packets; the link stays up); the time from the cut to the
    other side's Down, for Tortie detecting FRR and FRR detecting Tortie (seen when its Down packet reaches us).
+3. Failover (--failover N, the bfd lab): h1 cut off silently while `fast` (BFD) and `slow` (hold time 9 s) probe
+   the anycast service every 10 ms; the outage of a flow through h1 on each (tests/node/test_bfd_lab.py).
 
 Run as root from the repository: /opt/tortie-venv/bin/python bench/bfd_bench.py [--seconds 20] [--cuts 10]
+[--failover 5]
 Prints tables and writes bench/results/bfd_bench.json. A benchmark, not a test: it asserts nothing.
 """
 from __future__ import annotations
@@ -21,9 +24,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.netns import RUN_PREFIX, run_in_netns  # noqa: E402  (the helpers the tests use)
+from tests.netns import RUN_PREFIX, Lab, run_in_netns  # noqa: E402  (the helpers the tests use)
 from tests.node.bfd_pair import (LEFT, RIGHT, Frr, cut_bfd, heal_bfd, start_runner, state_is,  # noqa: E402
                                  stop_runner, veth_pair)
+from tests.node.test_bfd_lab import failover  # noqa: E402
 
 FRR_CONF = f"bfd\n peer {LEFT} local-address {RIGHT}\n  receive-interval 300\n  transmit-interval 300\n !\n!\n"
 INTERVAL = 0.3
@@ -88,11 +92,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=20, help="per load level")
     ap.add_argument("--cuts", type=int, default=10, help="silent failures each way")
+    ap.add_argument("--failover", type=int, default=0, help="failover runs on the bfd lab")
     ap.add_argument("--output", default=str(Path(__file__).parent / "results" / "bfd_bench.json"))
     args = ap.parse_args()
     make, made = namespaces()
     frr = runner = None
-    report = {"interval_ms": 300, "multiplier": 3, "tx_intervals": {}, "detection": {"tortie": [], "frr": []}}
+    report = {"interval_ms": 300, "multiplier": 3, "tx_intervals": {}, "detection": {"tortie": [], "frr": []},
+              "failover": []}
     try:
         a, b = veth_pair(make)
         frr = Frr(b, FRR_CONF)
@@ -122,6 +128,13 @@ def main() -> int:
             frr.stop()
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    if args.failover:
+        lab = Lab("bfd.clab.yml", "bench")
+        try:
+            lab.up()
+            report["failover"] = [failover(lab) for _ in range(args.failover)]
+        finally:
+            lab.down()
     print("TX interval / 300 ms (RFC: 0.75-1.0), kernel timestamps on the wire; outside: by more than 0.6 ms")
     print(f"{'load':8} {'sender':7} {'n':>4} {'min':>6} {'p1':>6} {'p50':>6} {'p99':>6} {'max':>6} {'outside':>7}")
     for load, senders in report["tx_intervals"].items():
@@ -134,6 +147,11 @@ def main() -> int:
         if values:
             s = spread(values)
             print(f"{who:7} detects: n={s['n']} min {s['min']:.3f} p50 {s['p50']:.3f} max {s['max']:.3f}")
+    if report["failover"]:
+        print("\nFailover: outage of a flow through the host cut off (s); BFD 300 ms x 3 against hold time 9 s")
+        for node in ("fast", "slow"):
+            s = spread([r[node]["outage"] for r in report["failover"]])
+            print(f"{node:5} n={s['n']} min {s['min']:.3f} p50 {s['p50']:.3f} max {s['max']:.3f}")
     Path(args.output).parent.mkdir(exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
     return 0

@@ -36,10 +36,19 @@ class BfdService:
         self.detections: collections.Counter[str] = collections.Counter()  # by us: detection time expired
         self.since: dict[IPv4Address, float] = {}
         self.started = False
+        self.error = ""  # why the endpoint could not start: BFD is then off, BGP's hold timers decide
 
     async def start(self) -> None:
-        """Binds UDP 3784 on the listen address (which must exist) and starts the configured sessions."""
-        await self.endpoint.start()
+        """Binds UDP 3784 on the listen address (which must exist) and starts the configured sessions.
+
+        A port taken by another BFD daemon on the host is logged and shown in the status, not fatal: BGP
+        works without BFD, only slower to notice a dead peer."""
+        try:
+            await self.endpoint.start()
+        except OSError as e:
+            self.error = f"cannot listen on {self.endpoint.listen}:{self.endpoint.port}: {e.strerror}"
+            log.error("bfd off: %s", self.error)
+            return
         self.started = True
         self._sync()
 
@@ -92,7 +101,7 @@ class BfdService:
         addr = IPv4Address(peer)
         session = self.endpoint.sessions.get(addr)
         if session is None:
-            return None
+            return {"state": "off", "error": self.error} if self.error and addr in self.wanted else None
         guard, now = self.guards[addr], self.endpoint.now()
         return {"state": session.state.name.lower(), "diag": Diag(session.diag).name.lower(),
                 "remote_state": session.remote_state.name.lower(),

@@ -48,11 +48,9 @@ class Endpoint:
         self._tx: socket.socket | None = None
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             rx.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
             rx.bind((str(self.listen), self.port))
             rx.setblocking(False)
@@ -65,6 +63,7 @@ class Endpoint:
             tx.close()
             raise
         self._rx, self._tx = rx, tx
+        self._loop = asyncio.get_running_loop()
         self._loop.add_reader(rx.fileno(), self._readable)
 
     def _bind_source_port(self, tx: socket.socket) -> None:

@@ -38,6 +38,11 @@ async def main():
     await until(lambda: state() == "up", 10)
     out["status_up"] = svc.status("{right}")
     out["no_bfd_peer"] = svc.status("10.77.0.9")
+    second = BfdService(IPv4Address("{left}"), lambda peer, reason: None)  # port 3784 taken: BFD off, logged
+    second.configure([Peer(address="{right}", asn=1, bfd=fast)])
+    await second.start()
+    out["second"] = second.status("{right}")
+    second.close()
     # a failure within the hold-down only counts
     nft("-f", "-", input=CUT)
     await until(lambda: state() == "down", 5)
@@ -79,6 +84,7 @@ def test_service_reports_failures_after_the_hold_down(make_netns):
     up = out["status_up"]
     assert up["state"] == "up" and up["detection_time_ms"] == 300 and up["tx_interval_ms"] == 100
     assert out["no_bfd_peer"] is None and out["after_removal"] is None
+    assert out["second"] == {"state": "off", "error": f"cannot listen on {LEFT}:3784: Address already in use"}
     assert out["failures_in_hold_down"] == 0 and out["armed"] is True
     assert out["failure"] == [RIGHT, "bfd down (detection time expired)"]
     assert out["reported_after"] < 0.3 + 0.2  # detection time plus scheduling slack
