@@ -102,10 +102,14 @@ class Endpoint:
         self._apply(peer, self.sessions[peer].expire(self.now()))
 
     def remove(self, peer: IPv4Address) -> None:
+        """Ends the session with AdminDown, sent three times: one lost datagram would otherwise look like a
+        failure to the peer (we send nothing more once the session is gone)."""
         session = self.sessions.get(peer)
         if session is None:
             return
-        self._apply(peer, session.admin_down(self.now()))
+        out = session.admin_down(self.now())
+        out.send *= 3
+        self._apply(peer, out)
         if (handle := self._timers.pop(peer, None)) is not None:
             handle.cancel()
         del self.sessions[peer]
