@@ -9,19 +9,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from pydantic import TypeAdapter
 
-from policy.apply_iptables import IptablesApplier
-from policy.apply_nft import NftApplier
-from policy.diff import diff
+from policy.backend import BACKENDS, Backend, KernelBackend, open_backend
 from policy.counters import RuleCounter
+from policy.diff import diff
 from policy.ir import Ruleset
-from policy.kernel import ApplyError
+from policy.kernel import ApplyError, Interrupted
 
-Backend = Literal["nft", "iptables"]
 DEFAULT_STATE_DIR = Path(os.environ.get("TORTIE_POLICY_STATE_DIR", "/run/tortie/policy"))
+LAYOUT = 2  # the kernel layout rulesets are rendered in: a ruleset applied with another one is replaced in full
 
 
 @dataclass(frozen=True)
@@ -29,6 +27,7 @@ class _SavedState:
     backend: str
     slot: str  # the iptables backend's ipset slot
     ruleset: Ruleset
+    layout: int = 1
 
 
 _STATE_JSON = TypeAdapter(_SavedState)
@@ -39,7 +38,13 @@ def _netns_id() -> str:
 
 
 class PolicyApplier:
-    """Owns Tortie's policy ruleset in the network namespace this process runs in."""
+    """Owns Tortie's policy ruleset in the network namespace this process runs in.
+
+    Drift: `check()` says whether the applied ruleset is still what the kernel holds, `repair()` puts it back in
+    full when it is not and counts that in `repairs`. Call `repair()` periodically (every second) or on nftables
+    events; while nothing changed in the kernel it costs one generation read (a netlink round trip for nft, a
+    getsockopt per table plus `ipset list -t` for iptables), after any change one census of our objects.
+    """
 
     def __init__(self, backend: Backend = "nft", state_dir: Path = DEFAULT_STATE_DIR, iptables_variant: str = "legacy",
                  persist: bool = True):
@@ -49,27 +54,31 @@ class PolicyApplier:
         self.persist = persist
         self.path = Path(state_dir) / f"{_netns_id()}.json"
         self.variant = iptables_variant
+        self.repairs = 0  # full re-applies after the kernel was found changed behind our back
         self._state: tuple[str, str, Ruleset] | None = None  # (backend, ipset slot, ruleset)
         self._loaded = False
+        self._full_next = False  # the kernel's objects are gone, or another version rendered them: replace in full
+        self._verified: object = None  # the kernel generation last found holding our ruleset intact
 
-    def _kernel(self, backend: str, slot: str = "a") -> NftApplier | IptablesApplier:
-        return NftApplier() if backend == "nft" else IptablesApplier(self.variant, slot)
+    def _kernel(self, backend: str, slot: str = "a") -> KernelBackend:
+        return open_backend(backend, slot, self.variant)
 
     def current(self) -> tuple[str, str, Ruleset] | None:
-        """(backend, ipset slot, ruleset) last applied here, if its kernel objects still exist."""
+        """(backend, ipset slot, ruleset) last applied here (its kernel objects may have been removed since)."""
         if not self._loaded:
             self._loaded = True
             try:
                 saved = _STATE_JSON.validate_json(self.path.read_bytes())
-                state = (saved.backend, saved.slot, saved.ruleset)
             except (OSError, ValueError):
-                state = None
-            if state and self._kernel(state[0], state[1]).exists():
-                self._state = state
+                return None
+            self._state = (saved.backend, saved.slot, saved.ruleset)
+            self._full_next = saved.layout != LAYOUT or not self._kernel(saved.backend, saved.slot).exists()
         return self._state
 
-    def _applied(self, backend: str, slot: str, rs: Ruleset) -> None:
-        self._state = (backend, slot, rs)
+    def _applied(self, kernel: KernelBackend, rs: Ruleset) -> None:
+        self._state = (kernel.name, kernel.slot, rs)
+        self._full_next = False
+        self._verified = None  # the next check takes a census once
         if self.persist:
             self.save()
 
@@ -79,40 +88,65 @@ class PolicyApplier:
         backend, slot, rs = self._state
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(_STATE_JSON.dump_json(_SavedState(backend, slot, rs)))
+        tmp.write_bytes(_STATE_JSON.dump_json(_SavedState(backend, slot, rs, LAYOUT)))
         tmp.replace(self.path)
 
     def apply(self, rs: Ruleset, full: bool = False) -> str:
         """Makes `rs` the enforced ruleset; returns "unchanged", "incremental" or "full"."""
         cur = self.current()
-        prev = cur[2] if cur and cur[0] == self.backend else None
-        kernel = self._kernel(self.backend, cur[1] if cur and cur[0] == self.backend else "a")
-        if prev is not None and not full:
+        same = cur is not None and cur[0] == self.backend
+        prev = cur[2] if cur is not None and same else None
+        kernel = self._kernel(self.backend, cur[1] if cur is not None and same else "a")
+        if prev is not None and not (full or self._full_next):
             delta = diff(prev, rs)
             if delta is not None and delta.empty():
                 return "unchanged"
             if delta is not None:
                 try:
-                    if isinstance(kernel, IptablesApplier):
-                        kernel.apply_delta(delta, rs, prev)
-                    else:
-                        kernel.apply_delta(delta, rs)
-                    self._applied(self.backend, getattr(kernel, "slot", "a"), rs)
+                    kernel.apply_delta(delta, rs, prev)
+                    self._applied(kernel, rs)
                     return "incremental"
                 except ApplyError:
                     pass  # the kernel and our state disagree: a full apply below settles it
-        if isinstance(kernel, IptablesApplier):
-            kernel.apply_full(rs, prev)
-        else:
-            kernel.apply_full(rs)
-        if cur and cur[0] != self.backend:
+        kernel.apply_full(rs, prev)
+        if cur is not None and not same:
             self._kernel(cur[0], cur[1]).flush()  # the new backend enforces before the old one is removed
-        self._applied(self.backend, getattr(kernel, "slot", "a"), rs)
+        self._applied(kernel, rs)
         return "full"
+
+    def check(self) -> list[str]:
+        """What differs between the applied ruleset and the kernel ([] when intact or nothing was applied)."""
+        cur = self.current()
+        if cur is None:
+            return []
+        kernel = self._kernel(cur[0], cur[1])
+        generation = kernel.generation()
+        if generation == self._verified:
+            return []
+        try:
+            problems = kernel.verify(cur[2])
+        except Interrupted:
+            return []  # changed while we looked: the generation moved, so the next check looks again
+        if not problems:
+            self._verified = generation
+        return problems[:6] if len(problems) <= 6 else [*problems[:5], f"and {len(problems) - 5} more"]
+
+    def repair(self) -> list[str]:
+        """Checks, and when the kernel differs re-applies the last ruleset in full (one transaction per table, so
+        the moment it commits every pod is policed again); returns what was wrong. Raises ApplyError when the
+        re-apply fails: the next call tries again."""
+        problems = self.check()
+        if problems and self._state is not None:
+            backend, slot, rs = self._state
+            kernel = self._kernel(backend, slot)
+            kernel.apply_full(rs, rs)
+            self.repairs += 1
+            self._applied(kernel, rs)
+        return problems
 
     def flush(self) -> None:
         """Removes everything Tortie applied here, with either backend."""
-        for backend in ("nft", "iptables"):
+        for backend in BACKENDS:
             kernel = self._kernel(backend)
             if kernel.available():  # a host may have only one of them
                 kernel.flush()

@@ -6,11 +6,16 @@ succeeded, IPv4 is restored to the previous ruleset before the error is reported
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import re
 import shutil
-from collections import defaultdict
+import socket
+from collections import Counter, defaultdict
 
+from policy import nft_inspect
 from policy import render_iptables as R
+from policy.backend import census_problems
 from policy.counters import RuleCounter, counters_from_sums
 from policy.diff import Delta
 from policy.ir import Ruleset
@@ -18,10 +23,34 @@ from policy.kernel import ApplyError, run
 from policy.names import IPSET_PREFIX, IPT_PREFIX
 
 FAMILIES = (4, 6)
+_GET_INFO = 64  # IPT_SO_GET_INFO / IP6T_SO_GET_INFO: struct ipt_getinfo, 84 bytes, the table name first
+_INFO_SIZE = 84
+
+
+def _table_info(family: int) -> bytes | int:
+    """The legacy filter table's hook offsets, entry count and size (no counters): any rule added, removed or
+    resized changes them. An errno when the kernel will not say (e.g. no table yet)."""
+    af, level = (socket.AF_INET, socket.IPPROTO_IP) if family == 4 else (socket.AF_INET6, socket.IPPROTO_IPV6)
+    libc = ctypes.CDLL(None, use_errno=True)
+    with socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+        buf = ctypes.create_string_buffer(b"filter", _INFO_SIZE)
+        size = ctypes.c_uint32(_INFO_SIZE)
+        if libc.getsockopt(s.fileno(), level, _GET_INFO, buf, ctypes.byref(size)) != 0:
+            return ctypes.get_errno() or errno.EIO
+        return buf.raw[32:_INFO_SIZE]
+
+
+def _chain_sizes(text: str) -> dict[str, int]:
+    """Rules per chain of ours in iptables-save (or -restore) text, chains without rules included."""
+    sizes = Counter(line.split()[1] for line in text.splitlines() if line.startswith(f"-A {IPT_PREFIX}"))
+    sizes.update({c: 0 for c in re.findall(rf"^:({re.escape(IPT_PREFIX)}\S+)", text, re.M)})
+    return dict(sizes)
 
 
 class IptablesApplier:
-    backend = "iptables"
+    """The `KernelBackend` for iptables and ipset (policy.backend)."""
+
+    name = "iptables"
 
     def __init__(self, variant: str = "legacy", slot: str = "a"):
         self.variant = variant  # "legacy" or "nft": which iptables backend
@@ -56,7 +85,7 @@ class IptablesApplier:
     def exists(self) -> bool:
         return all(f":{IPT_PREFIX}FORWARD " in self._saved(f) for f in FAMILIES)
 
-    def apply_full(self, rs: Ruleset, prev: Ruleset | None = None) -> None:
+    def apply_full(self, rs: Ruleset, prev: Ruleset | None) -> None:
         new_slot = "b" if self.slot == "a" else "a"
         stale = [n for n in self._ipsets() if n.endswith(f"-{new_slot}")]
         self._destroy(stale)  # leftovers of an earlier failed apply; no rule refers to the new slot
@@ -99,7 +128,7 @@ class IptablesApplier:
             lines += (f"del {ipset} {R.ipset_element(s, e)}" for e in sorted(remove))
         return lines
 
-    def apply_delta(self, delta: Delta, rs: Ruleset, prev: Ruleset | None = None) -> None:
+    def apply_delta(self, delta: Delta, rs: Ruleset, prev: Ruleset) -> None:
         """ipset changes, then one restore per table. ipset restore is not a transaction: if any step fails, the
         element changes are undone, new sets destroyed and an IPv4 table already changed is restored from `prev`,
         before the error is raised."""
@@ -113,7 +142,7 @@ class IptablesApplier:
         try:
             if lines:
                 run(["ipset", "-exist", "restore"], "\n".join(lines) + "\n")
-            if rewrite or removed or delta.dispatch:
+            if rewrite or removed or delta.dispatch or any(delta.isolated):
                 for fam in FAMILIES:
                     self._restore(fam, R.restore_script(rs, fam, self.slot, chains=rewrite, remove=removed))
                     done.append(fam)
@@ -140,6 +169,32 @@ class IptablesApplier:
             chains, _ = self._ours(fam)
             self._restore(fam, self._remove_script(fam, chains))
         self._destroy(self._ipsets())
+
+    def _ipset_sizes(self) -> dict[str, int]:
+        """Our ipsets and their element counts, from the headers only (`ipset list -t`)."""
+        sizes, name = {}, ""
+        for line in run(["ipset", "list", "-t"]).splitlines():
+            if line.startswith("Name: "):
+                name = line[6:].strip()
+            elif line.startswith("Number of entries: ") and name.startswith(IPSET_PREFIX):
+                sizes[name] = int(line.split(":")[1])
+        return sizes
+
+    def generation(self) -> tuple:
+        tables = nft_inspect.generation() if self.variant == "nft" else tuple(_table_info(f) for f in FAMILIES)
+        return tables, tuple(sorted(self._ipset_sizes().items()))
+
+    def verify(self, rs: Ruleset) -> list[str]:
+        problems = []
+        for fam in FAMILIES:
+            saved = self._saved(fam)
+            want, got = _chain_sizes(R.restore_script(rs, fam, self.slot)), _chain_sizes(saved)
+            problems += (f"IPv{fam} {p}" for p in census_problems(want, got, {}, {}))
+            problems += (f"IPv{fam} jump from {b} to {c} is missing" for c, (b, _) in R.DISPATCH.items()
+                         if f"-A {b} -j {c}\n" not in saved + "\n")
+        want_sets = {R.ipset_name(n, self.slot): len(s.elements) for n, s in rs.sets.items()}
+        got_sets = {n: k for n, k in self._ipset_sizes().items() if n in want_sets}  # other slots: leftovers
+        return problems + census_problems({}, {}, want_sets, got_sets)
 
     def counters(self, rs: Ruleset) -> list[RuleCounter]:
         names = {R.chain_name(n): n for n in (*rs.policy_chains, *rs.endpoint_chains)}

@@ -5,7 +5,8 @@ import json
 import shutil
 from collections import defaultdict
 
-from policy import nft_elements, render_nft
+from policy import nft_elements, nft_inspect, render_nft
+from policy.backend import census_problems
 from policy.counters import RuleCounter, counters_from_sums
 from policy.diff import Delta
 from policy.ir import Ruleset
@@ -14,12 +15,15 @@ from policy.names import TABLE
 
 
 class NftApplier:
-    backend = "nft"
+    """The `KernelBackend` for nftables (policy.backend)."""
 
-    def apply_full(self, rs: Ruleset) -> None:
+    name = "nft"
+    slot = "a"
+
+    def apply_full(self, rs: Ruleset, prev: Ruleset | None = None) -> None:
         run(["nft", "-f", "-"], render_nft.render(rs))
 
-    def apply_delta(self, delta: Delta, rs: Ruleset) -> None:
+    def apply_delta(self, delta: Delta, rs: Ruleset, prev: Ruleset | None = None) -> None:
         """Element-only changes go over netlink (about 1 ms); anything else is one `nft -f` transaction."""
         if delta.elements_only():
             for batch in nft_elements.batches_for(delta, rs):
@@ -38,6 +42,16 @@ class NftApplier:
     def flush(self) -> None:
         if self.exists():
             run(["nft", "delete", "table", "inet", TABLE])
+
+    def generation(self) -> int:
+        return nft_inspect.generation()
+
+    def verify(self, rs: Ruleset) -> list[str]:
+        found = nft_inspect.census(TABLE)
+        if not found.exists:
+            return [f"table inet {TABLE} is missing"]
+        return census_problems({n: len(r) for n, r in render_nft.chain_rules(rs).items()}, found.rules,
+                               render_nft.set_sizes(rs), found.elements)
 
     def counters(self, rs: Ruleset) -> list[RuleCounter]:
         if not self.exists():

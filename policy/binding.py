@@ -59,8 +59,10 @@ def _key(ep: AnyEndpoint) -> str:
 
 
 class Binding:
-    def __init__(self, program: Program, endpoints: Endpoints):
+    def __init__(self, program: Program, endpoints: Endpoints, isolated: Iterable[str] = ()):
+        """`isolated`: interfaces whose every packet is dropped (local pods that could not be compiled)."""
         self.program = program
+        self.isolated = frozenset(isolated)
         self.groups = _LabelIndex((g.selector, (name, g, fam)) for name, (g, fam) in program.groups.items())
         self.targets = _LabelIndex((g.selector, (i, chain, direction, g))
                                    for i, (chain, direction, g) in enumerate(program.targets))
@@ -84,7 +86,8 @@ class Binding:
 
     def _ruleset(self, sets: dict[str, NamedSet]) -> Ruleset:
         return Ruleset(sets=sets, policy_chains=self.program.policy_chains, endpoint_chains=dict(self.chains),
-                       dispatch={m: dict(d) for m, d in self.dispatch.items()}, ipv6=self.program.ipv6)
+                       dispatch={m: dict(d) for m, d in self.dispatch.items()}, ipv6=self.program.ipv6,
+                       isolated=self.isolated)
 
     def _contribute(self, ep: AnyEndpoint, sign: int) -> set[str]:
         """Adds (sign +1) or removes (-1) what one endpoint puts in sets and dispatch maps; returns the sets
@@ -158,11 +161,18 @@ class Binding:
         return self.ruleset
 
 
-def bind_endpoints(program: Program, endpoints: Endpoints) -> Ruleset:
-    return Binding(program, endpoints).ruleset
+    def isolate(self, interfaces: Iterable[str]) -> Ruleset:
+        """The ruleset with exactly these interfaces isolated."""
+        self.isolated = frozenset(interfaces)
+        self.ruleset = replace(self.ruleset, isolated=self.isolated)
+        return self.ruleset
 
 
-def compile_ruleset(policies: Sequence[AnyPolicy], endpoints: Endpoints) -> Ruleset:
-    """The whole compiler: a pure function of policies and endpoints."""
+def bind_endpoints(program: Program, endpoints: Endpoints, isolated: Iterable[str] = ()) -> Ruleset:
+    return Binding(program, endpoints, isolated).ruleset
+
+
+def compile_ruleset(policies: Sequence[AnyPolicy], endpoints: Endpoints, isolated: Iterable[str] = ()) -> Ruleset:
+    """The whole compiler: a pure function of policies and endpoints (and the interfaces to isolate)."""
     with gc_paused():
-        return bind_endpoints(compile_policies(policies, needs_ipv6(policies, endpoints)), endpoints)
+        return bind_endpoints(compile_policies(policies, needs_ipv6(policies, endpoints)), endpoints, isolated)

@@ -17,6 +17,7 @@ class Delta:
     added_endpoint_chains: list[str] = field(default_factory=list)
     removed_endpoint_chains: list[str] = field(default_factory=list)
     dispatch: dict[str, tuple[dict[str, str], set[str]]] = field(default_factory=dict)  # map -> (add, remove)
+    isolated: tuple[set[str], set[str]] = field(default_factory=lambda: (set(), set()))  # (add, remove)
 
     def elements_only(self) -> bool:
         """True when only set elements and interface dispatch entries change (no chain or set is touched)."""
@@ -24,7 +25,7 @@ class Delta:
                     or self.removed_policy_chains or self.added_endpoint_chains or self.removed_endpoint_chains)
 
     def empty(self) -> bool:
-        return self.elements_only() and not self.set_elements and not self.dispatch
+        return self.elements_only() and not self.set_elements and not self.dispatch and not any(self.isolated)
 
 
 def diff(old: Ruleset, new: Ruleset) -> Delta | None:
@@ -56,4 +57,5 @@ def diff(old: Ruleset, new: Ruleset) -> Delta | None:
         remove = {i for i, c in before.items() if entries.get(i) != c}
         if add or remove:
             d.dispatch[vmap] = (add, remove)
+    d.isolated = (set(new.isolated - old.isolated), set(old.isolated - new.isolated))
     return d

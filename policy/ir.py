@@ -104,3 +104,6 @@ class Ruleset:
     endpoint_chains: dict[str, EndpointChain] = field(default_factory=dict)
     dispatch: dict[str, dict[str, str]] = field(default_factory=lambda: {m: {} for m in DISPATCH_MAPS})
     ipv6: bool = False
+    # interfaces of local pods that could not be compiled: every packet in or out of them is dropped, before
+    # anything else (established flows included), so that a pod is never left unpoliced
+    isolated: frozenset[str] = frozenset()

@@ -8,6 +8,10 @@ class ApplyError(RuntimeError):
     """A tool rejected a change; the previous ruleset is still in force."""
 
 
+class Interrupted(Exception):
+    """The kernel's ruleset changed while it was being read: read it again later."""
+
+
 def run(args: list[str], stdin: str | None = None, timeout: float = 300) -> str:
     try:
         p = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=timeout)

@@ -1,4 +1,4 @@
-"""Prometheus export of per-rule counters, read from the kernel at scrape time."""
+"""Prometheus export of per-rule counters (read from the kernel at scrape time) and of drift repairs."""
 from __future__ import annotations
 
 from typing import Callable, Iterable
@@ -26,3 +26,17 @@ class RuleCounterCollector(Collector):
             octets.add_metric(labels, c.bytes)
         yield packets
         yield octets
+
+
+class RepairCollector(Collector):
+    """Exports `tortie_policy_repairs_total`: full re-applies after Tortie's ruleset was found removed or altered
+    in the kernel (`PolicyApplier.repairs`, read at scrape time)."""
+
+    def __init__(self, read: Callable[[], int]):
+        self.read = read
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        repairs = CounterMetricFamily("tortie_policy_repairs", "Full re-applies of the policy ruleset after it was "
+                                      "found removed or altered in the kernel")
+        repairs.add_metric([], self.read())
+        yield repairs

@@ -20,6 +20,7 @@ from policy.diff import Delta
 from policy.ir import NamedSet, Ruleset
 from policy.kernel import ApplyError
 from policy.names import TABLE
+from policy.render_nft import ISOLATED
 
 NETLINK_NETFILTER = 12
 NFPROTO_INET = 1
@@ -87,6 +88,11 @@ def batches_for(delta: Delta, rs: Ruleset) -> list[_Batch]:
     adds, removes = _Batch(), _Batch()
     for b in (adds, removes):
         b.control(NFNL_MSG_BATCH_BEGIN)
+    isolate, release = delta.isolated
+    if isolate:
+        adds.elements(True, ISOLATED, [_key_attr(_ifname(i)) for i in sorted(isolate)])
+    if release:
+        removes.elements(False, ISOLATED, [_key_attr(_ifname(i)) for i in sorted(release)])
     for name, (add, remove) in sorted(delta.set_elements.items()):
         if add:
             adds.elements(True, name, [_key_attr(_key(rs.sets[name], e)) for e in sorted(add)])

@@ -6,6 +6,7 @@ iptables has no verdict maps and no per-base-chain accept, so the layout differs
 - an Allow or Pass sets the mark bit ALLOW_MARK and returns to the endpoint chain, which returns when the bit is
   set and drops after its last policy; the dispatch chain clears the bit between the two checks.
 Our chains end by returning, never by accepting, so other tools' rules in the built-in chains still apply.
+Isolated interfaces (pods that could not be compiled) are dropped first in every dispatch chain, in and out.
 ipset names carry a slot letter (a/b) that alternates on every full apply: the new sets are filled before the
 rules switch to them, so a failed apply leaves the old rules with their old sets.
 """
@@ -129,6 +130,8 @@ def _dispatch_rules(rs: Ruleset, family: int) -> list[str]:
     clear = f"-j MARK --set-xmark 0x0/{ALLOW_MARK:#x}"
     out = [f"-A {ALLOW_CHAIN} -j MARK --set-xmark {ALLOW_MARK:#x}/{ALLOW_MARK:#x}"]
     for chain, (_builtin, checks) in DISPATCH.items():
+        for opt in sorted({opt for opt, _ in checks}):
+            out += (f"-A {chain} {opt} {iface} -j DROP" for iface in sorted(rs.isolated))
         out.append(f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
         if family == 6:  # neighbour and router discovery is never subject to policy (as in Calico)
             out += (f"-A {chain} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN" for t in range(133, 137))

@@ -4,8 +4,12 @@ Layout: six base chains (egress checks at priority filter, ingress at filter + 1
 base chain, so a forwarded packet passes the sender's egress and then the receiver's ingress policy); each looks
 the interface up in a verdict map and jumps to the endpoint's chain, which jumps to its policies' chains in order.
 Per-packet cost is one map lookup plus the endpoint's own policies, whatever the number of endpoints.
+Isolated interfaces (pods that could not be compiled) are dropped first thing in the three egress base chains,
+which run before the ingress ones: in and out, established flows included.
 """
 from __future__ import annotations
+
+from typing import Iterable
 
 from policy.diff import Delta
 from policy.ir import DISPATCH_MAPS, EndpointChain, Match, NamedSet, PolicyChain, Ruleset
@@ -20,6 +24,8 @@ BASE_CHAINS = (
     ("output_egress", "output", "filter", "oifname", "host_egress"),
     ("output_ingress", "output", "filter + 1", "oifname", "workload_ingress"),
 )
+ISOLATED = "isolated"  # set of interface names
+_ISOLATE = {"forward_egress": ("iifname", "oifname"), "input_egress": ("iifname",), "output_egress": ("oifname",)}
 _VERDICT = {"allow": "accept", "deny": "drop", "pass": "accept"}
 # IPv6 neighbour and router discovery is never subject to policy (as in Calico): without it no address resolves
 ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
@@ -108,23 +114,43 @@ def _chain_block(name: str, rules: list[str], head: str | None = None) -> list[s
     return [f"\tchain {name} {{", *([f"\t\t{head}"] if head else []), *(f"\t\t{r}" for r in rules), "\t}"]
 
 
+def _base_rules(name: str, key: str, vmap: str) -> list[str]:
+    return [*(f"{k} @{ISOLATED} counter drop" for k in _ISOLATE.get(name, ())),
+            "ct state established,related accept", f"icmpv6 type {{ {ND_TYPES} }} accept", f"{key} vmap @{vmap}"]
+
+
+def chain_rules(rs: Ruleset) -> dict[str, list[str]]:
+    """Every chain of the table with its rules, in render order."""
+    out = {c.name: _rules(c) for _, c in sorted(rs.policy_chains.items())}
+    out.update((e.name, _endpoint_rules(e)) for _, e in sorted(rs.endpoint_chains.items()))
+    out.update((name, _base_rules(name, key, vmap)) for name, _hook, _prio, key, vmap in BASE_CHAINS)
+    return out
+
+
+def set_sizes(rs: Ruleset) -> dict[str, int]:
+    """Elements per set and map, as the kernel counts them (an interval set counts its CIDRs)."""
+    return {**{n: len(s.elements) for n, s in rs.sets.items()}, **{m: len(rs.dispatch[m]) for m in DISPATCH_MAPS},
+            ISOLATED: len(rs.isolated)}
+
+
 def render(rs: Ruleset) -> str:
     """The whole table, replacing any previous one in the same transaction."""
     lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
     for _, s in sorted(rs.sets.items()):
         lines += _set_block(s)
+    lines += [f"\tset {ISOLATED} {{", "\t\ttype ifname",
+              *([f"\t\telements = {{ {_ifnames(rs.isolated)} }}"] if rs.isolated else []), "\t}"]
     for name in DISPATCH_MAPS:
         lines += _map_block(name, rs.dispatch[name])
-    for _, c in sorted(rs.policy_chains.items()):
-        lines += _chain_block(c.name, _rules(c))
-    for _, e in sorted(rs.endpoint_chains.items()):
-        lines += _chain_block(e.name, _endpoint_rules(e))
-    for name, hook, prio, key, vmap in BASE_CHAINS:
-        lines += _chain_block(name, ["ct state established,related accept", f"icmpv6 type {{ {ND_TYPES} }} accept",
-                                     f"{key} vmap @{vmap}"],
-                              head=f"type filter hook {hook} priority {prio}; policy accept;")
+    heads = {name: f"type filter hook {hook} priority {prio}; policy accept;" for name, hook, prio, _k, _v in BASE_CHAINS}
+    for name, rules in chain_rules(rs).items():
+        lines += _chain_block(name, rules, heads.get(name))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _ifnames(names: Iterable[str]) -> str:
+    return ", ".join(f'"{i}"' for i in sorted(names))
 
 
 def render_delta(d: Delta, new: Ruleset) -> str:
@@ -150,9 +176,14 @@ def render_delta(d: Delta, new: Ruleset) -> str:
         out += (f"add rule {t} {name} {r}" for r in _rules(new.policy_chains[name]))
     for name in d.added_endpoint_chains:
         out += (f"add rule {t} {name} {r}" for r in _endpoint_rules(new.endpoint_chains[name]))
+    isolate, release = d.isolated
+    if isolate:  # first: a pod that cannot be compiled is cut off before anything else changes
+        out.insert(0, f"add element {t} {ISOLATED} {{ {_ifnames(isolate)} }}")
+    if release:
+        out.append(f"delete element {t} {ISOLATED} {{ {_ifnames(release)} }}")
     for vmap, (add, remove) in d.dispatch.items():
         if remove:
-            out.append(f"delete element {t} {vmap} {{ " + ", ".join(f'"{i}"' for i in sorted(remove)) + " }")
+            out.append(f"delete element {t} {vmap} {{ {_ifnames(remove)} }}")
         if add:
             out.append(f"add element {t} {vmap} {{ " + ", ".join(f'"{i}" : goto {c}' for i, c in sorted(add.items()))
                        + " }")

@@ -1,0 +1,71 @@
+"""One interface for the kernel backends that enforce a ruleset (nftables; iptables with ipset), picked by name."""
+from __future__ import annotations
+
+from typing import Hashable, Literal, Protocol
+
+from policy.counters import RuleCounter
+from policy.diff import Delta
+from policy.ir import Ruleset
+
+Backend = Literal["nft", "iptables"]
+BACKENDS: tuple[Backend, ...] = ("nft", "iptables")
+
+
+class KernelBackend(Protocol):
+    """Applies rulesets in the current network namespace. Every method raises ApplyError when a tool or the kernel
+    refuses; a refused apply leaves the previous ruleset in force."""
+
+    name: Backend
+    slot: str  # which generation of named sets is in use (iptables' ipset slots; "a" for nft): kept in the state
+
+    def available(self) -> bool:
+        """The tools this backend needs are installed."""
+
+    def exists(self) -> bool:
+        """Our ruleset (some version of it) is in the kernel."""
+
+    def apply_full(self, rs: Ruleset, prev: Ruleset | None) -> None:
+        """Replaces whatever is there by `rs`; `prev` (what was applied before, if known) is restored when a
+        multi-step apply fails half-way."""
+
+    def apply_delta(self, delta: Delta, rs: Ruleset, prev: Ruleset) -> None:
+        """Takes the kernel from `prev` to `rs` by applying `delta` only."""
+
+    def flush(self) -> None:
+        """Removes every object of ours."""
+
+    def counters(self, rs: Ruleset) -> list[RuleCounter]:
+        """Per-rule packet and byte counters of the applied `rs`."""
+
+    def generation(self) -> Hashable:
+        """A fingerprint that changes whenever the kernel's rules may have changed (cheap: no listing)."""
+
+    def verify(self, rs: Ruleset) -> list[str]:
+        """What differs between the kernel and `rs` (chains, rule counts, sets, element counts); [] if intact."""
+
+
+def open_backend(name: str, slot: str = "a", iptables_variant: str = "legacy") -> KernelBackend:
+    """The backend called `name` ("nft" or "iptables"); `iptables_variant` picks iptables-legacy or -nft."""
+    if name == "nft":
+        from policy.apply_nft import NftApplier
+        return NftApplier()
+    if name == "iptables":
+        from policy.apply_iptables import IptablesApplier
+        return IptablesApplier(iptables_variant, slot)
+    raise ValueError(f"unknown policy backend {name!r}: use {' or '.join(BACKENDS)}")
+
+
+def census_problems(want_rules: dict[str, int], got_rules: dict[str, int], want_sets: dict[str, int],
+                    got_sets: dict[str, int]) -> list[str]:
+    """Compares rules per chain and elements per set found in the kernel with the ruleset's (pure). Chains and
+    sets only the kernel has are reported too: someone added them inside our table."""
+    problems = []
+    for kind, want, got, unit in (("chain", want_rules, got_rules, "rules"), ("set", want_sets, got_sets, "elements")):
+        for name in sorted(want.keys() | got.keys()):
+            if name not in got:
+                problems.append(f"{kind} {name} is missing")
+            elif name not in want:
+                problems.append(f"{kind} {name} is not ours")
+            elif got[name] != want[name]:
+                problems.append(f"{kind} {name} has {got[name]} {unit}, expected {want[name]}")
+    return problems
