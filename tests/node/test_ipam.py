@@ -1,5 +1,6 @@
 """IPAM: the block claim rule (unit tests and a simulation of nodes racing for blocks over a slow datastore),
 borrowing, address allocation and the state files."""
+import asyncio
 import heapq
 import random
 from ipaddress import IPv4Address as A, IPv4Network as N
@@ -8,9 +9,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bgpd.ipam.allocate import AddressError, allocate, choose
+from bgpd.ipam.claiming import BlockClaims
 from bgpd.ipam.claims import Claim, next_free, owner, wins
 from bgpd.ipam.holdings import borrowable, lent
 from bgpd.ipam.state import IpamStateError, Lent, NodeBlocks, load, save
+from config.datastore import FilesDatastore
 from config.node import IPPool, NodeConfig
 
 POOL = IPPool(cidr=N("10.244.0.0/28"), block_size=30)  # 4 blocks
@@ -156,3 +159,41 @@ def test_allocate_reads_the_daemons_blocks_and_skips_lent_addresses(tmp_path):
     assert allocate(node, [A("10.244.0.2"), A("10.244.0.9"), A("10.244.0.10")], None) == A("10.244.0.66")
     with pytest.raises(AddressError, match="no free address"):  # no datastore: nobody to ask for more
         allocate(node, [A("10.244.0.2"), A("10.244.0.9"), A("10.244.0.10"), A("10.244.0.66")], None)
+
+
+async def eventually(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(60)
+async def test_claiming_and_borrowing_over_a_files_datastore(tmp_path):
+    """Two nodes share a directory datastore and a pool of two blocks: each claims one, the pool is then full,
+    and a node that needs more borrows the first address of the other's block that no endpoint uses."""
+    def node(name: str) -> NodeConfig:
+        return NodeConfig.model_validate({
+            "name": name, "router_id": "10.0.0.1", "asn": 64512, "listen_address": "10.0.0.1", "claim_settle": 0.2,
+            "state_dir": str(tmp_path / name), "pools": [{"cidr": "10.244.0.0/29", "block_size": 30}]})
+    a, b = node("a"), node("b")
+    stores = {n: FilesDatastore(tmp_path / "ds", n, lease_ttl=60) for n in ("a", "b")}
+    for ds in stores.values():
+        await ds.start()
+    try:
+        ca, cb = (BlockClaims(stores[n], lambda _: True) for n in ("a", "b"))
+        assert await ca.claim_block(a) == N("10.244.0.0/30")
+        await eventually(lambda: owner(cb.by_block().get(N("10.244.0.0/30"), {})) == "a")
+        assert await cb.claim_block(b) == N("10.244.0.4/30")
+        await eventually(lambda: owner(ca.by_block().get(N("10.244.0.4/30"), {})) == "b")
+        assert await ca.claim_block(a) is None  # the pools are full
+        await stores["a"].put("endpoints/a/default/p1", {"ips": ["10.244.0.1"]})
+        await eventually(lambda: stores["b"].items("endpoints"))
+        assert await cb.claim_more(b, {N("10.244.0.4/30")}) == N("10.244.0.2/32")
+        await eventually(lambda: owner(ca.by_block().get(N("10.244.0.2/32"), {})) == "b")
+        a.state_dir.mkdir()  # the daemon makes it at start
+        ca.save_lent(a, {N("10.244.0.0/30")})
+        assert load(a.state_dir, Lent).addresses == [A("10.244.0.2")]
+    finally:
+        for ds in stores.values():
+            await ds.stop()
