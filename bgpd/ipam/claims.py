@@ -13,7 +13,8 @@ its name), so an owned claim does not take a block from its owner: the first own
 is the marker `at` the owner wrote when it marked its claim owned (unix time, never rewritten); a later
 owned claim by another node is a rival, ignored by every reader and reported (`rivals()`). Two honest
 owners can only follow a partition (a node that claimed from a stale view): the earlier marker wins,
-then the lower name. tests/node/test_ownership.py checks the rule.
+then the lower name. A node can backdate its own marker; docs/datastore.md says what that leaves open.
+tests/node/test_ownership.py checks the rule.
 """
 from __future__ import annotations
 
