@@ -12,7 +12,8 @@ measures, per run:
   thread as the daemon does it and, side by side, on the event loop (the alternative); and the loop's lag.
 
 Workload: bench/policy_bench.py's (policy i selects endpoint app<i % 1000>, 3-4 rules each; a third each Tortie
-NetworkPolicy, Kubernetes NetworkPolicy, GlobalNetworkPolicy); endpoints spread over 10 nodes, 100 on this one.
+NetworkPolicy, Kubernetes NetworkPolicy, GlobalNetworkPolicy); endpoints on 4 nodes (250 on this one), each node
+owning the /24 of its endpoints' addresses (the readers' ownership check passes them).
 
 Run as root from the repository: /opt/tortie-venv/bin/python bench/policy_sync_bench.py [--repeat 3] [--quick]
 Prints a table and writes bench/results/policy_sync_bench.json. A benchmark, not a test: it asserts nothing.
@@ -61,9 +62,12 @@ def write_datastore(path: Path, n_policies: int, n_endpoints: int) -> None:
     eps = endpoints_doc(n_endpoints)
     for ns in eps["namespaces"]:
         put(f"namespaces/{ns['name']}", {"labels": ns["labels"]})
-    for j, ep in enumerate(eps["endpoints"]):
-        put(f"endpoints/node{j % 10 + 1}/{ep['namespace']}/{ep['name']}",
+    for j, ep in enumerate(eps["endpoints"]):  # endpoint j's address is in 10.100.<j // 250>.0/24: node<j // 250 + 1>'s
+        put(f"endpoints/node{j // 250 + 1}/{ep['namespace']}/{ep['name']}",
             {k: ep[k] for k in ("labels", "ips", "interface", "ports")})
+    for b in range((n_endpoints + 249) // 250):
+        put(f"claims/10.100.{b}.0-24/node{b + 1}", {"owned": True, "at": 1.0})
+        put(f"status/node{b + 1}", {"alive": True, "expires": time.time() + 3600})
     for i in range(n_policies):
         put(policy_key(i, n_endpoints), policy_doc(i, n_endpoints))
 

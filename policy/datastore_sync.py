@@ -5,8 +5,14 @@ changes only what differs in the kernel. Compiling and applying run on one worke
 that also programs BGP routes: the loop only collects which keys changed.
 
 Nothing in the datastore can stop this task: every entry is validated on its own and problems are reported per
-entry (the others applied); a ruleset that cannot be compiled or applied leaves the previous one in force (never
-fail open), the error is logged once per distinct problem and counted, and the next change starts from scratch.
+entry (the others applied); endpoints their node may not publish (bgpd.ipam.ownership) and the losers of address
+or pod conflicts (the live node's entry wins: policy.resolve) are ignored and reported; a local pod that cannot be
+compiled is isolated (its traffic dropped) and its CNI ADD refused with the reason. A ruleset that cannot be
+compiled or applied leaves the previous one in force (never fail open), the error is logged once per distinct
+problem and counted, and the next change starts from scratch.
+
+Drift: every CHECK_EVERY seconds the applier checks that the kernel still holds our ruleset (cheap while nothing
+changed) and re-applies it in full when it does not (`PolicyApplier.repair`); each repair is logged and counted.
 """
 from __future__ import annotations
 
@@ -18,28 +24,37 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from bgpd.dataplane.pods import host_interface
 from config.datastore import Datastore, key
 from policy.applier import Backend, PolicyApplier
 from policy.kernel import ApplyError
-from policy.metrics import RuleCounterCollector
+from policy.metrics import RepairCollector, RuleCounterCollector
 from policy.sync_state import WATCHED, Outcome, SyncState
 
 log = logging.getLogger("tortie.policy")
 SAVE_AFTER = 2.0  # seconds: the state file (megabytes at 10,000 policies) is rewritten at most this often
+CHECK_EVERY = 1.0  # seconds between drift checks of the kernel's ruleset
+OWNERSHIP = ("claims", "status")  # a change here can decide again which endpoints count
 
 
 class PolicySync:
     def __init__(self, ds: Datastore, node: str, backend: Backend, state_dir: Path, registry: CollectorRegistry):
         self.ds, self.node = ds, node
         self.applier = PolicyApplier(backend, state_dir=state_dir, persist=False)
-        self.state = SyncState(node)
+        self.state = SyncState(node, prefer=lambda n: ds.alive(n) is True, local_interface=host_interface)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="tortie-policy")  # owns state and applier
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="tortie-policy-check")  # drift checks, lock-free
+        self._owned: dict[str, dict[str, dict]] = {"endpoints": {}, "claims": {}}  # mirrors: ds.items() scans all
         self._lock = asyncio.Lock()
         self._dirty: set[str] = set()
+        self._recheck = False  # claims or liveness changed
         self._fresh = True  # the next apply reads every entry and replaces the kernel's ruleset in full
         self._wake = asyncio.Event()
         self._last_error = ""
         self._saved = 0.0
+        self._last_values: dict[str, dict | None] = {}  # each key's value as the last apply was given it
+        self._ignored: dict[str, str] = {}
+        self._isolated: frozenset[str] = frozenset()
         self.applied = asyncio.Event()  # a first ruleset is in force
         self.duration = Histogram("tortie_policy_apply_duration_seconds", "compile and apply of the ruleset",
                                   buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=registry)
@@ -52,21 +67,25 @@ class PolicySync:
         self.invalid = Counter("tortie_policy_invalid_entries", "applies that met invalid datastore entries "
                                "(their last valid form stayed in force)", registry=registry)
         registry.register(RuleCounterCollector(self.applier.counters))
+        registry.register(RepairCollector(lambda: self.applier.repairs))
 
     async def apply(self) -> bool:
         """Makes the datastore's current state the enforced ruleset; False if it could not be."""
         async with self._lock:
             if self._fresh:
-                self._dirty.clear()
                 changes = {k: v for kind in WATCHED for k, v in self.ds.items(kind).items()}
+                self._owned = {kind: self.ds.items(kind) for kind in self._owned}
             else:
                 changes = {k: self.ds.get(k) for k in self._dirty}
-                self._dirty.clear()
-            fresh, self._fresh = self._fresh, False
+            ownership = None
+            if self._fresh or self._recheck or any(k.startswith("endpoints/") for k in self._dirty):
+                ownership = dict(self._owned["endpoints"]), dict(self._owned["claims"])
+            fresh, recheck, self._fresh, self._recheck = self._fresh, self._recheck, False, False
+            self._dirty.clear()
             start = time.monotonic()
             try:
                 outcome, how = await asyncio.get_running_loop().run_in_executor(
-                    self._worker, self._compile_and_apply, changes, fresh)
+                    self._worker, self._compile_and_apply, changes, ownership, fresh, recheck)
             except (ValueError, ApplyError) as e:
                 self._fresh = True
                 return self._failed(str(e))
@@ -75,13 +94,15 @@ class PolicySync:
                 self._fresh = True
                 return self._failed(repr(e))
             self._applied(outcome, how, time.monotonic() - start)
+            self._last_values.update(changes)
             return True
 
-    def _compile_and_apply(self, changes: dict[str, dict | None], fresh: bool) -> tuple[Outcome, str]:
+    def _compile_and_apply(self, changes: dict[str, dict | None], ownership: tuple[dict, dict] | None,
+                           fresh: bool, recheck: bool) -> tuple[Outcome, str]:
         """On the worker thread."""
         if fresh:
             self.state.reset()
-        outcome = self.state.update(changes)
+        outcome = self.state.update(changes, *(ownership or ()), recheck=recheck)
         how = self.applier.apply(outcome.ruleset, full=fresh)
         if how != "unchanged" and time.monotonic() - self._saved > SAVE_AFTER:
             self.applier.save()  # for `tortie policy show` and the counters; the daemon's first apply is full
@@ -94,6 +115,15 @@ class PolicySync:
             self._report("invalid entries left as they were (last valid form kept): " + "; ".join(outcome.problems))
         else:
             self._last_error = ""
+        if outcome.ignored != self._ignored:
+            for k in sorted(outcome.ignored.keys() - self._ignored.keys()):
+                log.warning("ignoring endpoint %s: %s", k, outcome.ignored[k])
+            self._ignored = outcome.ignored
+        if outcome.ruleset.isolated != self._isolated:
+            if outcome.ruleset.isolated:
+                log.warning("isolated local pods (every packet dropped) interfaces=%s",
+                            ",".join(sorted(outcome.ruleset.isolated)))
+            self._isolated = outcome.ruleset.isolated
         rs = outcome.ruleset
         self.duration.observe(seconds)
         self.policies.set(outcome.policies)
@@ -109,7 +139,7 @@ class PolicySync:
         """True when the datastore's current value of this key has been through an apply (in force, or refused
         and reported), and no apply is pending."""
         return not self._dirty and not self._lock.locked() and not self._fresh and \
-            self.state.raw.get(key_) == self.ds.get(key_)
+            self._last_values.get(key_) == self.ds.get(key_)
 
     def _report(self, message: str) -> None:
         if message != self._last_error:
@@ -124,6 +154,7 @@ class PolicySync:
     async def run(self) -> None:
         feed = self.ds.changes()
         watcher = asyncio.create_task(self._watch(feed))
+        drift = asyncio.create_task(self._check_drift())
         try:
             await self.apply()
             while True:
@@ -133,25 +164,64 @@ class PolicySync:
                 await self.apply()
         finally:
             watcher.cancel()
+            drift.cancel()
             await feed.aclose()
             await asyncio.get_running_loop().run_in_executor(self._worker, self.applier.save)
             self._worker.shutdown(wait=False)
+            self._checker.shutdown(wait=False)
+
+    def _mirror(self, k: str, kind: str) -> None:
+        if kind in self._owned:
+            if (value := self.ds.get(k)) is None:
+                self._owned[kind].pop(k, None)
+            else:
+                self._owned[kind][k] = value
 
     async def _watch(self, feed) -> None:
         async for change in feed:
-            if change.key.split("/", 1)[0] in WATCHED:
+            kind = change.key.split("/", 1)[0]
+            self._mirror(change.key, kind)
+            if kind in WATCHED:
                 self._dirty.add(change.key)
                 self._wake.set()
+            elif kind in OWNERSHIP and self.state.gate.concerns(change.key, change.value):
+                self._recheck = True
+                self._wake.set()
 
-    async def endpoint_added(self, namespace: str, pod: str, endpoint: dict) -> bool:
-        """Publishes a local pod and returns once the ruleset that knows it is in force."""
+    async def _check_drift(self) -> None:
+        """Checks on a thread of its own, so that applies do not wait for it (a census after each change costs
+        about a second at 10,000 policies); repairs on the worker, under the lock (repair() checks again)."""
+        await self.applied.wait()
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(CHECK_EVERY)
+            try:
+                if not await loop.run_in_executor(self._checker, self.applier.check):
+                    continue
+                async with self._lock:
+                    problems = await loop.run_in_executor(self._worker, self.applier.repair)
+            except Exception as e:  # noqa: BLE001  (tried again at the next check; the task must go on)
+                self._failed(f"the ruleset was changed in the kernel and could not be restored: {e!r}")
+                continue
+            if problems:
+                log.error("policy ruleset changed in the kernel by someone else, restored in full: %s",
+                          "; ".join(problems))
+
+    async def endpoint_added(self, namespace: str, pod: str, endpoint: dict) -> str | None:
+        """Publishes a local pod and returns once the ruleset that knows it is in force: None, or why the pod
+        is not enforced as published (an invalid entry, an address or name another entry holds, a ruleset that
+        could not be applied); then its traffic is dropped until the pod goes."""
         k = key("endpoints", self.node, namespace, pod)
         await self.ds.put(k, endpoint)
+        self._mirror(k, "endpoints")
         self._dirty.add(k)
-        return await self.apply()
+        if not await self.apply():
+            return f"the policy could not be applied: {self._last_error}"
+        return self.state.refusal(k)
 
     async def endpoint_removed(self, namespace: str, pod: str) -> bool:
         k = key("endpoints", self.node, namespace, pod)
         await self.ds.delete(k)
+        self._mirror(k, "endpoints")
         self._dirty.add(k)
         return await self.apply()

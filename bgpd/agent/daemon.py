@@ -210,12 +210,13 @@ class Daemon:
                 await self.cluster.ds.delete(k)
         await self.policy.run()
 
-    async def endpoint_added(self, namespace: str, pod: str, endpoint: dict) -> bool:
-        """tortie-cni's ADD: publish the pod, return once its policy is enforced (False: it could not be)."""
+    async def endpoint_added(self, namespace: str, pod: str, endpoint: dict) -> dict:
+        """tortie-cni's ADD: publish the pod, answer once its policy is enforced: {"enforced", "reason" why not}."""
         if self.policy is None:
-            return True
+            return {"enforced": True, "reason": ""}
         await self.cluster.ready.wait()
-        return await self.policy.endpoint_added(namespace, pod, endpoint)
+        refused = await self.policy.endpoint_added(namespace, pod, endpoint)
+        return {"enforced": refused is None, "reason": refused or ""}
 
     async def endpoint_removed(self, namespace: str, pod: str) -> bool:
         if self.policy is None:

@@ -123,9 +123,9 @@ def _publish(node: NodeConfig, pod: Pod, labels: dict[str, str]) -> None:
     from bgpd.agent.control import DaemonNotRunning, query
     endpoint = {"labels": labels, "ips": [pod.ip], "interface": pod.host_interface}
     try:
-        enforced = query(node.run_dir / "tortie.sock", "endpoint_add", timeout=60,
-                         namespace=pod.namespace, pod=pod.name, endpoint=endpoint)
-        why = "the daemon could not apply the policy (see its log)"
+        answer = query(node.run_dir / "tortie.sock", "endpoint_add", timeout=60,
+                       namespace=pod.namespace, pod=pod.name, endpoint=endpoint)
+        enforced, why = answer["enforced"], answer["reason"]
     except DaemonNotRunning as e:
         enforced, why = False, str(e)
     if not enforced:
