@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 # deterministic and database-less: the same examples on every run and every machine
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 EXAMPLE_TIMEOUT = 20.0  # seconds; a clean error takes milliseconds, this only catches hangs
 
