@@ -14,7 +14,8 @@ from typing import Callable, Mapping
 from pyroute2 import AsyncIPRoute
 
 from bgpd.dataplane.netlink_routes import RT_TABLE_MAIN, KernelRoute, RouteOp, RouteWriter, strerror
-from bgpd.dataplane.route_watch import RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RouteMonitor, RouteStream, reconcile
+from bgpd.dataplane.route_watch import (RTMGRP_IPV4_ROUTE, RTMGRP_LINK, Changes, RouteMonitor, RouteStream,
+                                        reconcile)
 
 log = logging.getLogger("tortie.kernel")
 
@@ -50,7 +51,8 @@ class KernelTable:
         self.refused: set[IPv4Network] = set()  # prefixes whose last change the kernel refused
         self.repairs = 0  # routes found differing from `installed` (deleted, changed, lost with a link)
         self._writer = RouteWriter(protocol, table)
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one write at a time, and none while the watch compares
+        self._watching: RouteStream | None = None  # told what we write
 
     def close(self) -> None:
         self._writer.close()
@@ -83,6 +85,8 @@ class KernelTable:
             return result
         async with self._lock:
             failed = await asyncio.to_thread(self._writer.apply, ops)
+            if self._watching is not None:
+                self._watching.wrote(ops, failed)
         for op in ops:
             code = failed.get(op)
             if code is not None:  # the kernel kept what it had: so does our view
@@ -114,36 +118,57 @@ class KernelTable:
         """
         loop = asyncio.get_running_loop()
         with RouteMonitor(self._stream(), RTMGRP_LINK | RTMGRP_IPV4_ROUTE) as monitor:
-            stream = monitor.stream
-            monitor.dump()  # whatever changed since adopt()
-            due, retry = loop.time() + interval, False
-            while True:
-                await monitor.wait(max(due - loop.time(), 0))
-                if loop.time() >= due:
-                    monitor.dump()
-                    due = loop.time() + interval
-                async with self._lock:  # no write in flight: the events of finished ones are queued already
-                    monitor.drain()
-                    changes = stream.changes
-                    retry |= changes.links or changes.foreign_added
-                    if changes.links or changes.foreign & self.installed.keys():
-                        changes.links, changes.foreign = False, set()
+            self._watching = monitor.stream
+            try:
+                monitor.dump()  # whatever changed since adopt()
+                due, retry = loop.time() + interval, False
+                while True:
+                    await monitor.wait(max(due - loop.time(), 0))
+                    if loop.time() >= due:
                         monitor.dump()
-                    if not stream.settled:
-                        continue
-                    changes = stream.take()
-                    self.installed, drift = reconcile(self.installed, changes)
-                if changes.dump_error:
-                    log.warning("kernel route dump failed: %s (next try in %.0f s)",
-                                strerror(changes.dump_error), interval)
-                if drift:
-                    self.repairs += len(drift)
-                    sample = ", ".join(map(str, sorted(drift)[:3]))
-                    log.warning("kernel routes differ from ours: %d (e.g. %s), programming them again",
-                                len(drift), sample)
-                if retry and self.refused:
-                    log.info("a link or route changed: retrying %d refused route(s)", len(self.refused))
-                    drift |= self.refused
-                retry = False
-                if drift:
-                    on_drift(drift)
+                        due = loop.time() + interval
+                    async with self._lock:  # no write in flight: the stream knows all of ours
+                        retry |= self._read(monitor)
+                        if not monitor.stream.settled:
+                            continue
+                        changes, drift = await self._compare(monitor)
+                    if changes.dump_error:
+                        log.warning("kernel route dump failed: %s (next try in %.0f s)",
+                                    strerror(changes.dump_error), interval)
+                    if drift:
+                        self.repairs += len(drift)
+                        log.warning("kernel routes differ from ours: %d (e.g. %s), programming them again",
+                                    len(drift), ", ".join(map(str, sorted(drift)[:3])))
+                    if retry and self.refused:
+                        log.info("a link or route changed: retrying %d refused route(s)", len(self.refused))
+                        drift |= self.refused
+                    retry = False
+                    if drift:
+                        on_drift(drift)
+            finally:
+                self._watching = None
+
+    def _read(self, monitor: RouteMonitor) -> bool:
+        """Reads what is queued; a link change, or a route of others where one of ours was, asks for a dump
+        (once). True if a link changed or a route of others appeared: refused routes may go in now."""
+        monitor.drain()
+        changes = monitor.stream.changes
+        if changes.links or changes.foreign & self.installed.keys():
+            monitor.dump()
+        news = changes.links or changes.foreign_added
+        changes.links, changes.foreign, changes.foreign_added = False, set(), False
+        return news
+
+    async def _compare(self, monitor: RouteMonitor) -> tuple[Changes, set[IPv4Network]]:
+        """Sets `installed` to what the kernel holds; returns what was read and the prefixes that changed.
+        Called with the lock held."""
+        changes = monitor.stream.take()
+        result = reconcile(self.installed, changes)
+        if result is None:  # we and others changed a prefix, order unknown: read it all again
+            monitor.dump()
+            await monitor.settle()  # holding the lock: no write of ours meanwhile, so no doubt after
+            changes = monitor.stream.take()
+            result = reconcile(self.installed, changes)
+            assert result is not None
+        self.installed, drift = result
+        return changes, drift
