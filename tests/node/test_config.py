@@ -215,3 +215,18 @@ def test_cli_imports_only_what_the_command_uses(tmp_path):
     assert not version & (HEAVY | {"pydantic", "yaml", "asyncio", "policy", "config"})
     check = imported_by(f"from bgpd.cli.main import main\nmain(['config', 'check', {str(write(tmp_path, GOOD))!r}])")
     assert not check & (HEAVY | {"asyncio", "policy"})
+
+
+def test_cli_command_table_matches_the_modules():
+    """bgpd/cli/main.py lists each module's commands without importing it: the list must be what it adds."""
+    import argparse
+    import importlib
+
+    from bgpd.cli.main import COMMANDS
+    for entry, commands in COMMANDS.items():
+        module, function = entry.split(":")
+        sub = argparse.ArgumentParser().add_subparsers()
+        getattr(importlib.import_module(module), function)(sub)
+        assert list(sub.choices) == list(commands), entry
+    listed = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "--help"], capture_output=True, text=True)
+    assert listed.returncode == 0 and all(name in listed.stdout for c in COMMANDS.values() for name in c)
