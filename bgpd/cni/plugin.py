@@ -99,7 +99,9 @@ def _node(conf: dict):
 
 @contextmanager
 def _pods(node):
-    """The node's pod store; a state file that does not parse is a clear I/O failure, not a traceback."""
+    """The node's pod store; a state file that does not parse or a refused kernel change is a clear I/O failure."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     from bgpd.dataplane.pods import PodError, PodNotPoliced, PodStore
 
     try:
@@ -108,6 +110,8 @@ def _pods(node):
         raise CniError(TRY_AGAIN, "the pod's network policy is not in force", str(e)) from None
     except PodError as e:
         raise CniError(IO_FAILURE, str(e)) from None
+    except (OSError, NetlinkError) as e:  # e.g. CNI_NETNS is no network namespace, CNI_IFNAME is taken there
+        raise CniError(IO_FAILURE, "a kernel or file operation failed", f"{type(e).__name__}: {e}") from None
     except (ValueError, TypeError, KeyError) as e:  # json.JSONDecodeError is a ValueError
         raise CniError(IO_FAILURE, f"the node's state under {node.state_dir} is unreadable",
                        f"{type(e).__name__}: {e}") from None

@@ -96,3 +96,15 @@ def test_status_reports_daemon_absent(node):
     host, netconf = node
     rc, err = cni(host, "STATUS", netconf)
     assert rc != 0 and err["code"] == 50
+
+
+@pytest.mark.parametrize("netns, ifname", [("/etc/hostname", "eth0"), ("pod", "lo")])
+def test_kernel_refusals_are_io_failures_and_leave_nothing(node, make_netns, netns, ifname):
+    """A CNI_NETNS that is no namespace, a CNI_IFNAME the pod has already: code 5, no veth left on the host."""
+    host, netconf = node
+    if netns == "pod":
+        netns = f"/run/netns/{make_netns('cnitaken')}"
+    rc, err = cni(host, "ADD", netconf, netns=netns, ifname=ifname)
+    assert rc != 0 and err["code"] == 5 and "NetlinkError" in err["details"], err
+    links = subprocess.run(["ip", "-n", host, "-o", "link"], capture_output=True, text=True).stdout
+    assert " tt" not in links
