@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -54,30 +55,41 @@ MAX_DEPTH = 32
 
 
 def too_deep(value: object) -> bool:
-    """Whether dicts and lists nest deeper than MAX_DEPTH (iterative: safe on any depth, and on cycles)."""
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, dict):
-            v = v.values()
-        elif not isinstance(v, (list, tuple)):
-            continue
-        if depth > MAX_DEPTH:
-            return True
-        stack.extend((x, depth + 1) for x in v)
+    """Whether dicts and lists nest deeper than MAX_DEPTH (level by level: safe on any depth, and on cycles)."""
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        containers = []
+        for v in level:
+            if isinstance(v, dict):
+                v = v.values()
+            elif not isinstance(v, (list, tuple)):
+                continue
+            if depth > MAX_DEPTH:
+                return True
+            containers += [x for x in v if isinstance(x, (dict, list, tuple))]
+        level = containers
     return False
+
+
+def _nested(data: bytes, value: object) -> bool:
+    """Whether a value (and data, its JSON) nests deeper than MAX_DEPTH; the walk only when data has more
+    opening brackets than that (most values do not)."""
+    return data.count(b"{") + data.count(b"[") > MAX_DEPTH and too_deep(value)
 
 
 def encode(key_: str, value: dict) -> bytes:
     """The JSON form of a value (compact, sorted keys); DatastoreError if it is not a JSON object within the limits."""
     if not isinstance(value, dict):
         raise DatastoreError(f"value of {key_} must be a dict, not {type(value).__name__}")
-    if too_deep(value):
-        raise DatastoreError(f"value of {key_} is nested deeper than {MAX_DEPTH} levels")
     try:
         data = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    except RecursionError:
+        raise DatastoreError(f"value of {key_} is nested deeper than {MAX_DEPTH} levels") from None
     except (TypeError, ValueError) as e:
         raise DatastoreError(f"value of {key_} is not JSON: {e}") from None
+    if _nested(data, value):
+        raise DatastoreError(f"value of {key_} is nested deeper than {MAX_DEPTH} levels")
     if len(data) > MAX_VALUE_BYTES:
         raise DatastoreError(f"value of {key_} is {len(data)} bytes of JSON, more than {MAX_VALUE_BYTES}")
     return data
@@ -87,17 +99,28 @@ def _constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:20]} is out of range")
+    return number
+
+
+_DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_finite)  # made once: json.loads(**kw) makes one per call
+
+
 def decode(payload: bytes) -> dict:
-    """A stored value; ValueError (with the reason) if the payload is not a JSON object within the limits."""
+    """A stored value; ValueError (with the reason) if the payload is not a JSON object within the limits
+    (numbers included: NaN, Infinity and 1e400 do not read back as JSON)."""
     if len(payload) > MAX_VALUE_BYTES:
         raise ValueError(f"more than {MAX_VALUE_BYTES} bytes")
     try:
-        value = json.loads(payload, parse_constant=_constant)
+        value = _DECODER.decode(payload.decode())
     except RecursionError:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-    if too_deep(value):
+    if _nested(payload, value):
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     return value
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(60)
 NESTED = b'{"a":' * 100_000 + b"1" + b"}" * 100_000  # json.loads raises RecursionError on this
 DEEP = b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1)  # parses, but too deep
 HUGE = b'{"a":"' + b"x" * MAX_VALUE_BYTES + b'"}'
-BAD = {"nested": NESTED, "deep": DEEP, "huge": HUGE, "nan": b'{"a":NaN}', "list": b"[1]", "utf8": b'{"a":"\xff"}',
+BAD = {"nested": NESTED, "deep": DEEP, "huge": HUGE, "nan": b'{"a":NaN}', "inf": b'{"a":[-1e400]}', "list": b"[1]", "utf8": b'{"a":"\xff"}',
        "digits": b'{"a":' + b"1" * 5000 + b"}"}
 
 
