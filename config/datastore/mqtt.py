@@ -62,6 +62,9 @@ class MqttDatastore(Datastore):
         self._status = key("status", node)
         self._syncs = 0
         self._last_error = ""
+        # mosquitto closes a session when another connects with its client id (publishing its Last Will), and
+        # does not bind client ids to users: a guessable id would let any node's credentials take ours over
+        self._client_id = settings.client_id or f"{node}-{secrets.token_hex(8)}"
 
     async def start(self) -> None:
         """See Datastore.start(); may be called again after it failed."""
@@ -150,7 +153,7 @@ class MqttDatastore(Datastore):
         s = self.settings
         will = aiomqtt.Will(ROOT + self._status, encode(self._status, {"alive": False}), qos=1, retain=True)
         return aiomqtt.Client(
-            s.host, s.port, username=self._user, password=s.secret(), identifier=s.client_id or self.node,
+            s.host, s.port, username=self._user, password=s.secret(), identifier=self._client_id,
             clean_session=True, keepalive=s.keepalive, will=None if self.observer else will,
             tls_context=s.tls.context() if s.tls else None, timeout=s.sync_timeout,
         )

@@ -48,7 +48,7 @@ class MqttSettings(_Settings):
     password: SecretStr | None = None
     password_file: FilePath | None = Field(None, description="file holding the password (one line), instead of password")
     tls: TlsSettings | None = Field(None, description="absent: plain MQTT (only for loopback tests and labs)")
-    client_id: str | None = Field(None, pattern=NAME, description="default: the node name; unique per connection")
+    client_id: str | None = Field(None, pattern=NAME, description="default: the node name and a random suffix, so that no other client can guess it and take the session over; unique per connection")
     keepalive: int = Field(10, ge=2, le=65535, description="seconds; the broker declares a silent node dead after 1.5x")
     backoff_min: float = Field(1.0, gt=0, description="first reconnect delay, seconds; doubles up to backoff_max")
     backoff_max: float = Field(30.0, gt=0)

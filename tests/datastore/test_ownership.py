@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
+import aiomqtt
 import pytest
 
 from bgpd.agent.cluster import Cluster
 from bgpd.ipam.ownership import EndpointGate, registration
 from config.node import NodeConfig
-from tests.datastore.conftest import drain, eventually, publish_raw
+from tests.datastore.broker import USERS
+from tests.datastore.conftest import collect, drain, eventually, publish_raw
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -113,3 +115,18 @@ async def test_a_claim_on_no_valid_block_is_dropped_on_arrival(broker, clients, 
     files = await clients.files(state, "node3")
     assert files.items("claims") == {}
     assert Cluster(files, node_config("node3", tmp_path), apply=None).owned() == []
+
+
+async def test_another_nodes_credentials_cannot_take_over_its_session(broker, clients):
+    """mosquitto closes a session when another connects with its client id, publishing its Last Will, and the
+    password file and ACL do not bind client ids to users: a node's client id must not be guessable."""
+    admin = await clients.mqtt(broker, "admin")
+    two = await clients.mqtt(broker, "node2")
+    await eventually(lambda: admin.alive("node2") is True)
+    feed = admin.changes()
+    for guess in ("node2", "node2-cli"):
+        async with aiomqtt.Client("127.0.0.1", broker.port, username="node1", password=USERS["node1"],
+                                  identifier=guess) as intruder:
+            await intruder.publish("tortie/v1/nodes/node1", b'{"address":"10.99.0.1"}', qos=1, retain=True)
+    await collect(feed, lambda c: c.key == "nodes/node1")
+    assert admin.alive("node2") is True and two.connected and two.resyncs == 0
