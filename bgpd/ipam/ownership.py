@@ -55,6 +55,18 @@ def owned_prefixes(by_block: Mapping[IPv4Network, Mapping[str, Claim]]) -> dict[
     return out
 
 
+def endpoint_prefixes(claims: Mapping[str, dict], usable: Callable[[str], bool]) -> dict[str, list[IPv4Network]]:
+    """node -> the prefixes its endpoints may use: what it owns by the claim rule among the nodes that count
+    (`usable`), and what a node that does not count owned while no node that counts owns it. So a node that
+    reads down (every node does while the broker restarts: mosquitto publishes every Last Will when it stops)
+    keeps its pods' addresses until another node takes its block."""
+    by_block = {}
+    for block, every in claims_by_block(claims, lambda n: True).items():
+        counting = {n: c for n, c in every.items() if usable(n)}
+        by_block[block] = counting if owner(counting) is not None else every
+    return owned_prefixes(by_block)
+
+
 def endpoint_addresses(value: Mapping) -> tuple[int, ...] | str:
     """An endpoint's addresses (IPv4, as integers), or why it has none that can be checked."""
     ips = value.get("ips")
@@ -141,9 +153,9 @@ class EndpointGate:
     def filter(self, changes: Mapping[str, dict | None], endpoints: Mapping[str, dict], claims: Mapping[str, dict],
                usable: Callable[[str], bool]) -> dict[str, dict | None]:
         """changes: key -> value (None: deleted) since the last call; endpoints, claims: every current entry;
-        usable: whether a node's claims count (alive). Wake the caller on claims/ and status/ changes too."""
-        owned = owned_prefixes(claims_by_block(claims, usable))
-        foreign = foreign_endpoints(endpoints, owned, self.local, self._memo)
+        usable: whether a node counts (alive; see endpoint_prefixes() for one that does not). Wake the caller
+        on the changes concerns() names too."""
+        foreign = foreign_endpoints(endpoints, endpoint_prefixes(claims, usable), self.local, self._memo)
         out = {k: None if k in foreign else v for k, v in changes.items()}
         for k in foreign.keys() - self.ignored.current.keys():
             out[k] = None  # foreign now: withdrawn

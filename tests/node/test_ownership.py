@@ -6,7 +6,7 @@ from ipaddress import IPv4Network as N
 from hypothesis import given, strategies as st
 
 from bgpd.ipam.claims import Claim, claims_by_block, owner, rivals, wins
-from bgpd.ipam.ownership import (EndpointGate, Ignored, foreign_endpoints, owned_prefixes, registration, rival_claims,
+from bgpd.ipam.ownership import (EndpointGate, Ignored, endpoint_prefixes, foreign_endpoints, owned_prefixes, registration, rival_claims,
                                  unique_addresses)
 
 BLOCK = "claims/10.244.2.0-26/"
@@ -151,7 +151,7 @@ def test_endpoint_gate_follows_claims_and_liveness():
     eps = {mine: {"ips": ["10.244.1.5"]}, steal: {"ips": ["10.244.2.5"]}}
     assert gate.filter(eps, eps, claims, usable) == {mine: eps[mine], steal: None}
     assert gate.filter({}, eps, claims, usable) == {}  # nothing changed
-    alive["node2"] = False  # node2 died: its block has no owner, node1 still may not use it
+    alive["node2"] = False  # node2 reads down: still the owner of its block, node1 still may not use it
     assert gate.filter({}, eps, claims, usable) == {}
     claims["claims/10.244.2.5-32/node1"] = {"owned": True, "at": 2}  # node1 borrowed the address: acceptable now
     assert gate.filter({}, eps, claims, usable) == {steal: eps[steal]}
@@ -171,3 +171,12 @@ def test_endpoint_gate_wakes_its_reader_on_claims_and_liveness_flips_only():
     assert not gate.concerns("status/node2", {"alive": False, "expires": 2})
     assert gate.concerns("status/node2", {"alive": True, "expires": 3})
     assert not gate.concerns("status/node2", None)  # unknown counts as up
+
+
+def test_a_node_that_reads_down_keeps_its_addresses_until_its_block_is_taken():
+    """Before: a node read down (as every node does while the broker restarts) lost its pods at every reader."""
+    claims = {BLOCK + "node2": {"owned": True, "at": 1}}
+    assert endpoint_prefixes(claims, lambda n: n != "node2") == {"node2": [N("10.244.2.0/26")]}
+    claims[BLOCK + "node3"] = {"owned": True, "at": 5}  # taken over by a node that counts, node2 being gone
+    assert endpoint_prefixes(claims, lambda n: n != "node2") == {"node3": [N("10.244.2.0/26")]}
+    assert endpoint_prefixes(claims, lambda n: True) == {"node2": [N("10.244.2.0/26")]}  # node2 is back: first
