@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from policy.backend import BACKENDS, Backend, KernelBackend, open_backend
+from policy.backend import BACKENDS, Backend, KernelBackend, census_problems, open_backend
 from policy.counters import RuleCounter
 from policy.diff import diff
 from policy.ir import Ruleset
@@ -42,8 +42,9 @@ class PolicyApplier:
 
     Drift: `check()` says whether the applied ruleset is still what the kernel holds, `repair()` puts it back in
     full when it is not and counts that in `repairs`. Call `repair()` periodically (every second) or on nftables
-    events; while nothing changed in the kernel it costs one generation read (a netlink round trip for nft, a
-    getsockopt per table plus `ipset list -t` for iptables), after any change one census of our objects.
+    events, never at the same time as `apply()`; while nothing changed in the kernel it costs one generation read
+    (a netlink round trip for nft, a getsockopt per table plus `ipset list -t` for iptables), after a change one
+    census of our objects (with nft only after changes of others: ours are recognised by the generation count).
     """
 
     def __init__(self, backend: Backend = "nft", state_dir: Path = DEFAULT_STATE_DIR, iptables_variant: str = "legacy",
@@ -59,6 +60,8 @@ class PolicyApplier:
         self._loaded = False
         self._full_next = False  # the kernel's objects are gone, or another version rendered them: replace in full
         self._verified: object = None  # the kernel generation last found holding our ruleset intact
+        self._expected: tuple[tuple[str, str, Ruleset], dict[str, int]] | None = None  # census of the state
+        self._unrepairable: list[str] = []  # differences a full apply did not remove: reported once, not repaired
 
     def _kernel(self, backend: str, slot: str = "a") -> KernelBackend:
         return open_backend(backend, slot, self.variant)
@@ -75,10 +78,19 @@ class PolicyApplier:
             self._full_next = saved.layout != LAYOUT or not self._kernel(saved.backend, saved.slot).exists()
         return self._state
 
-    def _applied(self, kernel: KernelBackend, rs: Ruleset) -> None:
+    def _before(self, kernel: KernelBackend) -> object:
+        """The generation before a change, when the change can be recognised as ours alone afterwards."""
+        return kernel.generation() if kernel.counts_transactions and self._verified is not None else None
+
+    def _applied(self, kernel: KernelBackend, rs: Ruleset, before: object = None) -> None:
         self._state = (kernel.name, kernel.slot, rs)
         self._full_next = False
-        self._verified = None  # the next check takes a census once
+        verified = None  # the next check takes a census, unless the kernel saw our transactions and nothing else
+        if before is not None and before == self._verified:
+            after = kernel.generation()
+            if after == before + kernel.transactions:  # type: ignore[operator]  # a counter when counts_transactions
+                verified = after
+        self._verified = verified
         if self.persist:
             self.save()
 
@@ -97,6 +109,7 @@ class PolicyApplier:
         same = cur is not None and cur[0] == self.backend
         prev = cur[2] if cur is not None and same else None
         kernel = self._kernel(self.backend, cur[1] if cur is not None and same else "a")
+        before = self._before(kernel) if same else None
         if prev is not None and not (full or self._full_next):
             delta = diff(prev, rs)
             if delta is not None and delta.empty():
@@ -104,14 +117,14 @@ class PolicyApplier:
             if delta is not None:
                 try:
                     kernel.apply_delta(delta, rs, prev)
-                    self._applied(kernel, rs)
+                    self._applied(kernel, rs, before)
                     return "incremental"
                 except ApplyError:
                     pass  # the kernel and our state disagree: a full apply below settles it
         kernel.apply_full(rs, prev)
         if cur is not None and not same:
             self._kernel(cur[0], cur[1]).flush()  # the new backend enforces before the old one is removed
-        self._applied(kernel, rs)
+        self._applied(kernel, rs, before)
         return "full"
 
     def check(self) -> list[str]:
@@ -123,10 +136,13 @@ class PolicyApplier:
         generation = kernel.generation()
         if generation == self._verified:
             return []
+        if self._expected is None or self._expected[0][:2] != cur[:2] or self._expected[0][2] is not cur[2]:
+            self._expected = (cur, kernel.expected(cur[2]))
         try:
-            problems = kernel.verify(cur[2])
+            found = kernel.census()
         except Interrupted:
             return []  # changed while we looked: the generation moved, so the next check looks again
+        problems = [p for p in census_problems(self._expected[1], found) if p not in self._unrepairable]
         if not problems:
             self._verified = generation
         return problems[:6] if len(problems) <= 6 else [*problems[:5], f"and {len(problems) - 5} more"]
@@ -142,6 +158,11 @@ class PolicyApplier:
             kernel.apply_full(rs, rs)
             self.repairs += 1
             self._applied(kernel, rs)
+            remaining = self.check()
+            if remaining:  # a difference a full apply does not remove (e.g. a duplicate of our jump): never loop
+                self._unrepairable += remaining
+                raise ApplyError("policy ruleset re-applied, but the kernel still differs (no longer checked): "
+                                 + "; ".join(remaining))
         return problems
 
     def flush(self) -> None:

@@ -6,7 +6,6 @@ import shutil
 from collections import defaultdict
 
 from policy import nft_elements, nft_inspect, render_nft
-from policy.backend import census_problems
 from policy.counters import RuleCounter, counters_from_sums
 from policy.diff import Delta
 from policy.ir import Ruleset
@@ -14,24 +13,36 @@ from policy.kernel import run
 from policy.names import TABLE
 
 
+def _named(table: str, rules: dict[str, int], elements: dict[str, int]) -> dict[str, int]:
+    return {f"table inet {table}": 1, **{f"chain {n}": k for n, k in rules.items()},
+            **{f"set {n}": k for n, k in elements.items()}}
+
+
 class NftApplier:
     """The `KernelBackend` for nftables (policy.backend)."""
 
     name = "nft"
     slot = "a"
+    counts_transactions = True
+
+    def __init__(self) -> None:
+        self.transactions = 0
 
     def apply_full(self, rs: Ruleset, prev: Ruleset | None = None) -> None:
         run(["nft", "-f", "-"], render_nft.render(rs))
+        self.transactions += 1
 
     def apply_delta(self, delta: Delta, rs: Ruleset, prev: Ruleset | None = None) -> None:
         """Element-only changes go over netlink (about 1 ms); anything else is one `nft -f` transaction."""
         if delta.elements_only():
             for batch in nft_elements.batches_for(delta, rs):
                 nft_elements.send(batch)
+                self.transactions += 1
             return
         script = render_nft.render_delta(delta, rs)
         if script:
             run(["nft", "-f", "-"], script)
+            self.transactions += 1
 
     def available(self) -> bool:
         return shutil.which("nft") is not None
@@ -46,12 +57,12 @@ class NftApplier:
     def generation(self) -> int:
         return nft_inspect.generation()
 
-    def verify(self, rs: Ruleset) -> list[str]:
+    def expected(self, rs: Ruleset) -> dict[str, int]:
+        return _named(TABLE, {n: len(r) for n, r in render_nft.chain_rules(rs).items()}, render_nft.set_sizes(rs))
+
+    def census(self) -> dict[str, int]:
         found = nft_inspect.census(TABLE)
-        if not found.exists:
-            return [f"table inet {TABLE} is missing"]
-        return census_problems({n: len(r) for n, r in render_nft.chain_rules(rs).items()}, found.rules,
-                               render_nft.set_sizes(rs), found.elements)
+        return _named(TABLE, found.rules, found.elements) if found.exists else {}
 
     def counters(self, rs: Ruleset) -> list[RuleCounter]:
         if not self.exists():

@@ -40,8 +40,15 @@ class KernelBackend(Protocol):
     def generation(self) -> Hashable:
         """A fingerprint that changes whenever the kernel's rules may have changed (cheap: no listing)."""
 
-    def verify(self, rs: Ruleset) -> list[str]:
-        """What differs between the kernel and `rs` (chains, rule counts, sets, element counts); [] if intact."""
+    def expected(self, rs: Ruleset) -> dict[str, int]:
+        """What `census()` finds while `rs` is applied intact (pure)."""
+
+    def census(self) -> dict[str, int]:
+        """Our objects in the kernel, each with a size: "chain X" -> its rules, "set Y" -> its elements, ...
+        (read without decoding rules: far cheaper than a listing). Raises Interrupted if they changed meanwhile."""
+
+    counts_transactions: bool  # generation() counts committed transactions, so changes of ours alone are known
+    transactions: int  # transactions this object committed
 
 
 def open_backend(name: str, slot: str = "a", iptables_variant: str = "legacy") -> KernelBackend:
@@ -55,17 +62,14 @@ def open_backend(name: str, slot: str = "a", iptables_variant: str = "legacy") -
     raise ValueError(f"unknown policy backend {name!r}: use {' or '.join(BACKENDS)}")
 
 
-def census_problems(want_rules: dict[str, int], got_rules: dict[str, int], want_sets: dict[str, int],
-                    got_sets: dict[str, int]) -> list[str]:
-    """Compares rules per chain and elements per set found in the kernel with the ruleset's (pure). Chains and
-    sets only the kernel has are reported too: someone added them inside our table."""
+def census_problems(want: dict[str, int], got: dict[str, int]) -> list[str]:
+    """What differs between the census of a ruleset and the kernel's (pure)."""
     problems = []
-    for kind, want, got, unit in (("chain", want_rules, got_rules, "rules"), ("set", want_sets, got_sets, "elements")):
-        for name in sorted(want.keys() | got.keys()):
-            if name not in got:
-                problems.append(f"{kind} {name} is missing")
-            elif name not in want:
-                problems.append(f"{kind} {name} is not ours")
-            elif got[name] != want[name]:
-                problems.append(f"{kind} {name} has {got[name]} {unit}, expected {want[name]}")
+    for name in sorted(want.keys() | got.keys()):
+        if name not in got:
+            problems.append(f"{name} is missing")
+        elif name not in want:
+            problems.append(f"{name} is not ours")
+        elif got[name] != want[name]:
+            problems.append(f"{name} has {got[name]}, expected {want[name]}")
     return problems

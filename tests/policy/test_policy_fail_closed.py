@@ -152,3 +152,44 @@ out = {"check": applier.check(), "repair": applier.repair(), "repairs": applier.
     finally:
         plab.lab.run(plab.lab.host, "nft", "delete table inet other", check=False)
 
+
+
+def test_our_own_changes_need_no_census(plab: PolicyLab) -> None:
+    """nft: the generation id counts transactions, so after a change of ours alone the next check stays on the
+    fast path; anyone else's change (even to another table) costs one census."""
+    plab.apply("nft", POLICY)
+    out = _in_host(plab, """
+from policy import nft_inspect
+calls = []
+census = nft_inspect.census
+nft_inspect.census = lambda table: calls.append(table) or census(table)
+applier = PolicyApplier("nft", state)
+first = applier.check()
+relabelled = [e.model_copy(update={"labels": {"app": "web"}}) if e.name == "b" else e for e in endpoints.endpoints]
+how = applier.apply(compile_ruleset(policies, endpoints.model_copy(update={"endpoints": relabelled})))
+after_ours = (applier.check(), len(calls))
+import subprocess
+subprocess.run(["nft", "add", "table", "inet", "other"], check=True)
+subprocess.run(["nft", "delete", "table", "inet", "other"], check=True)
+out = {"first": (first, 1), "how": how, "after_ours": after_ours, "after_theirs": (applier.check(), len(calls))}
+""")
+    assert out == {"first": [[], 1], "how": "incremental", "after_ours": [[], 1], "after_theirs": [[], 2]}, out
+
+
+def test_a_difference_a_full_apply_cannot_remove_is_reported_not_looped(plab: PolicyLab) -> None:
+    """A second jump to our chain (harmless, but not ours to delete): one repair, an error saying so, then quiet."""
+    plab.apply("iptables", POLICY)
+    plab.lab.run(plab.lab.host, "iptables-legacy", "-A", "FORWARD", "-j", "TT-FORWARD")
+    out = _in_host(plab, f"""
+from policy.kernel import ApplyError
+applier = PolicyApplier("iptables", state)
+try:
+    applier.repair()
+    error = ""
+except ApplyError as e:
+    error = str(e)
+out = {{"error": error, "then": applier.repair(), "repairs": applier.repairs}}
+""")
+    assert "IPv4 jump FORWARD -> TT-FORWARD has 2, expected 1" in out["error"], out
+    assert out["then"] == [] and out["repairs"] == 1
+    plab.lab.run(plab.lab.host, "iptables-legacy", "-D", "FORWARD", "-j", "TT-FORWARD")

@@ -131,9 +131,9 @@ def test_one_backend_interface_picked_by_name() -> None:
 
 
 def test_census_problems() -> None:
-    assert census_problems({"c": 2}, {"c": 2}, {"s": 1}, {"s": 1}) == []
-    assert census_problems({"c": 2, "d": 0}, {"c": 1, "x": 3}, {"s": 1}, {}) == [
-        "chain c has 1 rules, expected 2", "chain d is missing", "chain x is not ours", "set s is missing"]
+    assert census_problems({"chain c": 2, "set s": 1}, {"chain c": 2, "set s": 1}) == []
+    assert census_problems({"chain c": 2, "chain d": 0, "set s": 1}, {"chain c": 1, "chain x": 3}) == [
+        "chain c has 1, expected 2", "chain d is missing", "chain x is not ours", "set s is missing"]
 
 
 def test_repairs_are_exported() -> None:
