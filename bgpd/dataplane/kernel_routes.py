@@ -73,36 +73,36 @@ class KernelTable:
 
     async def sync(self, desired: Mapping[IPv4Network, KernelRoute | None]) -> SyncResult:
         """Makes the kernel match `desired` for these prefixes (None: no route). Batched, in a thread."""
-        ops = []
-        for prefix, want in desired.items():
-            have = self.installed.get(prefix)
-            if want == have:
-                self.refused.discard(prefix)
-                continue
-            ops.append(RouteOp(prefix, want, replace=have is not None))
         result = SyncResult()
-        if not ops:
-            return result
-        async with self._lock:
+        async with self._lock:  # the watch changes `installed` only while holding it
+            ops = []
+            for prefix, want in desired.items():
+                have = self.installed.get(prefix)
+                if want == have:
+                    self.refused.discard(prefix)
+                    continue
+                ops.append(RouteOp(prefix, want, replace=have is not None))
+            if not ops:
+                return result
             failed = await asyncio.to_thread(self._writer.apply, ops)
             if self._watching is not None:
                 self._watching.wrote(ops, failed)
-        for op in ops:
-            code = failed.get(op)
-            if code is not None:  # the kernel kept what it had: so does our view
-                result.errors[op.prefix] = strerror(code)
-                self.refused.add(op.prefix)
-                continue
-            self.refused.discard(op.prefix)
-            if op.next_hops is None:
-                self.installed.pop(op.prefix, None)
-                result.removed += 1
-            else:
-                self.installed[op.prefix] = op.next_hops
-                if op.replace:
-                    result.replaced += 1
+            for op in ops:
+                code = failed.get(op)
+                if code is not None:  # the kernel kept what it had: so does our view
+                    result.errors[op.prefix] = strerror(code)
+                    self.refused.add(op.prefix)
+                    continue
+                self.refused.discard(op.prefix)
+                if op.next_hops is None:
+                    self.installed.pop(op.prefix, None)
+                    result.removed += 1
                 else:
-                    result.added += 1
+                    self.installed[op.prefix] = op.next_hops
+                    if op.replace:
+                        result.replaced += 1
+                    else:
+                        result.added += 1
         if result.errors:
             sample = ", ".join(f"{p}: {e}" for p, e in list(result.errors.items())[:3])
             log.warning("kernel rejected %d route change(s), e.g. %s", len(result.errors), sample)
