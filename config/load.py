@@ -1,9 +1,10 @@
 """Loading YAML and JSON input with errors that name the file, the field and the reason.
 
 Every reader refuses hostile or broken input with a ConfigError instead of a traceback, a hang or a silent
-choice: files over MAX_BYTES or MAX_NODES, invalid UTF-8, nesting deeper than MAX_DEPTH, duplicate mapping keys (YAML and
-JSON), aliases that would expand to more than MAX_ALIAS_NODES nodes ("billion laughs") or into themselves,
-values the constructors cannot represent (a 5,000-digit integer, 2001-13-45), and (JSON) lone surrogates.
+choice: files over MAX_BYTES or MAX_NODES, other than regular files, invalid UTF-8, nesting deeper than
+MAX_DEPTH, duplicate mapping keys (YAML and JSON), aliases that would expand to more than MAX_ALIAS_NODES
+nodes ("billion laughs") or into themselves, values the constructors cannot represent (a 5,000-digit
+integer, 2001-13-45), and (JSON) lone surrogates.
 """
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ ENDPOINTS = {"namespaces": [{"name": "x", "labels": {"team": "a"}}],
                                 "ips": ["192.0.2.10"]}]}
 
 ODD_STRINGS = ["", " ", "10.0.0.300", "fe80::1%eth0", "fe80::/10", "0.0.0.0/0", "Allow", "Deny", "TCP", "1e999",
-               "-1", "9" * 30, "a" * 300, "x\u200by", "caf\u00e9", "\t", "a == 'b'", "(((", "has(", "*", "&a", "!!binary"]
+               "-1", "9" * 30, "a" * 300, "x\u200by", "caf\u00e9", "\t", "a == 'b'", "(((", "has(", "*", "&a",
+               "!!binary"]
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 70), st.floats(), st.sampled_from(ODD_STRINGS),
     st.text(max_size=12), st.just("x" * 100_000), st.just(-(10 ** 200)))
@@ -85,7 +86,9 @@ def mutated(draw: st.DrawFn, base: Any) -> Any:
     return doc
 
 
-BOMB = "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+# "billion laughs": nine levels of nine aliases each, 9^9 strings once expanded
+BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
 
 
 def dump_yaml(doc: Any) -> str:
@@ -102,7 +105,7 @@ def damaged_text(draw: st.DrawFn, text: str) -> bytes:
         i = draw(st.integers(0, len(lines) - 1))
         lines.insert(i, lines[i])
     elif how == "bomb":
-        lines = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n", BOMB] + lines
+        lines = [BOMB] + lines
     elif how == "recursive-alias":
         lines = ["loop: &loop [*loop]\n"] + lines
     elif how == "anchors":
@@ -114,7 +117,8 @@ def damaged_text(draw: st.DrawFn, text: str) -> bytes:
     data = "".join(lines).encode("utf-8", "surrogatepass")
     if how == "bad-utf8":
         i = draw(st.integers(0, len(data)))
-        data = data[:i] + draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"])) + data[i:]
+        bad = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"]))
+        data = data[:i] + bad + data[i:]
     elif how == "junk":
         i = draw(st.integers(0, len(data)))
         data = data[:i] + draw(st.binary(min_size=1, max_size=16)) + data[i:]

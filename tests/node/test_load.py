@@ -7,9 +7,7 @@ import pytest
 
 from config.load import (MAX_ALIAS_NODES, MAX_BYTES, MAX_DEPTH, MAX_NODES, ConfigError, load_yaml, parse_json,
                          yaml_documents)
-
-LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
-    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+from tests.fuzz.documents import BOMB
 
 
 def refused(tmp_path, content: str | bytes) -> str:
@@ -44,7 +42,7 @@ def test_merge_keys_may_be_overridden(tmp_path):
 
 def test_billion_laughs_fails_fast(tmp_path):
     start = time.perf_counter()
-    assert f"aliases expand to more than {MAX_ALIAS_NODES} nodes" in refused(tmp_path, LAUGHS)
+    assert f"aliases expand to more than {MAX_ALIAS_NODES} nodes" in refused(tmp_path, BOMB)
     assert time.perf_counter() - start < 5  # generous: it takes milliseconds; without the bound it never ends
 
 
@@ -58,7 +56,8 @@ def test_aliases_that_stay_small_are_fine(tmp_path):
     assert load_yaml(f) == {"a": {"k": "v"}, "b": [{"k": "v"}, {"k": "v"}]}
 
 
-@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "a:\n" + "".join(" " * i + "- \n" for i in range(1, 200)),
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000,
+                                  "a:\n" + "".join(" " * i + "- \n" for i in range(1, 200)),
                                   "a: &a " + "[" * 40 + "1" + "]" * 40 + "\nb: " + "[" * 30 + "*a" + "]" * 30])
 def test_deep_nesting(tmp_path, text):
     reason = refused(tmp_path, text)
