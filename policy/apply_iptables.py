@@ -40,16 +40,18 @@ def _table_info(family: int) -> bytes | int:
 
 
 _JUMPS = {f"-A {b} -j {c}": f"jump {b} -> {c}" for c, (b, _) in R.DISPATCH.items()}
+_RULE = re.compile(rf"^-A ({re.escape(IPT_PREFIX)}\S+)", re.M)
+_CHAIN = re.compile(rf"^:({re.escape(IPT_PREFIX)}\S+)", re.M)
+_JUMP = re.compile(rf"^-A (?:{'|'.join(b for b, _ in R.DISPATCH.values())}) -j \S+$", re.M)
 
 
 def _census(family: int, text: str) -> dict[str, int]:
     """Rules per chain of ours (chains without rules included) and our jumps from the built-in chains, in
     iptables-save (or -restore) text."""
-    sizes = Counter(f"IPv{family} chain {line.split()[1]}" for line in text.splitlines()
-                    if line.startswith(f"-A {IPT_PREFIX}"))
-    sizes.update({f"IPv{family} chain {c}": 0 for c in re.findall(rf"^:({re.escape(IPT_PREFIX)}\S+)", text, re.M)})
-    sizes.update(f"IPv{family} {_JUMPS[line]}" for line in text.splitlines() if line in _JUMPS)
-    return dict(sizes)
+    rules = Counter(_RULE.findall(text))
+    out = {f"IPv{family} chain {c}": rules.get(c, 0) for c in {*rules, *_CHAIN.findall(text)}}
+    jumps = Counter(f"IPv{family} {_JUMPS[line]}" for line in _JUMP.findall(text) if line in _JUMPS)
+    return out | jumps
 
 
 class IptablesApplier:
