@@ -14,8 +14,8 @@ from typing import Callable, Mapping
 from pyroute2 import AsyncIPRoute
 
 from bgpd.dataplane.netlink_routes import RT_TABLE_MAIN, KernelRoute, RouteOp, RouteWriter, strerror
-from bgpd.dataplane.route_watch import (RTMGRP_IPV4_ROUTE, RTMGRP_LINK, Changes, RouteMonitor, RouteStream,
-                                        reconcile)
+from bgpd.dataplane.route_watch import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, Changes,
+                                        RouteMonitor, RouteStream, reconcile)
 
 log = logging.getLogger("tortie.kernel")
 
@@ -112,12 +112,12 @@ class KernelTable:
         """Follows the kernel until cancelled; `on_drift(prefixes)` gets the routes to program again.
 
         Those are the prefixes whose kernel route differs from `installed` (which then says what the kernel
-        holds) and, after a link or a route of another protocol appeared, the ones the kernel refused last
-        (a gateway may be reachable again). Read on every event, in full every `interval` seconds and
-        whenever events may be missing.
+        holds) and, after a link or address changed or a route of another protocol appeared, the ones the
+        kernel refused last (a gateway may be reachable again). Read on every event, in full every
+        `interval` seconds and whenever events may be missing.
         """
         loop = asyncio.get_running_loop()
-        with RouteMonitor(self._stream(), RTMGRP_LINK | RTMGRP_IPV4_ROUTE) as monitor:
+        with RouteMonitor(self._stream(), RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE) as monitor:
             self._watching = monitor.stream
             try:
                 monitor.dump()  # whatever changed since adopt()
@@ -140,7 +140,8 @@ class KernelTable:
                         log.warning("kernel routes differ from ours: %d (e.g. %s), programming them again",
                                     len(drift), ", ".join(map(str, sorted(drift)[:3])))
                     if retry and self.refused:
-                        log.info("a link or route changed: retrying %d refused route(s)", len(self.refused))
+                        log.info("a link, address or route changed: retrying %d refused route(s)",
+                                 len(self.refused))
                         drift |= self.refused
                     retry = False
                     if drift:
@@ -149,8 +150,9 @@ class KernelTable:
                 self._watching = None
 
     def _read(self, monitor: RouteMonitor) -> bool:
-        """Reads what is queued; a link change, or a route of others where one of ours was, asks for a dump
-        (once). True if a link changed or a route of others appeared: refused routes may go in now."""
+        """Reads what is queued; a link or address change, or a route of others where one of ours was, asks
+        for a dump (once). True if a link or address changed or a route of others appeared: refused routes
+        may go in now."""
         monitor.drain()
         changes = monitor.stream.changes
         if changes.links or changes.foreign & self.installed.keys():

@@ -130,7 +130,8 @@ class RouteWriter:
 
 def dump_request(seq: int, protocol: int, table: int = RT_TABLE_MAIN) -> bytes:
     """RTM_GETROUTE for the IPv4 routes of `protocol` in `table`: the kernel filters on a strict-check socket."""
-    body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, min(table, 255), protocol, 0, 0, 0) + _attr4(RTA_TABLE, _U32.pack(table))
+    body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, min(table, 255), protocol, 0, 0, 0)
+    body += _attr4(RTA_TABLE, _U32.pack(table))
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 

@@ -7,9 +7,9 @@ route adds costs nothing here (receiving them cost the writer 10 % more time). T
 stream what it wrote instead; only a prefix that we wrote and someone else changed in the same interval
 has an unknown order, and is read again while our writes wait (`reconcile` says so).
 
-IPv4 removes the routes through a link that goes down without a single RTM_DELROUTE: a link event
-therefore asks for a dump, as does a lost event (ENOBUFS) or a route of another protocol that may have
-taken the place of one of ours.
+IPv4 removes the routes through a link that goes down, or whose last address goes, without a single
+RTM_DELROUTE: a link or address event therefore asks for a dump, as does a lost event (ENOBUFS) or a
+route of another protocol that may have taken the place of one of ours.
 """
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ from bgpd.dataplane.netlink_routes import (_NLMSGHDR, NETLINK_ROUTE, NLMSG_DONE,
                                            RTM_DELROUTE, RTM_NEWLINK, RTM_NEWROUTE, KernelRoute, RouteOp,
                                            decode_route, dump_request)
 
-RTMGRP_LINK, RTMGRP_IPV4_ROUTE = 0x1, 0x40
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x10, 0x40
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+_INTERFACE_EVENTS = frozenset((RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR))
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 SO_ATTACH_FILTER, SO_RCVBUFFORCE = 26, 33
 NLM_F_MULTI = 0x2
@@ -51,7 +53,7 @@ class Changes:
     writes: list[Write] = field(default_factory=list)  # ours, whose events we never see
     writes_in_dump: int = 0  # writes[writes_in_dump:] ended after the last dump began
     full: bool = False
-    links: bool = False  # a link changed: its routes may be gone (IPv4 sends no RTM_DELROUTE for them)
+    links: bool = False  # a link or address changed: routes may be gone (IPv4 sends no RTM_DELROUTE for them)
     foreign: set[IPv4Network] = field(default_factory=set)  # routes of others added with the key of ours
     foreign_added: bool = False  # a route of another protocol appeared (a connected route: gateways reachable)
     dump_error: int = 0  # errno of a dump the kernel refused (then `full` is not set by it)
@@ -107,7 +109,7 @@ class RouteStream:
             if kind == RTM_NEWROUTE or kind == RTM_DELROUTE:
                 if port != self.own_port or not port:  # ours are dropped by the socket filter already
                     self._route(kind, data, body, end, listed=bool(flags & NLM_F_MULTI))
-            elif kind == RTM_NEWLINK or kind == RTM_DELLINK:
+            elif kind in _INTERFACE_EVENTS:
                 self.changes.links = True
             elif (kind == NLMSG_DONE or kind == NLMSG_ERROR) and self.dumping and seq == self.dump_seq:
                 self._dump_done(-_INT.unpack_from(data, body)[0] if end - body >= _INT.size else 0)

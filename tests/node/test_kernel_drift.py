@@ -132,6 +132,24 @@ def test_link_flap_routes_return_within_a_second_of_link_up(host):
     assert got["installed"] == 502 and got["still_refused"] == 0
 
 
+def test_address_removed_and_back(host):
+    """The last address of a link goes: IPv4 flushes the routes through it without a single event."""
+    got = run(host, """
+        async def main():
+            want = {block(i): GW for i in range(100)}
+            k, owner, task = await watched(want)
+            ip("addr", "del", "10.9.0.1/24", "dev", "v0")
+            lost, _ = await owner.report()
+            ip("addr", "add", "10.9.0.1/24", "dev", "v0")
+            start = time.monotonic()
+            while len(kernel("proto", "201")) < len(want):
+                await owner.report(timeout=max(start + 1 - time.monotonic(), 0.001))
+            out(lost=len(lost), back=time.monotonic() - start, installed=len(k.installed), refused=len(k.refused))
+        asyncio.run(main())
+    """)
+    assert got["lost"] == 100 and got["back"] < 1.0 and got["installed"] == 100 and got["refused"] == 0
+
+
 def test_routes_of_other_protocols_are_never_reported_nor_touched(host):
     got = run(host, """
         async def main():

@@ -51,7 +51,9 @@ def test_decoding_matches_pyroute2(prefix, protocol, table, metric, rtype, hops,
     msg["header"]["type"] = RTM_NEWROUTE
     msg["family"], msg["dst_len"], msg["proto"], msg["type"] = 2, prefix.prefixlen, protocol, rtype
     msg["table"] = min(table, 252)
-    attrs = [("RTA_TABLE", table), ("RTA_OIF", 3)] + ([("RTA_DST", str(prefix.network_address))] if prefix.prefixlen else [])
+    attrs = [("RTA_TABLE", table), ("RTA_OIF", 3)]
+    if prefix.prefixlen:
+        attrs.append(("RTA_DST", str(prefix.network_address)))
     if metric:
         attrs.append(("RTA_PRIORITY", metric))
     if rtype == 1 and not device and len(hops) == 1:

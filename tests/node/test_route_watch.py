@@ -6,7 +6,7 @@ from ipaddress import IPv4Address as A, IPv4Network as N
 from hypothesis import given, strategies as st
 
 from bgpd.dataplane.netlink_routes import _NLMSGHDR, NLMSG_DONE, RTM_NEWLINK, RouteOp, encode
-from bgpd.dataplane.route_watch import NLM_F_MULTI, RouteStream, reconcile
+from bgpd.dataplane.route_watch import NLM_F_MULTI, RTM_DELADDR, RouteStream, reconcile
 
 PROTO, OWN, OTHER, MONITOR = 201, 777, 999, 555
 PREFIXES = [N(f"10.100.{i}.0/26") for i in range(6)]
@@ -85,7 +85,8 @@ def test_changes_by_others_are_decoded_last_one_wins():
 
 def test_routes_of_others_only_flag():
     s = stream()
-    s.feed(message(PREFIXES[0], HOPS[2], OTHER, protocol=12) + message(PREFIXES[1], HOPS[2], OTHER, protocol=4, metric=5)
+    s.feed(message(PREFIXES[0], HOPS[2], OTHER, protocol=12)
+           + message(PREFIXES[1], HOPS[2], OTHER, protocol=4, metric=5)
            + message(PREFIXES[2], None, OTHER, protocol=12) + message(PREFIXES[3], HOPS[2], OTHER, metric=100))
     got = s.take()
     assert not got.routes and got.foreign_added and got.foreign == {PREFIXES[0]}  # same key as ours: may replace it
@@ -125,6 +126,8 @@ def test_doubt_asks_for_a_dump():
     s = stream()
     s.feed(link())
     assert s.take().links and s.settled
+    s.feed(_NLMSGHDR.pack(24, RTM_DELADDR, 0, 0, 0) + bytes(8))  # the last address gone: its routes too
+    assert s.take().links
     bad = bytearray(message(PREFIXES[0], HOPS[2], OTHER))
     struct.pack_into("=HH", bad, 16 + 12, 200, 1)  # an attribute longer than the message
     s.feed(bytes(bad))
