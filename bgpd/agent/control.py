@@ -6,13 +6,15 @@ import inspect
 import json
 import os
 import socket
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 
 class ControlServer:
     def __init__(self, path: Path, views: dict[str, Callable[[], Any]]):
-        """views: name -> a function (or coroutine function) whose JSON-able result answers the request."""
+        """views: name -> a function (or coroutine function) whose result answers the request: JSON-able,
+        or dataclasses (bgpd/agent/views.py), sent as their fields."""
         self.path = path
         self.views = views
         self._server: asyncio.base_events.Server | None = None
@@ -47,9 +49,15 @@ class ControlServer:
                 answer = {"ok": True, "result": await result if inspect.isawaitable(result) else result}
         except (ValueError, AttributeError, TypeError, asyncio.TimeoutError) as e:
             answer = {"ok": False, "error": f"bad request: {e}"}
-        writer.write(json.dumps(answer).encode() + b"\n")
+        writer.write(json.dumps(answer, default=_fields).encode() + b"\n")
         await writer.drain()
         writer.close()
+
+
+def _fields(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class DaemonNotRunning(Exception):

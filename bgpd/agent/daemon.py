@@ -1,13 +1,16 @@
-"""The node daemon: ExaBGP events in, RIB in the middle, kernel routes out."""
+"""The node daemon: the asyncio shell around the BGP core (bgpd/bgp/core.py).
+
+It feeds the core ExaBGP's events, the kernel's results, the time and the configuration, and executes
+the commands it returns: kernel writes, lines to ExaBGP, timers, logs, readiness.
+"""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
 from ipaddress import IPv4Network
 
 from pathlib import Path
@@ -22,12 +25,14 @@ from bgpd.agent.metrics import DaemonMetrics
 from bgpd.dataplane.pods import PodStore
 from bgpd.ipam.state import NodeBlocks, save as save_ipam_state
 from policy.datastore_sync import PolicySync
-from bgpd.bgp.rib import ImportFilter, Reject, Rib, Update
+from bgpd.agent.views import DatastoreStatus, PeerStatus, RouteStatus, Status
+from bgpd.bgp.core import Command, CoreConfig, Log, NodeCore, PeerSettings, Program, Ready, Send, WakeAt
+from bgpd.bgp.rib import ImportFilter
 from bgpd.agent.sdnotify import notify, watchdog_interval
 from config.datastore import open_datastore
 from config.effective import EffectiveConfig, effective
 from config.load import ConfigError, load_model
-from config.node import NodeConfig, Peer, restart_changes
+from config.node import NodeConfig, restart_changes
 
 log = logging.getLogger("tortie.daemon")
 
@@ -40,36 +45,28 @@ class DaemonFailed(Exception):
     """A task of the daemon died; the daemon stopped (kernel routes left in place) and exits non-zero."""
 
 
-def import_filter(node: EffectiveConfig) -> ImportFilter:
-    return ImportFilter(tuple(p.cidr for p in node.pools), tuple(node.blocks),
-                        frozenset((node.listen_address, node.router_id)), tuple(IPv4Network(a) for a in node.borrowed))
-
-
-@dataclass
-class PeerState:
-    peer: Peer
-    state: str = "idle"
-    since: float | None = None
-    last_error: str = ""
-    updates: int = 0
-    advertised: int = 0
-    stale_timer: asyncio.TimerHandle | None = None
-    logged_rejects: frozenset[Reject] = frozenset()
+def core_config(node: EffectiveConfig) -> CoreConfig:
+    """What the BGP core needs of the configuration in force."""
+    return CoreConfig(
+        peers={str(p.address): PeerSettings(p.name or str(p.address), p.asn, node.max_prefixes_for(p))
+               for p in node.bgp_peers()},
+        import_filter=ImportFilter(tuple(p.cidr for p in node.pools), tuple(node.blocks),
+                                   frozenset((node.listen_address, node.router_id)),
+                                   tuple(IPv4Network(a) for a in node.borrowed)),
+        announced=tuple(node.announced()), graceful_restart=node.graceful_restart,
+        initial_sync_timeout=node.initial_sync_timeout, wait_for_datastore=node.datastore is not None)
 
 
 class Daemon:
     COALESCE = 0.001  # seconds to gather more changes before a kernel write
     FLUSH_AT = 512  # changed prefixes that make the reader give the kernel writer a turn
     MAX_BATCH = 1024  # prefixes per kernel write
-    RETRY = 5.0  # seconds before a route the kernel refused is tried again
 
     def __init__(self, file_config: NodeConfig, config_path: Path | None = None, cleanup_on_exit: bool = False):
         self.node = node = effective(file_config, None)  # with a datastore, the cluster's view follows
         self.config_path = config_path
         self.cleanup_on_exit = cleanup_on_exit
-        peers = node.bgp_peers()
-        self.peers = {str(p.address): PeerState(p) for p in peers}
-        self.rib = Rib(import_filter(node), {str(p.address): node.max_prefixes_for(p) for p in peers})
+        self.core = NodeCore(core_config(node))
         self.kernel = KernelTable(node.route_protocol)
         private_dir(node.run_dir)
         node.state_dir.mkdir(parents=True, exist_ok=True)
@@ -89,11 +86,9 @@ class Daemon:
             self.policy = PolicySync(ds, node.name, node.policy_backend, node.run_dir / "policy",
                                      self.metrics.registry)
         self.initial_sync = asyncio.Event()
-        self._adopted: set[IPv4Network] = set()
-        self.refused: dict[IPv4Network, str] = {}  # desired routes the kernel refused, with its reason
-        self._dirty: set[IPv4Network] = set()
-        self._dirty_since: float | None = None
-        self._wake = asyncio.Event()
+        self._dirty_since: float | None = None  # when the core's plan last became non-empty
+        self._wake = asyncio.Event()  # the plan has routes for the kernel writer
+        self._timer: asyncio.TimerHandle | None = None  # for the core's latest WakeAt
         self._writer: asyncio.StreamWriter | None = None
         self._stop = asyncio.Event()
         self._stopping = False
@@ -117,29 +112,27 @@ class Daemon:
                                f"{e.strerror}") from None
         self.pidfile.write_text(f"{os.getpid()}\n")
         await self.kernel.adopt()
-        self._adopted = set(self.kernel.installed)
-        log.info("adopted kernel routes=%d protocol=%d", len(self._adopted), self.node.route_protocol)
-        self._mark(self.node.blocks)  # blackholes for our own blocks, at once
+        log.info("adopted kernel routes=%d protocol=%d", len(self.kernel.installed), self.node.route_protocol)
+        self._do(self.core.adopted(self.kernel.installed, time.monotonic()))
         self._save_blocks()
         write_config(self.node.run_dir / "exabgp.conf", render_config(self.node, self.node.run_dir / "exabgp.sock"))
         tasks = [asyncio.create_task(self._program(), name="program"),
                  asyncio.create_task(self._start_bgp(), name="exabgp"),
-                 asyncio.create_task(self._initial_sync_deadline(), name="initial-sync"),
+                 asyncio.create_task(self.kernel.watch(self._drifted), name="kernel-watch"),
                  asyncio.create_task(self._watchdog(), name="watchdog")]
         if self.cluster:
             tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+            tasks.append(asyncio.create_task(self._datastore_ready(), name="datastore-ready"))
             tasks.append(asyncio.create_task(self._run_policy(), name="policy"))
         tasks.append(asyncio.create_task(self._notify_ready(), name="ready"))
         for t in tasks:
             t.add_done_callback(self._task_done)
-        if not self.peers:
-            self._check_initial_sync()
         await self._stop.wait()
         log.info("stopping cleanup=%s", self.cleanup_on_exit)
         notify("STOPPING=1")
         self._stopping = True  # sessions now go down because *we* stop: their routes stay
         if self.cleanup_on_exit and self._writer:
-            await self._send(msgs.withdraw_blocks(self.node.announced()))
+            self._send(msgs.withdraw_blocks(self.node.announced()))
             await asyncio.sleep(0.5)
         await self.supervisor.stop()
         if self.cluster:
@@ -150,6 +143,8 @@ class Daemon:
         if self.cleanup_on_exit:
             result = await self.kernel.sync({p: None for p in self.kernel.installed})
             log.info("removed kernel routes=%d", result.removed)
+        if self._timer:
+            self._timer.cancel()
         await self.control.stop()
         self.pidfile.unlink(missing_ok=True)
         self.kernel.close()
@@ -172,35 +167,17 @@ class Daemon:
                 await asyncio.sleep(0.5)
         await self.supervisor.run()
 
-    async def _initial_sync_deadline(self) -> None:
-        if self.cluster:  # the peers come from the datastore: nothing is known before it answered
-            await self.cluster.ready.wait()
-            self._check_initial_sync()
-        await asyncio.sleep(self.node.initial_sync_timeout)
-        if not self.initial_sync.is_set():
-            waiting = [a for a, ps in self.peers.items() if not self.rib.peers[a].eor]
-            log.warning("initial sync timed out waiting_for_eor=%s", ",".join(waiting))
-            self._finish_initial_sync()
-
-    def _check_initial_sync(self) -> None:
-        if self.cluster and not self.cluster.ready.is_set():
-            return
-        if not self.initial_sync.is_set() and all(r.eor for r in self.rib.peers.values()):
-            self._finish_initial_sync()
-
-    def _finish_initial_sync(self) -> None:
-        """Now routes adopted at start that nobody announced again are known to be stale."""
-        self.initial_sync.set()
-        self._mark(self._adopted)
-        self._adopted = set()
-        log.info("initial sync done")
+    async def _datastore_ready(self) -> None:
+        """The peers come from the datastore: the initial sync cannot end before it answered."""
+        await self.cluster.ready.wait()
+        self._do(self.core.datastore_ready(time.monotonic()))
 
     async def _notify_ready(self) -> None:
         """READY=1 once the first BGP sync is over and, with a datastore, the first ruleset is in force."""
         await self.initial_sync.wait()
         if self.policy:
             await self.policy.applied.wait()
-        notify("READY=1", f"STATUS=initial BGP sync done, {len(self.peers)} peers")
+        notify("READY=1", f"STATUS=initial BGP sync done, {len(self.core.peers)} peers")
 
     async def _run_policy(self) -> None:
         await self.cluster.ready.wait()  # the datastore is loaded
@@ -254,23 +231,20 @@ class Daemon:
         if self.cluster:
             self.cluster.base = file_config
         await self.reconfigure(new)
-        log.info("reloaded peers=%d blocks=%d", len(self.peers), len(new.blocks))
-        notify("READY=1", f"STATUS=reloaded, {len(self.peers)} peers")
+        log.info("reloaded peers=%d blocks=%d", len(self.core.peers), len(new.blocks))
+        notify("READY=1", f"STATUS=reloaded, {len(self.core.peers)} peers")
         return True
 
     async def reconfigure(self, new: EffectiveConfig) -> None:
         """Moves to `new` (same restart-only fields): peers, blocks, pools, limits; other sessions stay up."""
         if new == self.node:
             return
-        old, self.node = self.node, new
-        self._apply_peers(new)
-        self._apply("", None, self.rib.refilter(import_filter(new)))
-        self._mark(set(old.blocks) ^ set(new.blocks))
+        self.node = new
+        commands = self.core.configure(core_config(new), time.monotonic())
         write_config(new.run_dir / "exabgp.conf", render_config(new, new.run_dir / "exabgp.sock"))
         self.supervisor.reload()
         self._save_blocks()
-        gone = [b for b in old.announced() if b not in new.announced()]
-        await self._send(msgs.withdraw_blocks(gone) + msgs.announce_blocks(new.announced()) + [msgs.route_refresh()])
+        self._do(commands)
 
     def _save_blocks(self) -> None:
         """The blocks in force, for `tortie pod add` and tortie-cni: claimed ones are not in the file."""
@@ -290,184 +264,102 @@ class Daemon:
                 return None
         return str(got) if got else None
 
-    def _apply_peers(self, node: NodeConfig) -> None:
-        wanted = {str(p.address): p for p in node.bgp_peers()}
-        for addr in [a for a in self.peers if a not in wanted]:
-            ps = self.peers.pop(addr)
-            self._cancel_stale_timer(ps)
-            self._apply(addr, None, self.rib.remove_peer(addr))
-            log.info("peer removed peer=%s", addr)
-        for addr, peer in wanted.items():
-            if addr in self.peers:
-                self.peers[addr].peer = peer
-            else:
-                self.peers[addr] = PeerState(peer)
-                log.info("peer added peer=%s", addr)
-            self.rib.add_peer(addr, node.max_prefixes_for(peer))
-
     # --- ExaBGP ------------------------------------------------------------------------------------
     async def _relay_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                              fresh: bool) -> None:
         self._writer = writer
-        log.info("exabgp relay connected new_process=%s", fresh)
-        await self._send(msgs.announce_blocks(self.node.announced()))
-        if not fresh:  # only the relay was respawned: sessions are up but updates may have been lost
-            await self._send([msgs.route_refresh()])
+        self._do(self.core.relay_connected(fresh, time.monotonic()))
         try:
             while (line := await reader.readline()) and not self._stopping:
+                now = time.monotonic()
                 for event in msgs.parse_line(line.decode(errors="replace")):
-                    self._handle(event)
-                if len(self._dirty) >= self.FLUSH_AT:
+                    self._do(self.core.event(event, now))
+                if self.core.planned >= self.FLUSH_AT:
                     await asyncio.sleep(0)  # readline() does not yield while lines are buffered: let the writer run
         finally:
             self._writer = None
-            log.warning("exabgp relay disconnected")
+            self._do(self.core.relay_disconnected(time.monotonic()))
 
-    async def _send(self, commands: list[str]) -> None:
-        if self._writer is None or not commands:
-            return
-        self._writer.write("".join(c + "\n" for c in commands).encode())
-        await self._writer.drain()
+    def _send(self, lines: Iterable[str]) -> None:
+        """To ExaBGP through the relay. Without one nothing is sent: the next one gets our blocks again."""
+        if self._writer is not None:
+            self._writer.write("".join(c + "\n" for c in lines).encode())
 
     def _exabgp_exited(self) -> None:
-        """We restart, RFC 4724 style: keep what peers gave us as stale until they send it again."""
-        if self._stopping:
-            return
-        for addr, ps in self.peers.items():
-            if ps.state == "up":
-                self._session_down(addr, ps, "exabgp exited", graceful=True)
-            ps.state = "idle"
+        if not self._stopping:  # sessions that end because *we* stop leave the kernel routes as they are
+            self._do(self.core.exabgp_exited(time.monotonic()))
 
-    def _handle(self, event: msgs.Event) -> None:
-        if isinstance(event, msgs.Malformed):
-            self.metrics.malformed.inc()
-            log.warning("malformed exabgp message reason=%s", event.reason)
-            return
-        ps = self.peers.get(event.peer)
-        if ps is None:
-            return
-        if isinstance(event, msgs.Announce):
-            ps.updates += 1
-            self._apply(event.peer, ps, self.rib.announce(event.peer, event.prefixes, event.next_hop))
-        elif isinstance(event, msgs.Withdraw):
-            ps.updates += 1
-            self._apply(event.peer, ps, self.rib.withdraw(event.peer, event.prefixes))
-        elif isinstance(event, msgs.EndOfRib):
-            self._cancel_stale_timer(ps)
-            self._apply(event.peer, ps, self.rib.end_of_rib(event.peer))
-            self._check_initial_sync()
-        elif event.state == "up":
-            ps.state, ps.since, ps.logged_rejects = "up", time.time(), frozenset()
-            ps.advertised = len(self.node.announced())
-            self.rib.session_up(event.peer)
-            log.info("session up peer=%s", event.peer)
-            # a peer added by a reload did not exist when we announced: announce again, then End-of-RIB
-            asyncio.get_running_loop().create_task(self._send(
-                msgs.announce_blocks(self.node.announced(), event.peer) + [msgs.end_of_rib(event.peer)]))
-        elif event.state == "down":
-            self._session_down(event.peer, ps, event.reason, event.graceful and self.node.graceful_restart > 0)
-        else:
-            ps.state = event.state
+    def _drifted(self, prefixes: set[IPv4Network]) -> None:
+        self._do(self.core.drift(prefixes, time.monotonic()))
 
-    def _session_down(self, addr: str, ps: PeerState, reason: str, graceful: bool) -> None:
-        was_up = ps.state == "up"
-        ps.state, ps.since, ps.last_error, ps.advertised = "down", time.time(), reason, 0
-        if was_up:
-            log.warning("session down peer=%s reason=%r keep_stale=%s", addr, reason, graceful)
-        self._apply(addr, ps, self.rib.session_down(addr, graceful))
-        self._cancel_stale_timer(ps)
-        if graceful and self.rib.peers[addr].stale:
-            ps.stale_timer = asyncio.get_running_loop().call_later(
-                self.node.graceful_restart, self._stale_expired, addr)
-        elif not graceful:
-            # a peer that is gone will send no End-of-RIB: don't hold the initial sync for it
-            self.rib.peers[addr].eor = True
-            self._check_initial_sync()
+    def _tick(self) -> None:
+        self._timer = None
+        self._do(self.core.tick(time.monotonic()))
 
-    def _stale_expired(self, addr: str) -> None:
-        ps = self.peers[addr]
-        ps.stale_timer = None
-        log.warning("graceful restart time over peer=%s stale_routes=%d", addr, len(self.rib.peers[addr].stale))
-        self._apply(addr, ps, self.rib.purge_stale(addr))
-
-    @staticmethod
-    def _cancel_stale_timer(ps: PeerState) -> None:
-        if ps.stale_timer:
-            ps.stale_timer.cancel()
-            ps.stale_timer = None
-
-    def _apply(self, addr: str, ps: PeerState | None, upd: Update) -> None:
-        for reason in upd.rejected - ps.logged_rejects if ps is not None else ():
-            ps.logged_rejects |= {reason}
-            log.warning("rejecting routes peer=%s reason=%s (logged once per session; see "
-                        "tortie_bgp_prefixes_rejected_total)", addr, reason.value)
-        if upd.changed:
-            self._mark(upd.changed)
+    # --- the core's commands -----------------------------------------------------------------------
+    def _do(self, commands: list[Command]) -> None:
+        for c in commands:
+            if isinstance(c, Program):
+                if self._dirty_since is None:
+                    self._dirty_since = time.monotonic()
+                self._wake.set()
+            elif isinstance(c, Send):
+                self._send(c.lines)
+            elif isinstance(c, Log):
+                log.log(c.level, c.message, *c.args)
+            elif isinstance(c, WakeAt):  # earlier than the pending one, if any: it replaces it
+                if self._timer:
+                    self._timer.cancel()
+                self._timer = asyncio.get_running_loop().call_later(max(0.0, c.when - time.monotonic()), self._tick)
+            elif isinstance(c, Ready):
+                self.initial_sync.set()
 
     # --- kernel ------------------------------------------------------------------------------------
-    def _mark(self, prefixes) -> None:
-        self._dirty.update(prefixes)
-        if self._dirty_since is None:
-            self._dirty_since = time.monotonic()
-        self._wake.set()
-
     async def _program(self) -> None:
         while True:
             await self._wake.wait()
             await asyncio.sleep(self.COALESCE)
             self._wake.clear()
-            if len(self._dirty) > self.MAX_BATCH:  # small batches: the last one after a burst ends soon
-                batch = set(itertools.islice(self._dirty, self.MAX_BATCH))
-                self._dirty -= batch
-                since = self._dirty_since
+            routes = self.core.plan(self.MAX_BATCH)  # small batches: the last one after a burst ends soon
+            since = self._dirty_since
+            if self.core.planned:
                 self._wake.set()
             else:
-                batch, self._dirty = self._dirty, set()
-                since, self._dirty_since = self._dirty_since, None
-            desired = {}
-            for prefix in batch:
-                want = self.rib.desired(prefix)
-                if want is None and prefix in self._adopted:
-                    continue  # decided once the initial sync is done
-                desired[prefix] = want
-            result = await self.kernel.sync(desired)
-            for prefix in desired:
-                self.refused.pop(prefix, None)
+                self._dirty_since = None
+            result = await self.kernel.sync(routes)
             if result.errors:
-                self.refused.update(result.errors)
                 self.metrics.programming_errors.inc(len(result.errors))
-                asyncio.get_running_loop().call_later(self.RETRY, self._mark, set(result.errors))
+            self._do(self.core.kernel_synced(routes, result.errors, time.monotonic()))
             if since is not None and (result.added or result.replaced or result.removed):
                 self.metrics.programming_latency.observe(time.monotonic() - since)
 
     # --- views -------------------------------------------------------------------------------------
-    def status(self) -> dict:
-        now = time.time()
-        return {
-            "node": self.node.name, "asn": self.node.asn, "router_id": str(self.node.router_id),
-            "blocks": [str(b) for b in self.node.blocks],
-            "borrowed": [str(a) for a in self.node.borrowed],
-            "initial_sync_done": self.initial_sync.is_set(),
-            "kernel_routes": len(self.kernel.installed),
-            "refused_routes": {str(p): why for p, why in sorted(self.refused.items())[:20]},
-            "exabgp_restarts": self.supervisor.restarts,
-            "datastore": None if self.cluster is None else {
-                "connected": self.cluster.ds.connected, "resyncs": self.cluster.ds.resyncs,
-                "ready": self.cluster.ready.is_set()},
-            "peers": [{
-                "name": ps.peer.name or addr, "address": addr, "asn": ps.peer.asn, "state": ps.state,
-                "uptime": round(now - ps.since, 1) if ps.state == "up" and ps.since else 0,
-                "received": self.rib.peers[addr].received, "accepted": self.rib.accepted(addr),
-                "rejected": sum(self.rib.peers[addr].rejected.values()), "advertised": ps.advertised,
-                "stale": len(self.rib.peers[addr].stale), "last_error": ps.last_error,
-            } for addr, ps in self.peers.items()],
-        }
+    def status(self) -> Status:
+        """Also read by the metrics endpoint's thread: reads the state, never changes it."""
+        now, core = time.monotonic(), self.core
+        peers = []
+        for addr, ps in list(core.peers.items()):
+            rib = core.rib.peers[addr]
+            peers.append(PeerStatus(
+                name=ps.settings.name, address=addr, asn=ps.settings.asn, state=ps.state,
+                uptime=round(now - ps.since, 1) if ps.state == "up" and ps.since is not None else 0,
+                received=rib.received, accepted=len(rib.routes), rejected=sum(rib.rejected.values()),
+                advertised=ps.advertised, stale=len(rib.stale), last_error=ps.last_error, updates=ps.updates,
+                rejected_by_reason={r.value: n for r, n in rib.rejected.items()}))
+        refused = dict(core.refused)
+        return Status(
+            node=self.node.name, asn=self.node.asn, router_id=str(self.node.router_id),
+            blocks=[str(b) for b in self.node.blocks], borrowed=[str(a) for a in self.node.borrowed],
+            initial_sync_done=core.initial_sync_done, kernel_routes=len(self.kernel.installed),
+            refused_routes={str(p): why for p, why in sorted(refused.items())[:20]},
+            exabgp_restarts=self.supervisor.restarts,
+            datastore=None if self.cluster is None else DatastoreStatus(
+                connected=self.cluster.ds.connected, resyncs=self.cluster.ds.resyncs, ready=self.cluster.ready.is_set()),
+            peers=peers, refused_total=len(refused), kernel_repairs=self.kernel.repairs,
+            malformed_messages=core.malformed)
 
-    def routes(self) -> list[dict]:
-        desired = self.rib.all_desired()
-        return [{
-            "prefix": str(prefix),
-            "next_hops": sorted(str(h) for h in hops) or ["blackhole"],
-            "peers": sorted(self.rib.sources(prefix)) or ["local"],
-            "in_kernel": self.kernel.installed.get(prefix) == hops,
-        } for prefix, hops in sorted(desired.items())]
+    def routes(self) -> list[RouteStatus]:
+        rib, installed = self.core.rib, self.kernel.installed
+        return [RouteStatus(prefix=str(prefix), next_hops=sorted(str(h) for h in hops) or ["blackhole"],
+                            peers=sorted(rib.sources(prefix)) or ["local"], in_kernel=installed.get(prefix) == hops)
+                for prefix, hops in sorted(rib.all_desired().items())]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import platform
-import time
 from typing import TYPE_CHECKING, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -18,14 +17,13 @@ SESSION_STATES = ("idle", "connected", "up", "down")
 
 
 class DaemonCollector(Collector):
-    """Per-peer and RIB figures straight from the daemon's state: nothing to keep in step."""
+    """Per-peer and RIB figures from the daemon's status view at scrape time: nothing to keep in step."""
 
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
 
     def collect(self) -> Iterable[Metric]:
-        d = self.daemon
-        now = time.time()
+        s = self.daemon.status()
         state = GaugeMetricFamily("tortie_bgp_session_state", "1 for the BGP session's current state",
                                   labels=["peer", "state"])
         up = GaugeMetricFamily("tortie_bgp_session_up", "1 when the BGP session is established", labels=["peer"])
@@ -40,54 +38,51 @@ class DaemonCollector(Collector):
                                      labels=["peer"])
         advertised = GaugeMetricFamily("tortie_bgp_prefixes_advertised", "prefixes currently advertised to the peer",
                                        labels=["peer"])
-        for addr, ps in d.peers.items():
-            rib = d.rib.peers[addr]
-            for s in SESSION_STATES:
-                state.add_metric([addr, s], 1.0 if ps.state == s else 0.0)
-            up.add_metric([addr], 1.0 if ps.state == "up" else 0.0)
-            uptime.add_metric([addr], now - ps.since if ps.state == "up" and ps.since else 0.0)
-            received.add_metric([addr], rib.received)
-            for reason, n in rib.rejected.items():
-                rejected.add_metric([addr, reason.value], n)
-            updates.add_metric([addr], ps.updates)
-            accepted.add_metric([addr], len(rib.routes))
-            advertised.add_metric([addr], ps.advertised)
+        info = GaugeMetricFamily("tortie_bgp_peer_info", "1 per configured peer: its name and AS",
+                                 labels=["peer", "name", "asn"])
+        for p in s.peers:
+            for st in SESSION_STATES:
+                state.add_metric([p.address, st], 1.0 if p.state == st else 0.0)
+            up.add_metric([p.address], 1.0 if p.state == "up" else 0.0)
+            uptime.add_metric([p.address], p.uptime)
+            received.add_metric([p.address], p.received)
+            for reason, n in p.rejected_by_reason.items():
+                rejected.add_metric([p.address, reason], n)
+            updates.add_metric([p.address], p.updates)
+            accepted.add_metric([p.address], p.accepted)
+            advertised.add_metric([p.address], p.advertised)
+            info.add_metric([p.address, p.name, str(p.asn)], 1.0)
         yield from (state, up, uptime, received, rejected, updates, accepted, advertised)
         owned = GaugeMetricFamily("tortie_kernel_routes", "kernel routes owned by Tortie")
-        owned.add_metric([], len(d.kernel.installed))
+        owned.add_metric([], s.kernel_routes)
         yield owned
         refused = GaugeMetricFamily("tortie_kernel_routes_refused",
                                     "desired routes the kernel refused at the last try (retried)")
-        refused.add_metric([], len(d.refused))
+        refused.add_metric([], s.refused_total)
         yield refused
-        info = GaugeMetricFamily("tortie_bgp_peer_info", "1 per configured peer: its name and AS",
-                                 labels=["peer", "name", "asn"])
-        for addr, ps in d.peers.items():
-            info.add_metric([addr, ps.peer.name or addr, str(ps.peer.asn)], 1.0)
+        repairs = CounterMetricFamily("tortie_kernel_route_repairs",
+                                      "kernel routes found deleted or changed by others, and programmed again")
+        repairs.add_metric([], s.kernel_repairs)
+        yield repairs
         yield info
         restarts = CounterMetricFamily("tortie_exabgp_restarts", "times ExaBGP was restarted after it died")
-        restarts.add_metric([], d.supervisor.restarts)
+        restarts.add_metric([], s.exabgp_restarts)
         yield restarts
-        if d.cluster is not None:
+        malformed = CounterMetricFamily("tortie_exabgp_malformed_messages", "ExaBGP messages that could not be parsed")
+        malformed.add_metric([], s.malformed_messages)
+        yield malformed
+        if s.datastore is not None:
             connected = GaugeMetricFamily("tortie_datastore_connected", "1 while the datastore is reachable")
-            connected.add_metric([], 1.0 if d.cluster.ds.connected else 0.0)
+            connected.add_metric([], 1.0 if s.datastore.connected else 0.0)
             resyncs = CounterMetricFamily("tortie_datastore_resyncs", "full resynchronisations after a reconnect")
-            resyncs.add_metric([], d.cluster.ds.resyncs)
-            rejected = CounterMetricFamily("tortie_datastore_rejected_entries",
-                                           "entries dropped on arrival: malformed, or over the size or depth limit")
-            rejected.add_metric([], d.cluster.ds.rejected)
-            ignored = CounterMetricFamily("tortie_datastore_ignored_entries", "other nodes' entries ignored: a claim "
-                                          "on a block owned first by another node, a record with a taken address",
-                                          labels=["kind"])
-            ignored.add_metric(["claims"], d.cluster.ignored_claims.total)
-            ignored.add_metric(["nodes"], d.cluster.ignored_records.total)
-            yield from (connected, resyncs, rejected, ignored)
+            resyncs.add_metric([], s.datastore.resyncs)
+            yield from (connected, resyncs)
         sync = GaugeMetricFamily("tortie_initial_sync_done", "1 once the initial BGP sync finished")
-        sync.add_metric([], 1.0 if d.initial_sync.is_set() else 0.0)
+        sync.add_metric([], 1.0 if s.initial_sync_done else 0.0)
         yield sync
-        info = GaugeMetricFamily("tortie_build_info", "Tortie build", labels=["version", "python"])
-        info.add_metric([__version__, platform.python_version()], 1.0)
-        yield info
+        build = GaugeMetricFamily("tortie_build_info", "Tortie build", labels=["version", "python"])
+        build.add_metric([__version__, platform.python_version()], 1.0)
+        yield build
 
 
 class DaemonMetrics:
@@ -103,8 +98,6 @@ class DaemonMetrics:
             registry=self.registry)
         self.programming_errors = Counter("tortie_route_programming_errors", "route changes the kernel refused",
                                           registry=self.registry)
-        self.malformed = Counter("tortie_exabgp_malformed_messages", "ExaBGP messages that could not be parsed",
-                                 registry=self.registry)
 
     def serve(self, address: str, port: int) -> None:
         if port:

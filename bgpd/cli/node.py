@@ -79,31 +79,35 @@ def _view(view: str, render):
     return cmd
 
 
-def _render_status(s: dict) -> str:
-    lines = [f"node {s['node']}  AS {s['asn']}  router id {s['router_id']}  blocks {', '.join(s['blocks'])}",
-             f"kernel routes {s['kernel_routes']}  initial sync {'done' if s['initial_sync_done'] else 'pending'}"
-             f"  exabgp restarts {s['exabgp_restarts']}"]
-    if s["datastore"]:
-        lines.append(f"datastore {'connected' if s['datastore']['connected'] else 'DISCONNECTED'}"
-                     f"  resyncs {s['datastore']['resyncs']}")
+def _render_status(result: dict) -> str:
+    from bgpd.agent.views import Status
+    s = Status.from_json(result)
+    lines = [f"node {s.node}  AS {s.asn}  router id {s.router_id}  blocks {', '.join(s.blocks)}",
+             f"kernel routes {s.kernel_routes}  initial sync {'done' if s.initial_sync_done else 'pending'}"
+             f"  exabgp restarts {s.exabgp_restarts}"]
+    if s.datastore:
+        lines.append(f"datastore {'connected' if s.datastore.connected else 'DISCONNECTED'}"
+                     f"  resyncs {s.datastore.resyncs}")
     lines.append("")
     fmt = "{:<16} {:<16} {:>10} {:<10} {:>8} {:>9} {:>9} {:>8} {:>10} {:>6}  {}"
     lines.append(fmt.format("peer", "address", "asn", "state", "uptime", "received", "accepted", "rejected",
                             "advertised", "stale", "last error"))
-    for p in s["peers"]:
-        lines.append(fmt.format(p["name"], p["address"], p["asn"], p["state"], int(p["uptime"]), p["received"],
-                                p["accepted"], p["rejected"], p["advertised"], p["stale"], p["last_error"]))
-    for prefix, why in s["refused_routes"].items():
+    for p in s.peers:
+        lines.append(fmt.format(p.name, p.address, p.asn, p.state, int(p.uptime), p.received,
+                                p.accepted, p.rejected, p.advertised, p.stale, p.last_error))
+    for prefix, why in s.refused_routes.items():
         lines.append(f"kernel refused {prefix}: {why} (retrying)")
+    if s.refused_total > len(s.refused_routes):
+        lines.append(f"... {s.refused_total - len(s.refused_routes)} more refused")
     return "\n".join(lines)
 
 
-def _render_routes(routes: list[dict]) -> str:
+def _render_routes(result: list[dict]) -> str:
+    from bgpd.agent.views import RouteStatus
     fmt = "{:<20} {:<32} {:<32} {}"
     lines = [fmt.format("prefix", "next hops", "from", "in kernel")]
-    for r in routes:
-        lines.append(fmt.format(r["prefix"], ",".join(r["next_hops"]), ",".join(r["peers"]),
-                                "yes" if r["in_kernel"] else "NO"))
+    for r in map(RouteStatus.from_json, result):
+        lines.append(fmt.format(r.prefix, ",".join(r.next_hops), ",".join(r.peers), "yes" if r.in_kernel else "NO"))
     return "\n".join(lines)
 
 

@@ -1,13 +1,15 @@
 """Waiting until every BGP session of the lab's tortie nodes is up.
 
-The contract with the node daemon: `tortie status --json`, run inside the node, prints
-`{"peers": [{"name": ..., "address": ..., "state": "up" | ...}, ...], ...}` and exits 0.
+The contract with the node daemon: `tortie status --json`, run inside the node, prints its status
+(bgpd/agent/views.py: Status), of which this reads `peers` (`PeerStatus`: name, address, asn, state), and exits 0.
 """
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
+
+from bgpd.agent.views import PeerStatus
 
 STATUS_COMMAND = ["tortie", "status", "--json"]
 
@@ -16,7 +18,7 @@ class StatusError(Exception):
     """The status command failed or printed something other than the contract."""
 
 
-def parse_status(returncode: int, stdout: str, stderr: str) -> list[dict]:
+def parse_status(returncode: int, stdout: str, stderr: str) -> list[PeerStatus]:
     """The peer list from one run of the status command, or StatusError saying why there is none."""
     command = " ".join(STATUS_COMMAND)
     if returncode != 0:
@@ -24,16 +26,15 @@ def parse_status(returncode: int, stdout: str, stderr: str) -> list[dict]:
         raise StatusError(f"`{command}` exited {returncode}" + (f": {detail[-1]}" if detail else ""))
     try:
         peers = json.loads(stdout)["peers"]
-        if not all(isinstance(p, dict) for p in peers):
-            raise TypeError("peers must be a list of objects")
-        return peers
+        if not isinstance(peers, list):
+            raise TypeError("peers must be a list")
+        return [PeerStatus.from_json(p) for p in peers]
     except (ValueError, KeyError, TypeError) as e:
         raise StatusError(f"`{command}` printed no peer list: {e}") from None
 
 
-def peer_problems(peers: list[dict]) -> list[str]:
-    return [f"peer {p.get('name') or '?'} ({p.get('address')}) is {p.get('state')}"
-            for p in peers if p.get("state") != "up"]
+def peer_problems(peers: list[PeerStatus]) -> list[str]:
+    return [f"peer {p.name or '?'} ({p.address}) is {p.state}" for p in peers if p.state != "up"]
 
 
 def wait_until_up(check: Callable[[], dict[str, list[str]]], timeout: float,

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from pyroute2 import IPRoute, netns
 
+from bgpd.agent.views import PeerStatus
 from bgpd.lab import in_node, mountpoints, processes
 from bgpd.lab.bgp_wait import STATUS_COMMAND, StatusError, parse_status, peer_problems, wait_until_up
 from bgpd.lab.state import LabState, NodeState
@@ -126,7 +127,7 @@ def _cmd_alive(ns: NodeState) -> bool:
     return processes.alive_in(ns.cmd_pid, ns.keeper_mnt)
 
 
-def bgp_peers(lab: Lab, node: Node, ns: NodeState) -> list[dict]:
+def bgp_peers(lab: Lab, node: Node, ns: NodeState) -> list[PeerStatus]:
     """The node's BGP peers as `tortie status --json [--config FILE of its cmd]` reports them;
     StatusError if it cannot."""
     try:

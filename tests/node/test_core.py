@@ -50,7 +50,7 @@ class Shell:
                 program = True
             elif isinstance(c, WakeAt):
                 assert self.wake is None or c.when < self.wake, "a WakeAt later than the pending one"
-                assert c.when > self.now
+                assert c.when >= self.now
                 self.wake = c.when
             elif isinstance(c, Send):
                 self.sent.extend(c.lines)

@@ -133,3 +133,13 @@ def test_filter_agrees_with_ipaddress(prefix, pools, blocks):
     else:
         expected = None
     assert flt.check(prefix, None) is expected
+
+
+def test_end_of_rib_bookkeeping():
+    r = rib()
+    assert r.waiting_for_end_of_rib() == ["p2", "p3"]
+    r.end_of_rib("p2")
+    r.expect_no_end_of_rib("p3")
+    assert r.waiting_for_end_of_rib() == []
+    r.session_up("p3")
+    assert r.waiting_for_end_of_rib() == ["p3"]

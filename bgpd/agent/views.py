@@ -1,0 +1,89 @@
+"""The daemon's `status` and `routes` answers, typed: built by the daemon, read by its metrics collector,
+sent as JSON over the control socket (their fields), read back by the CLI and the lab runner.
+
+The JSON shape is a contract (`tortie status --json` / `tortie routes --json`, docs, labs): add fields,
+never rename or remove one. `from_json` ignores keys it does not know and fills fields that have a
+default, so a reader needs only the part of the contract it uses.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _known(cls: type[T], data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    missing = [f.name for f in fields(cls)
+               if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise KeyError(f"{cls.__name__}: missing {', '.join(missing)}")
+    return {f.name: data[f.name] for f in fields(cls) if f.name in data}
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    name: str
+    address: str
+    asn: int
+    state: str  # idle, connected, up, down
+    uptime: float = 0.0  # seconds the session has been up
+    received: int = 0  # prefix announcements
+    accepted: int = 0  # prefixes held now
+    rejected: int = 0  # prefix announcements the import filter refused
+    advertised: int = 0
+    stale: int = 0  # routes kept across the peer's graceful restart
+    last_error: str = ""
+    updates: int = 0  # UPDATE messages
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> PeerStatus:
+        return cls(**_known(cls, data))
+
+
+@dataclass(frozen=True)
+class DatastoreStatus:
+    connected: bool
+    resyncs: int
+    ready: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    node: str
+    asn: int
+    router_id: str
+    blocks: list[str]
+    borrowed: list[str]
+    initial_sync_done: bool
+    kernel_routes: int  # routes of our protocol in the kernel
+    refused_routes: dict[str, str]  # a sample of the routes the kernel refused, with its reason
+    exabgp_restarts: int
+    datastore: DatastoreStatus | None
+    peers: list[PeerStatus]
+    refused_total: int = 0  # all routes the kernel refused at the last try
+    kernel_repairs: int = 0  # kernel routes found changed by others (and programmed again)
+    malformed_messages: int = 0  # ExaBGP messages that could not be parsed
+
+    @classmethod
+    def from_json(cls, data: Any) -> Status:
+        known = _known(cls, data)
+        datastore = known["datastore"]
+        return cls(**{**known, "peers": [PeerStatus.from_json(p) for p in known["peers"]],
+                      "datastore": None if datastore is None else DatastoreStatus(**_known(DatastoreStatus,
+                                                                                            datastore))})
+
+
+@dataclass(frozen=True)
+class RouteStatus:
+    prefix: str
+    next_hops: list[str]  # ["blackhole"] for our own blocks
+    peers: list[str]  # the peers it came from, ["local"] for our own blocks
+    in_kernel: bool  # the kernel holds exactly this route
+
+    @classmethod
+    def from_json(cls, data: Any) -> RouteStatus:
+        return cls(**_known(cls, data))
