@@ -171,12 +171,24 @@ def decode_route(data: memoryview | bytes, body: int, end: int
     elif rtype != RTN_UNICAST:
         hops = OTHER_ROUTE
     elif gateway is not None:
-        hops = frozenset((IPv4Address(bytes(data[gateway:gateway + 4])),))
+        hops = _single_hop(bytes(data[gateway:gateway + 4]))
     elif multipath is not None:
         hops = _multipath(data, *multipath)
     else:
         hops = OTHER_ROUTE
     return table, protocol, metric, prefix, hops
+
+
+_SINGLE_HOPS: dict[bytes, KernelRoute] = {}  # a dump of 10,000 routes has a handful of gateways
+
+
+def _single_hop(address: bytes) -> KernelRoute:
+    hops = _SINGLE_HOPS.get(address)
+    if hops is None:
+        if len(_SINGLE_HOPS) >= 4096:
+            _SINGLE_HOPS.clear()
+        hops = _SINGLE_HOPS[address] = frozenset((IPv4Address(address),))
+    return hops
 
 
 def _multipath(data: memoryview | bytes, offset: int, end: int) -> KernelRoute:

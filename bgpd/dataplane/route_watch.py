@@ -68,7 +68,7 @@ class RouteStream:
         self.dumping = False
         self.dump_seq = 0  # of the running dump: only its end ends it
         self.dump_again = False  # asked for while one was running (or events were lost): another at its end
-        self._touched: set[IPv4Network] = set()
+        self._before: dict[IPv4Network, KernelRoute | None] = {}  # changes read before the running dump
 
     @property
     def settled(self) -> bool:
@@ -82,7 +82,9 @@ class RouteStream:
         return bool(c.routes or c.full or c.links or c.foreign_added or c.dump_error or self.dump_again)
 
     def begin_dump(self, seq: int) -> None:
-        self.dumping, self.dump_seq, self._touched = True, seq, set()
+        """The dump lists every route of ours: what was read before it matters only if it fails."""
+        self.dumping, self.dump_seq = True, seq
+        self._before, self.changes.routes = self.changes.routes, {}
         self.changes.by_others_in_dump = set()
         self.changes.writes_in_dump = len(self.changes.writes)  # one in flight now ends later: it counts
 
@@ -137,19 +139,16 @@ class RouteStream:
         if not listed:
             changes.by_others.add(prefix)
             changes.by_others_in_dump.add(prefix)
-        if self.dumping:
-            self._touched.add(prefix)
 
     def _dump_done(self, code: int) -> None:
         """The end of our dump; an error ends it too (no retry here: a refusal would repeat at once)."""
         self.dumping = False
+        before, self._before = self._before, {}
         if code and code != errno.ENOENT:  # ENOENT: the table does not exist yet, so it is empty
             self.changes.dump_error = code
+            before.update(self.changes.routes)  # the changes read meanwhile are later
+            self.changes.routes = before
             return
-        routes = self.changes.routes
-        for prefix in routes.keys() - self._touched:  # older than the dump, which did not list them
-            del routes[prefix]
-        self._touched = set()
         self.changes.full = True
 
 
@@ -171,15 +170,23 @@ def reconcile(installed: dict[IPv4Network, KernelRoute], changes: Changes
         ours = written(changes.writes[changes.writes_in_dump:])
         if not ours.isdisjoint(changes.by_others_in_dump):
             return None
-        kernel = {p: hops for p, hops in changes.routes.items() if hops is not None}
-        for prefix in ours:
-            hops = installed.get(prefix)
-            if hops is None:
-                kernel.pop(prefix, None)
+        kernel = changes.routes
+        if None in kernel.values() or ours:
+            kernel = {p: hops for p, hops in kernel.items() if hops is not None}
+            for prefix in ours:
+                hops = installed.get(prefix)
+                if hops is None:
+                    kernel.pop(prefix, None)
+                else:
+                    kernel[prefix] = hops
+        same = 0  # hashing 10,000 prefixes costs: once each where possible
+        for prefix, hops in kernel.items():
+            if installed.get(prefix) == hops:
+                same += 1
             else:
-                kernel[prefix] = hops
-        drift = installed.keys() ^ kernel.keys()
-        drift.update(p for p, hops in kernel.items() if p not in drift and installed[p] != hops)
+                drift.add(prefix)
+        if same + len(drift & installed.keys()) < len(installed):  # some of ours are gone
+            drift.update(p for p in installed if p not in kernel)
         return kernel, drift
     if changes.by_others and changes.writes and not written(changes.writes).isdisjoint(changes.by_others):
         return None
