@@ -132,6 +132,23 @@ def test_link_flap_routes_return_within_a_second_of_link_up(host):
     assert got["installed"] == 502 and got["still_refused"] == 0
 
 
+def test_mass_flush_by_others_is_all_reported_and_repaired(host):
+    """10,000 deletions at once: whether the events fit the socket or overflow it (ENOBUFS, then a dump)."""
+    got = run(host, """
+        async def main():
+            want = {block(i): GW for i in range(10000)}
+            k, owner, task = await watched(want)
+            ip("route", "flush", "proto", "201")
+            reported = set()
+            while len(reported) < len(want):
+                prefixes, _ = await owner.report(timeout=10)
+                reported |= prefixes
+            out(reported=len(reported), kernel=len(kernel("proto", "201")), installed=len(k.installed))
+        asyncio.run(main())
+    """)
+    assert got == {"reported": 10000, "kernel": 10000, "installed": 10000}
+
+
 def test_address_removed_and_back(host):
     """The last address of a link goes: IPv4 flushes the routes through it without a single event."""
     got = run(host, """
