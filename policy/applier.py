@@ -37,6 +37,10 @@ def _netns_id() -> str:
     return f"netns-{os.stat('/proc/self/ns/net').st_ino}"
 
 
+def _summary(problems: list[str]) -> list[str]:
+    return problems if len(problems) <= 6 else [*problems[:5], f"and {len(problems) - 5} more"]
+
+
 class PolicyApplier:
     """Owns Tortie's policy ruleset in the network namespace this process runs in.
 
@@ -61,7 +65,8 @@ class PolicyApplier:
         self._full_next = False  # the kernel's objects are gone, or another version rendered them: replace in full
         self._verified: object = None  # the kernel generation last found holding our ruleset intact
         self._expected: tuple[tuple[str, str, Ruleset], dict[str, int]] | None = None  # census of the state
-        self._unrepairable: list[str] = []  # differences a full apply did not remove: reported once, not repaired
+        self._unrepairable: list[str] = []  # differences a full apply did not remove: not repaired again until
+        # the next apply (a repair never loops)
 
     def _kernel(self, backend: str, slot: str = "a") -> KernelBackend:
         return open_backend(backend, slot, self.variant)
@@ -83,6 +88,8 @@ class PolicyApplier:
         return kernel.generation() if kernel.counts_transactions and self._verified is not None else None
 
     def _applied(self, kernel: KernelBackend, rs: Ruleset, before: object = None) -> None:
+        if self._state is None or rs is not self._state[2]:
+            self._unrepairable = []  # a new ruleset: its differences are new
         self._state = (kernel.name, kernel.slot, rs)
         self._full_next = False
         verified = None  # the next check takes a census, unless the kernel saw our transactions and nothing else
@@ -129,6 +136,9 @@ class PolicyApplier:
 
     def check(self) -> list[str]:
         """What differs between the applied ruleset and the kernel ([] when intact or nothing was applied)."""
+        return _summary(self._differences())
+
+    def _differences(self) -> list[str]:
         cur = self.current()
         if cur is None:
             return []
@@ -145,25 +155,25 @@ class PolicyApplier:
         problems = [p for p in census_problems(self._expected[1], found) if p not in self._unrepairable]
         if not problems:
             self._verified = generation
-        return problems[:6] if len(problems) <= 6 else [*problems[:5], f"and {len(problems) - 5} more"]
+        return problems
 
     def repair(self) -> list[str]:
         """Checks, and when the kernel differs re-applies the last ruleset in full (one transaction per table, so
         the moment it commits every pod is policed again); returns what was wrong. Raises ApplyError when the
         re-apply fails: the next call tries again."""
-        problems = self.check()
+        problems = self._differences()
         if problems and self._state is not None:
             backend, slot, rs = self._state
             kernel = self._kernel(backend, slot)
             kernel.apply_full(rs, rs)
             self.repairs += 1
             self._applied(kernel, rs)
-            remaining = self.check()
+            remaining = self._differences()
             if remaining:  # a difference a full apply does not remove (e.g. a duplicate of our jump): never loop
                 self._unrepairable += remaining
-                raise ApplyError("policy ruleset re-applied, but the kernel still differs (no longer checked): "
-                                 + "; ".join(remaining))
-        return problems
+                raise ApplyError("policy ruleset re-applied, but the kernel still differs (not repaired again "
+                                 "until the next apply): " + "; ".join(_summary(remaining)))
+        return _summary(problems)
 
     def flush(self) -> None:
         """Removes everything Tortie applied here, with either backend."""

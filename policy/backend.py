@@ -64,6 +64,8 @@ def open_backend(name: str, slot: str = "a", iptables_variant: str = "legacy") -
 
 def census_problems(want: dict[str, int], got: dict[str, int]) -> list[str]:
     """What differs between the census of a ruleset and the kernel's (pure)."""
+    if want and not got:
+        return ["none of our chains and sets is in the kernel"]
     problems = []
     for name in sorted(want.keys() | got.keys()):
         if name not in got:
