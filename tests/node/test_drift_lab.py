@@ -8,9 +8,7 @@ import pytest
 from tests.netns import requires_root, running_lab
 from tests.node.test_mesh_lab import NODES, POD1, remote_blocks_ok
 
-pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(240),
-              pytest.mark.skip(reason="the daemon does not run KernelTable.watch yet (issue 9): remove this "
-                                      "mark when bgpd/agent/daemon.py does")]
+pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(240)]
 
 REMOTE = [block for node, (_, block) in NODES.items() if node != "node1"]
 
