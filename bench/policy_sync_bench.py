@@ -8,8 +8,10 @@ measures, per run:
 - policy change: one policy's port changes, written to the datastore, until the ruleset with it is in force
   (through the datastore's change feed, as an admin's write arrives);
 - BGP route programming meanwhile: the daemon's `KernelTable.sync` of 1,000 routes (add, then remove) in the same
-  event loop, idle and during a policy storm (policy changes back to back), with the policy work on the worker
-  thread as the daemon does it and, side by side, on the event loop (the alternative); and the loop's lag.
+  event loop, idle, during the first apply, and during a policy storm (policy changes back to back), with the
+  policy work on the worker thread as the daemon does it and, side by side, on the event loop (the alternative);
+  and the loop's lag (a 5 ms sleep's lateness);
+- the drift check's census after a change (the check itself is one netlink round trip while nothing changed).
 
 Workload: bench/policy_bench.py's (policy i selects endpoint app<i % 1000>, 3-4 rules each; a third each Tortie
 NetworkPolicy, Kubernetes NetworkPolicy, GlobalNetworkPolicy); endpoints on 4 nodes (250 on this one), each node
@@ -142,10 +144,17 @@ async def worker(spec: dict) -> dict:
     await ds.start()
     sync = PolicySync(ds, NODE, "nft", Path(spec["state"]), CollectorRegistry())
     out: dict = {}
+    kernel = KernelTable(ROUTE_PROTOCOL)
     t = time.perf_counter()
     task = asyncio.create_task(sync.run())
-    await sync.applied.wait()
+    routes, lags, stop = [], [], asyncio.Event()
+    lagger = asyncio.create_task(loop_lag(stop, lags))
+    while not sync.applied.is_set():  # BGP route programming while the first ruleset compiles from scratch
+        routes += await route_rounds(kernel, 1)
     out["first_apply_s"] = time.perf_counter() - t
+    stop.set()
+    await lagger
+    out["routes_first_apply_s"], out["lag_first_apply_s"] = routes, lags
     out["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     await asyncio.sleep(0.2)
 
@@ -174,7 +183,6 @@ async def worker(spec: dict) -> dict:
     out["policy_change_s"] = changes
     out["policy_change_split"] = splits
 
-    kernel = KernelTable(ROUTE_PROTOCOL)
     await asyncio.sleep(3)  # the drift check's census after the last change (measured apart: "census" below)
     t, c = time.perf_counter(), time.process_time()
     await asyncio.get_running_loop().run_in_executor(None, census, sync.applier)
@@ -248,15 +256,17 @@ def main() -> int:
     print(f"  {'pod add: published -> enforced':<44} {ms(pooled('pod_add_s'))}")
     print(f"  {'policy change: written -> enforced':<44} {ms(pooled('policy_change_s'))}")
     for what in ("pod_add", "policy_change"):
-        for part, name in (("compile_s", "compiling (worker thread)"), ("apply_s", "applying (nft, kernel)")):
+        for part, name in (("compile_s", "compiling (worker thread)"), ("compile_cpu_s", "  its CPU"),
+                           ("apply_s", "applying (nft, kernel)"), ("apply_cpu_s", "  worker's CPU (not nft's)")):
             values = [t[part] for r in runs for t in r[f"{what}_split"]]
             print(f"  {'  ' + what.replace('_', ' ') + ': ' + name:<44} {ms(values)}")
-    for mode, what in (("idle", "idle"), ("storm_on_worker", "policy storm, worker thread"),
+    for mode, what in (("idle", "idle"), ("first_apply", "first apply (worker thread)"),
+                       ("storm_on_worker", "policy storm, worker thread"),
                        ("storm_on_loop", "policy storm, on the loop")):
         print(f"  {'1,000 routes, ' + what:<44} {ms(pooled(f'routes_{mode}_s'))}")
         print(f"  {'  event loop lag, ' + what:<44} {ms(pooled(f'lag_{mode}_s'))}"
               f"   p99 {statistics.quantiles(pooled(f'lag_{mode}_s'), n=100)[98] * 1e3:.1f}"
-              f"   changes {sum(r[f'storm_{mode}_changes'] for r in runs)}")
+              + (f"   changes {sum(r[f'storm_{mode}_changes'] for r in runs)}" if mode.startswith("storm") else ""))
     print(f"  {'drift check after a change (census), wall':<44} {ms([r['census_s'] for r in runs])}")
     print(f"  {'  CPU':<44} {ms([r['census_cpu_s'] for r in runs])}")
     print(f"  {'RSS after first apply (MiB)':<44} {statistics.median(r['rss_mib'] for r in runs):9.0f}")

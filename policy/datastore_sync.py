@@ -19,6 +19,7 @@ kernel did not change, but after any change, our own applies included, it takes 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,9 @@ from policy.metrics import RepairCollector, RuleCounterCollector
 from policy.sync_state import WATCHED, Outcome, SyncState
 
 log = logging.getLogger("tortie.policy")
-SAVE_AFTER = 2.0  # seconds: the state file (megabytes at 10,000 policies) is rewritten at most this often
+# The state file (for `tortie policy show`; 14 MB at 10,000 policies, and writing it holds the GIL ~0.1 s) is
+# written once applies pause this long, and at least this often while they go on:
+SAVE_AFTER, SAVE_BUSY = 2.0, 30.0
 CHECK_EVERY = 1.0  # seconds between drift checks of the kernel's ruleset, once applies pause that long
 CHECK_BUSY = 5.0  # seconds between drift checks at the latest while applies go on
 OWNERSHIP = ("claims", "status")  # a change here can decide again which endpoints count
@@ -54,8 +57,7 @@ class PolicySync:
         self._fresh = True  # the next apply reads every entry and replaces the kernel's ruleset in full
         self._wake = asyncio.Event()
         self._last_error = ""
-        self._saved = 0.0
-        self.timing: dict[str, float] = {}  # the last apply's seconds in compiling and in the kernel
+        self.timing: dict[str, float] = {}  # the last apply's seconds (and thread CPU) compiling and in the kernel
         self._last_apply = 0.0  # when the kernel last changed by an apply of ours
         self._last_values: dict[str, dict | None] = {}  # each key's value as the last apply was given it
         self._ignored: dict[str, str] = {}
@@ -109,14 +111,21 @@ class PolicySync:
         """On the worker thread."""
         if fresh:
             self.state.reset()
-        start = time.perf_counter()
-        outcome = self.state.update(changes, *(ownership or ()), recheck=recheck)
-        compiled = time.perf_counter()
+        before = self.state.binding.ruleset if self.state.binding else None
+        start, cpu = time.perf_counter(), time.thread_time()
+        gc.disable()
+        try:
+            outcome = self.state.update(changes, *(ownership or ()), recheck=recheck)
+            if fresh:  # what was compiled lives on: no collection need walk its millions of objects, and the
+                gc.freeze()  # first one after the compile would, holding the GIL for seconds
+        finally:
+            gc.enable()
+        compiled, compiled_cpu = time.perf_counter(), time.thread_time()
+        if outcome.ruleset is before:  # nothing changed (e.g. the echo of our own write): no need to compare it all
+            return outcome, "unchanged"
         how = self.applier.apply(outcome.ruleset, full=fresh)
-        self.timing = {"compile_s": compiled - start, "apply_s": time.perf_counter() - compiled}
-        if how != "unchanged" and time.monotonic() - self._saved > SAVE_AFTER:
-            self.applier.save()  # for `tortie policy show` and the counters; the daemon's first apply is full
-            self._saved = time.monotonic()
+        self.timing = {"compile_s": compiled - start, "apply_s": time.perf_counter() - compiled,
+                       "compile_cpu_s": compiled_cpu - cpu, "apply_cpu_s": time.thread_time() - compiled_cpu}
         return outcome, how
 
     def _applied(self, outcome: Outcome, how: str, seconds: float) -> None:
@@ -164,7 +173,7 @@ class PolicySync:
     async def run(self) -> None:
         feed = self.ds.changes()
         watcher = asyncio.create_task(self._watch(feed))
-        drift = asyncio.create_task(self._check_drift())
+        upkeep = asyncio.create_task(self._upkeep())
         try:
             await self.apply()
             while True:
@@ -174,9 +183,9 @@ class PolicySync:
                 await self.apply()
         finally:
             watcher.cancel()
-            drift.cancel()
+            upkeep.cancel()
             await feed.aclose()
-            await asyncio.get_running_loop().run_in_executor(self._worker, self.applier.save)
+            await asyncio.get_running_loop().run_in_executor(self._worker, self._save)
             self._worker.shutdown(wait=False)
             self._checker.shutdown(wait=False)
 
@@ -198,15 +207,19 @@ class PolicySync:
                 self._recheck = True
                 self._wake.set()
 
-    async def _check_drift(self) -> None:
-        """Checks on a thread of its own, so that applies do not wait for it (a census after each change costs
-        about a second at 10,000 policies); repairs on the worker, under the lock (repair() checks again)."""
+    async def _upkeep(self) -> None:
+        """Saves the state file and checks for drift. Checks run on a thread of their own, so that applies do
+        not wait for them; repairs on the worker, under the lock (repair() checks again)."""
         await self.applied.wait()
         loop = asyncio.get_running_loop()
-        checked = time.monotonic()
+        checked, saved = time.monotonic(), 0.0
         while True:
             await asyncio.sleep(CHECK_EVERY)
             now = time.monotonic()
+            if self._last_apply > saved and (now - self._last_apply >= SAVE_AFTER or now - saved >= SAVE_BUSY):
+                saved = now
+                async with self._lock:
+                    await loop.run_in_executor(self._worker, self._save)
             if now - self._last_apply < CHECK_EVERY and now - checked < CHECK_BUSY:
                 continue
             checked = now
@@ -221,6 +234,12 @@ class PolicySync:
             if problems:
                 log.error("policy ruleset changed in the kernel by someone else, restored in full: %s",
                           "; ".join(problems))
+
+    def _save(self) -> None:
+        try:
+            self.applier.save()
+        except OSError as e:
+            log.warning("policy state file not written: %s", e)
 
     async def endpoint_added(self, namespace: str, pod: str, endpoint: dict) -> str | None:
         """Publishes a local pod and returns once the ruleset that knows it is in force: None, or why the pod

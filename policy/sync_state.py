@@ -204,8 +204,12 @@ class SyncState:
         if endpoints is not None:
             changes = self.gate.filter(changes, endpoints, claims or {}, self.prefer)
         changed: dict[str, tuple[Model | None, Model | None]] = {}  # key -> (old, new) valid form
+        touched = []  # the keys whose value changed (an echo of what we saw already is not a change)
         for k, v in changes.items():
             if v is None:
+                if k not in self.raw:
+                    continue
+                touched.append(k)
                 self.raw.pop(k, None)
                 self.local.pop(k, None)
                 self.errors.pop(k, None)
@@ -216,6 +220,7 @@ class SyncState:
                 continue
             if k in self.raw and self.raw[k] == v:
                 continue
+            touched.append(k)
             self.raw[k] = v
             if k.startswith(self._local_prefix):
                 self.local[k] = _segments(k)[1]
@@ -232,9 +237,9 @@ class SyncState:
                 elif isinstance(model, Namespace):
                     self.namespaces[k] = model
                 changed[k] = (old, model)
-        kinds = {parse_key(k)[0] for k in changes}
+        kinds = {parse_key(k)[0] for k in touched}
         with gc_paused():
-            self._recompile(changed, kinds, recheck, [k for k in changes if k.startswith("endpoints/")])
+            self._recompile(changed, kinds, recheck, [k for k in touched if k.startswith("endpoints/")])
         assert self.binding is not None and self.live is not None and self.resolution is not None
         return Outcome(self.binding.ruleset, len(self.live.program.compiled), len(self.binding.by_key),
                        [line for k in sorted(self.errors) for line in self.errors[k]], self.resolution.rejected)
