@@ -105,6 +105,27 @@ class Metrics(Strict):
     port: int = Field(9473, ge=0, le=65535, description="0 disables the endpoint")
 
 
+class DnsRateLimit(Strict):
+    rate: float = Field(200.0, gt=0, description="queries per second each source may send on average")
+    burst: int = Field(400, ge=1, description="queries each source may send at once")
+
+
+class Dns(Strict):
+    """Pod and service names served to pods by every node (docs/dns.md); runs with a datastore."""
+
+    enabled: bool = Field(True, description="serve DNS to this node's pods (only with a datastore)")
+    domain: str = Field("tortie.local", max_length=200, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+                                                                r"(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$",
+                        description="the cluster domain: <pod>.<ns>.pod.<domain>, <service>.<ns>.svc.<domain>")
+    address: IPv4Address = Field(IPv4Address("169.254.1.1"), description="the link-local address pods reach the "
+                                 "server at: the pods' gateway, made local on the node (interface tortie-dns)")
+    port: int = Field(53, ge=1, le=65535, description="UDP and TCP port, on address and on 127.0.0.1")
+    upstreams: list[IPv4Address] = Field(default_factory=list, description="resolvers other names are forwarded "
+                                         "to (port 53), in order; none: other names are refused")
+    ttl: int = Field(5, ge=0, le=3600, description="seconds answers may be cached")
+    rate_limit: DnsRateLimit = Field(default_factory=DnsRateLimit, description="per source (pod) token bucket")
+
+
 class NodeConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="this node's name, unique in the cluster",
                       json_schema_extra=RESTART)
@@ -131,6 +152,7 @@ class NodeConfig(Strict):
                           "and a node without blocks claims one from the pools", json_schema_extra=RESTART)
     policy_backend: Literal["nft", "iptables"] = Field(
         "nft", description="how network policy from the datastore is enforced on this node", json_schema_extra=RESTART)
+    dns: Dns = Field(default_factory=Dns, description="the DNS server for pods", json_schema_extra=RESTART)
     node_grace: float = Field(60.0, ge=0, description="seconds a node that went away keeps its mesh place and blocks")
     claim_settle: float = Field(1.0, gt=0, description="seconds a block claim waits for competing claims; "
                                                        "more than twice the datastore's propagation delay")
