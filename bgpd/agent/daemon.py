@@ -23,9 +23,11 @@ from bgpd.bgp.exabgp_process import ExaBGPSupervisor
 from bgpd.dataplane.kernel_routes import KernelTable, has_address
 from bgpd.agent.metrics import DaemonMetrics
 from bgpd.dataplane.pods import PodStore
+from bgpd.dns.service import DnsService
 from bgpd.ipam.state import NodeBlocks, save as save_ipam_state
 from policy.datastore_sync import PolicySync
 from bgpd.agent.views import DatastoreStatus, PeerStatus, RouteStatus, Status
+from bgpd.bfd.service import BfdService
 from bgpd.bgp.core import Command, CoreConfig, Log, NodeCore, PeerSettings, Program, Ready, Send, WakeAt
 from bgpd.bgp.rib import ImportFilter
 from bgpd.agent.sdnotify import notify, watchdog_interval
@@ -78,13 +80,18 @@ class Daemon:
             "status": self.status, "routes": self.routes, "claim_block": self.claim_block,
             "endpoint_add": self.endpoint_added, "endpoint_del": self.endpoint_removed})
         self.pidfile = node.run_dir / "tortie.pid"
+        self.bfd = BfdService(node.listen_address, self._bfd_failed)
+        self.bfd.configure(node.bgp_peers())
         self.cluster: Cluster | None = None
         self.policy: PolicySync | None = None
+        self.dns: DnsService | None = None
         if node.datastore is not None:
             ds = open_datastore(node.datastore, node.name)
             self.cluster = Cluster(ds, file_config, self.reconfigure)
             self.policy = PolicySync(ds, node.name, node.policy_backend, node.run_dir / "policy",
                                      self.metrics.registry)
+            if node.dns.enabled:
+                self.dns = DnsService(ds, node, self.metrics.registry)
         self.initial_sync = asyncio.Event()
         self._dirty_since: float | None = None  # when the core's plan last became non-empty
         self._wake = asyncio.Event()  # the plan has routes for the kernel writer
@@ -124,6 +131,8 @@ class Daemon:
             tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
             tasks.append(asyncio.create_task(self._datastore_ready(), name="datastore-ready"))
             tasks.append(asyncio.create_task(self._run_policy(), name="policy"))
+        if self.dns:
+            tasks.append(asyncio.create_task(self._run_dns(), name="dns"))
         tasks.append(asyncio.create_task(self._notify_ready(), name="ready"))
         for t in tasks:
             t.add_done_callback(self._task_done)
@@ -131,6 +140,7 @@ class Daemon:
         log.info("stopping cleanup=%s", self.cleanup_on_exit)
         notify("STOPPING=1")
         self._stopping = True  # sessions now go down because *we* stop: their routes stay
+        self.bfd.close()  # AdminDown: peers do not take it for a failure
         if self.cleanup_on_exit and self._writer:
             self._send(msgs.withdraw_blocks(self.node.announced()))
             await asyncio.sleep(0.5)
@@ -165,6 +175,7 @@ class Daemon:
             log.warning("waiting for listen_address=%s to be configured", self.node.listen_address)
             while not await has_address(self.node.listen_address):
                 await asyncio.sleep(0.5)
+        await self.bfd.start()
         await self.supervisor.run()
 
     async def _datastore_ready(self) -> None:
@@ -186,6 +197,10 @@ class Daemon:
             if tuple(k.split("/")[2:]) not in pods:  # deleted while the daemon was away
                 await self.cluster.ds.delete(k)
         await self.policy.run()
+
+    async def _run_dns(self) -> None:
+        await self.cluster.ready.wait()  # the datastore is loaded: the first zone is complete
+        await self.dns.run()
 
     async def endpoint_added(self, namespace: str, pod: str, endpoint: dict) -> dict:
         """tortie-cni's ADD: publish the pod, answer once its policy is enforced: {"enforced", "reason" why not}."""
@@ -241,6 +256,7 @@ class Daemon:
             return
         self.node = new
         commands = self.core.configure(core_config(new), time.monotonic())
+        self.bfd.configure(new.bgp_peers())
         write_config(new.run_dir / "exabgp.conf", render_config(new, new.run_dir / "exabgp.sock"))
         self.supervisor.reload()
         self._save_blocks()
@@ -284,6 +300,12 @@ class Daemon:
         """To ExaBGP through the relay. Without one nothing is sent: the next one gets our blocks again."""
         if self._writer is not None:
             self._writer.write("".join(c + "\n" for c in lines).encode())
+
+    def _bfd_failed(self, peer: str, reason: str) -> None:
+        """BFD says the peer is gone: its routes go now, as on a hold-timer expiry, and its BGP session is torn
+        down (ExaBGP reconnects on its own, and the peer's routes count again once the session is back up)."""
+        self._do(self.core.peer_failed(peer, reason, time.monotonic()))
+        self._send([msgs.teardown(peer, msgs.CEASE_BFD_DOWN)])
 
     def _exabgp_exited(self) -> None:
         if not self._stopping:  # sessions that end because *we* stop leave the kernel routes as they are
@@ -345,7 +367,7 @@ class Daemon:
                 uptime=round(now - ps.since, 1) if ps.state == "up" and ps.since is not None else 0,
                 received=rib.received, accepted=len(rib.routes), rejected=sum(rib.rejected.values()),
                 advertised=ps.advertised, stale=len(rib.stale), last_error=ps.last_error, updates=ps.updates,
-                rejected_by_reason={r.value: n for r, n in rib.rejected.items()}))
+                rejected_by_reason={r.value: n for r, n in rib.rejected.items()}, bfd=self.bfd.status(addr)))
         refused = dict(core.refused)
         return Status(
             node=self.node.name, asn=self.node.asn, router_id=str(self.node.router_id),

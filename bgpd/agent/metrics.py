@@ -12,6 +12,7 @@ from bgpd import __version__
 
 if TYPE_CHECKING:
     from bgpd.agent.daemon import Daemon
+    from bgpd.agent.views import BfdStatus
 
 SESSION_STATES = ("idle", "connected", "up", "down")
 
@@ -53,6 +54,7 @@ class DaemonCollector(Collector):
             advertised.add_metric([p.address], p.advertised)
             info.add_metric([p.address, p.name, str(p.asn)], 1.0)
         yield from (state, up, uptime, received, rejected, updates, accepted, advertised)
+        yield from bfd_metrics([(p.address, p.bfd) for p in s.peers if p.bfd is not None])
         owned = GaugeMetricFamily("tortie_kernel_routes", "kernel routes owned by Tortie")
         owned.add_metric([], s.kernel_routes)
         yield owned
@@ -83,6 +85,30 @@ class DaemonCollector(Collector):
         build = GaugeMetricFamily("tortie_build_info", "Tortie build", labels=["version", "python"])
         build.add_metric([__version__, platform.python_version()], 1.0)
         yield build
+
+
+def bfd_metrics(sessions: list[tuple[str, BfdStatus]]) -> Iterable[Metric]:
+    up = GaugeMetricFamily("tortie_bfd_session_up", "1 while the BFD session with the peer is Up", labels=["peer"])
+    detect = GaugeMetricFamily("tortie_bfd_detection_time_seconds", "negotiated detection time while Up",
+                               labels=["peer"])
+    dampened = GaugeMetricFamily("tortie_bfd_dampened", "1 while the peer's BFD failures are ignored (flapping)",
+                                 labels=["peer"])
+    changes = CounterMetricFamily("tortie_bfd_state_changes", "BFD state changes, by new state",
+                                  labels=["peer", "state"])
+    detections = CounterMetricFamily("tortie_bfd_detections", "the peer fell silent for a detection time",
+                                     labels=["peer"])
+    failures = CounterMetricFamily("tortie_bfd_failures", "BFD failures acted on (routes out, BGP torn down) or "
+                                   "ignored (within the hold-down, or dampened)", labels=["peer", "action"])
+    for peer, b in sessions:
+        up.add_metric([peer], 1.0 if b.state == "up" else 0.0)
+        detect.add_metric([peer], (b.detection_time_ms or 0) / 1000)
+        dampened.add_metric([peer], 1.0 if b.dampened else 0.0)
+        for state, n in b.changes.items():
+            changes.add_metric([peer, state], n)
+        detections.add_metric([peer], b.detections)
+        failures.add_metric([peer, "acted"], b.failures)
+        failures.add_metric([peer, "ignored"], b.ignored_failures)
+    return up, detect, dampened, changes, detections, failures
 
 
 class DaemonMetrics:

@@ -24,6 +24,29 @@ def _known(cls: type[T], data: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class BfdStatus:
+    """A peer's BFD session (bgpd/bfd/service.py); state "off" with `error` when BFD could not start."""
+
+    state: str  # admin_down, down, init, up, off
+    diag: str = "none"  # why it last went down (RFC 5880 diagnostic), e.g. detection_time_expired
+    remote_state: str = "down"
+    since: float = 0.0  # seconds since the last state change
+    tx_interval_ms: float | None = None  # negotiated, while up
+    detection_time_ms: float | None = None
+    armed: bool = False  # up for the hold-down: a failure now takes the peer's routes out
+    dampened: bool = False  # flapping: failures are ignored for now
+    failures: int = 0  # acted on
+    ignored_failures: int = 0  # within the hold-down or dampened
+    detections: int = 0  # times the peer fell silent for a detection time
+    changes: dict[str, int] = field(default_factory=dict)  # state changes, by new state
+    error: str = ""
+
+    @classmethod
+    def from_json(cls, data: Any) -> BfdStatus:
+        return cls(**_known(cls, data))
+
+
+@dataclass(frozen=True)
 class PeerStatus:
     name: str
     address: str
@@ -38,10 +61,13 @@ class PeerStatus:
     last_error: str = ""
     updates: int = 0  # UPDATE messages
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    bfd: BfdStatus | None = None  # None: no BFD with this peer
 
     @classmethod
     def from_json(cls, data: Any) -> PeerStatus:
-        return cls(**_known(cls, data))
+        known = _known(cls, data)
+        bfd = known.get("bfd")
+        return cls(**{**known, "bfd": None if bfd is None else BfdStatus.from_json(bfd)})
 
 
 @dataclass(frozen=True)

@@ -44,13 +44,9 @@ class PeerGuard:
         return self.penalty * math.pow(0.5, max(0.0, now - self.penalty_at) / HALF_LIFE)
 
     def dampened(self, now: float) -> bool:
-        """Suppressed above SUPPRESS until the penalty decays below REUSE (hysteresis)."""
+        """Suppressed above SUPPRESS until the penalty decays below REUSE (hysteresis). Reads only."""
         p = self.penalty_now(now)
-        if self.suppressed and p < REUSE:
-            self.suppressed = False
-        elif not self.suppressed and p > SUPPRESS:
-            self.suppressed = True
-        return self.suppressed
+        return p >= REUSE if self.suppressed else p > SUPPRESS
 
     def failed(self, t: Transition, now: float) -> bool:
         """Feeds one state change; True when it is a failure to act on (take the peer's routes out now)."""
@@ -58,9 +54,10 @@ class PeerGuard:
         self.up_since = now if t.new == State.UP else None
         if t.old != State.UP or t.new != State.DOWN or t.remote_state == State.ADMIN_DOWN:
             return False
-        self.dampened(now)  # the calm before this failure may have ended a suppression
+        self.suppressed = self.dampened(now)  # the calm before this failure may have ended a suppression
         self.penalty, self.penalty_at = self.penalty_now(now) + 1.0, now
-        if self.dampened(now) or not armed:
+        self.suppressed = self.dampened(now)
+        if self.suppressed or not armed:
             self.ignored += 1
             return False
         self.failures += 1

@@ -1,7 +1,7 @@
 """The node's BFD: one endpoint on the listen address, a session and a guard per peer with `bfd.enabled`.
 
 The daemon hands it the BGP peers (`configure`, also on reload) and hears `on_failure(peer, reason)` for the
-failures its guard says to act on; the rest (status, metrics) is read from here.
+failures its guard says to act on; `status(peer)` is the peer's part of `tortie status` and of the metrics.
 """
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
+from bgpd.agent.views import BfdStatus
 from bgpd.bfd.guard import PeerGuard
 from bgpd.bfd.packet import Diag, State
 from bgpd.bfd.session import Timers, Transition
@@ -97,41 +96,18 @@ class BfdService:
 
     # --- views
 
-    def status(self, peer: str) -> dict | None:
+    def status(self, peer: str) -> BfdStatus | None:
+        """Also read by the metrics endpoint's thread: reads, never changes."""
         addr = IPv4Address(peer)
-        session = self.endpoint.sessions.get(addr)
-        if session is None:
-            return {"state": "off", "error": self.error} if self.error and addr in self.wanted else None
-        guard, now = self.guards[addr], self.endpoint.now()
-        return {"state": session.state.name.lower(), "diag": Diag(session.diag).name.lower(),
-                "remote_state": session.remote_state.name.lower(),
-                "since": round(time.time() - self.since[addr], 1),
-                "tx_interval_ms": session.tx_interval / 1000 if session.state == State.UP else None,
-                "detection_time_ms": session.detection_time / 1000 if session.state == State.UP else None,
-                "armed": guard.armed(now), "dampened": guard.dampened(now), "failures": guard.failures,
-                "ignored_failures": guard.ignored}
-
-    def collect(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily("tortie_bfd_session_up", "1 while the BFD session with the peer is Up", labels=["peer"])
-        detect = GaugeMetricFamily("tortie_bfd_detection_time_seconds",
-                                   "negotiated detection time of an Up session", labels=["peer"])
-        damp = GaugeMetricFamily("tortie_bfd_dampened", "1 while the peer's BFD failures are dampened (ignored)",
-                                 labels=["peer"])
-        changes = CounterMetricFamily("tortie_bfd_state_changes", "BFD session state changes, by new state",
-                                      labels=["peer", "state"])
-        detections = CounterMetricFamily("tortie_bfd_detections", "the peer fell silent for a detection time",
-                                         labels=["peer"])
-        failures = CounterMetricFamily("tortie_bfd_failures", "BFD failures: acted on (routes out, BGP torn down) "
-                                       "or ignored (within the hold-down, or dampened)", labels=["peer", "action"])
-        now = self.endpoint.now()
-        for addr, session in self.endpoint.sessions.items():
-            peer, guard = str(addr), self.guards[addr]
-            up.add_metric([peer], 1.0 if session.state == State.UP else 0.0)
-            detect.add_metric([peer], session.detection_time / 1e6 if session.state == State.UP else 0.0)
-            damp.add_metric([peer], 1.0 if guard.dampened(now) else 0.0)
-            for state in State:
-                changes.add_metric([peer, state.name.lower()], self.changes[(peer, state.name.lower())])
-            detections.add_metric([peer], self.detections[peer])
-            failures.add_metric([peer, "acted"], guard.failures)
-            failures.add_metric([peer, "ignored"], guard.ignored)
-        yield from (up, detect, damp, changes, detections, failures)
+        session, guard, since = self.endpoint.sessions.get(addr), self.guards.get(addr), self.since.get(addr)
+        if session is None or guard is None or since is None:
+            return BfdStatus(state="off", error=self.error) if self.error and addr in self.wanted else None
+        now, up = self.endpoint.now(), session.state == State.UP
+        return BfdStatus(
+            state=session.state.name.lower(), diag=Diag(session.diag).name.lower(),
+            remote_state=session.remote_state.name.lower(), since=round(time.time() - since, 1),
+            tx_interval_ms=session.tx_interval / 1000 if up else None,
+            detection_time_ms=session.detection_time / 1000 if up else None,
+            armed=guard.armed(now), dampened=guard.dampened(now), failures=guard.failures,
+            ignored_failures=guard.ignored, detections=self.detections[peer],
+            changes={state.name.lower(): self.changes[(peer, state.name.lower())] for state in State})

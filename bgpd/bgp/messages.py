@@ -117,5 +117,14 @@ def end_of_rib(peer: str) -> str:
     return f"neighbor {peer} announce eor ipv4 unicast"
 
 
+CEASE_BFD_DOWN = 10  # NOTIFICATION Cease subcode "BFD Down" (RFC 9384)
+
+
+def teardown(peer: str, subcode: int) -> str:
+    """Closes the session with a Cease NOTIFICATION (silently when graceful restart was negotiated); ExaBGP
+    then connects again as usual."""
+    return f"neighbor {peer} teardown {subcode}"
+
+
 def route_refresh() -> str:
     return "announce route-refresh ipv4 unicast"

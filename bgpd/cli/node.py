@@ -89,12 +89,13 @@ def _render_status(result: dict) -> str:
         lines.append(f"datastore {'connected' if s.datastore.connected else 'DISCONNECTED'}"
                      f"  resyncs {s.datastore.resyncs}")
     lines.append("")
-    fmt = "{:<16} {:<16} {:>10} {:<10} {:>8} {:>9} {:>9} {:>8} {:>10} {:>6}  {}"
+    fmt = "{:<16} {:<16} {:>10} {:<10} {:>8} {:>9} {:>9} {:>8} {:>10} {:>6} {:<10}  {}"
     lines.append(fmt.format("peer", "address", "asn", "state", "uptime", "received", "accepted", "rejected",
-                            "advertised", "stale", "last error"))
+                            "advertised", "stale", "bfd", "last error"))
     for p in s.peers:
+        bfd = "-" if p.bfd is None else p.bfd.state + (" (damp)" if p.bfd.dampened else "")
         lines.append(fmt.format(p.name, p.address, p.asn, p.state, int(p.uptime), p.received,
-                                p.accepted, p.rejected, p.advertised, p.stale, p.last_error))
+                                p.accepted, p.rejected, p.advertised, p.stale, bfd, p.last_error))
     for prefix, why in s.refused_routes.items():
         lines.append(f"kernel refused {prefix}: {why} (retrying)")
     if s.refused_total > len(s.refused_routes):
