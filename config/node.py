@@ -118,7 +118,7 @@ class Dns(Strict):
                                                                 r"(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$",
                         description="the cluster domain: <pod>.<ns>.pod.<domain>, <service>.<ns>.svc.<domain>")
     address: IPv4Address = Field(IPv4Address("169.254.1.1"), description="the link-local address pods reach the "
-                                 "server at: the pods' gateway, made local on the node (interface tortie-dns)")
+                                 "server at: the pods' gateway, made local on the node (on lo, label lo:tortie-dns)")
     port: int = Field(53, ge=1, le=65535, description="UDP and TCP port, on address and on 127.0.0.1")
     upstreams: list[IPv4Address] = Field(default_factory=list, description="resolvers other names are forwarded "
                                          "to (port 53), in order; none: other names are refused")

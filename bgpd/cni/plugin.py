@@ -144,8 +144,10 @@ def _labels(conf: dict) -> dict[str, str]:
     return {i["key"]: i["value"] for i in labels}
 
 
-def _result(version: str, pod) -> dict:
+def _result(version: str, pod, node) -> dict:
     from pyroute2 import IPRoute, NetNS
+
+    from bgpd.dns.client import pod_dns
 
     with IPRoute() as host:
         host_mac = host.get_links(host.link_lookup(ifname=pod.host_interface)[0])[0].get("address")
@@ -161,7 +163,7 @@ def _result(version: str, pod) -> dict:
                        {"name": pod.ifname, "mac": pod_mac, "sandbox": pod.netns}],
         "ips": [ip],
         "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
-        "dns": {},
+        "dns": pod_dns(node, pod.namespace),  # the node's DNS server (docs/dns.md), when it runs one
     }
 
 
@@ -174,9 +176,9 @@ def cmd_add(conf: dict) -> dict:
     with _pods(node) as store:
         existing = store.by_container(container, ifname)
         if existing is not None:  # a retried ADD: the same answer again
-            return _result(conf["cniVersion"], existing)
+            return _result(conf["cniVersion"], existing, node)
         pod = add_pod(node, key, existing_netns=netns, container_id=container, ifname=ifname, labels=labels)
-    return _result(conf["cniVersion"], pod)
+    return _result(conf["cniVersion"], pod, node)
 
 
 def cmd_del(conf: dict) -> None:

@@ -20,11 +20,13 @@ from typing import Iterator
 
 from pyroute2 import IPRoute, NetNS, netns
 
+from bgpd.dns.client import pod_dns, resolv_conf
 from bgpd.ipam.allocate import AddressError, allocate
 from bgpd.ipam.state import IpamStateError
 from config.node import NodeConfig
 
 GATEWAY = "169.254.1.1"
+NETNS_ETC = Path("/etc/netns")  # `ip netns exec NAME` binds /etc/netns/NAME/* over /etc/* (resolv.conf)
 HOST_PREFIX = "tt"  # host-side interface names: tt + 11 hex digits, like Calico's cali...
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 
@@ -161,6 +163,9 @@ def _add(node: NodeConfig, key: str, ip: str | None, existing_netns: str | None,
 def _wire(node: NodeConfig, pod: Pod) -> None:
     if pod.owns_netns:
         netns.create(pod.netns)
+        if dns := pod_dns(node, pod.namespace):  # the node's DNS server, for programs run with `ip netns exec`
+            (NETNS_ETC / pod.netns).mkdir(parents=True, exist_ok=True)
+            (NETNS_ETC / pod.netns / "resolv.conf").write_text(resolv_conf(dns))
     temp = "tp" + pod.host_interface[2:]
     with IPRoute() as host:
         host.link("add", ifname=pod.host_interface, kind="veth", peer=temp)
@@ -191,6 +196,10 @@ def _unwire(pod: Pod) -> None:
             host.link("del", index=idx)  # the peer and the host route go with it
     if pod.owns_netns and pod.netns in netns.listnetns():
         netns.remove(pod.netns)
+    if pod.owns_netns:
+        (NETNS_ETC / pod.netns / "resolv.conf").unlink(missing_ok=True)
+        if (NETNS_ETC / pod.netns).is_dir() and not any((NETNS_ETC / pod.netns).iterdir()):
+            (NETNS_ETC / pod.netns).rmdir()
 
 
 def del_pod(node: NodeConfig, key: str | None = None, container: tuple[str, str] | None = None) -> Pod | None:

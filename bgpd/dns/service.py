@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv6Address
 from prometheus_client import CollectorRegistry
 from pyroute2.netlink.exceptions import NetlinkError
 
-from bgpd.dns.address import ensure_address, remove_interface
+from bgpd.dns.address import ensure_address, remove_address
 from bgpd.dns.metrics import DnsMetrics
 from bgpd.dns.ratelimit import RateLimiter
 from bgpd.dns.resolver import Resolver
@@ -86,7 +86,7 @@ class DnsService:
             await self.server.stop()
             await feed.aclose()
             if made:
-                await remove_interface()
+                await remove_address(self.settings.address)
 
     async def _watch(self, feed) -> None:
         async for change in feed:

@@ -18,8 +18,9 @@ from bgpd.lab.bgp_wait import STATUS_COMMAND, StatusError, parse_status, peer_pr
 from bgpd.lab.state import LabState, NodeState
 from bgpd.lab.topology import Lab, Node
 
-# Private to each node, as a container's own filesystem: sockets, pods' `ip netns` files, state.
-NODE_TMPFS = ("/run", "/tmp", "/var/lib/tortie")
+# Private to each node, as a container's own filesystem: sockets, pods' `ip netns` files (and their
+# /etc/netns/<pod>/resolv.conf), state.
+NODE_TMPFS = ("/run", "/tmp", "/var/lib/tortie", "/etc/netns")
 KEEPER_START_TIMEOUT = 10.0
 STATUS_TIMEOUT = 10.0
 

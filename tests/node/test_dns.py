@@ -20,7 +20,8 @@ from bgpd.dns.server import DnsServer
 from bgpd.dns.zone import SERVICE_LABEL, build
 
 POOLS = (IPv4Network("10.246.0.0/24"),)
-CLAIMS = {"claims/10.246.0.0-28/node1": {"owned": True, "at": 1}, "claims/10.246.0.16-28/node2": {"owned": True, "at": 1},
+CLAIMS = {"claims/10.246.0.0-28/node1": {"owned": True, "at": 1},
+          "claims/10.246.0.16-28/node2": {"owned": True, "at": 1},
           "claims/10.246.0.32-28/node3": {"owned": True, "at": 1}}
 WEB = {SERVICE_LABEL: "web", "app": "web"}
 ENDPOINTS = {
