@@ -1,4 +1,4 @@
-"""Waiting until every BGP session of the lab's tortie nodes is up.
+"""Waiting until every BGP session of the lab's tortie nodes is up (and its BFD session, where configured).
 
 The contract with the node daemon: `tortie status --json`, run inside the node, prints its status
 (bgpd/agent/views.py: Status), of which this reads `peers` (`PeerStatus`: name, address, asn, state), and exits 0.
@@ -34,7 +34,10 @@ def parse_status(returncode: int, stdout: str, stderr: str) -> list[PeerStatus]:
 
 
 def peer_problems(peers: list[PeerStatus]) -> list[str]:
-    return [f"peer {p.name or '?'} ({p.address}) is {p.state}" for p in peers if p.state != "up"]
+    """Sessions not up, and BFD sessions (peers with bfd enabled) not up."""
+    return ([f"peer {p.name or '?'} ({p.address}) is {p.state}" for p in peers if p.state != "up"]
+            + [f"peer {p.name or '?'} ({p.address}): BFD is {p.bfd.state}" for p in peers
+               if p.bfd is not None and p.bfd.state != "up"])
 
 
 def wait_until_up(check: Callable[[], dict[str, list[str]]], timeout: float,
