@@ -167,6 +167,29 @@ def test_address_removed_and_back(host):
     assert got["lost"] == 100 and got["back"] < 1.0 and got["installed"] == 100 and got["refused"] == 0
 
 
+def test_periodic_read_corrects_a_record_no_event_would(host):
+    """Whatever no event shows (say, events lost), the full read every `interval` seconds finds."""
+    got = run(host, """
+        async def main():
+            want = {block(i): GW for i in range(100)}
+            k = KernelTable(201)
+            await k.adopt()
+            await k.sync(want)
+            owner = Owner(k, want)
+            del k.installed[block(5)]                    # our record is wrong; the kernel is right
+            k.installed[block(6)] = ECMP
+            task = asyncio.create_task(k.watch(owner, interval=0.3))
+            first, installed = await owner.report()      # the first read, at start
+            del k.installed[block(7)]
+            second, installed = await owner.report(timeout=1)  # the next, 0.3 s later
+            out(first=first, second=second, right=installed[block(7)] == GW and installed[block(6)] == GW,
+                kernel=len(kernel("proto", "201")))
+        asyncio.run(main())
+    """)
+    assert got == {"first": ["10.100.5.0/26", "10.100.6.0/26"], "second": ["10.100.7.0/26"], "right": True,
+                   "kernel": 100}
+
+
 def test_routes_of_other_protocols_are_never_reported_nor_touched(host):
     got = run(host, """
         async def main():
