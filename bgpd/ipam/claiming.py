@@ -1,5 +1,9 @@
 """This node's claims in the datastore: claiming a free block, borrowing an address when none is left,
-and the addresses of its blocks lent to others (the I/O around bgpd/ipam/claims.py and holdings.py)."""
+and the addresses of its blocks lent to others (the I/O around bgpd/ipam/claims.py and holdings.py).
+
+On a datastore with compare-and-swap (etcd: `Datastore.atomic`) a claim is one transaction, owned at once,
+made only if no claim that counts is on the prefix and none came since the cache was read: no settle time.
+Elsewhere (files, MQTT) the claim rule of claims.py decides after the settle time."""
 from __future__ import annotations
 
 import asyncio
@@ -11,10 +15,12 @@ from typing import AbstractSet, Callable
 from bgpd.ipam.claims import Claim, claims_by_block, next_free, wins
 from bgpd.ipam.holdings import borrowable, lent
 from bgpd.ipam.state import Lent, save
-from config.datastore import Datastore, cidr_segment, key
+from config.datastore import Datastore, DatastoreError, cidr_segment, key
 from config.node import NodeConfig
 
 log = logging.getLogger("tortie.ipam")
+
+CAS_ATTEMPTS = 20  # compare-and-swap tries on one prefix; each failure means its claims changed meanwhile
 
 
 class BlockClaims:
@@ -45,9 +51,13 @@ class BlockClaims:
             if block is None:
                 log.warning("no free block left in the pools")
                 return None
-            if await self._claim(node, block):
-                log.info("claimed block=%s", block)
-                return block
+            try:
+                if await self._claim(node, block):
+                    log.info("claimed block=%s", block)
+                    return block
+            except DatastoreError as e:
+                log.error("cannot claim block=%s now: %s", block, e)
+                return None
             given_up.add(block)
 
     async def borrow_address(self, node: NodeConfig, ours: AbstractSet[IPv4Network]) -> IPv4Network | None:
@@ -57,9 +67,13 @@ class BlockClaims:
         (its owner handed it out) is given up.
         """
         for single in borrowable(ours, self.by_block(), self._endpoint_ips()):
-            if await self._claim(node, single, lambda: str(single.network_address) not in self._endpoint_ips()):
-                log.info("borrowed address=%s", single.network_address)
-                return single
+            try:
+                if await self._claim(node, single, lambda: str(single.network_address) not in self._endpoint_ips()):
+                    log.info("borrowed address=%s", single.network_address)
+                    return single
+            except DatastoreError as e:
+                log.error("cannot borrow address=%s now: %s", single.network_address, e)
+                return None
         log.error("no free address left anywhere in the pools")
         return None
 
@@ -68,6 +82,8 @@ class BlockClaims:
 
     async def _claim(self, node: NodeConfig, prefix: IPv4Network,
                      still_free: Callable[[], bool] = lambda: True) -> bool:
+        if self.ds.atomic:
+            return await self._claim_atomic(node, prefix, still_free)
         claim_key = key("claims", cidr_segment(prefix), node.name)
         await self.ds.put(claim_key, {"owned": False, "at": time.time()})
         await asyncio.sleep(node.claim_settle)
@@ -77,4 +93,18 @@ class BlockClaims:
             return True
         await self.ds.delete(claim_key)
         log.info("lost the race for %s to %s", prefix, sorted(set(claims) - {node.name}))
+        return False
+
+    async def _claim_atomic(self, node: NodeConfig, prefix: IPv4Network, still_free: Callable[[], bool]) -> bool:
+        """The prefix owned in one compare-and-swap if no other claim that counts is on it (see the module)."""
+        segment = cidr_segment(prefix)
+        claim_key = key("claims", segment, node.name)
+        for _ in range(CAS_ATTEMPTS):
+            others = set(self.by_block().get(prefix, {})) - {node.name}
+            if others or not still_free():
+                log.info("lost the race for %s to %s", prefix, sorted(others) or "an endpoint")
+                return False
+            if await self.ds.put_if_unchanged(claim_key, {"owned": True, "at": time.time()}, f"claims/{segment}"):
+                return True
+        log.warning("claims on %s kept changing over %d attempts; giving it up", prefix, CAS_ATTEMPTS)
         return False

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Protocol
 
 from config.datastore.errors import DatastoreError
 from config.datastore.keys import check_segment, key, parse_key, under
@@ -132,6 +134,8 @@ class Datastore(ABC):
     feeds get the changes after their creation. Feeds end after stop(); aclose() one you abandon.
     """
 
+    atomic = False  # put_if_unchanged() is a compare-and-swap in the store (etcd); False: no such thing
+
     def __init__(self, node: str, observer: bool = False):
         self.node = check_segment(node)
         self.observer = observer  # reads and writes, but has no liveness of its own (tools)
@@ -162,6 +166,12 @@ class Datastore(ABC):
     async def flush(self, timeout: float) -> bool:
         """Waits until own writes reached the store; False if they did not within timeout."""
         return True
+
+    async def put_if_unchanged(self, key: str, value: dict, scope: str) -> bool:
+        """Writes key in one transaction if no key under scope changed in the store since the state this cache
+        shows (created, replaced or deleted): False if one did; the cache then catches up, decide again.
+        Only backends with `atomic`; DatastoreError if the store cannot be asked."""
+        raise NotImplementedError(f"{type(self).__name__} has no compare-and-swap")
 
     def get(self, key: str) -> dict | None:
         return self._cache.get(key)
@@ -210,6 +220,114 @@ class Datastore(ABC):
     def _end_feeds(self) -> None:
         for feed in self._feeds:
             feed.queue.put_nowait(_END)
+
+
+class _Timers(Protocol):
+    start_timeout: float
+    sync_timeout: float
+
+
+@dataclass(eq=False)
+class Write:
+    """An own write in a client's outbox until the server confirms it."""
+
+    value: dict | None
+    sent: str | None = None  # what carried it (an MQTT batch's marker, an etcd session); None: not sent yet
+
+
+class ClientDatastore(Datastore):
+    """A datastore behind a server (MQTT broker, etcd): a connection loop (`_run`, started by start()) and own
+    writes in an outbox, cached and emitted at once, sent by the loop now or after the next (re)connect.
+
+    `_run` resolves `_ready` once the first state is loaded (or fails it with a DatastoreError)."""
+
+    SERVER = "server"
+
+    def __init__(self, settings: _Timers, node: str, observer: bool = False):
+        super().__init__(node, observer)
+        self.settings = settings
+        self._outbox: dict[str, Write] = {}
+        self._pending = asyncio.Event()  # the outbox holds unsent writes
+        self._empty = asyncio.Event()  # the outbox is empty
+        self._empty.set()
+        self._ready: asyncio.Future | None = None
+        self._started = False
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._last_error = ""
+
+    @abstractmethod
+    async def _run(self) -> None:
+        """The connection loop, until _stopping is set."""
+
+    @abstractmethod
+    def _where(self) -> str:
+        """The server's address, for messages."""
+
+    async def start(self) -> None:
+        """See Datastore.start(); may be called again after it failed."""
+        self._stopping.clear()
+        self._ready = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(), name=f"datastore-{self.SERVER.split()[0].lower()}-{self.node}")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.settings.start_timeout)
+        except asyncio.TimeoutError:
+            await self._halt()
+            raise DatastoreError(
+                f"cannot load the state from {self.SERVER} {self._where()} within {self.settings.start_timeout:g} s: "
+                f"{self._last_error or 'no answer'}"
+            ) from None
+        except DatastoreError:
+            await self._halt()
+            raise
+
+    async def put(self, key_: str, value: dict) -> None:
+        self._queue(key_, checked(key_, value))
+
+    async def delete(self, key_: str) -> None:
+        self._queue(key_, checked(key_, None))
+
+    async def flush(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def _queue(self, key_: str, value: dict | None) -> None:
+        self._outbox[key_] = Write(value)
+        self._empty.clear()
+        self._pending.set()
+        self._apply(key_, value)
+
+    def _unqueue(self, key_: str) -> None:
+        del self._outbox[key_]
+        if not self._outbox:
+            self._empty.set()
+
+    def _with_outbox(self, state: dict[str, dict]) -> dict[str, dict]:
+        """The server's state overlaid by the own writes it has not confirmed."""
+        state = dict(state)
+        for k, write in self._outbox.items():
+            set_entry(state, k, write.value)
+        return state
+
+    async def _halt(self) -> None:
+        """Ends the connection loop: a connected session gets sync_timeout to close cleanly."""
+        self._stopping.set()
+        if self._task is not None:
+            grace = self.settings.sync_timeout if self.connected else 0
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, grace)
+            self._task = None
+
+
+def set_entry(state: dict[str, dict], key_: str, value: dict | None) -> None:
+    """Sets a key of a state mapping; None deletes it."""
+    if value is None:
+        state.pop(key_, None)
+    else:
+        state[key_] = value
 
 
 def checked(key_: str, value: dict | None) -> dict | None:

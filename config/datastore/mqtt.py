@@ -15,12 +15,11 @@ import logging
 import random
 import secrets
 import time
-from dataclasses import dataclass
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
-from config.datastore.base import Datastore, checked, decode, encode
+from config.datastore.base import ClientDatastore, Write, decode, encode, set_entry
 from config.datastore.errors import DatastoreError, InvalidKey
 from config.datastore.keys import KINDS, key, owner, parse_key
 from config.datastore.settings import MqttSettings
@@ -32,56 +31,25 @@ ROOT = "tortie/v1/"
 REFUSED = {1, 2, 4, 5, 128, 129, 132, 133, 134, 135, 138, 140}
 
 
-@dataclass(eq=False)
-class _Write:
-    value: dict | None
-    sent: str | None = None  # the marker nonce of the batch that carried it
-
-
 class _Refused(Exception):
     """The broker refused the connection (credentials, client id)."""
 
 
-class MqttDatastore(Datastore):
+class MqttDatastore(ClientDatastore):
+    SERVER = "MQTT broker"
+
     def __init__(self, settings: MqttSettings, node: str, observer: bool = False):
-        super().__init__(node, observer)
-        self.settings = settings
+        super().__init__(settings, node, observer)
         self._user = settings.username or node
         self._remote: dict[str, dict] = {}
-        self._outbox: dict[str, _Write] = {}
-        self._pending = asyncio.Event()  # the outbox holds unsent writes
-        self._empty = asyncio.Event()  # the outbox is empty
-        self._empty.set()
         self._markers: dict[str, asyncio.Future] = {}
         self._fresh: dict[str, dict] | None = None  # the state being loaded, during a sync
         self._sync_nonce = ""
-        self._ready: asyncio.Future | None = None
-        self._started = False
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task | None = None
         self._status = key("status", node)
         self._syncs = 0
-        self._last_error = ""
         # mosquitto closes a session when another connects with its client id (publishing its Last Will), and
         # does not bind client ids to users: a guessable id would let any node's credentials take ours over
         self._client_id = settings.client_id or f"{node}-{secrets.token_hex(8)}"
-
-    async def start(self) -> None:
-        """See Datastore.start(); may be called again after it failed."""
-        self._stopping.clear()
-        self._ready = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(), name=f"datastore-mqtt-{self.node}")
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), self.settings.start_timeout)
-        except asyncio.TimeoutError:
-            await self._halt()
-            raise DatastoreError(
-                f"cannot load the state from MQTT broker {self._where()} within {self.settings.start_timeout:g} s: "
-                f"{self._last_error or 'no answer'}"
-            ) from None
-        except DatastoreError:
-            await self._halt()
-            raise
 
     async def stop(self) -> None:
         if self._task is None:
@@ -93,31 +61,6 @@ class MqttDatastore(Datastore):
                 log.warning("stopping with %d writes not confirmed by the broker", len(self._outbox))
         await self._halt()
         self._end_feeds()
-
-    async def put(self, key_: str, value: dict) -> None:
-        self._queue(key_, checked(key_, value))
-
-    async def delete(self, key_: str) -> None:
-        self._queue(key_, checked(key_, None))
-
-    async def flush(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._empty.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-
-    def _queue(self, key_: str, value: dict | None) -> None:
-        """An own write: cached and emitted at once, sent now or after the next (re)connect."""
-        self._outbox[key_] = _Write(value)
-        self._empty.clear()
-        self._pending.set()
-        self._apply(key_, value)
-
-    def _unqueue(self, key_: str) -> None:
-        del self._outbox[key_]
-        if not self._outbox:
-            self._empty.set()
 
     # the connection loop
 
@@ -220,9 +163,9 @@ class MqttDatastore(Datastore):
 
     def _receive(self, key_: str, value: dict | None) -> None:
         if self._fresh is not None:
-            _set(self._fresh, key_, value)
+            set_entry(self._fresh, key_, value)
             return
-        _set(self._remote, key_, value)
+        set_entry(self._remote, key_, value)
         write = self._outbox.get(key_)
         if write is None:
             self._apply(key_, value)
@@ -235,17 +178,15 @@ class MqttDatastore(Datastore):
         if self._started:  # the node's own keys on the broker are made what it knows them to be
             for k in sorted(self._cache.keys() | fresh.keys()):
                 if owner(k) == self.node and k not in self._outbox and fresh.get(k) != self._cache.get(k):
-                    self._outbox[k] = _Write(self._cache.get(k))
+                    self._outbox[k] = Write(self._cache.get(k))
         if not self.observer:
-            self._outbox[self._status] = _Write({"alive": True, "since": time.time()})
+            self._outbox[self._status] = Write({"alive": True, "since": time.time()})
         for write in self._outbox.values():
             write.sent = None
         self._empty.clear()
         self._pending.set()
         self._remote = fresh
-        state = dict(fresh)
-        for k, write in self._outbox.items():
-            _set(state, k, write.value)
+        state = self._with_outbox(fresh)
         if self._started:
             self._converge(state)
             self.resyncs += 1
@@ -276,19 +217,3 @@ class MqttDatastore(Datastore):
                     log.error("MQTT broker dropped %s's write of %s (not allowed by the ACL?); reverted", self.node, k)
                     self._unqueue(k)
                     self._apply(k, self._remote.get(k))
-
-    async def _halt(self) -> None:
-        """Ends the connection loop: a connected session gets sync_timeout to disconnect cleanly."""
-        self._stopping.set()
-        if self._task is not None:
-            grace = self.settings.sync_timeout if self.connected else 0
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, grace)
-            self._task = None
-
-
-def _set(state: dict[str, dict], key_: str, value: dict | None) -> None:
-    if value is None:
-        state.pop(key_, None)
-    else:
-        state[key_] = value

@@ -115,7 +115,8 @@ def test_settings(tmp_path):
     assert MqttSettings(host="h", password_file=tmp_path / "pw").secret() == "from-file"
     assert errors(DatastoreSettings, {"type": "files"}) == ["node.yaml: (top level): Value error, path is required when type is files"]
     assert errors(DatastoreSettings, {"type": "mqtt"}) == ["node.yaml: (top level): Value error, mqtt is required when type is mqtt"]
-    assert errors(DatastoreSettings, {"type": "etcd"})[0].startswith("node.yaml: type: Input should be 'files' or 'mqtt'")
+    assert errors(DatastoreSettings, {"type": "etcd"}) == ["node.yaml: (top level): Value error, etcd is required when type is etcd"]
+    assert errors(DatastoreSettings, {"type": "consul"})[0].startswith("node.yaml: type: Input should be 'files', 'mqtt' or 'etcd'")
     bad = errors(DatastoreSettings, {"type": "mqtt", "mqtt": {"host": "", "port": 0, "keepalive": 1, "bogus": 1,
                                                              "tls": {"cert": str(ca), "ca": str(tmp_path / "nope")}}})
     assert [line.split(":")[1].strip() for line in bad] == ["mqtt.host", "mqtt.port", "mqtt.tls.ca", "mqtt.keepalive", "mqtt.bogus"]

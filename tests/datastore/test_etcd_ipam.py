@@ -1,0 +1,92 @@
+"""Block claims and borrowing by compare-and-swap on a real etcd: many simultaneous claimers, no duplicates."""
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from ipaddress import IPv4Network as N
+
+import pytest
+
+from bgpd.ipam.claiming import BlockClaims
+from bgpd.ipam.claims import owner
+from config.datastore import EtcdDatastore
+from config.node import NodeConfig
+from tests.datastore.conftest import eventually
+from tests.datastore.etcd_server import etcd, etcd_settings  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def node_config(tmp_path, name: str, pool: str, block_size: int) -> NodeConfig:
+    return NodeConfig.model_validate({
+        "name": name, "router_id": "10.0.0.1", "asn": 64512, "listen_address": "10.0.0.1", "claim_settle": 30,
+        "state_dir": str(tmp_path / name), "pools": [{"cidr": pool, "block_size": block_size}]})
+
+
+async def started(etcd, names, counts=lambda _: True) -> dict[str, BlockClaims]:  # noqa: F811
+    stores = [EtcdDatastore(etcd_settings(etcd, lease_ttl=30, start_timeout=60, sync_timeout=10), n) for n in names]
+    await asyncio.gather(*(ds.start() for ds in stores))
+    return {ds.node: BlockClaims(ds, counts) for ds in stores}
+
+
+async def stopped(claims: dict[str, BlockClaims]) -> None:
+    await asyncio.gather(*(c.ds.stop() for c in claims.values()))
+
+
+def stored_claims(etcd) -> Counter:  # noqa: F811
+    """Claims per block as etcd has them."""
+    keys = etcd.members[0].ctl("get", "--prefix", "--keys-only", "tortie/v1/claims/").stdout.split()
+    return Counter(k.split("/")[3] for k in keys)
+
+
+async def test_100_simultaneous_claimers_get_100_distinct_blocks(etcd, tmp_path):  # noqa: F811
+    names = [f"n{i:03}" for i in range(100)]
+    claims = await started(etcd, names)
+    try:
+        configs = {n: node_config(tmp_path, n, "10.244.0.0/16", 26) for n in names}
+        got = await asyncio.gather(*(claims[n].claim_block(configs[n]) for n in names))
+        # claim_settle is 30 s: finishing within the test's timeout shows the settle time is not waited
+        assert None not in got and len(set(got)) == 100
+        assert set(stored_claims(etcd).values()) == {1}
+        await eventually(lambda: len(claims["n000"].by_block()) == 100, timeout=10, what="every claim seen")
+        view = claims["n000"].by_block()
+        assert {owner(view[b]) for b in got} == set(names)
+    finally:
+        await stopped(claims)
+
+
+async def test_more_claimers_than_blocks(etcd, tmp_path):  # noqa: F811
+    names = [f"n{i:02}" for i in range(40)]
+    claims = await started(etcd, names)
+    try:
+        configs = {n: node_config(tmp_path, n, "10.244.0.0/24", 28) for n in names}  # 16 blocks
+        got = await asyncio.gather(*(claims[n].claim_block(configs[n]) for n in names))
+        won = [b for b in got if b is not None]
+        assert len(won) == 16 and len(set(won)) == 16
+        assert stored_claims(etcd) == Counter({seg: 1 for seg in stored_claims(etcd)}) and len(stored_claims(etcd)) == 16
+    finally:
+        await stopped(claims)
+
+
+async def test_simultaneous_borrowers_get_distinct_addresses(etcd, tmp_path):  # noqa: F811
+    names = ["owner"] + [f"b{i:02}" for i in range(20)]
+    claims = await started(etcd, names)
+    try:
+        configs = {n: node_config(tmp_path, n, "10.244.0.0/27", 27) for n in names}  # one block of 32
+        assert await claims["owner"].claim_block(configs["owner"]) == N("10.244.0.0/27")
+        for c in claims.values():
+            await eventually(lambda c=c: c.by_block().get(N("10.244.0.0/27")), what="the owner's claim seen")
+        got = await asyncio.gather(*(claims[n].borrow_address(configs[n], set()) for n in names[1:]))
+        assert None not in got and len(set(got)) == 20 and all(g.prefixlen == 32 for g in got)
+        assert set(stored_claims(etcd).values()) == {1}
+    finally:
+        await stopped(claims)
+
+
+async def test_claim_of_a_node_that_no_longer_counts_is_taken_over(etcd, tmp_path):  # noqa: F811
+    etcd.members[0].ctl("put", "tortie/v1/claims/10.244.0.0-26/gone", '{"owned": true, "at": 1}')
+    claims = await started(etcd, ["a"], counts=lambda n: n != "gone")
+    try:
+        assert await claims["a"].claim_block(node_config(tmp_path, "a", "10.244.0.0/25", 26)) == N("10.244.0.0/26")
+    finally:
+        await stopped(claims)
