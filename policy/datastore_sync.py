@@ -35,9 +35,9 @@ from policy.metrics import RepairCollector, RuleCounterCollector
 from policy.sync_state import WATCHED, Outcome, SyncState
 
 log = logging.getLogger("tortie.policy")
-# The state file (for `tortie policy show`; 14 MB at 10,000 policies, and writing it holds the GIL ~0.1 s) is
-# written once applies pause this long, and at least this often while they go on:
-SAVE_AFTER, SAVE_BUSY = 2.0, 30.0
+# The state file (for `tortie policy show`; 14 MB at 10,000 policies, and encoding it holds the GIL ~0.1 s, which
+# the event loop feels) is written once applies pause this long, and at least this often while they go on:
+SAVE_AFTER, SAVE_BUSY = 10.0, 60.0
 CHECK_EVERY = 1.0  # seconds between drift checks of the kernel's ruleset, once applies pause that long
 CHECK_BUSY = 5.0  # seconds between drift checks at the latest while applies go on
 OWNERSHIP = ("claims", "status")  # a change here can decide again which endpoints count

@@ -441,10 +441,8 @@ class HostEndpoint(Strict):
 
 
 def claims(e: Endpoint | HostEndpoint) -> list[str]:
-    """What an endpoint holds exclusively on a node: its interface and each of its addresses; a pod its identity
-    in the cluster (a pod moved from a dead node is published twice)."""
-    pod = [f"pod {e.namespace}/{e.name}"] if isinstance(e, Endpoint) else []
-    return [*pod, f"interface {e.interface!r}", *(f"address {ip}" for ip in e.ips)]
+    """What an endpoint holds exclusively on a node: its interface and each of its addresses."""
+    return [f"interface {e.interface!r}", *(f"address {ip}" for ip in e.ips)]
 
 
 class Endpoints(Strict):

@@ -34,13 +34,23 @@ Model = AnyPolicy | Namespace | Endpoint
 _INTERFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # policy.model.InterfaceName
 
 
+def _digest(node: str, namespace: str, pod: str) -> str:
+    return hashlib.sha1(f"{node}/{namespace}/{pod}".encode()).hexdigest()
+
+
 def remote_interface(node: str, namespace: str, pod: str) -> str:
     """A stand-in interface name for another node's pod: it only feeds selectors here, no packet uses it.
 
     (Local pods' host interfaces are `tt` + hash, so the two never collide. Chains for remote pods are
     dead weight; rendering only local ones is a compiler change left for later.)
     """
-    return "r" + hashlib.sha1(f"{node}/{namespace}/{pod}".encode()).hexdigest()[:14]
+    return "r" + _digest(node, namespace, pod)[:14]
+
+
+def remote_name(node: str, namespace: str, pod: str) -> str:
+    """Another node's pod's name in the ruleset's endpoints: pods are named per node (two nodes may each run a
+    default/web), while the compiler knows an endpoint by namespace/name. The name feeds no selector."""
+    return "r" + _digest(node, namespace, pod)[:24]
 
 
 def _segments(k: str) -> tuple[str, dict[str, str]]:
@@ -68,6 +78,7 @@ def parse_entry(k: str, v: object, local: str) -> Model:
     ep = {**v, "namespace": seg["namespace"], "name": seg["pod"]}
     if seg["node"] != local:
         ep["interface"] = remote_interface(seg["node"], seg["namespace"], seg["pod"])
+        ep["name"] = remote_name(seg["node"], seg["namespace"], seg["pod"])
     return Endpoint.model_validate(ep)
 
 
@@ -167,7 +178,7 @@ class SyncState:
         remove = []
         for k in keys:
             if (held := self._claims.pop(k, None)) is not None:
-                remove.append("/".join(k.split("/")[2:]))  # the binding's key: <namespace>/<pod>
+                remove.append(self._binding_key(k))
                 for c in held:
                     del self._held[c]
         upsert = []
@@ -186,6 +197,12 @@ class SyncState:
             Endpoints.model_construct(namespaces=res.endpoints.namespaces, endpoints=endpoints, hostEndpoints=[]),
             res.rejected, res.isolated - local)
         return upsert, remove
+
+    def _binding_key(self, k: str) -> str:
+        """An endpoint entry's key in the Binding: <namespace>/<name as parse_entry gives it>."""
+        seg = _segments(k)[1]
+        name = seg["pod"] if seg["node"] == self.node else remote_name(seg["node"], seg["namespace"], seg["pod"])
+        return f"{seg['namespace']}/{name}"
 
     def _interface(self, k: str, seg: dict[str, str]) -> str | None:
         """The host interface of a local pod whose entry never was valid, to isolate it."""

@@ -67,7 +67,7 @@ def test_incremental_updates_give_the_same_ruleset_as_a_full_compile(seed):
             what = rnd.random()
             if what < 0.45:
                 i = rnd.randrange(30)
-                k = f"endpoints/{NODE if i % 2 else 'node2'}/ns{i % 3}/p{i}"
+                k = f"endpoints/{rnd.choice([NODE, 'node2'])}/ns{i % 3}/p{i}"
                 v = endpoint(i, rnd.choice(apps), v6=seed % 2 == 1 and rnd.random() < 0.1)
                 if rnd.random() < 0.1:  # another pod's address: a conflict
                     v["ips"] = endpoint(rnd.randrange(30), "x")["ips"]
@@ -186,17 +186,19 @@ def test_endpoints_outside_their_nodes_blocks_are_ignored():
     assert "not in a block" in state.refusal("endpoints/node3/ns0/p2")
 
 
-def test_one_pod_published_by_two_nodes_counts_once_the_live_nodes():
-    """A pod moved to another node (a StatefulSet's web-0) while its old node is dead: two entries, one pod."""
-    live = {"node2": False, "node3": True}
-    state = SyncState(NODE, prefer=lambda node: live.get(node, True))
+def test_pods_of_one_name_on_several_nodes_are_distinct_endpoints():
+    """Pods are named per node: node1, node2 and node3 may each run a default/web (the cluster lab does)."""
+    state = SyncState(NODE)
     k, v = policy(0, "web", "db", 80)
-    old, new = "endpoints/node2/ns0/web-0", "endpoints/node3/ns0/web-0"
-    state.update({k: v, old: endpoint(1, "db"), new: endpoint(2, "web")})
-    out = state.update({new: endpoint(2, "db")})
-    assert out.ruleset == full_compile({k: v, new: endpoint(2, "db")}) and set(out.ignored) == {old}
-    out = state.update({new: None})
-    assert out.ruleset == full_compile({k: v, old: endpoint(1, "db")}) and not out.ignored
+    pods = {f"endpoints/{n}/ns0/web": endpoint(i, "db") for i, n in enumerate(("node1", "node2", "node3"))}
+    out = state.update({k: v, **pods})
+    assert out.ruleset == full_compile({k: v, **pods}) and not out.ignored
+    assert sum(len(s.elements) for s in out.ruleset.sets.values() if s.kind == "addr") == 3
+    out = state.update({"endpoints/node2/ns0/web": endpoint(1, "web")})
+    assert out.ruleset == full_compile({k: v, **pods, "endpoints/node2/ns0/web": endpoint(1, "web")})
+    out = state.update({"endpoints/node3/ns0/web": None})
+    pods.pop("endpoints/node3/ns0/web")
+    assert out.ruleset == full_compile({k: v, **pods, "endpoints/node2/ns0/web": endpoint(1, "web")})
 
 
 # --- the daemon's policy task on a real datastore (files backend) and real nftables, in a network namespace --------
