@@ -12,7 +12,7 @@ from policy.compiler import _exclude
 from policy.model import (MAX_EXCEPT, MAX_POLICY_EXPANSION, MAX_RULE_EXPANSION, Endpoint, Endpoints,
                           GlobalNetworkPolicy, K8sNetworkPolicy, TortieNetworkPolicy)
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def gnp(spec: dict) -> dict:
@@ -110,6 +110,7 @@ def test_ipblock_except_is_bounded_and_linear() -> None:
     assert any(len(s.elements) > MAX_EXCEPT for s in rs.sets.values() if s.kind == "net")
 
 
+@FUZZ
 @given(st.lists(st.integers(0, 255), max_size=40, unique=True))
 def test_exclude_is_the_set_difference(holes: list[int]) -> None:
     import ipaddress

@@ -5,7 +5,7 @@ import inspect
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import ValidationError
@@ -54,7 +54,7 @@ _ADDRS = [f"10.0.0.{i}" for i in range(1, 5)]
 _IFACES = [f"tv{i}" for i in range(1, 5)]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.tuples(st.sampled_from(_ADDRS), st.sampled_from(_IFACES), st.integers(0, 2)), max_size=8),
        st.lists(st.sampled_from(_IFACES), max_size=4), st.randoms(use_true_random=False))
 def test_resolution_never_fails_and_the_preferred_entry_wins(specs: list, local: list, rnd) -> None:
