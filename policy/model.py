@@ -91,7 +91,8 @@ def _selector(v: Any) -> sel.Selector:
     try:
         return sel.parse(v)
     except sel.SelectorError as e:
-        raise ValueError(f"selector {v!r} does not parse: {e}") from None
+        shown = v if len(v) <= 80 else v[:60] + f"... ({len(v)} characters)"
+        raise ValueError(f"selector {shown!r} does not parse: {e}") from None
 
 
 SelectorExpr = Annotated[sel.Selector, BeforeValidator(_selector)]
