@@ -1,4 +1,6 @@
-"""The etcd backend: key `a/b/c` is the etcd key `tortie/v1/a/b/c` holding its JSON value.
+"""The etcd backend: key `a/b/c` is the etcd key `tortie/v1/a/b/c` holding its JSON value, except that
+claims/<cidr>/<node> is stored as claims/<node>/<cidr>: every key a node owns then lies under a prefix its
+etcd role can be granted alone (containers/etcd/rbac.sh), and no other node can write or delete it.
 
 The client is grpc.aio on the etcd v3 API stubs that aetcd ships (aetcd's own Client dials without TLS and
 to one host only). A session talks to one endpoint; when it breaks the next endpoint is tried (failover).
@@ -38,13 +40,26 @@ def prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
+def _swap_claim(path: str) -> str:
+    """claims/<a>/<b> -> claims/<b>/<a> (its own inverse); any other path as it is."""
+    parts = path.split("/")
+    return f"claims/{parts[2]}/{parts[1]}" if parts[0] == "claims" and len(parts) == 3 else path
+
+
 def etcd_key(key_: str) -> bytes:
-    return ROOT + key_.encode()
+    return ROOT + _swap_claim(key_).encode()
+
+
+def datastore_key(raw: bytes) -> str:
+    """The datastore key of an etcd key under ROOT (not validated)."""
+    return _swap_claim(raw[len(ROOT):].decode())
 
 
 def scope_range(scope: str) -> tuple[bytes, bytes]:
-    """The etcd key range of the keys under a key prefix (segment-wise: claims/a does not cover claims/ab)."""
-    low = ROOT + scope.strip("/").encode() + b"/"
+    """The etcd key range holding every key under a key prefix (segment-wise: claims/a does not cover claims/ab).
+    Claims are stored by node, so any scope of claims is the range of all claims: wider, never narrower."""
+    path = scope.strip("/")
+    low = ROOT + (b"claims" if path.split("/")[0] == "claims" else path.encode()) + b"/"
     return low, prefix_end(low)
 
 
@@ -99,8 +114,8 @@ class EtcdDatastore(ClientDatastore):
         return super().alive(node)
 
     async def put_if_unchanged(self, key_: str, value: dict, scope: str) -> bool:
-        """See Datastore.put_if_unchanged(): one etcd transaction comparing every key under scope with the
-        revision the cache reflects (a deletion under scope is not a change here: it only frees)."""
+        """See Datastore.put_if_unchanged(): one etcd transaction comparing every key under scope (for claims:
+        every claim) with the revision the cache reflects (a deletion is not a change here: it only frees)."""
         value = checked(key_, value)
         if not self.connected or self._kv is None:
             raise DatastoreError(f"cannot write {key_}: not connected to etcd ({self._last_error or 'connecting'})")
@@ -291,7 +306,7 @@ class EtcdDatastore(ClientDatastore):
     def _entry(self, raw_key: bytes, raw_value: bytes) -> tuple[str, dict | None] | None:
         """(key, value) of an etcd entry (value None if empty: a delete event); None if malformed (rejected)."""
         try:
-            k = raw_key[len(ROOT):].decode()
+            k = datastore_key(raw_key)
             parse_key(k)
             return k, decode(raw_value) if raw_value else None
         except (InvalidKey, ValueError) as e:

@@ -130,17 +130,17 @@ async def test_put_if_unchanged_is_compare_and_swap(etcd, nodes):  # noqa: F811
     scope = "claims/10.244.0.0-26"
     assert await a.put_if_unchanged(f"{scope}/a", {"owned": True, "at": 1.0}, scope)
     await eventually(lambda: b.get(f"{scope}/a") is not None, what="b saw a's claim")
-    # written by another client while b's loop is blocked: b's cache cannot have seen it
-    etcd.members[0].ctl("put", f"tortie/v1/{scope}/c", '{"owned": true, "at": 3}')
+    ctl = etcd.members[0].ctl
+    # written by another client while b's loop is blocked (ctl is synchronous): b's cache cannot have seen it
+    ctl("put", "tortie/v1/claims/c/10.244.0.0-26", '{"owned": true, "at": 3}')  # claims are stored by node
     assert not await b.put_if_unchanged(f"{scope}/b", {"owned": True, "at": 2.0}, scope)
-    assert b.get(f"{scope}/c") is not None  # the refusal returns once the cache caught up
+    assert b.get(f"{scope}/c") == {"owned": True, "at": 3}  # the refusal returns once the cache caught up
     assert b.get(f"{scope}/b") is None
-    # a sibling prefix is another scope (segment-wise): unchanged
-    etcd.members[0].ctl("put", "tortie/v1/claims/10.244.0.64-26/c", "{}")
-    assert await b.put_if_unchanged("claims/10.244.1.0-26/b", {"owned": True, "at": 2.0}, "claims/10.244.0.64-2")
-    # a deletion only frees: not a change
-    etcd.members[0].ctl("del", f"tortie/v1/{scope}/c")
-    assert await b.put_if_unchanged(f"{scope}/d", {"owned": True, "at": 2.0}, scope)
+    ctl("put", "tortie/v1/namespaces/x", "{}")  # outside the scope: no conflict
+    assert await b.put_if_unchanged(f"{scope}/b", {"owned": True, "at": 2.0}, scope)
+    ctl("del", "tortie/v1/claims/c/10.244.0.0-26")  # a deletion only frees: not a change
+    assert await b.put_if_unchanged("claims/10.244.0.64-26/b", {"owned": True, "at": 2.0}, "claims/10.244.0.64-26")
+    assert "tortie/v1/claims/b/10.244.0.64-26" in ctl("get", "--prefix", "--keys-only", "tortie/v1/claims/b/").stdout
 
 
 async def test_refused_credentials_are_a_clear_error(etcd):  # noqa: F811

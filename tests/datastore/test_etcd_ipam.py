@@ -34,9 +34,9 @@ async def stopped(claims: dict[str, BlockClaims]) -> None:
 
 
 def stored_claims(etcd) -> Counter:  # noqa: F811
-    """Claims per block as etcd has them."""
+    """Claims per block as etcd has them (tortie/v1/claims/<node>/<cidr>)."""
     keys = etcd.members[0].ctl("get", "--prefix", "--keys-only", "tortie/v1/claims/").stdout.split()
-    return Counter(k.split("/")[3] for k in keys)
+    return Counter(k.split("/")[4] for k in keys)
 
 
 async def test_100_simultaneous_claimers_get_100_distinct_blocks(etcd, tmp_path):  # noqa: F811
@@ -84,7 +84,7 @@ async def test_simultaneous_borrowers_get_distinct_addresses(etcd, tmp_path):  #
 
 
 async def test_claim_of_a_node_that_no_longer_counts_is_taken_over(etcd, tmp_path):  # noqa: F811
-    etcd.members[0].ctl("put", "tortie/v1/claims/10.244.0.0-26/gone", '{"owned": true, "at": 1}')
+    etcd.members[0].ctl("put", "tortie/v1/claims/gone/10.244.0.0-26", '{"owned": true, "at": 1}')
     claims = await started(etcd, ["a"], counts=lambda n: n != "gone")
     try:
         assert await claims["a"].claim_block(node_config(tmp_path, "a", "10.244.0.0/25", 26)) == N("10.244.0.0/26")
