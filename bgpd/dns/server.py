@@ -28,6 +28,7 @@ log = logging.getLogger("tortie.dns")
 UPSTREAM_TIMEOUT = 2.0  # seconds per upstream
 MAX_FORWARDS = 256  # forwarded queries waiting for an upstream at once
 MAX_CONNECTIONS = 128  # TCP clients at once
+MAX_SOURCES = 65536  # sources whose admission is remembered
 TCP_IDLE = 10.0  # seconds a TCP client may keep a connection without a complete query
 
 
@@ -38,6 +39,7 @@ class DnsServer:
         self.limiter, self.metrics = limiter, metrics
         self._forwards = asyncio.Semaphore(MAX_FORWARDS)
         self._connections = 0
+        self._permitted: dict[str, bool] = {}  # source address -> whether it may ask
         self._transports: list[asyncio.DatagramTransport] = []
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task] = set()
@@ -68,10 +70,15 @@ class DnsServer:
         self._transports, self._servers = [], []
 
     def _admit(self, source: str) -> bool:
-        try:
-            permitted = self.allowed(ip_address(source))
-        except ValueError:
-            permitted = False
+        permitted = self._permitted.get(source)
+        if permitted is None:  # parsed once per source: a third of the cost of a cached answer otherwise
+            try:
+                permitted = self.allowed(ip_address(source))
+            except ValueError:
+                permitted = False
+            if len(self._permitted) >= MAX_SOURCES:
+                self._permitted.clear()
+            self._permitted[source] = permitted
         if not permitted:
             self.metrics.dropped.labels("source").inc()
             return False
@@ -83,6 +90,10 @@ class DnsServer:
     def respond(self, data: bytes, udp: bool) -> bytes | dns.message.Message | None:
         """The answer's bytes; or the query, for forward(); or None: dropped (malformed). The source was admitted."""
         start = time.perf_counter()
+        if (hit := self.resolver.cached(data, udp)) is not None:
+            out, qtype, result = hit
+            self._count(qtype, result, "zone", start)
+            return out
         query = parse(data)
         if query is None:
             self.metrics.dropped.labels("malformed").inc()
@@ -90,7 +101,9 @@ class DnsServer:
         decision = self.resolver.answer(query)
         if isinstance(decision, Forward):
             return query
-        return self._done(query, decision.message, decision.result, udp, "zone", start)
+        out, qtype = self._done(query, decision.message, decision.result, udp, "zone", start)
+        self.resolver.remember(data, udp, out, qtype, decision)
+        return out
 
     async def forward(self, query: dns.message.Message, udp: bool) -> bytes | None:
         """The upstream's answer (SERVFAIL if none answered); None if too many forwards wait already."""
@@ -100,17 +113,21 @@ class DnsServer:
             return None
         async with self._forwards:
             response, result = await self._forward(query, udp)
-        return self._done(query, response, result, udp, "upstream", start)
+        return self._done(query, response, result, udp, "upstream", start)[0]
 
     def _done(self, query: dns.message.Message, response: dns.message.Message, result: str, udp: bool, by: str,
-              start: float) -> bytes:
+              start: float) -> tuple[bytes, str]:
+        """The response's bytes, counted, and the query type's metric label."""
         out = wire(response, query, udp)
         if udp and out[2] & 0x02 and not response.flags & dns.flags.TC:  # TC set by the size limit, not upstream
             self.metrics.truncated.inc()
-        rdtype = query.question[0].rdtype if query.question else 0
-        self.metrics.queries.labels(self.metrics.qtype(dns.rdatatype.to_text(rdtype)), result).inc()
+        qtype = self.metrics.qtype(dns.rdatatype.to_text(query.question[0].rdtype if query.question else 0))
+        self._count(qtype, result, by, start)
+        return out, qtype
+
+    def _count(self, qtype: str, result: str, by: str, start: float) -> None:
+        self.metrics.queries.labels(qtype, result).inc()
         self.metrics.latency.labels(by).observe(time.perf_counter() - start)
-        return out
 
     async def _forward(self, query: dns.message.Message, udp: bool) -> tuple[dns.message.Message, str]:
         for upstream in self.upstreams:

@@ -60,9 +60,12 @@ def test_pod_names_resolve_case_insensitively_with_ttl_and_authority():
 
 def test_a_service_answers_every_live_pod_in_rotating_order():
     r = resolver()
-    answers = [addresses(ask(r, "web.shop.svc.tortie.local")) for _ in range(3)]
-    assert all(sorted(a) == ["10.246.0.18", "10.246.0.2", "10.246.0.34"] for a in answers)
-    assert len({a[0] for a in answers}) == 3  # each address comes first once in three answers
+    query = dns.message.make_query("web.shop.svc.tortie.local", "A")
+    answers = [addresses(Reply(dns.message.from_wire(wire(r.answer(query).message, query, True)), ""))
+               for _ in range(4)]
+    assert answers[:3] == [["10.246.0.2", "10.246.0.18", "10.246.0.34"], ["10.246.0.18", "10.246.0.34", "10.246.0.2"],
+                           ["10.246.0.34", "10.246.0.2", "10.246.0.18"]]  # on the wire too, in turn
+    assert answers[3] == answers[0]
 
 
 def test_pods_of_nodes_not_alive_drop_out():
@@ -236,3 +239,23 @@ async def test_truncated_over_udp_then_complete_over_tcp(server):
     r, used_tcp = await dns.asyncquery.udp_with_fallback(big, "127.0.0.1", port=server.port, timeout=5)
     assert len(r.answer[0]) == 74 and used_tcp
     assert metric(server, "tortie_dns_truncated_total") == 1
+
+
+def test_cached_answers_follow_liveness_and_the_zone():
+    down = set()
+    r = resolver()
+    r.alive = lambda n: n not in down
+    srv = DnsServer(r, [], lambda a: True, RateLimiter(1e9, 1e9), DnsMetrics(CollectorRegistry()))
+    q = dns.message.make_query("web-3.shop.pod.tortie.local", "A").to_wire()
+    first, again = srv.respond(q, True), srv.respond(b"\x00\x07" + q[2:], True)
+    assert again == b"\x00\x07" + first[2:]  # the same answer, with the second query's ID
+    assert dns.message.from_wire(again).answer[0][0].address == "10.246.0.34"
+    down.add("node3")
+    assert dns.message.from_wire(srv.respond(q, True)).rcode() == dns.rcode.NXDOMAIN
+    down.clear()
+    assert dns.message.from_wire(srv.respond(q, True)).answer
+    service = dns.message.make_query("web.shop.svc.tortie.local", "A").to_wire()
+    firsts = [dns.message.from_wire(srv.respond(service, True)).answer[0][0].address for _ in range(3)]
+    assert firsts == ["10.246.0.2", "10.246.0.18", "10.246.0.34"]  # service answers rotate: never replayed
+    r.set_zone(build({k: v for k, v in ENDPOINTS.items() if "web-3" not in k}, CLAIMS, "node1", lambda n: True))
+    assert dns.message.from_wire(srv.respond(q, True)).rcode() == dns.rcode.NXDOMAIN
