@@ -88,6 +88,23 @@ out = {{"isolated": sorted(res.isolated), "how": applier.apply(compile_ruleset([
     assert got == {k: "a" not in k[:2] for k in got}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_isolation_cuts_established_flows_too(plab: PolicyLab, backend: str) -> None:
+    """The isolation drop comes before the established-flow shortcut: a UDP flow that conntrack already tracks
+    as established (same 5-tuple) stops the moment its pod is isolated."""
+    plab.apply(backend, [])
+    b, d = plab.lab.pods["b"], plab.lab.pods["d"]
+    flow = (d.ip, "udp", 53, 40053)  # a fixed source port: the second probe is the same flow
+    assert plab.lab.probe(b.ns, [flow]) == {flow: True}
+    out = _in_host(plab, f"""
+applier = PolicyApplier("{backend}", state)
+out = {{"how": applier.apply(compile_ruleset(policies, endpoints, isolated=["{d.interface}"]))}}
+""")
+    assert out == {"how": "incremental"}
+    assert "udp" in plab.lab.run(plab.lab.host, "conntrack", "-L", "-p", "udp", "--sport", "40053")
+    assert plab.lab.probe(b.ns, [flow]) == {flow: False}
+
+
 DRIFT = {
     "nft": {
         "flush ruleset": [["nft", "flush", "ruleset"]],
