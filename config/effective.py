@@ -22,6 +22,7 @@ class ClusterView:
     members: tuple[MeshMember, ...] = ()
     blocks: tuple[IPv4Network, ...] = ()
     borrowed: tuple[IPv4Address, ...] = ()
+    routes: tuple[tuple[IPv4Network, IPv4Address], ...] = ()  # other nodes' prefixes via their addresses
 
 
 class EffectiveConfig(NodeConfig):
@@ -30,6 +31,9 @@ class EffectiveConfig(NodeConfig):
     borrowed: list[IPv4Address] = Field(
         default_factory=list, description="addresses taken from other nodes' blocks when the pools had no free "
                                           "block, announced as /32")
+    cluster_routes: dict[IPv4Network, IPv4Address] = Field(
+        default_factory=dict, description="with bgp.enabled false: other nodes' blocks and borrowed addresses, "
+                                          "via their node's address, from the datastore")
 
     @model_validator(mode="after")
     def _borrowed_fit(self) -> EffectiveConfig:
@@ -44,6 +48,11 @@ class EffectiveConfig(NodeConfig):
         """What we announce: our blocks, then each borrowed address as a /32."""
         return list(self.blocks) + [IPv4Network(a) for a in self.borrowed]
 
+    def other_nodes(self) -> frozenset[IPv4Address]:
+        """The underlay addresses of the other nodes we know (mesh.nodes, or the datastore's): their VTEPs."""
+        return frozenset(m.address for m in self.mesh.nodes
+                         if m.name != self.name and m.address != self.listen_address)
+
 
 def effective(node: NodeConfig, view: ClusterView | None) -> EffectiveConfig:
     """The configuration to run: `node` as the file says, merged with the cluster's `view` (None: no datastore).
@@ -54,6 +63,8 @@ def effective(node: NodeConfig, view: ClusterView | None) -> EffectiveConfig:
     if view is not None:
         data["blocks"] = sorted(set(node.blocks) | set(view.blocks))
         data["borrowed"] = sorted(set(view.borrowed))
+        if not node.bgp.enabled:
+            data["cluster_routes"] = dict(view.routes)
         if node.mesh.enabled and not node.mesh.nodes:
             data["mesh"] = {**{name: getattr(node.mesh, name) for name in Mesh.model_fields},
                             "nodes": list(view.members)}

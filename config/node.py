@@ -48,6 +48,11 @@ class IPPool(Strict):
 
     cidr: IPv4Network = Field(description="the pool's addresses; pod blocks are cut from it")
     block_size: int = Field(26, ge=16, le=32, description="prefix length of each host block")
+    vxlan: Literal["never", "always", "cross-subnet"] = Field(
+        "never", description="encapsulate traffic to other nodes' blocks of this pool in VXLAN: never, always, or "
+                             "only when the next hop is not on a subnet this node is connected to (docs/overlay.md)")
+    nat_outgoing: bool = Field(True, description="masquerade traffic from this pool's pods to destinations outside "
+                                                 "every pool (the node's address becomes the source)")
 
     @model_validator(mode="after")
     def _block_fits(self) -> IPPool:
@@ -126,6 +131,24 @@ class Dns(Strict):
     rate_limit: DnsRateLimit = Field(default_factory=DnsRateLimit, description="per source (pod) token bucket")
 
 
+class Vxlan(Strict):
+    """The node's VXLAN tunnel endpoint, used when a pool has `vxlan` other than never (docs/overlay.md)."""
+
+    vni: int = Field(4096, ge=1, le=16777215, description="VXLAN network identifier, the same on every node")
+    port: int = Field(4789, ge=1, le=65535, description="UDP port of the VXLAN packets, the same on every node")
+    device: str = Field("tortie.vxlan", pattern=r"^tortie[A-Za-z0-9_.-]{0,9}$",
+                        description="name of the VXLAN device: a tortie prefix, 15 characters at most")
+    mtu: int | None = Field(None, ge=576, le=65485, description="MTU of the VXLAN device and of pod interfaces; "
+                                                               "default: the uplink's MTU minus 50")
+    nat_outgoing_hosts: bool = Field(False, description="NAT outgoing also leaves traffic to the cluster's "
+                                                        "node addresses alone")
+
+
+class Bgp(Strict):
+    enabled: bool = Field(True, description="run ExaBGP; false (with a datastore): routes to other nodes' blocks "
+                                            "come from the datastore's block ownership and node records")
+
+
 class NodeConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="this node's name, unique in the cluster",
                       json_schema_extra=RESTART)
@@ -153,6 +176,8 @@ class NodeConfig(Strict):
     policy_backend: Literal["nft", "iptables"] = Field(
         "nft", description="how network policy from the datastore is enforced on this node", json_schema_extra=RESTART)
     dns: Dns = Field(default_factory=Dns, description="the DNS server for pods", json_schema_extra=RESTART)
+    vxlan: Vxlan = Field(default_factory=Vxlan, description="the VXLAN tunnel endpoint", json_schema_extra=RESTART)
+    bgp: Bgp = Field(default_factory=Bgp, description="BGP on or off", json_schema_extra=RESTART)
     node_grace: float = Field(60.0, ge=0, description="seconds a node that went away keeps its mesh place and blocks")
     claim_settle: float = Field(1.0, gt=0, description="seconds a block claim waits for competing claims; "
                                                        "more than twice the datastore's propagation delay")
@@ -188,10 +213,21 @@ class NodeConfig(Strict):
             raise ValueError("a peer address appears twice (peers and mesh nodes together)")
         if self.route_protocol == self.pod_route_protocol:
             raise ValueError("route_protocol and pod_route_protocol must differ")
+        if not self.bgp.enabled:
+            if self.datastore is None:
+                raise ValueError("bgp.enabled: false needs a datastore: the routes to other nodes' blocks come "
+                                 "from its block ownership and node records")
+            if self.peers:
+                raise ValueError("peers: there are no BGP peers with bgp.enabled: false")
         return self
+
+    def uses_vxlan(self) -> bool:
+        return any(p.vxlan != "never" for p in self.pools)
 
     def bgp_peers(self) -> list[Peer]:
         """Every BGP neighbor: configured peers plus the other mesh members (iBGP)."""
+        if not self.bgp.enabled:
+            return []
         peers = list(self.peers)
         if self.mesh.enabled:
             for m in self.mesh.nodes:

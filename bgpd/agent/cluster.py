@@ -14,6 +14,7 @@ from typing import Awaitable, Callable, Mapping
 
 from bgpd.ipam.claiming import BlockClaims
 from bgpd.ipam.ownership import Ignored, owned_prefixes, registration, rival_claims, unique_addresses
+from bgpd.overlay.vxlan import cluster_routes
 from config.datastore import Datastore, DatastoreError, key, parse_key
 from config.effective import ClusterView, EffectiveConfig, effective
 from config.load import ConfigError
@@ -62,9 +63,12 @@ class Cluster:
 
     def owned(self) -> list[IPv4Network]:
         """What this node owns: blocks, and /32s borrowed from other nodes' blocks."""
+        return self.owned_by_node().get(self.base.name, [])
+
+    def owned_by_node(self) -> dict[str, list[IPv4Network]]:
         by_block = self.claims.by_block()
         self.ignored_claims.update(rival_claims(by_block))
-        return owned_prefixes(by_block).get(self.base.name, [])
+        return owned_prefixes(by_block)
 
     def owned_blocks(self) -> list[IPv4Network]:
         return [b for b in self.owned() if b.prefixlen < 32]
@@ -78,12 +82,14 @@ class Cluster:
         return await self.claims.claim_more(self.base, self.ours())
 
     def view(self) -> ClusterView:
-        owned = self.owned()
+        by_node = self.owned_by_node()
+        owned = by_node.get(self.base.name, [])
         records, ignored = unique_addresses({k: v for k, v in self.ds.items("nodes").items()
                                              if self.counts(parse_key(k)[1][0])})
         self.ignored_records.update(ignored)
         members = mesh_members(records, {p.address for p in self.base.peers})
-        return ClusterView(members=tuple(members),
+        routes = cluster_routes(by_node, {m.name: m.address for m in members}, self.base.name)
+        return ClusterView(members=tuple(members), routes=tuple(sorted(routes.items())),
                            blocks=tuple(b for b in owned if b.prefixlen < 32),
                            borrowed=tuple(b.network_address for b in owned if b.prefixlen == 32))
 

@@ -14,14 +14,16 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from itertools import islice
 from typing import Iterable, Mapping, Union
 
 from bgpd.bgp import messages as msgs
 from bgpd.bgp.rib import ImportFilter, KernelRoute, Reject, Rib, Update
+from bgpd.overlay.vxlan import Overlay
 
 RETRY = 5.0  # seconds before a route the kernel refused is tried again
+DATASTORE = "datastore"  # the RIB's source of the routes the datastore gives when BGP is off
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -42,6 +44,9 @@ class CoreConfig:
     graceful_restart: float  # seconds a gracefully restarting peer's routes stay (0: none stay)
     initial_sync_timeout: float  # seconds to wait for every End-of-RIB before giving up on them
     wait_for_datastore: bool  # the peers come from a datastore: no initial sync before it answered
+    overlay: Overlay | None = None  # VXLAN: which routes go through the VTEP (None: no pool uses it)
+    cluster_routes: tuple[tuple[IPv4Network, IPv4Address], ...] = ()  # BGP off: other nodes' prefixes from
+    # the datastore, via their node's address
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -106,6 +111,7 @@ class NodeCore:
         self._retries: deque[tuple[float, frozenset[IPv4Network]]] = deque()
         self._dirty: set[IPv4Network] = set()
         self._wake: float | None = None  # the earliest WakeAt handed out and not yet ticked
+        self._cluster_routes(config.cluster_routes, [])
 
     # --- inputs: start and configuration -----------------------------------------------------------
     def adopted(self, prefixes: Iterable[IPv4Network], now: float) -> list[Command]:
@@ -141,7 +147,10 @@ class NodeCore:
                 out.append(Log(logging.INFO, "peer added peer=%s", (addr,)))
             self.rib.add_peer(addr, settings.max_prefixes)
         self._apply("", None, self.rib.refilter(config.import_filter), out)
+        self._cluster_routes(config.cluster_routes, out)
         self._mark(set(old.import_filter.own_blocks) ^ set(config.import_filter.own_blocks), out)
+        if old.overlay != config.overlay:
+            self._mark(self.rib.all_desired(), out)
         gone = [b for b in old.announced if b not in config.announced]
         out.append(Send(tuple(msgs.withdraw_blocks(gone) + msgs.announce_blocks(config.announced)
                               + [msgs.route_refresh()])))
@@ -270,7 +279,7 @@ class NodeCore:
             self._dirty -= batch
         else:
             batch, self._dirty = self._dirty, set()
-        desired, adopted = self.rib.desired, self._adopted or ()
+        desired, adopted = self.desired, self._adopted or ()
         out: dict[IPv4Network, KernelRoute | None] = {}
         for prefix in batch:
             want = desired(prefix)
@@ -281,12 +290,35 @@ class NodeCore:
             out[prefix] = want
         return out
 
+    def desired(self, prefix: IPv4Network) -> KernelRoute | None:
+        """The kernel route `prefix` should have: the RIB's, through the VTEP where the overlay says so."""
+        want = self.rib.desired(prefix)
+        overlay = self.config.overlay
+        return want if overlay is None else overlay.route(prefix, want)
+
     @property
     def planned(self) -> int:
         """Prefixes waiting in the plan."""
         return len(self._dirty)
 
     # --- internals ---------------------------------------------------------------------------------
+    def _cluster_routes(self, routes: tuple[tuple[IPv4Network, IPv4Address], ...], out: list[Command]) -> None:
+        """The datastore's routes (BGP off) as the RIB's source DATASTORE: no limit, no End-of-RIB to wait for."""
+        if not routes and DATASTORE not in self.rib.peers:
+            return
+        self.rib.add_peer(DATASTORE, 1 << 62)
+        self.rib.expect_no_end_of_rib(DATASTORE)
+        want = dict(routes)
+        have = self.rib.peers[DATASTORE].routes
+        self._apply(DATASTORE, None, self.rib.withdraw(DATASTORE, [p for p, h in have.items() if want.get(p) != h]),
+                    out)
+        by_hop: dict[IPv4Address, list[IPv4Network]] = {}
+        for prefix, hop in want.items():
+            if have.get(prefix) != hop:
+                by_hop.setdefault(hop, []).append(prefix)
+        for hop, prefixes in by_hop.items():
+            self._apply(DATASTORE, None, self.rib.announce(DATASTORE, prefixes, hop), out)
+
     def _mark(self, prefixes: Iterable[IPv4Network], out: list[Command]) -> None:
         was_empty = not self._dirty
         self._dirty.update(prefixes)

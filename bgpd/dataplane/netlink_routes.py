@@ -22,7 +22,8 @@ RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 16, 17, 24,
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_REPLACE = 0x1, 0x4, 0x200, 0x400, 0x100
 NLM_F_DUMP = 0x300
-RTA_DST, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 5, 6, 9, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 9, 15
+RTNH_F_ONLINK = 4
 RTN_UNICAST, RTN_BLACKHOLE = 1, 6
 RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
 RT_TABLE_MAIN = 254
@@ -33,7 +34,20 @@ _RTA = struct.Struct("=HH")
 _RTNH = struct.Struct("=HBBi")
 _NLMSGERR = struct.Struct("=iIHHII")  # error code, then the header of the failed message
 _U32 = struct.Struct("=I")
-KernelRoute = frozenset[IPv4Address]  # next hops; empty: blackhole
+
+
+@dataclass(frozen=True)
+class DeviceHop:
+    """A next hop taken as on-link on one device: the overlay's `via <remote VTEP> dev <vtep> onlink`."""
+
+    gateway: IPv4Address
+    oif: int
+
+    def __str__(self) -> str:
+        return f"{self.gateway} onlink ifindex {self.oif}"
+
+
+KernelRoute = frozenset[IPv4Address | DeviceHop]  # next hops; empty: blackhole
 OTHER_ROUTE: KernelRoute = frozenset((IPv4Address(0),))
 """Next hops of a route of our protocol that we never write (unreachable, prohibit, a device route, next-hop
 objects): equal to no desired route, so the owner replaces it."""
@@ -64,18 +78,23 @@ def encode(op: RouteOp, seq: int, protocol: int, table: int = RT_TABLE_MAIN, met
         flags |= NLM_F_CREATE | (NLM_F_REPLACE if op.replace else NLM_F_EXCL)
         rtype = RTN_BLACKHOLE if not op.next_hops else RTN_UNICAST
         scope = RT_SCOPE_UNIVERSE
-    body = _RTMSG.pack(socket.AF_INET, op.prefix.prefixlen, 0, 0, min(table, 255), protocol, scope, rtype, 0)
+    hops = sorted(op.next_hops or (), key=_hop_key)
+    single = hops[0] if len(hops) == 1 else None
+    onlink = RTNH_F_ONLINK if isinstance(single, DeviceHop) else 0
+    body = _RTMSG.pack(socket.AF_INET, op.prefix.prefixlen, 0, 0, min(table, 255), protocol, scope, rtype, onlink)
     body += _attr4(RTA_DST, op.prefix.network_address.packed)
     body += _attr4(RTA_TABLE, struct.pack("=I", table))
     if metric:
         body += _attr4(RTA_PRIORITY, struct.pack("=I", metric))
-    if op.next_hops:
-        hops = sorted(op.next_hops)
-        if len(hops) == 1:
-            body += _attr4(RTA_GATEWAY, hops[0].packed)
-        else:
-            nested = b"".join(_RTNH.pack(16, 0, 0, 0) + _attr4(RTA_GATEWAY, h.packed) for h in hops)
-            body += struct.pack("=HH", 4 + len(nested), RTA_MULTIPATH) + nested
+    if isinstance(single, DeviceHop):
+        body += _attr4(RTA_GATEWAY, single.gateway.packed) + _attr4(RTA_OIF, _U32.pack(single.oif))
+    elif single is not None:
+        body += _attr4(RTA_GATEWAY, single.packed)
+    elif hops:
+        nested = b"".join(_RTNH.pack(16, RTNH_F_ONLINK, 0, h.oif) + _attr4(RTA_GATEWAY, h.gateway.packed)
+                          if isinstance(h, DeviceHop) else _RTNH.pack(16, 0, 0, 0) + _attr4(RTA_GATEWAY, h.packed)
+                          for h in hops)
+        body += struct.pack("=HH", 4 + len(nested), RTA_MULTIPATH) + nested
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
 
 
@@ -128,6 +147,10 @@ class RouteWriter:
                     return
 
 
+def _hop_key(hop: IPv4Address | DeviceHop) -> tuple[int, int]:
+    return (int(hop.gateway), hop.oif) if isinstance(hop, DeviceHop) else (int(hop), 0)
+
+
 def dump_request(seq: int, protocol: int, table: int = RT_TABLE_MAIN) -> bytes:
     """RTM_GETROUTE for the IPv4 routes of `protocol` in `table`: the kernel filters on a strict-check socket."""
     body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, min(table, 255), protocol, 0, 0, 0)
@@ -144,10 +167,10 @@ def decode_route(data: memoryview | bytes, body: int, end: int
     """
     if end - body < _RTMSG.size:
         raise ValueError("short route message")
-    family, dst_len, _src, _tos, table, protocol, _scope, rtype, _flags = _RTMSG.unpack_from(data, body)
+    family, dst_len, _src, _tos, table, protocol, _scope, rtype, flags = _RTMSG.unpack_from(data, body)
     if family != socket.AF_INET:
         return None
-    dst, metric, gateway, multipath = 0, 0, None, None
+    dst, metric, gateway, oif, multipath = 0, 0, None, 0, None
     offset = body + _RTMSG.size
     while offset + _RTA.size <= end:
         alen, kind = _RTA.unpack_from(data, offset)
@@ -162,6 +185,8 @@ def decode_route(data: memoryview | bytes, body: int, end: int
                 gateway = offset + 4
             elif kind == RTA_PRIORITY:
                 metric = _U32.unpack_from(data, offset + 4)[0]
+            elif kind == RTA_OIF:
+                oif = _U32.unpack_from(data, offset + 4)[0]
         if kind == RTA_MULTIPATH:
             multipath = (offset + 4, offset + alen)
         offset += (alen + 3) & ~3
@@ -170,6 +195,8 @@ def decode_route(data: memoryview | bytes, body: int, end: int
         hops: KernelRoute = frozenset()
     elif rtype != RTN_UNICAST:
         hops = OTHER_ROUTE
+    elif gateway is not None and flags & RTNH_F_ONLINK:
+        hops = frozenset((DeviceHop(IPv4Address(bytes(data[gateway:gateway + 4])), oif),))
     elif gateway is not None:
         hops = _single_hop(bytes(data[gateway:gateway + 4]))
     elif multipath is not None:
@@ -192,9 +219,9 @@ def _single_hop(address: bytes) -> KernelRoute:
 
 
 def _multipath(data: memoryview | bytes, offset: int, end: int) -> KernelRoute:
-    hops = []
+    hops: list[IPv4Address | DeviceHop] = []
     while offset + _RTNH.size <= end:
-        length = _RTNH.unpack_from(data, offset)[0]
+        length, flags, _hops, oif = _RTNH.unpack_from(data, offset)
         if length < _RTNH.size:
             break
         attr, stop = offset + _RTNH.size, min(offset + length, end)
@@ -203,7 +230,8 @@ def _multipath(data: memoryview | bytes, offset: int, end: int) -> KernelRoute:
             if alen < _RTA.size or attr + alen > stop:
                 break
             if kind == RTA_GATEWAY and alen == 8:
-                hops.append(IPv4Address(bytes(data[attr + 4:attr + 8])))
+                gateway = IPv4Address(bytes(data[attr + 4:attr + 8]))
+                hops.append(DeviceHop(gateway, oif) if flags & RTNH_F_ONLINK else gateway)
             attr += (alen + 3) & ~3
         offset += (length + 3) & ~3
     return frozenset(hops) if hops else OTHER_ROUTE
