@@ -104,7 +104,6 @@ class Session:
         self._follow_rate(interval)
         if self.state == State.ADMIN_DOWN:
             return self._timers(out)
-        self.detect_at = now + self.detection_time / 1e6
         old = self.state
         if packet.state == State.ADMIN_DOWN:
             if self.state != State.DOWN:
@@ -119,6 +118,7 @@ class Session:
                 self._set_state(State.UP, Diag.NONE)
         elif packet.state == State.DOWN:  # we are Up
             self._set_state(State.DOWN, Diag.NEIGHBOR_DOWN)
+        self.detect_at = now + self.detection_time / 1e6  # with the timers of the state we are now in
         if packet.poll:
             out.send.append(self._packet(final=True))
         if self.state != old:
@@ -215,8 +215,9 @@ class Session:
 
     def _follow_rate(self, interval_before: int) -> None:
         """The TX interval changed (or periodic packets resume): count the new one from the last packet sent."""
-        if self.remote_min_rx and self.last_tx is not None and (self.next_tx is None
-                                                                or self.tx_interval != interval_before):
+        if not self.remote_min_rx:  # 6.8.7: the peer wants no periodic packets
+            self.next_tx = None
+        elif self.last_tx is not None and (self.next_tx is None or self.tx_interval != interval_before):
             self._schedule_tx(self.last_tx)
 
     def _timers(self, out: Output) -> Output:
