@@ -77,11 +77,12 @@ def test_pods_get_addresses_from_their_nodes_block_and_reach_each_other(lab):
     wait_for(lambda: full_mesh(lab), 60, what="the automatic full mesh")
     ips = {}
     for n in NODES:
-        ips[n] = lab.exec(n, "tortie", "pod", "add", "default/p").stdout.strip()
+        # a pod's namespace/name is unique in the cluster: the datastore keeps one endpoint per name
+        ips[n] = lab.exec(n, "tortie", "pod", "add", "default/p-" + n).stdout.strip()
         block = ipaddress.ip_network(status(lab, n)["blocks"][0])
         assert ipaddress.ip_address(ips[n]) in block
-    lab.exec("node1", "tortie", "pod", "exec", "default/p", "--", "ping", "-c", "2", "-W", "2", ips["node3"])
-    lab.exec("node2", "tortie", "pod", "exec", "default/p", "--", "ping", "-c", "2", "-W", "2", ips["node1"])
+    lab.exec("node1", "tortie", "pod", "exec", "default/p-node1", "--", "ping", "-c", "2", "-W", "2", ips["node3"])
+    lab.exec("node2", "tortie", "pod", "exec", "default/p-node2", "--", "ping", "-c", "2", "-W", "2", ips["node1"])
 
 
 def test_a_full_block_brings_another(lab):
@@ -177,7 +178,7 @@ def test_no_free_block_left_borrows_an_address_announced_as_32(lab):
                          for r in lab.json(owner, "ip", "-j", "route", "show", "proto", "201")), 10,
              what=f"{owner} to route the borrowed {ip}")
     for node in ("node1", "node3"):
-        lab.exec(node, "tortie", "pod", "exec", "default/p", "--", "ping", "-c", "1", "-W", "2", ip)
+        lab.exec(node, "tortie", "pod", "exec", "default/p-" + node, "--", "ping", "-c", "1", "-W", "2", ip)
     # and the owner never hands that address out itself
     assert ip in json.loads(lab.exec(owner, "cat", "/var/lib/tortie/lent.json").stdout)["addresses"]
 
