@@ -73,8 +73,9 @@ def test_other_names_through_the_upstream(lab, pods):
     assert dig(lab, "node2", "client", "www.example.test") == ["192.0.2.10"]
 
 
-def test_pod_add_writes_resolv_conf_and_search_domains_work(lab, pods):
-    lab.exec("node3", "tortie", "pod", "add", "shop/tp")
+def test_pod_add_writes_resolv_conf_search_domains_work_and_del_removes_the_name(lab, pods):
+    ip = lab.exec("node3", "tortie", "pod", "add", "shop/tp").stdout.strip()
+    wait_for(lambda: dig(lab, "node2", "client", "tp.shop.pod.tortie.local") == [ip], 20, what="tp's name at node2")
     conf = lab.exec("node3", "ip", "netns", "exec", "pod-shop-tp", "cat", "/etc/resolv.conf").stdout
     assert conf == "nameserver 169.254.1.1\nsearch shop.svc.tortie.local svc.tortie.local\n"
     # through resolv.conf alone (no @server): the short name is the namespace's service
@@ -82,6 +83,9 @@ def test_pod_add_writes_resolv_conf_and_search_domains_work(lab, pods):
     assert sorted(dig(lab, "node3", "pod-shop-tp", "+search", "web", server=None)) == every
     lab.exec("node3", "tortie", "pod", "del", "shop/tp")
     assert lab.exec("node3", "ls", "/etc/netns").stdout.split() == []
+    start = time.monotonic()  # a deleted pod's name goes at once
+    wait_for(lambda: dig(lab, "node2", "client", "tp.shop.pod.tortie.local") == [], 5, what="tp's name gone")
+    print(f"pod deleted on node3 to its name gone at node2: {time.monotonic() - start:.2f} s (polled by dig)")
 
 
 def test_metrics(lab, pods):
@@ -122,5 +126,5 @@ def test_a_stopped_nodes_pods_drop_out(lab, pods):
     left = sorted(pods[p] for p in ("web1", "web2"))
     wait_for(lambda: sorted(dig(lab, "node1", "web1", "web.shop.svc.tortie.local") or []) == left, 30,
              what="node3's pod out of the service")
-    print(f"node3 killed to its pod out of answers: {time.monotonic() - start:.2f} s")
+    print(f"node3 killed to its pod out of answers: {time.monotonic() - start:.2f} s (polled by dig)")
     assert dig(lab, "node1", "web1", "web3.shop.pod.tortie.local") == []
