@@ -39,7 +39,7 @@ def names(n: int) -> list[tuple[str, str]]:
 
 
 # --- the server, run inside the host namespace ------------------------------------------------------------
-async def serve(n: int, port: int) -> None:
+def server(n: int):
     from ipaddress import IPv4Network
 
     from bgpd.dns.metrics import DnsMetrics
@@ -52,8 +52,11 @@ async def serve(n: int, port: int) -> None:
     endpoints = {f"endpoints/bench/{NAMESPACE}/p{i}": {"ips": [endpoint_ip(i)], "labels": {}} for i in range(n)}
     resolver = Resolver(DOMAIN, 5, pools, forwarding=False)
     resolver.set_zone(build(endpoints, {}, "bench", lambda node: True))
-    server = DnsServer(resolver, [], lambda a: True, RateLimiter(1e9, 1e9), DnsMetrics(None))
-    await server.start([GATEWAY], port)
+    return DnsServer(resolver, [], lambda a: True, RateLimiter(1e9, 1e9), DnsMetrics(None))
+
+
+async def serve(n: int, port: int) -> None:
+    await server(n).start([GATEWAY], port)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the bench closes stdin
 
@@ -114,6 +117,24 @@ def dnsperf(pod: str, port: int, queries: Path, seconds: float, rate: int | None
             "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 3)}
 
 
+def per_query(n: int) -> dict:
+    """In-process cost of an answer, no sockets: the first time a question is asked (parse, answer, encode)
+    and again (the encoded answer reused)."""
+    import time
+
+    import dns.message
+
+    srv = server(n)
+    queries = [dns.message.make_query(name, "A").to_wire() for name, _ in names(n)]
+    out = {}
+    for what in ("first_us", "again_us"):
+        start = time.perf_counter()
+        for q in queries:
+            srv.respond(q, True)
+        out[what] = round((time.perf_counter() - start) / n * 1e6, 1)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--endpoints", type=int, default=1000)
@@ -126,7 +147,8 @@ def main() -> int:
         return 0
     prefix = "tdb" + secrets.token_hex(3)
     procs: list[subprocess.Popen] = []
-    results: dict = {"endpoints": args.endpoints, "seconds": args.seconds, "fixed_rate": args.rate, "runs": []}
+    results: dict = {"endpoints": args.endpoints, "seconds": args.seconds, "fixed_rate": args.rate,
+                     "load_average": os.getloadavg()[0], "per_query": per_query(args.endpoints), "runs": []}
     with tempfile.TemporaryDirectory(prefix="dns-bench-") as tmp:
         hosts, queries = Path(tmp) / "hosts", Path(tmp) / "queries"
         entries = names(args.endpoints)
@@ -160,11 +182,14 @@ def main() -> int:
                 p.wait(timeout=10)
             for ns in (f"{prefix}-host", f"{prefix}-pod"):
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    print(f"DNS from a pod, {args.endpoints} pod names, {args.seconds:g} s per run (dnsperf, 100 outstanding)")
+    print(f"DNS from a pod, {args.endpoints} pod names, {args.seconds:g} s per run (dnsperf, 100 outstanding), "
+          f"load average {results['load_average']:.1f}")
     print(f"{'server':<8} {'load':<8} {'qps':>8} {'lost':>6} {'avg ms':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for r in results["runs"]:
         print(f"{r['server']:<8} {r['mode']:<8} {r['qps']:>8} {r['lost']:>6} {r['avg_ms']:>8} {r['p50_ms']:>8} "
               f"{r['p99_ms']:>8}")
+    pq = results["per_query"]
+    print(f"Tortie in-process per query: {pq['first_us']} µs asked first, {pq['again_us']} µs asked again")
     out = ROOT / "bench" / "results" / "dns_bench.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
