@@ -110,6 +110,7 @@ def failover(lab) -> dict:
         out[node] = {"outage": longest_gap(r[str(cut)]), "other_path_gap": longest_gap(r[str(kept)]),
                      "recovered": all(b is not None for f in r.values() for _, b in f["gaps"])}
     out["fast_status"] = status(lab, "fast")[H1]
+    out["routes"] = {node: lab.exec(node, "ip", "route", "show", "10.244.200.0/24").stdout for node in CLIENTS}
     lab.exec("h1", "nft", "delete", "table", "inet", "cut")
     return out
 
@@ -122,6 +123,8 @@ def test_failover_with_bfd_within_the_detection_time_without_after_the_hold_time
     assert 3.0 < slow["outage"] < 9.0 + 2.0, result  # the hold time runs from the last keepalive (every 3 s)
     # the flow through h2 is not disturbed (a busy machine delays the probe by a few 100 ms at times)
     assert fast["other_path_gap"] < 1.0 and slow["other_path_gap"] < 1.0, result
+    for node in CLIENTS:  # the ECMP route shrank to h2
+        assert result["routes"][node].split() == ["10.244.200.0/24", "via", H2, "dev", "eth1", "proto", "tortie"]
     bfd = result["fast_status"]["bfd"]
     assert bfd["state"] == "down" and bfd["diag"] == "detection_time_expired" and bfd["failures"] == 1
     assert f"bfd down peer={H1} diag=detection_time_expired action=routes out" in lab.log("fast")
