@@ -3,28 +3,55 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import AsyncIterator
+
+from pydantic import ValidationError
 from ipaddress import IPv4Address
 
 from bgpd.cli.node import DEFAULT_CONFIG, load_node
 from bgpd.ipam.claims import blocks_in, claims_by_block, owner
-from config.datastore import Datastore, DatastoreError, open_datastore, parse_key
-from config.load import ConfigError
+from config.datastore import Datastore, DatastoreError, TlsSettings, open_datastore, parse_key
+from config.load import ConfigError, validation_errors
 from config.node import NodeConfig
 
 
+@contextlib.asynccontextmanager
+async def tool_datastore(args: argparse.Namespace) -> AsyncIterator[tuple[NodeConfig, Datastore]]:
+    """The node configuration and a started datastore client for a tool, stopped afterwards."""
+    node, ds = _open(args)
+    await ds.start()
+    try:
+        yield node, ds
+    finally:
+        await ds.stop()
+
+
 def _open(args: argparse.Namespace) -> tuple[NodeConfig, Datastore]:
+    """The node configuration and a datastore client for a tool (not started), with the credentials of
+    datastore_options() if given."""
     node = load_node(args.config)
     if node.datastore is None:
         raise ConfigError([f"{args.config}: datastore: not configured"])
     settings = node.datastore
-    if settings.mqtt is not None:
-        update: dict = {"username": args.user or settings.mqtt.username or node.name}
+    client = settings.mqtt or settings.etcd
+    if client is not None:
+        update: dict = {}
+        if settings.mqtt is not None or args.user:  # MQTT: a user always (the ACL names it); etcd: or a certificate
+            update["username"] = args.user or client.username or node.name
         if args.password_file:
             update.update(password_file=Path(args.password_file), password=None)
-        settings = settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update=update)})
+        if args.cert or args.key:  # a client certificate of its own (etcd: its common name is the user)
+            tls = client.tls.model_dump() if client.tls else {}
+            try:
+                update["tls"] = TlsSettings.model_validate({**tls, "cert": args.cert, "key": args.key})
+            except ValidationError as e:
+                raise ConfigError(validation_errors("--cert/--key", e)) from None
+        client = client.model_copy(update=update)
+        settings = settings.model_copy(update={settings.type: client})
     # an observer (no liveness, no Last Will) with a client id of its own: never takes over the node's session
     return node, open_datastore(settings, f"{args.user or node.name}-cli", observer=True)
 
@@ -49,12 +76,8 @@ def ipam_table(node: NodeConfig, ds: Datastore) -> list[dict]:
 
 
 async def _ipam_show(args: argparse.Namespace) -> int:
-    node, ds = _open(args)
-    await ds.start()
-    try:
+    async with tool_datastore(args) as (node, ds):
         rows = ipam_table(node, ds)
-    finally:
-        await ds.stop()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -72,16 +95,12 @@ async def _ipam_show(args: argparse.Namespace) -> int:
 
 async def _node_remove(args: argparse.Namespace) -> int:
     """Deletes a node's registration, liveness, claims and endpoints (admin credentials needed on MQTT)."""
-    _, ds = _open(args)
-    await ds.start()
-    try:
+    async with tool_datastore(args) as (_, ds):
         doomed = [k for kind in ("nodes", "status", "claims", "endpoints") for k in ds.items(kind)
                   if parse_key(k)[1][-1 if kind == "claims" else 0] == args.name]
         for k in doomed:
             await ds.delete(k)
         flushed = await ds.flush(10)
-    finally:
-        await ds.stop()
     if not flushed or any(ds.get(k) is not None for k in doomed):
         print(f"tortie node remove: the datastore kept some of {args.name}'s keys (credentials?)", file=sys.stderr)
         return 1
@@ -89,7 +108,7 @@ async def _node_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(coro_fn):
+def run_async(coro_fn):
     def run(args: argparse.Namespace) -> int:
         try:
             return asyncio.run(coro_fn(args))
@@ -102,19 +121,25 @@ def _run(coro_fn):
     return run
 
 
+def datastore_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.add_argument("--user", help="datastore user (MQTT, etcd), e.g. admin")
+    p.add_argument("--password-file", help="file holding that user's password")
+    p.add_argument("--cert", help="TLS client certificate (PEM) to use instead of the node's, e.g. admin.crt")
+    p.add_argument("--key", help="its private key (PEM)")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
-        p.add_argument("--user", help="datastore user (MQTT), e.g. admin")
-        p.add_argument("--password-file", help="file holding that user's password")
+    from bgpd.cli import resource_commands
 
     ipam = sub.add_parser("ipam").add_subparsers(dest="ipam_command", required=True)
     p = ipam.add_parser("show", help="pools, blocks, owners and usage")
     p.add_argument("--json", action="store_true")
-    common(p)
-    p.set_defaults(func=_run(_ipam_show))
+    datastore_options(p)
+    p.set_defaults(func=run_async(_ipam_show))
     node = sub.add_parser("node").add_subparsers(dest="node_command", required=True)
     p = node.add_parser("remove", help="remove a node from the cluster: its routes go, its blocks are freed")
     p.add_argument("name")
-    common(p)
-    p.set_defaults(func=_run(_node_remove))
+    datastore_options(p)
+    p.set_defaults(func=run_async(_node_remove))
+    resource_commands.add_cluster_parsers(ipam, node)

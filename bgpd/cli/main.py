@@ -16,6 +16,8 @@ COMMANDS = {
                       "status": "BGP sessions of the running daemon", "routes": "the RIB and what is in the kernel",
                       "pod": "local pods"},
     "bgpd.cli.cluster:add_parsers": {"ipam": "address management", "node": "cluster nodes"},
+    "bgpd.cli.resource_commands:add_parsers": {"apply": "create or update cluster resources from YAML files",
+                                               "get": "show cluster resources", "delete": "delete cluster resources"},
     "bgpd.cli.lab:add_parser": {"lab": "run a containerlab topology with network namespaces"},
     "policy.cli:add_parser": {"policy": "network policy: check, compile, apply, show, flush"},
 }

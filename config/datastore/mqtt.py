@@ -183,8 +183,9 @@ class MqttDatastore(ClientDatastore):
             self._outbox[self._status] = Write({"alive": True, "since": time.time()})
         for write in self._outbox.values():
             write.sent = None
-        self._empty.clear()
-        self._pending.set()
+        if self._outbox:  # an observer may have nothing to send: its flush() must not wait for it
+            self._empty.clear()
+            self._pending.set()
         self._remote = fresh
         state = self._with_outbox(fresh)
         if self._started:
