@@ -151,6 +151,8 @@ class Endpoint:
             self.stats["rx_discarded_no_session"] += 1
             return
         self.stats["rx_packets"] += 1
+        self.stats["rx_poll"] += packet.poll  # the peer changing its timers (RFC 5880 6.5)
+        self.stats["rx_final"] += packet.final  # the peer answering our poll
         self._apply(source, session.receive(packet, self.now()))
 
     def _expire(self, peer: IPv4Address) -> None:

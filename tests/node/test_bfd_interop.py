@@ -80,3 +80,6 @@ def test_session_up_and_failures_detected_both_ways(peer):
     finally:
         stats = stop_runner(runner)
     assert not stats.get("rx_discarded_invalid") and not stats.get("rx_discarded_ttl")
+    # poll sequences both ways (each end polls when it goes Up and speeds up from 1 s): the peer answered ours
+    # with F, and polled us
+    assert stats["rx_final"] >= 1 and stats["rx_poll"] >= 1, stats
