@@ -158,6 +158,22 @@ def test_any_question_gets_an_answer_that_encodes(labels, rdtype, payload):
     assert len(data) <= max(UDP_PLAIN, min(payload or 0, 1232))
 
 
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+                    max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["ips", "labels", "interface"]), JSON | st.just(["10.246.0.5"]) |
+                       st.just({SERVICE_LABEL: "web"})), st.sampled_from(["node1", "node2"]))
+def test_any_endpoint_value_builds_a_zone(value, node):
+    zone = build({**ENDPOINTS, f"endpoints/{node}/shop/x": value}, CLAIMS, "node1", lambda n: True)
+    r = Resolver("tortie.local", 5, POOLS, False)
+    r.set_zone(zone)
+    for name in ("x.shop.pod.tortie.local", "web.shop.svc.tortie.local"):
+        wire(r.answer(dns.message.make_query(name, "A")).message, dns.message.make_query(name, "A"), True)
+
+
 def test_rate_limit_per_source():
     limiter = RateLimiter(rate=10, burst=5, max_sources=2)
     assert [limiter.allow("a", 0.0) for _ in range(6)] == [True] * 5 + [False]

@@ -101,6 +101,9 @@ def test_metrics(lab, pods):
 
 def test_the_node_answers_pods_only(lab, pods):
     """From the underlay (node1's rack address to node2's) nothing is answered: no open resolver."""
+    (lo,) = lab.json("node2", "ip", "-j", "addr", "show", "lo")
+    assert {"local": "169.254.1.1", "label": "lo:tortie-dns"}.items() <= next(
+        a for a in lo["addr_info"] if a["local"] == "169.254.1.1").items()
     r = lab.exec("node1", "dig", "@10.91.0.2", "+short", "+time=1", "+tries=1", "web1.shop.pod.tortie.local",
                  check=False)
     assert r.returncode == 9  # no reply
