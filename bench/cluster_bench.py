@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Cluster benchmark on the mesh3-mqtt lab (mosquitto in its own namespace, three Tortie hosts).
 
+0. With --policies N (default 10,000): N policies (bench/policy_bench.py's, selecting none of the lab's pods)
+   are published to the broker first, and each node's daemon has them in force before anything is measured;
+   afterwards each daemon's RSS is read.
 1. Policy publish -> enforcement on all three nodes: a web pod on every node, a client on another node
    probing it (TCP connect every 10 ms, 40 ms timeout); a policy admitting only app=client-ok is
    published with mosquitto_pub on the broker; per node, the time until its probe is refused.
@@ -41,6 +44,20 @@ t0 = time.time()
 subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-u", "admin", "-P", "admin-secret", "-r", "-q", "1",
                 "-t", sys.argv[1], "-m", sys.argv[2]], check=True)
 print(t0)
+"""
+LOAD = """
+import asyncio, json, sys
+import aiomqtt
+sys.path.insert(0, sys.argv[2])
+from policy_sync_bench import policy_doc, policy_key
+
+async def main(n):
+    async with aiomqtt.Client("127.0.0.1", 1883, username="admin", password="admin-secret") as c:
+        for i in range(n):
+            await c.publish(f"tortie/v1/{policy_key(i, 1000)}", json.dumps(policy_doc(i, 1000), sort_keys=True,
+                            separators=(",", ":")), qos=1, retain=True)
+
+asyncio.run(main(int(sys.argv[1])))
 """
 PING = """
 import subprocess, sys, time
@@ -88,6 +105,21 @@ def cni_round(lab: Lab, n: int) -> dict[str, float]:
     return {"cni_add": added, "reachable": reached}
 
 
+def load_policies(lab: Lab, n: int) -> float:
+    """Publishes n policies; returns the seconds until every node has them all in force."""
+    t0 = time.time()
+    lab.exec("broker", sys.executable, "-c", LOAD, str(n), str(Path(__file__).parent), timeout=600)
+    wait_for(lambda: all(f"policies={n} " in lab.log(node) for node in NODES), 900, interval=1,
+             what=f"{n} policies in force on every node")
+    return time.time() - t0
+
+
+def rss_mib(lab: Lab, node: str) -> float:
+    pid = lab.exec(node, "cat", "/run/tortie/tortie.pid").stdout.strip()
+    status = lab.exec(node, "cat", f"/proc/{pid}/status").stdout
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
 def table(name: str, values: list[float]) -> str:
     return f"  {name:<28} {statistics.median(values):8.3f} {min(values):8.3f} {max(values):8.3f}"
 
@@ -95,6 +127,7 @@ def table(name: str, values: list[float]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--policies", type=int, default=10000, help="policies in the datastore beforehand")
     ap.add_argument("--output", default=str(Path(__file__).parent / "results" / "cluster_bench.json"))
     args = ap.parse_args()
     lab = Lab("mesh3-mqtt.clab.yml", "bench")
@@ -103,6 +136,7 @@ def main() -> int:
         lab.up()
         wait_for(lambda: all(len(lab.json(n, "tortie", "status", "--json")["peers"]) == 2 for n in NODES), 60,
                  what="the mesh")
+        loaded = load_policies(lab, args.policies) if args.policies else 0.0
         webs = {}
         for node in NODES:
             webs[node] = cni_add(lab, node, f"web-{node}", {"app": "web"})
@@ -111,18 +145,24 @@ def main() -> int:
         time.sleep(1)
         rounds = [policy_round(lab, n, webs) for n in range(args.repeat)]
         cni = [cni_round(lab, n) for n in range(args.repeat)]
+        rss = {node: rss_mib(lab, node) for node in NODES}
     finally:
         for s in servers:
             s.kill()
         lab.down()
-    print(f"Cluster on MQTT (mesh3-mqtt lab, 2 vCPU), {args.repeat} runs: seconds (median, min, max)")
+    print(f"Cluster on MQTT (mesh3-mqtt lab, 2 vCPU), {args.policies} policies in the datastore, {args.repeat} runs: "
+          f"seconds (median, min, max)")
+    if args.policies:
+        print(f"  {args.policies} policies published -> in force on all 3 nodes: {loaded:.1f} s")
     for node in NODES:
         print(table(f"publish -> enforced, {node}", [r[node] for r in rounds]))
     print(table("publish -> enforced, all 3", [max(r.values()) for r in rounds]))
     print(table("CNI ADD (policy in force)", [c["cni_add"] for c in cni]))
     print(table("CNI ADD start -> reachable", [c["reachable"] for c in cni]))
+    print("  daemon RSS (MiB): " + ", ".join(f"{node} {v:.0f}" for node, v in rss.items()))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"policy_rounds": rounds, "cni_rounds": cni}, indent=2))
+    Path(args.output).write_text(json.dumps({"policies": args.policies, "load_s": loaded, "policy_rounds": rounds,
+                                             "cni_rounds": cni, "rss_mib": rss}, indent=2))
     print(f"wrote {args.output}")
     return 0
 
