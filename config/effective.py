@@ -48,11 +48,6 @@ class EffectiveConfig(NodeConfig):
         """What we announce: our blocks, then each borrowed address as a /32."""
         return list(self.blocks) + [IPv4Network(a) for a in self.borrowed]
 
-    def other_nodes(self) -> frozenset[IPv4Address]:
-        """The underlay addresses of the other nodes we know (mesh.nodes, or the datastore's): their VTEPs."""
-        return frozenset(m.address for m in self.mesh.nodes
-                         if m.name != self.name and m.address != self.listen_address)
-
 
 def effective(node: NodeConfig, view: ClusterView | None) -> EffectiveConfig:
     """The configuration to run: `node` as the file says, merged with the cluster's `view` (None: no datastore).

@@ -140,8 +140,6 @@ class Vxlan(Strict):
                         description="name of the VXLAN device: a tortie prefix, 15 characters at most")
     mtu: int | None = Field(None, ge=576, le=65485, description="MTU of the VXLAN device and of pod interfaces; "
                                                                "default: the uplink's MTU minus 50")
-    nat_outgoing_hosts: bool = Field(False, description="NAT outgoing also leaves traffic to the cluster's "
-                                                        "node addresses alone")
 
 
 class Bgp(Strict):
@@ -178,6 +176,8 @@ class NodeConfig(Strict):
     dns: Dns = Field(default_factory=Dns, description="the DNS server for pods", json_schema_extra=RESTART)
     vxlan: Vxlan = Field(default_factory=Vxlan, description="the VXLAN tunnel endpoint", json_schema_extra=RESTART)
     bgp: Bgp = Field(default_factory=Bgp, description="BGP on or off", json_schema_extra=RESTART)
+    nat_outgoing_exclude_nodes: bool = Field(False, description="NAT outgoing leaves traffic to the other nodes' "
+                                                                "addresses alone too (not only pod-to-pod)")
     node_grace: float = Field(60.0, ge=0, description="seconds a node that went away keeps its mesh place and blocks")
     claim_settle: float = Field(1.0, gt=0, description="seconds a block claim waits for competing claims; "
                                                        "more than twice the datastore's propagation delay")
@@ -223,6 +223,11 @@ class NodeConfig(Strict):
 
     def uses_vxlan(self) -> bool:
         return any(p.vxlan != "never" for p in self.pools)
+
+    def other_nodes(self) -> frozenset[IPv4Address]:
+        """The underlay addresses of the other nodes we know (mesh.nodes, or the datastore's): their VTEPs."""
+        return frozenset(m.address for m in self.mesh.nodes
+                         if m.name != self.name and m.address != self.listen_address)
 
     def bgp_peers(self) -> list[Peer]:
         """Every BGP neighbor: configured peers plus the other mesh members (iBGP)."""

@@ -21,16 +21,21 @@ from bgpd.agent.control import ControlServer, DaemonRunning
 from bgpd.bgp.exabgp_config import exabgp_environment, private_dir, render_config, write_config
 from bgpd.bgp.exabgp_process import ExaBGPSupervisor
 from bgpd.dataplane.kernel_routes import KernelTable, has_address
+from bgpd.dataplane.netlink_routes import DeviceHop
+from bgpd.dataplane.overlay import OverlayDataplane
 from bgpd.agent.metrics import DaemonMetrics
 from bgpd.dataplane.pods import PodStore
 from bgpd.dns.service import DnsService
 from bgpd.ipam.state import NodeBlocks, save as save_ipam_state
 from policy.datastore_sync import PolicySync
-from bgpd.agent.views import DatastoreStatus, PeerStatus, RouteStatus, Status
+from bgpd.agent.views import DatastoreStatus, OverlayStatus, PeerStatus, PoolStatus, RouteStatus, Status
 from bgpd.bfd.service import BfdService
 from bgpd.bgp.core import Command, CoreConfig, Log, NodeCore, PeerSettings, Program, Ready, Send, WakeAt
 from bgpd.bgp.rib import ImportFilter
 from bgpd.agent.sdnotify import notify, watchdog_interval
+from bgpd.overlay.vxlan import Overlay
+from policy.kernel import ApplyError
+from pyroute2.netlink.exceptions import NetlinkError
 from config.datastore import open_datastore
 from config.effective import EffectiveConfig, effective
 from config.load import ConfigError, load_model
@@ -47,8 +52,8 @@ class DaemonFailed(Exception):
     """A task of the daemon died; the daemon stopped (kernel routes left in place) and exits non-zero."""
 
 
-def core_config(node: EffectiveConfig) -> CoreConfig:
-    """What the BGP core needs of the configuration in force."""
+def core_config(node: EffectiveConfig, overlay: Overlay | None = None) -> CoreConfig:
+    """What the BGP core needs of the configuration in force (and of the VTEP device, once it exists)."""
     return CoreConfig(
         peers={str(p.address): PeerSettings(p.name or str(p.address), p.asn, node.max_prefixes_for(p))
                for p in node.bgp_peers()},
@@ -56,13 +61,15 @@ def core_config(node: EffectiveConfig) -> CoreConfig:
                                    frozenset((node.listen_address, node.router_id)),
                                    tuple(IPv4Network(a) for a in node.borrowed)),
         announced=tuple(node.announced()), graceful_restart=node.graceful_restart,
-        initial_sync_timeout=node.initial_sync_timeout, wait_for_datastore=node.datastore is not None)
+        initial_sync_timeout=node.initial_sync_timeout, wait_for_datastore=node.datastore is not None,
+        overlay=overlay, cluster_routes=tuple(sorted(node.cluster_routes.items())))
 
 
 class Daemon:
     COALESCE = 0.001  # seconds to gather more changes before a kernel write
     FLUSH_AT = 512  # changed prefixes that make the reader give the kernel writer a turn
     MAX_BATCH = 1024  # prefixes per kernel write
+    OVERLAY_INTERVAL = 5.0  # seconds between checks of the VTEP device, its entries and the overlay's rules
 
     def __init__(self, file_config: NodeConfig, config_path: Path | None = None, cleanup_on_exit: bool = False):
         self.node = node = effective(file_config, None)  # with a datastore, the cluster's view follows
@@ -70,6 +77,8 @@ class Daemon:
         self.cleanup_on_exit = cleanup_on_exit
         self.core = NodeCore(core_config(node))
         self.kernel = KernelTable(node.route_protocol)
+        self.overlay = OverlayDataplane(node)
+        self._overlay_wake = asyncio.Event()
         private_dir(node.run_dir)
         node.state_dir.mkdir(parents=True, exist_ok=True)
         self.supervisor = ExaBGPSupervisor(
@@ -120,13 +129,15 @@ class Daemon:
         self.pidfile.write_text(f"{os.getpid()}\n")
         await self.kernel.adopt()
         log.info("adopted kernel routes=%d protocol=%d", len(self.kernel.installed), self.node.route_protocol)
+        await self._overlay_step()
         self._do(self.core.adopted(self.kernel.installed, time.monotonic()))
         self._save_blocks()
         write_config(self.node.run_dir / "exabgp.conf", render_config(self.node, self.node.run_dir / "exabgp.sock"))
         tasks = [asyncio.create_task(self._program(), name="program"),
                  asyncio.create_task(self._start_bgp(), name="exabgp"),
                  asyncio.create_task(self.kernel.watch(self._drifted), name="kernel-watch"),
-                 asyncio.create_task(self._watchdog(), name="watchdog")]
+                 asyncio.create_task(self._watchdog(), name="watchdog"),
+                 asyncio.create_task(self._overlay_loop(), name="overlay")]
         if self.cluster:
             tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
             tasks.append(asyncio.create_task(self._datastore_ready(), name="datastore-ready"))
@@ -153,6 +164,7 @@ class Daemon:
         if self.cleanup_on_exit:
             result = await self.kernel.sync({p: None for p in self.kernel.installed})
             log.info("removed kernel routes=%d", result.removed)
+            await asyncio.to_thread(self.overlay.close)
         if self._timer:
             self._timer.cancel()
         await self.control.stop()
@@ -171,6 +183,8 @@ class Daemon:
 
     async def _start_bgp(self) -> None:
         """ExaBGP cannot bind before our BGP address exists (a host still coming up): wait for it."""
+        if not self.node.bgp.enabled:
+            return
         if not await has_address(self.node.listen_address):
             log.warning("waiting for listen_address=%s to be configured", self.node.listen_address)
             while not await has_address(self.node.listen_address):
@@ -189,6 +203,29 @@ class Daemon:
         if self.policy:
             await self.policy.applied.wait()
         notify("READY=1", f"STATUS=initial BGP sync done, {len(self.core.peers)} peers")
+
+    async def _overlay_step(self) -> None:
+        """The VTEP device, its neighbour and FDB entries and the overlay's firewall rules as configured; the
+        core learns the device (its routes through it need its index). A failure is logged and tried again."""
+        node = self.node
+        try:
+            await asyncio.to_thread(self.overlay.step, node)
+        except (OSError, NetlinkError, ApplyError) as e:
+            if str(e) != self.overlay.error:
+                log.error("overlay: %s (trying again every %.0f s)", e, self.OVERLAY_INTERVAL)
+            self.overlay.error = str(e)
+            return
+        if node is self.node:
+            self._do(self.core.configure(core_config(node, self.overlay.plan(node)), time.monotonic()))
+
+    async def _overlay_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._overlay_wake.wait(), self.OVERLAY_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+            self._overlay_wake.clear()
+            await self._overlay_step()
 
     async def _run_policy(self) -> None:
         await self.cluster.ready.wait()  # the datastore is loaded
@@ -255,7 +292,8 @@ class Daemon:
         if new == self.node:
             return
         self.node = new
-        commands = self.core.configure(core_config(new), time.monotonic())
+        commands = self.core.configure(core_config(new, self.overlay.plan(new)), time.monotonic())
+        self._overlay_wake.set()  # VTEP entries and firewall rules follow the new nodes and pools
         self.bfd.configure(new.bgp_peers())
         write_config(new.run_dir / "exabgp.conf", render_config(new, new.run_dir / "exabgp.sock"))
         self.supervisor.reload()
@@ -378,10 +416,28 @@ class Daemon:
             datastore=None if self.cluster is None else DatastoreStatus(
                 connected=self.cluster.ds.connected, resyncs=self.cluster.ds.resyncs, ready=self.cluster.ready.is_set()),
             peers=peers, refused_total=len(refused), kernel_repairs=self.kernel.repairs,
-            malformed_messages=core.malformed)
+            malformed_messages=core.malformed, bgp_enabled=self.node.bgp.enabled,
+            pools=[PoolStatus(str(p.cidr), p.vxlan, p.nat_outgoing) for p in self.node.pools],
+            overlay=self._overlay_status())
+
+    def _overlay_status(self) -> OverlayStatus | None:
+        node, ov = self.node, self.overlay
+        if not node.uses_vxlan():
+            return None
+        device = ov.device
+        encapsulated = sum(1 for hops in list(self.kernel.installed.values())
+                           if device and any(isinstance(h, DeviceHop) and h.oif == device.index for h in hops))
+        return OverlayStatus(device=node.vxlan.device, vni=node.vxlan.vni, port=node.vxlan.port,
+                             mtu=device.mtu if device else 0, remote_vteps=len(ov.vtep.installed),
+                             encapsulated_routes=encapsulated, repairs=ov.repairs,
+                             offloads=dict(device.offloads) if device else {}, error=ov.error)
 
     def routes(self) -> list[RouteStatus]:
         rib, installed = self.core.rib, self.kernel.installed
-        return [RouteStatus(prefix=str(prefix), next_hops=sorted(str(h) for h in hops) or ["blackhole"],
-                            peers=sorted(rib.sources(prefix)) or ["local"], in_kernel=installed.get(prefix) == hops)
-                for prefix, hops in sorted(rib.all_desired().items())]
+        out = []
+        for prefix in sorted(rib.all_desired()):
+            want = self.core.desired(prefix)  # through the VTEP where the overlay says so
+            out.append(RouteStatus(prefix=str(prefix), next_hops=sorted(map(str, want)) or ["blackhole"],
+                                   peers=sorted(rib.sources(prefix)) or ["local"],
+                                   in_kernel=installed.get(prefix) == want))
+        return out

@@ -12,7 +12,7 @@ from bgpd import __version__
 
 if TYPE_CHECKING:
     from bgpd.agent.daemon import Daemon
-    from bgpd.agent.views import BfdStatus
+    from bgpd.agent.views import BfdStatus, OverlayStatus
 
 SESSION_STATES = ("idle", "connected", "up", "down")
 
@@ -79,12 +79,26 @@ class DaemonCollector(Collector):
             resyncs = CounterMetricFamily("tortie_datastore_resyncs", "full resynchronisations after a reconnect")
             resyncs.add_metric([], s.datastore.resyncs)
             yield from (connected, resyncs)
+        if s.overlay is not None:
+            yield from overlay_metrics(s.overlay)
         sync = GaugeMetricFamily("tortie_initial_sync_done", "1 once the initial BGP sync finished")
         sync.add_metric([], 1.0 if s.initial_sync_done else 0.0)
         yield sync
         build = GaugeMetricFamily("tortie_build_info", "Tortie build", labels=["version", "python"])
         build.add_metric([__version__, platform.python_version()], 1.0)
         yield build
+
+
+def overlay_metrics(o: OverlayStatus) -> Iterable[Metric]:
+    vteps = GaugeMetricFamily("tortie_vxlan_remote_vteps", "remote VTEPs programmed (neighbour + FDB entry each)")
+    vteps.add_metric([], o.remote_vteps)
+    routes = GaugeMetricFamily("tortie_vxlan_encapsulated_routes", "kernel routes of ours through the VTEP")
+    routes.add_metric([], o.encapsulated_routes)
+    repairs = CounterMetricFamily("tortie_vxlan_repairs", "VTEP device or entries found changed by others, set again")
+    repairs.add_metric([], o.repairs)
+    up = GaugeMetricFamily("tortie_vxlan_device_up", "1 while the VTEP device is set up as configured")
+    up.add_metric([], 0.0 if o.error or not o.mtu else 1.0)
+    yield from (vteps, routes, repairs, up)
 
 
 def bfd_metrics(sessions: list[tuple[str, BfdStatus]]) -> Iterable[Metric]:

@@ -78,6 +78,28 @@ class DatastoreStatus:
 
 
 @dataclass(frozen=True)
+class PoolStatus:
+    cidr: str
+    vxlan: str  # never, always, cross-subnet
+    nat_outgoing: bool
+
+
+@dataclass(frozen=True)
+class OverlayStatus:
+    """The VXLAN tunnel endpoint (docs/overlay.md)."""
+
+    device: str
+    vni: int
+    port: int
+    mtu: int
+    remote_vteps: int  # neighbour + FDB entries programmed, one per other node
+    encapsulated_routes: int  # kernel routes of ours through the VTEP
+    repairs: int = 0  # entries or device found changed by others (and set again)
+    offloads: dict[str, bool] = field(default_factory=dict)  # checksum/segmentation offloads of the device
+    error: str = ""  # why the device could not be set up, if it could not
+
+
+@dataclass(frozen=True)
 class Status:
     node: str
     asn: int
@@ -93,12 +115,17 @@ class Status:
     refused_total: int = 0  # all routes the kernel refused at the last try
     kernel_repairs: int = 0  # kernel routes found changed by others (and programmed again)
     malformed_messages: int = 0  # ExaBGP messages that could not be parsed
+    bgp_enabled: bool = True
+    pools: list[PoolStatus] = field(default_factory=list)
+    overlay: OverlayStatus | None = None  # None: no pool uses VXLAN
 
     @classmethod
     def from_json(cls, data: Any) -> Status:
         known = _known(cls, data)
-        datastore = known["datastore"]
+        datastore, overlay = known["datastore"], known.get("overlay")
         return cls(**{**known, "peers": [PeerStatus.from_json(p) for p in known["peers"]],
+                      "pools": [PoolStatus(**_known(PoolStatus, p)) for p in known.get("pools", [])],
+                      "overlay": None if overlay is None else OverlayStatus(**_known(OverlayStatus, overlay)),
                       "datastore": None if datastore is None else DatastoreStatus(**_known(DatastoreStatus,
                                                                                             datastore))})
 

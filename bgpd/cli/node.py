@@ -88,6 +88,14 @@ def _render_status(result: dict) -> str:
     if s.datastore:
         lines.append(f"datastore {'connected' if s.datastore.connected else 'DISCONNECTED'}"
                      f"  resyncs {s.datastore.resyncs}")
+    if not s.bgp_enabled:
+        lines.append("bgp off: routes to other nodes' blocks from the datastore")
+    for pool in s.pools:
+        lines.append(f"pool {pool.cidr}  vxlan {pool.vxlan}  nat outgoing {'on' if pool.nat_outgoing else 'off'}")
+    if o := s.overlay:
+        lines.append(f"vxlan {o.device}  vni {o.vni}  port {o.port}  mtu {o.mtu}  remote vteps {o.remote_vteps}  "
+                     f"encapsulated routes {o.encapsulated_routes}  repairs {o.repairs}"
+                     + (f"  ERROR {o.error}" if o.error else ""))
     lines.append("")
     fmt = "{:<16} {:<16} {:>10} {:<10} {:>8} {:>9} {:>9} {:>8} {:>10} {:>6} {:<10}  {}"
     lines.append(fmt.format("peer", "address", "asn", "state", "uptime", "received", "accepted", "rejected",

@@ -152,7 +152,8 @@ def _result(version: str, pod, node) -> dict:
     with IPRoute() as host:
         host_mac = host.get_links(host.link_lookup(ifname=pod.host_interface)[0])[0].get("address")
     with NetNS(pod.netns) as ns:
-        pod_mac = ns.get_links(ns.link_lookup(ifname=pod.ifname)[0])[0].get("address")
+        pod_link = ns.get_links(ns.link_lookup(ifname=pod.ifname)[0])[0]
+        pod_mac, pod_mtu = pod_link.get("address"), pod_link.get("mtu")
     from bgpd.dataplane.pods import GATEWAY
     ip = {"address": f"{pod.ip}/32", "gateway": GATEWAY, "interface": 1}
     if version in ("0.3.0", "0.3.1"):
@@ -160,7 +161,8 @@ def _result(version: str, pod, node) -> dict:
     return {
         "cniVersion": version,
         "interfaces": [{"name": pod.host_interface, "mac": host_mac},
-                       {"name": pod.ifname, "mac": pod_mac, "sandbox": pod.netns}],
+                       {"name": pod.ifname, "mac": pod_mac, "sandbox": pod.netns,
+                        **({"mtu": pod_mtu} if version == "1.1.0" else {})}],  # the field came with CNI 1.1
         "ips": [ip],
         "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
         "dns": pod_dns(node, pod.namespace),  # the node's DNS server (docs/dns.md), when it runs one

@@ -20,6 +20,7 @@ from typing import Iterator
 
 from pyroute2 import IPRoute, NetNS, netns
 
+from bgpd.dataplane.vxlan import overlay_mtu
 from bgpd.dns.client import pod_dns, resolv_conf
 from bgpd.ipam.allocate import AddressError, allocate
 from bgpd.ipam.state import IpamStateError
@@ -171,6 +172,9 @@ def _wire(node: NodeConfig, pod: Pod) -> None:
         host.link("add", ifname=pod.host_interface, kind="veth", peer=temp)
         (hidx,) = host.link_lookup(ifname=pod.host_interface)
         (pidx,) = host.link_lookup(ifname=temp)
+        if mtu := overlay_mtu(node, host):  # room for the VXLAN headers
+            host.link("set", index=hidx, mtu=mtu)
+            host.link("set", index=pidx, mtu=mtu)
         host.link("set", index=pidx, net_ns_fd=pod.netns)
         host.link("set", index=hidx, state="up")
         host_mac = host.get_links(hidx)[0].get("address")

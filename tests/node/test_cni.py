@@ -49,7 +49,8 @@ def test_add_check_del_lifecycle(node, make_netns):
     code, out = cni(host, "ADD", netconf, netns=netns_path, args=args)
     assert code == 0, out
     assert out["ips"][0]["address"] == "10.244.7.1/32" and out["ips"][0]["gateway"] == "169.254.1.1"
-    assert out["interfaces"][1] == {"name": "eth0", "mac": out["interfaces"][1]["mac"], "sandbox": netns_path}
+    assert out["interfaces"][1] == {"name": "eth0", "mac": out["interfaces"][1]["mac"], "sandbox": netns_path,
+                                    "mtu": 1500}
     # the pod answers from the host, and reaches the host's address through its default route
     subprocess.run(["ip", "netns", "exec", host, "ping", "-c", "1", "-W", "2", "10.244.7.1"], check=True,
                    capture_output=True, timeout=10)

@@ -1,0 +1,157 @@
+"""The VXLAN tunnel endpoint in the kernel: the device, and a permanent neighbour and FDB entry per remote
+VTEP (bgpd/overlay/vxlan.py says which). Everything on our device is ours: what is not wanted there goes.
+
+Blocking pyroute2 calls: run them in a worker thread (`asyncio.to_thread`).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from bgpd.overlay.vxlan import pod_mtu, vtep_mac
+from config.node import NodeConfig, Vxlan
+
+log = logging.getLogger("tortie.vxlan")
+
+NUD_PERMANENT = 0x80
+AF_BRIDGE = 7
+NTF_SELF = 0x02
+# offloads that keep VXLAN near line rate (checksum and segmentation done once per super-packet, not in
+# software per wire packet): the device must have them on (Calico issue 11435)
+OFFLOADS = ("tx-checksum-ip-generic", "tx-generic-segmentation", "tx-udp_tnl-segmentation")
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    index: int
+    mtu: int
+    offloads: dict[str, bool]
+    connected: tuple[IPv4Network, ...]  # this host's subnets, for cross-subnet
+
+
+class VtepDevice:
+    def __init__(self, settings: Vxlan, local: IPv4Address):
+        self.settings, self.local = settings, local
+        self.installed: dict[IPv4Address, str] = {}  # remote VTEP address -> MAC, as the kernel holds them
+
+    def ensure(self, mtu: int) -> DeviceState:
+        """The device as configured (created, or re-created if its VNI, port or local address differ), up."""
+        s = self.settings
+        with IPRoute() as ipr:
+            index = self._index(ipr)
+            if index is not None and not self._matches(ipr, index):
+                log.warning("vxlan device %s differs from the configuration: re-creating it", s.device)
+                ipr.link("del", index=index)
+                index = None
+            if index is None:
+                ipr.link("add", ifname=s.device, kind="vxlan", vxlan_id=s.vni, vxlan_port=s.port,
+                         vxlan_local=str(self.local), vxlan_learning=0)
+                index = self._index(ipr)
+                self.installed = {}
+                log.info("created vxlan device %s vni=%d port=%d local=%s", s.device, s.vni, s.port, self.local)
+            link = ipr.get_links(index)[0]
+            if link.get_attr("IFLA_ADDRESS") != vtep_mac(self.local):  # setting it flushes the neighbours
+                ipr.link("set", index=index, address=vtep_mac(self.local))
+            if link.get_attr("IFLA_MTU") != mtu or not link["flags"] & 1:
+                ipr.link("set", index=index, mtu=mtu, state="up")
+            connected = connected_subnets(ipr)
+        return DeviceState(index, mtu, offloads(s.device), connected)
+
+    def _index(self, ipr: IPRoute) -> int | None:
+        found = ipr.link_lookup(ifname=self.settings.device)
+        return found[0] if found else None
+
+    def _matches(self, ipr: IPRoute, index: int) -> bool:
+        link = ipr.get_links(index)[0]
+        info = link.get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+            return False
+        data = info.get_attr("IFLA_INFO_DATA")
+        return (data.get_attr("IFLA_VXLAN_ID") == self.settings.vni
+                and data.get_attr("IFLA_VXLAN_PORT") == self.settings.port
+                and data.get_attr("IFLA_VXLAN_LOCAL") == str(self.local))
+
+    def sync(self, want: dict[IPv4Address, str]) -> int:
+        """Makes the device's neighbours and FDB entries exactly `want` (address -> MAC); returns the changes."""
+        with IPRoute() as ipr:
+            index = self._index(ipr)
+            if index is None:
+                raise OSError(f"vxlan device {self.settings.device} is gone")
+            neigh = {IPv4Address(n.get_attr("NDA_DST")): n.get_attr("NDA_LLADDR")
+                     for n in ipr.get_neighbours(family=socket.AF_INET, ifindex=index)
+                     if n["state"] & NUD_PERMANENT}
+            fdb = {}
+            for n in ipr.get_neighbours(family=AF_BRIDGE, ifindex=index):
+                if n.get_attr("NDA_DST") is not None:
+                    fdb.setdefault(n.get_attr("NDA_LLADDR"), set()).add(IPv4Address(n.get_attr("NDA_DST")))
+            changes = 0
+            wanted_fdb = {mac: addr for addr, mac in want.items()}
+            for mac, dsts in fdb.items():
+                for dst in dsts:
+                    if wanted_fdb.get(mac) != dst:
+                        self._quiet(ipr.fdb, "del", ifindex=index, lladdr=mac, dst=str(dst))
+                        changes += 1
+            for addr, mac in neigh.items():
+                if addr not in want:
+                    self._quiet(ipr.neigh, "del", ifindex=index, dst=str(addr), lladdr=mac)
+                    changes += 1
+            for addr, mac in want.items():
+                if neigh.get(addr) != mac:
+                    ipr.neigh("replace", ifindex=index, dst=str(addr), lladdr=mac, state=NUD_PERMANENT)
+                    changes += 1
+                if addr not in fdb.get(mac, ()):
+                    ipr.fdb("append", ifindex=index, lladdr=mac, dst=str(addr), state=NUD_PERMANENT)
+                    changes += 1
+        self.installed = dict(want)
+        return changes
+
+    def remove(self) -> bool:
+        """Deletes the device (and with it its entries and the routes through it); False if there was none."""
+        with IPRoute() as ipr:
+            index = self._index(ipr)
+            if index is not None:
+                ipr.link("del", index=index)
+        self.installed = {}
+        return index is not None
+
+    @staticmethod
+    def _quiet(call, *args, **kwargs) -> None:
+        try:
+            call(*args, **kwargs)
+        except NetlinkError as e:  # gone meanwhile
+            if e.code != 2:
+                raise
+
+
+def offloads(device: str) -> dict[str, bool]:
+    """The device's checksum and segmentation offloads (ethtool's feature names) that VXLAN speed needs."""
+    from pyroute2.ethtool import Ethtool
+
+    with Ethtool() as et:
+        features = et.get_features(device).features
+    return {name: bool(features[name].enable) for name in OFFLOADS if name in features}
+
+
+def overlay_mtu(node: NodeConfig, ipr: IPRoute) -> int | None:
+    """The MTU of the VTEP and of pod interfaces when a pool uses VXLAN (None: none does, the default
+    stays): vxlan.mtu, or the MTU of the interface holding listen_address minus the VXLAN overhead."""
+    if not node.uses_vxlan():
+        return None
+    if node.vxlan.mtu is not None:
+        return node.vxlan.mtu
+    for a in ipr.get_addr(family=socket.AF_INET, address=str(node.listen_address)):
+        return pod_mtu(ipr.get_links(a["index"])[0].get_attr("IFLA_MTU"))
+    raise OSError(f"no interface has listen_address {node.listen_address}: cannot tell the underlay MTU "
+                  "(set vxlan.mtu)")
+
+
+def connected_subnets(ipr: IPRoute) -> tuple[IPv4Network, ...]:
+    """The subnets of this host's IPv4 addresses (not loopback, not single addresses)."""
+    nets = {IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
+            for a in ipr.get_addr(family=socket.AF_INET)}
+    return tuple(sorted(n for n in nets if n.prefixlen < 32 and not n.is_loopback))
