@@ -6,7 +6,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${TORTIE_VENV:-/opt/tortie-venv}
 APT_PACKAGES=(iproute2 bird2 gobgpd frr nftables iptables ipset conntrack mosquitto mosquitto-clients
               prometheus iputils-ping netcat-openbsd procps util-linux socat python3 python3-venv python3-dev systemd
-              bind9-dnsutils dnsmasq-base dnsperf etcd-server etcd-client)
+              bind9-dnsutils dnsmasq-base dnsperf etcd-server etcd-client tcpdump iperf3 ethtool)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
