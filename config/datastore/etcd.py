@@ -117,23 +117,31 @@ class EtcdDatastore(ClientDatastore):
         """See Datastore.put_if_unchanged(): one etcd transaction comparing every key under scope (for claims:
         every claim) with the revision the cache reflects (a deletion is not a change here: it only frees)."""
         value = checked(key_, value)
-        if not self.connected or self._kv is None:
-            raise DatastoreError(f"cannot write {key_}: not connected to etcd ({self._last_error or 'connecting'})")
-        seen = self._rev
         low, high = scope_range(scope)
-        compare = rpc.Compare(result=rpc.Compare.LESS, target=rpc.Compare.MOD, key=low, range_end=high,
-                              mod_revision=seen + 1)
         put = rpc.RequestOp(request_put=rpc.PutRequest(key=etcd_key(key_), value=encode(key_, value)))
-        try:
-            answer = await self._kv.Txn(rpc.TxnRequest(compare=[compare], success=[put]),
-                                        timeout=self.settings.sync_timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as e:
-            raise DatastoreError(f"etcd transaction on {key_}: {e.details()}") from None
+        deadline = time.monotonic() + self.settings.start_timeout
+        while True:  # a session that is down or an election under way is waited out, start_timeout at most
+            error = f"not connected to etcd ({self._last_error or 'connecting'})"
+            if self.connected and self._kv is not None:
+                seen = self._rev
+                compare = rpc.Compare(result=rpc.Compare.LESS, target=rpc.Compare.MOD, key=low, range_end=high,
+                                      mod_revision=seen + 1)
+                try:
+                    answer = await self._kv.Txn(rpc.TxnRequest(compare=[compare], success=[put]),
+                                                timeout=self.settings.sync_timeout, metadata=self._metadata)
+                    break
+                except grpc.aio.AioRpcError as e:
+                    if e.code() in REFUSED:
+                        raise DatastoreError(f"etcd refused the transaction on {key_}: {e.details()}") from None
+                    error = _reason(e)
+            if time.monotonic() > deadline:
+                raise DatastoreError(f"cannot write {key_}: {error}")
+            await asyncio.sleep(self.settings.backoff_min)
         if answer.succeeded:
             self._apply(key_, value)
             return True
         await self._caught_up(seen)
-        return False
+        return self._remote.get(key_) == value  # a retry of a transaction that did go through sees itself
 
     # the connection loop
 
