@@ -15,6 +15,11 @@ import time
 from pathlib import Path
 
 LEFT, RIGHT = "10.77.0.1", "10.77.0.2"
+# `nft -f -` input that drops the BFD packets a namespace sends (heal_bfd removes it)
+BFD_CUT = "table inet bfdcut {\n chain out {\n type filter hook output priority 0;\n udp dport 3784 drop\n }\n}\n"
+# `nft -f -` input that cuts a namespace off silently: everything in and out dropped, the link stays up
+SILENCE = ("table inet cut {\n chain in {\n type filter hook input priority -300;\n drop\n }\n"
+           " chain out {\n type filter hook output priority -300;\n drop\n }\n}\n")
 
 
 def veth_pair(make_netns) -> tuple[str, str]:
@@ -90,8 +95,7 @@ def state_is(peer: str, state: str):
 def cut_bfd(ns: str) -> float:
     """Drops every BFD packet leaving `ns` (a silent failure: the link stays up); returns when it took effect."""
     subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], text=True, check=True, capture_output=True,
-                   timeout=10, input="table inet bfdcut {\n chain out {\n type filter hook output priority 0;\n"
-                                     " udp dport 3784 drop\n }\n}\n")
+                   timeout=10, input=BFD_CUT)
     return time.time()
 
 

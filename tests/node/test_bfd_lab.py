@@ -6,13 +6,12 @@ import json
 import pytest
 
 from tests.netns import requires_root, running_lab, wait_for
+from tests.node.bfd_pair import SILENCE
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(300)]
 
 H1, H2, SERVICE = "10.95.0.11", "10.95.0.12", "10.244.200.1"
 CLIENTS = {"fast": "10.95.0.1", "slow": "10.95.0.2"}
-CUT = "table inet cut {\n chain in {\n type filter hook input priority -300;\n drop\n }\n" \
-      " chain out {\n type filter hook output priority -300;\n drop\n }\n}\n"
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +96,7 @@ def failover(lab) -> dict:
               for node, (cut, kept) in flows.items()}
     try:
         lab.exec("h1", "sleep", "3")
-        lab.exec("h1", "nft", "-f", "-", input=CUT)
+        lab.exec("h1", "nft", "-f", "-", input=SILENCE)
         results = {node: json.loads(p.communicate(timeout=60)[0]) for node, p in probes.items()}
     finally:
         for p in probes.values():

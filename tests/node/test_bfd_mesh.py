@@ -6,12 +6,11 @@ import time
 import pytest
 
 from tests.netns import requires_root, running_lab, wait_for
+from tests.node.bfd_pair import SILENCE
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(300)]
 
 BLOCK2 = "10.244.2.0/26"
-CUT = "table inet cut {\n chain in {\n type filter hook input priority -300;\n drop\n }\n" \
-      " chain out {\n type filter hook output priority -300;\n drop\n }\n}\n"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,7 @@ def test_a_restart_is_not_a_failure(lab):
 
 def test_a_silent_node_is_gone_within_the_detection_time(lab):
     wait_for(lambda: (peer(lab, "node1").get("bfd") or {}).get("armed"), 30, what="BFD armed on node1")
-    lab.exec("node2", "nft", "-f", "-", input=CUT)
+    lab.exec("node2", "nft", "-f", "-", input=SILENCE)
     cut = time.monotonic()
     try:
         wait_for(lambda: not has_block2(lab), 5, interval=0.05, what="node2's block gone from node1")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests.netns import requires_root, run_in_netns
-from tests.node.bfd_pair import LEFT, RIGHT, start_runner, state_is, stop_runner, veth_pair
+from tests.node.bfd_pair import BFD_CUT, LEFT, RIGHT, start_runner, state_is, stop_runner, veth_pair
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
 
@@ -16,7 +16,7 @@ from bgpd.bfd.guard import HOLD_DOWN
 from bgpd.bfd.service import BfdService
 from config.node import Peer
 
-CUT = "table inet bfdcut {{\\n chain out {{\\n type filter hook output priority 0;\\n udp dport 3784 drop\\n }}\\n}}\\n"
+CUT = {cut!r}
 
 def nft(*args, input=None):
     subprocess.run(["ip", "netns", "exec", "{theirs}", "nft", *args], input=input, text=True, check=True)
@@ -72,7 +72,7 @@ def test_service_reports_failures_after_the_hold_down(make_netns):
     a, b = veth_pair(make_netns)
     peer = start_runner(b, RIGHT, LEFT, "--min-rx", "100", "--min-tx", "100")
     try:
-        r = run_in_netns(a, SCENARIO.format(theirs=b, left=LEFT, right=RIGHT), timeout=90)
+        r = run_in_netns(a, SCENARIO.format(theirs=b, left=LEFT, right=RIGHT, cut=BFD_CUT), timeout=90)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         removed = peer.wait(lambda d: d.get("remote") == "ADMIN_DOWN", 5, "AdminDown from the removed session")
