@@ -93,6 +93,9 @@ class Peer(WithPassword):
 class MeshMember(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="the node's name")
     address: IPv4Address = Field(description="the node's listen_address")
+    public_key: str | None = Field(None, pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$",
+                                   description="the node's WireGuard public key (base64); none: it is reached "
+                                               "unencrypted, or not at all with wireguard.required")
 
 
 class Mesh(WithPassword):
@@ -142,6 +145,20 @@ class Vxlan(Strict):
                                                                "default: the uplink's MTU minus 50")
 
 
+class Wireguard(Strict):
+    """Encryption of pod traffic between nodes (docs/wireguard.md): the kernel module where the host has it,
+    wireguard-go otherwise."""
+
+    enabled: bool = Field(False, description="send pod traffic to other nodes' blocks through WireGuard")
+    required: bool = Field(False, description="a node without a public key is not reached at all (default: "
+                                              "unencrypted) and its unencrypted pod traffic is dropped")
+    port: int = Field(51820, ge=1, le=65535, description="UDP port of the WireGuard packets, the same on every node")
+    device: str = Field("tortie.wg", pattern=r"^tortie[A-Za-z0-9_.-]{0,9}$",
+                        description="name of the WireGuard device: a tortie prefix, 15 characters at most")
+    mtu: int | None = Field(None, ge=576, le=65475, description="MTU of the WireGuard device and of pod "
+                                                               "interfaces; default: the uplink's MTU minus 60")
+
+
 class Bgp(Strict):
     enabled: bool = Field(True, description="run ExaBGP; false (with a datastore): routes to other nodes' blocks "
                                             "come from the datastore's block ownership and node records")
@@ -176,6 +193,8 @@ class NodeConfig(Strict):
     dns: Dns = Field(default_factory=Dns, description="the DNS server for pods", json_schema_extra=RESTART)
     vxlan: Vxlan = Field(default_factory=Vxlan, description="the VXLAN tunnel endpoint", json_schema_extra=RESTART)
     bgp: Bgp = Field(default_factory=Bgp, description="BGP on or off", json_schema_extra=RESTART)
+    wireguard: Wireguard = Field(default_factory=Wireguard, description="WireGuard encryption of pod traffic "
+                                 "between nodes", json_schema_extra=RESTART)
     nat_outgoing_exclude_nodes: bool = Field(False, description="NAT outgoing leaves traffic to the other nodes' "
                                                                 "addresses alone too (not only pod-to-pod)")
     node_grace: float = Field(60.0, ge=0, description="seconds a node that went away keeps its mesh place and blocks")

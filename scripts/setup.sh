@@ -6,7 +6,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${TORTIE_VENV:-/opt/tortie-venv}
 APT_PACKAGES=(iproute2 bird2 gobgpd frr nftables iptables ipset conntrack mosquitto mosquitto-clients
               prometheus iputils-ping netcat-openbsd procps util-linux socat python3 python3-venv python3-dev systemd
-              bind9-dnsutils dnsmasq-base dnsperf etcd-server etcd-client tcpdump iperf3 ethtool)
+              bind9-dnsutils dnsmasq-base dnsperf etcd-server etcd-client tcpdump iperf3 ethtool
+              wireguard-go wireguard-tools)  # WireGuard without the kernel module (docs/wireguard.md)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

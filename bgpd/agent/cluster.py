@@ -34,6 +34,12 @@ def mesh_members(nodes: Mapping[str, dict], peers: set[IPv4Address]) -> list[Mes
         except ValueError:
             log.warning("ignoring node record key=%s: no valid address", k)
             continue
+        wg = record.get("wireguard")
+        if isinstance(wg, dict) and wg.get("public_key") is not None:
+            try:
+                member = MeshMember(name=name, address=member.address, public_key=wg["public_key"])
+            except ValueError:
+                log.warning("node record key=%s: not a WireGuard public key, the node counts as without one", k)
         if member.address in taken:
             log.warning("ignoring node record key=%s: address %s is already a peer's", k, member.address)
             continue
@@ -52,6 +58,7 @@ class Cluster:
         self.ready = asyncio.Event()  # the first configuration from the datastore is applied
         self.ignored_claims, self.ignored_records = Ignored(), Ignored()  # what other nodes may not say (reported)
         self.claims = BlockClaims(ds, self.counts)
+        self.published: dict = {}  # more of this node's record: WireGuard's public key and port
 
     def counts(self, node: str) -> bool:
         """A node counts while alive, or dead for less than the grace period (a restart is not a removal)."""
@@ -108,9 +115,7 @@ class Cluster:
     async def run(self) -> None:
         await self._start()
         feed = self.ds.changes()
-        record = key("nodes", self.base.name)
-        await self.ds.put(record, registration(self.ds.get(record), str(self.base.listen_address), self.base.asn,
-                                               str(self.base.router_id), time.time()))
+        await self.register()
         if not self.base.blocks and not self.owned_blocks():
             await self.claims.claim_block(self.base)
         await self._apply_desired()
@@ -130,6 +135,12 @@ class Cluster:
         finally:
             watcher.cancel()
             await feed.aclose()
+
+    async def register(self) -> None:
+        """Writes nodes/<name>: address, AS, router id and `published`."""
+        record = key("nodes", self.base.name)
+        await self.ds.put(record, {**registration(self.ds.get(record), str(self.base.listen_address), self.base.asn,
+                                                  str(self.base.router_id), time.time()), **self.published})
 
     async def _start(self) -> None:
         backoff = 1.0

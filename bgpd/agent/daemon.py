@@ -23,12 +23,16 @@ from bgpd.bgp.exabgp_process import ExaBGPSupervisor
 from bgpd.dataplane.kernel_routes import KernelTable, has_address
 from bgpd.dataplane.netlink_routes import DeviceHop
 from bgpd.dataplane.overlay import OverlayDataplane
+from bgpd.dataplane.wireguard import WireguardDataplane
+from bgpd.wireguard import keys
+from bgpd.wireguard.plan import Encryption, encryption, peers as wireguard_peers, render
 from bgpd.agent.metrics import DaemonMetrics
 from bgpd.dataplane.pods import PodStore
 from bgpd.dns.service import DnsService
 from bgpd.ipam.state import NodeBlocks, save as save_ipam_state
 from policy.datastore_sync import PolicySync
 from bgpd.agent.views import DatastoreStatus, OverlayStatus, PeerStatus, PoolStatus, RouteStatus, Status
+from bgpd.agent.views import WireguardPeerStatus, WireguardStatus
 from bgpd.bfd.service import BfdService
 from bgpd.bgp.core import Command, CoreConfig, Log, NodeCore, PeerSettings, Program, Ready, Send, WakeAt
 from bgpd.bgp.rib import ImportFilter
@@ -52,8 +56,9 @@ class DaemonFailed(Exception):
     """A task of the daemon died; the daemon stopped (kernel routes left in place) and exits non-zero."""
 
 
-def core_config(node: EffectiveConfig, overlay: Overlay | None = None) -> CoreConfig:
-    """What the BGP core needs of the configuration in force (and of the VTEP device, once it exists)."""
+def core_config(node: EffectiveConfig, overlay: Overlay | None = None,
+                encrypt: Encryption | None = None) -> CoreConfig:
+    """What the BGP core needs of the configuration in force (and of the VTEP and WireGuard devices)."""
     return CoreConfig(
         peers={str(p.address): PeerSettings(p.name or str(p.address), p.asn, node.max_prefixes_for(p))
                for p in node.bgp_peers()},
@@ -62,7 +67,7 @@ def core_config(node: EffectiveConfig, overlay: Overlay | None = None) -> CoreCo
                                    tuple(IPv4Network(a) for a in node.borrowed)),
         announced=tuple(node.announced()), graceful_restart=node.graceful_restart,
         initial_sync_timeout=node.initial_sync_timeout, wait_for_datastore=node.datastore is not None,
-        overlay=overlay, cluster_routes=tuple(sorted(node.cluster_routes.items())))
+        overlay=overlay, cluster_routes=tuple(sorted(node.cluster_routes.items())), encryption=encrypt)
 
 
 class Daemon:
@@ -81,13 +86,21 @@ class Daemon:
         self._overlay_wake = asyncio.Event()
         private_dir(node.run_dir)
         node.state_dir.mkdir(parents=True, exist_ok=True)
+        self.wireguard: WireguardDataplane | None = None
+        self._wireguard_wake = asyncio.Event()
+        if node.wireguard.enabled:
+            try:
+                self.wireguard = WireguardDataplane(node, keys.load_or_create(node.state_dir))
+            except (ValueError, OSError) as e:
+                raise StartupError(f"wireguard key: {e}") from None
         self.supervisor = ExaBGPSupervisor(
             node.run_dir / "exabgp.conf", node.run_dir / "exabgp.sock", exabgp_environment(node),
             on_connect=self._relay_session, on_exit=self._exabgp_exited)
         self.metrics = DaemonMetrics(self)
         self.control = ControlServer(node.run_dir / "tortie.sock", {
             "status": self.status, "routes": self.routes, "claim_block": self.claim_block,
-            "endpoint_add": self.endpoint_added, "endpoint_del": self.endpoint_removed})
+            "endpoint_add": self.endpoint_added, "endpoint_del": self.endpoint_removed,
+            "wireguard_rotate": self.wireguard_rotate})
         self.pidfile = node.run_dir / "tortie.pid"
         self.bfd = BfdService(node.listen_address, self._bfd_failed)
         self.bfd.configure(node.bgp_peers())
@@ -97,6 +110,7 @@ class Daemon:
         if node.datastore is not None:
             ds = open_datastore(node.datastore, node.name)
             self.cluster = Cluster(ds, file_config, self.reconfigure)
+            self.cluster.published = self._wireguard_record()
             self.policy = PolicySync(ds, node.name, node.policy_backend, node.run_dir / "policy",
                                      self.metrics.registry)
             if node.dns.enabled:
@@ -130,6 +144,7 @@ class Daemon:
         await self.kernel.adopt()
         log.info("adopted kernel routes=%d protocol=%d", len(self.kernel.installed), self.node.route_protocol)
         await self._overlay_step()
+        await self._wireguard_step()
         self._do(self.core.adopted(self.kernel.installed, time.monotonic()))
         self._save_blocks()
         write_config(self.node.run_dir / "exabgp.conf", render_config(self.node, self.node.run_dir / "exabgp.sock"))
@@ -144,6 +159,8 @@ class Daemon:
             tasks.append(asyncio.create_task(self._run_policy(), name="policy"))
         if self.dns:
             tasks.append(asyncio.create_task(self._run_dns(), name="dns"))
+        if self.wireguard:
+            tasks.append(asyncio.create_task(self._wireguard_loop(), name="wireguard"))
         tasks.append(asyncio.create_task(self._notify_ready(), name="ready"))
         for t in tasks:
             t.add_done_callback(self._task_done)
@@ -165,6 +182,8 @@ class Daemon:
             result = await self.kernel.sync({p: None for p in self.kernel.installed})
             log.info("removed kernel routes=%d", result.removed)
             await asyncio.to_thread(self.overlay.close)
+            if self.wireguard:
+                await asyncio.to_thread(self.wireguard.close)
         if self._timer:
             self._timer.cancel()
         await self.control.stop()
@@ -216,7 +235,74 @@ class Daemon:
             self.overlay.error = str(e)
             return
         if node is self.node:
-            self._do(self.core.configure(core_config(node, self.overlay.plan(node)), time.monotonic()))
+            self._do(self.core.configure(self._core_config(node), time.monotonic()))
+
+    def _core_config(self, node: EffectiveConfig) -> CoreConfig:
+        return core_config(node, self.overlay.plan(node), self._encryption(node))
+
+    def _encryption(self, node: EffectiveConfig) -> Encryption | None:
+        """Which routes go through WireGuard. Until its device exists every node counts as without a key:
+        reached unencrypted, or (required) not at all."""
+        wg = self.wireguard
+        if wg is None:
+            return None
+        members = node.mesh.nodes if wg.device is not None else [m.model_copy(update={"public_key": None})
+                                                                 for m in node.mesh.nodes]
+        return encryption(members, node.name, node.listen_address, [p.cidr for p in node.pools],
+                          node.wireguard.required, wg.device.index if wg.device else 0)
+
+    def _wireguard_record(self) -> dict:
+        """What the node record publishes of WireGuard: the public key and port (never the private key)."""
+        wg = self.wireguard
+        if wg is None:
+            return {}
+        return {"wireguard": {"public_key": keys.public_key(wg.private_key), "port": self.node.wireguard.port}}
+
+    async def _wireguard_step(self) -> None:
+        """The device (and wireguard-go) up, the core told its index, then key, port and peers with AllowedIPs
+        as the core routes them. A failure is logged and tried again."""
+        wg, node = self.wireguard, self.node
+        if wg is None:
+            return
+        try:
+            had = wg.device
+            device = await asyncio.to_thread(wg.ensure, node)
+            if node is self.node and device != had:
+                self._do(self.core.configure(self._core_config(node), time.monotonic()))
+            if not self.core.initial_sync_done:  # peers and AllowedIPs are not known yet: keep what the
+                return                            # device has (a restart keeps traffic flowing)
+            routes = {p: self.core.desired(p) for p in self.core.rib.all_desired()}
+            peers = wireguard_peers(node.mesh.nodes, routes, device.index, node.name)
+            await asyncio.to_thread(wg.configure, render(wg.private_key, node.wireguard.port, peers), peers)
+        except (OSError, NetlinkError) as e:
+            if str(e) != wg.error:
+                log.error("wireguard: %s (trying again every %.0f s)", e, self.OVERLAY_INTERVAL)
+            wg.error = str(e)
+
+    async def _wireguard_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wireguard_wake.wait(), self.OVERLAY_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.sleep(self.COALESCE * 50)  # gather a burst of route changes
+            self._wireguard_wake.clear()
+            await self._wireguard_step()
+
+    async def wireguard_rotate(self) -> dict:
+        """`tortie wireguard rotate`: a new key pair, in force at once and published; peers that learn it
+        from the datastore handshake again (traffic waits at most about one handshake)."""
+        wg = self.wireguard
+        if wg is None:
+            return {"error": "wireguard is not enabled"}
+        public = await asyncio.to_thread(keys.rotate, self.node.state_dir)
+        wg.private_key = keys.load_or_create(self.node.state_dir)
+        log.info("wireguard key rotated public_key=%s", public)
+        await self._wireguard_step()
+        if self.cluster:
+            self.cluster.published = self._wireguard_record()
+            await self.cluster.register()
+        return {"public_key": public}
 
     async def _overlay_loop(self) -> None:
         while True:
@@ -292,8 +378,9 @@ class Daemon:
         if new == self.node:
             return
         self.node = new
-        commands = self.core.configure(core_config(new, self.overlay.plan(new)), time.monotonic())
+        commands = self.core.configure(self._core_config(new), time.monotonic())
         self._overlay_wake.set()  # VTEP entries and firewall rules follow the new nodes and pools
+        self._wireguard_wake.set()  # and WireGuard's peers
         self.bfd.configure(new.bgp_peers())
         write_config(new.run_dir / "exabgp.conf", render_config(new, new.run_dir / "exabgp.sock"))
         self.supervisor.reload()
@@ -363,6 +450,7 @@ class Daemon:
                 if self._dirty_since is None:
                     self._dirty_since = time.monotonic()
                 self._wake.set()
+                self._wireguard_wake.set()  # AllowedIPs follow the routes
             elif isinstance(c, Send):
                 self._send(c.lines)
             elif isinstance(c, Log):
@@ -373,6 +461,7 @@ class Daemon:
                 self._timer = asyncio.get_running_loop().call_later(max(0.0, c.when - time.monotonic()), self._tick)
             elif isinstance(c, Ready):
                 self.initial_sync.set()
+                self._wireguard_wake.set()  # peers and AllowedIPs are known now
 
     # --- kernel ------------------------------------------------------------------------------------
     async def _program(self) -> None:
@@ -418,7 +507,29 @@ class Daemon:
             peers=peers, refused_total=len(refused), kernel_repairs=self.kernel.repairs,
             malformed_messages=core.malformed, bgp_enabled=self.node.bgp.enabled,
             pools=[PoolStatus(str(p.cidr), p.vxlan, p.nat_outgoing) for p in self.node.pools],
-            overlay=self._overlay_status())
+            overlay=self._overlay_status(), wireguard=self._wireguard_status())
+
+    def _wireguard_status(self) -> WireguardStatus | None:
+        wg, node = self.wireguard, self.node
+        if wg is None:
+            return None
+        device, now = wg.device, time.time()
+        names = {m.public_key: m.name for m in node.mesh.nodes if m.public_key}
+        encrypted = sum(1 for hops in list(self.kernel.installed.values())
+                        if device and any(isinstance(h, DeviceHop) and h.oif == device.index for h in hops))
+        allowed = {p.public_key: len(p.allowed_ips) for p in wg.peers}
+        return WireguardStatus(
+            device=node.wireguard.device, implementation=device.implementation if device else "",
+            public_key=keys.public_key(wg.private_key), port=node.wireguard.port, mtu=device.mtu if device else 0,
+            required=node.wireguard.required,
+            peers=[WireguardPeerStatus(names.get(p.public_key, p.public_key), p.endpoint,
+                                       allowed.get(p.public_key, 0),
+                                       round(now - p.latest_handshake, 1) if p.latest_handshake else None,
+                                       p.rx_bytes, p.tx_bytes) for p in wg.peer_stats],
+            nodes_without_key=sorted(m.name for m in node.mesh.nodes
+                                     if not m.public_key and m.name != node.name
+                                     and m.address != node.listen_address),
+            encrypted_routes=encrypted, restarts=wg.wg.restarts, error=wg.error)
 
     def _overlay_status(self) -> OverlayStatus | None:
         node, ov = self.node, self.overlay

@@ -12,7 +12,7 @@ from bgpd import __version__
 
 if TYPE_CHECKING:
     from bgpd.agent.daemon import Daemon
-    from bgpd.agent.views import BfdStatus, OverlayStatus
+    from bgpd.agent.views import BfdStatus, OverlayStatus, WireguardStatus
 
 SESSION_STATES = ("idle", "connected", "up", "down")
 
@@ -81,6 +81,8 @@ class DaemonCollector(Collector):
             yield from (connected, resyncs)
         if s.overlay is not None:
             yield from overlay_metrics(s.overlay)
+        if s.wireguard is not None:
+            yield from wireguard_metrics(s.wireguard)
         sync = GaugeMetricFamily("tortie_initial_sync_done", "1 once the initial BGP sync finished")
         sync.add_metric([], 1.0 if s.initial_sync_done else 0.0)
         yield sync
@@ -99,6 +101,27 @@ def overlay_metrics(o: OverlayStatus) -> Iterable[Metric]:
     up = GaugeMetricFamily("tortie_vxlan_device_up", "1 while the VTEP device is set up as configured")
     up.add_metric([], 0.0 if o.error or not o.mtu else 1.0)
     yield from (vteps, routes, repairs, up)
+
+
+def wireguard_metrics(w: WireguardStatus) -> Iterable[Metric]:
+    age = GaugeMetricFamily("tortie_wireguard_handshake_age_seconds", "seconds since the peer's latest "
+                            "handshake (absent: none yet)", labels=["peer"])
+    rx = CounterMetricFamily("tortie_wireguard_received_bytes", "bytes received from the peer", labels=["peer"])
+    tx = CounterMetricFamily("tortie_wireguard_sent_bytes", "bytes sent to the peer", labels=["peer"])
+    for p in w.peers:
+        if p.handshake_age is not None:
+            age.add_metric([p.node], p.handshake_age)
+        rx.add_metric([p.node], p.rx_bytes)
+        tx.add_metric([p.node], p.tx_bytes)
+    keyless = GaugeMetricFamily("tortie_wireguard_peers_without_key", "other nodes without a WireGuard key "
+                                "(reached unencrypted, or not at all with wireguard.required)")
+    keyless.add_metric([], len(w.nodes_without_key))
+    up = GaugeMetricFamily("tortie_wireguard_device_up", "1 while the WireGuard device is set up as configured",
+                           labels=["implementation"])
+    up.add_metric([w.implementation], 0.0 if w.error or not w.implementation else 1.0)
+    restarts = CounterMetricFamily("tortie_wireguard_restarts", "wireguard-go found dead and started again")
+    restarts.add_metric([], w.restarts)
+    yield from (age, rx, tx, keyless, up, restarts)
 
 
 def bfd_metrics(sessions: list[tuple[str, BfdStatus]]) -> Iterable[Metric]:

@@ -100,6 +100,39 @@ class OverlayStatus:
 
 
 @dataclass(frozen=True)
+class WireguardPeerStatus:
+    node: str
+    endpoint: str
+    allowed_ips: int  # prefixes routed to it through the device
+    handshake_age: float | None  # seconds since the latest handshake; None: none yet
+    rx_bytes: int
+    tx_bytes: int
+
+
+@dataclass(frozen=True)
+class WireguardStatus:
+    """Encryption of pod traffic between nodes (docs/wireguard.md)."""
+
+    device: str
+    implementation: str  # kernel or wireguard-go ("" until the device exists)
+    public_key: str
+    port: int
+    mtu: int
+    required: bool
+    peers: list[WireguardPeerStatus] = field(default_factory=list)
+    nodes_without_key: list[str] = field(default_factory=list)  # reached unencrypted, or not at all if required
+    encrypted_routes: int = 0  # kernel routes of ours through the device
+    restarts: int = 0  # wireguard-go found dead and started again
+    error: str = ""
+
+    @classmethod
+    def from_json(cls, data: Any) -> WireguardStatus:
+        known = _known(cls, data)
+        return cls(**{**known, "peers": [WireguardPeerStatus(**_known(WireguardPeerStatus, p))
+                                         for p in known.get("peers", [])]})
+
+
+@dataclass(frozen=True)
 class Status:
     node: str
     asn: int
@@ -118,14 +151,16 @@ class Status:
     bgp_enabled: bool = True
     pools: list[PoolStatus] = field(default_factory=list)
     overlay: OverlayStatus | None = None  # None: no pool uses VXLAN
+    wireguard: WireguardStatus | None = None  # None: wireguard.enabled is false
 
     @classmethod
     def from_json(cls, data: Any) -> Status:
         known = _known(cls, data)
-        datastore, overlay = known["datastore"], known.get("overlay")
+        datastore, overlay, wireguard = known["datastore"], known.get("overlay"), known.get("wireguard")
         return cls(**{**known, "peers": [PeerStatus.from_json(p) for p in known["peers"]],
                       "pools": [PoolStatus(**_known(PoolStatus, p)) for p in known.get("pools", [])],
                       "overlay": None if overlay is None else OverlayStatus(**_known(OverlayStatus, overlay)),
+                      "wireguard": None if wireguard is None else WireguardStatus.from_json(wireguard),
                       "datastore": None if datastore is None else DatastoreStatus(**_known(DatastoreStatus,
                                                                                             datastore))})
 

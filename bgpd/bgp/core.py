@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, Union
 from bgpd.bgp import messages as msgs
 from bgpd.bgp.rib import ImportFilter, KernelRoute, Reject, Rib, Update
 from bgpd.overlay.vxlan import Overlay
+from bgpd.wireguard.plan import Encryption
 
 RETRY = 5.0  # seconds before a route the kernel refused is tried again
 DATASTORE = "datastore"  # the RIB's source of the routes the datastore gives when BGP is off
@@ -47,6 +48,7 @@ class CoreConfig:
     overlay: Overlay | None = None  # VXLAN: which routes go through the VTEP (None: no pool uses it)
     cluster_routes: tuple[tuple[IPv4Network, IPv4Address], ...] = ()  # BGP off: other nodes' prefixes from
     # the datastore, via their node's address
+    encryption: Encryption | None = None  # WireGuard: which routes go through its device (decided before VXLAN)
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ class NodeCore:
         self._apply("", None, self.rib.refilter(config.import_filter), out)
         self._cluster_routes(config.cluster_routes, out)
         self._mark(set(old.import_filter.own_blocks) ^ set(config.import_filter.own_blocks), out)
-        if old.overlay != config.overlay:
+        if old.overlay != config.overlay or old.encryption != config.encryption:
             self._mark(self.rib.all_desired(), out)
         gone = [b for b in old.announced if b not in config.announced]
         out.append(Send(tuple(msgs.withdraw_blocks(gone) + msgs.announce_blocks(config.announced)
@@ -291,8 +293,11 @@ class NodeCore:
         return out
 
     def desired(self, prefix: IPv4Network) -> KernelRoute | None:
-        """The kernel route `prefix` should have: the RIB's, through the VTEP where the overlay says so."""
+        """The kernel route `prefix` should have: the RIB's, through the WireGuard device where encryption
+        says so, else through the VTEP where the overlay says so (encryption replaces encapsulation)."""
         want = self.rib.desired(prefix)
+        if self.config.encryption is not None:
+            want = self.config.encryption.route(prefix, want)
         overlay = self.config.overlay
         return want if overlay is None else overlay.route(prefix, want)
 

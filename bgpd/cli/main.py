@@ -19,6 +19,7 @@ COMMANDS = {
     "bgpd.cli.resource_commands:add_parsers": {"apply": "create or update cluster resources from YAML files",
                                                "get": "show cluster resources", "delete": "delete cluster resources"},
     "bgpd.cli.lab:add_parser": {"lab": "run a containerlab topology with network namespaces"},
+    "bgpd.cli.wireguard:add_parser": {"wireguard": "WireGuard encryption between nodes: rotate the key"},
     "policy.cli:add_parser": {"policy": "network policy: check, compile, apply, show, flush"},
 }
 

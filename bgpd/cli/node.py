@@ -96,6 +96,12 @@ def _render_status(result: dict) -> str:
         lines.append(f"vxlan {o.device}  vni {o.vni}  port {o.port}  mtu {o.mtu}  remote vteps {o.remote_vteps}  "
                      f"encapsulated routes {o.encapsulated_routes}  repairs {o.repairs}"
                      + (f"  ERROR {o.error}" if o.error else ""))
+    if w := s.wireguard:
+        lines.append(f"wireguard {w.device} ({w.implementation or 'not up'})  port {w.port}  mtu {w.mtu}  "
+                     f"peers {len(w.peers)}  encrypted routes {w.encrypted_routes}  "
+                     f"{'required' if w.required else 'without key: unencrypted'} "
+                     f"{', '.join(w.nodes_without_key) or '(none)'}" + (f"  ERROR {w.error}" if w.error else ""))
+        lines.append(f"wireguard public key {w.public_key}")
     lines.append("")
     fmt = "{:<16} {:<16} {:>10} {:<10} {:>8} {:>9} {:>9} {:>8} {:>10} {:>6} {:<10}  {}"
     lines.append(fmt.format("peer", "address", "asn", "state", "uptime", "received", "accepted", "rejected",

@@ -1,0 +1,113 @@
+"""Helpers of the WireGuard lab tests (containers/labs/mesh3-wireguard.clab.yml and its mixed variant):
+pods, transfers carrying a marker, and a capture on the underlay switch read back as IPv4 packets."""
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from tests.netns import wait_for
+
+MARKER = b"TORTIE-SECRET-MARKER-7c1f"
+MARKED_SINK = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5001)); s.listen(); s.settimeout(30)
+c, _ = s.accept(); c.settimeout(30); n = 0
+while (d := c.recv(65536)):
+    n += len(d)
+c.sendall(str(n).encode()); c.close()
+"""
+MARKED_SEND = """
+import socket, sys, time
+for _ in range(100):
+    try:
+        c = socket.create_connection((sys.argv[1], 5001), timeout=5); break
+    except OSError:
+        time.sleep(0.1)
+c.settimeout(30); c.sendall(sys.argv[2].encode() * int(sys.argv[3])); c.shutdown(socket.SHUT_WR)
+print(c.recv(100).decode())
+"""
+
+
+def status(lab, node: str) -> dict:
+    return lab.json(node, "tortie", "status", "--json")
+
+
+def pod_ip(lab, node: str, pod: str) -> str:
+    """The pod's address, adding the pod if it is not there yet."""
+    for p in lab.json(node, "tortie", "pod", "list", "--json"):
+        if f"{p['namespace']}/{p['name']}" == pod:
+            return p["ip"]
+    return lab.exec(node, "tortie", "pod", "add", pod).stdout.strip()
+
+
+def transfer(lab, src: str, src_pod: str, dst: str, dst_pod: str, dst_ip: str, repeat: int) -> int:
+    """TCP from src's pod to dst's pod carrying MARKER `repeat` times; the bytes the receiver counted."""
+    sink = lab.popen(dst, "tortie", "pod", "exec", dst_pod, "--", "python3", "-c", MARKED_SINK)
+    try:
+        out = lab.exec(src, "tortie", "pod", "exec", src_pod, "--", "python3", "-c", MARKED_SEND, dst_ip,
+                       MARKER.decode(), str(repeat)).stdout
+    finally:
+        sink.communicate(timeout=40)
+    return int(out.strip())
+
+
+@dataclass(frozen=True)
+class Packet:
+    src: IPv4Address
+    dst: IPv4Address
+    proto: int
+    sport: int
+    dport: int
+    raw: bytes  # the whole frame
+
+
+def capture(lab, switch: str, action) -> tuple[list[Packet], bytes]:
+    """Everything crossing the switch's bridge while `action()` runs: (IPv4 packets, the whole capture)."""
+    lab.exec(switch, "sh", "-c", "rm -f /tmp/wg.pcap; tcpdump -U -n -s 0 -i br0 -w /tmp/wg.pcap >/dev/null 2>&1 & "
+                                 "echo $! > /tmp/wg.pid")
+    wait_for(lambda: lab.exec(switch, "test", "-s", "/tmp/wg.pcap", check=False).returncode == 0, 10,
+             what="tcpdump to listen")
+    try:
+        action()
+    finally:
+        lab.exec(switch, "timeout", "10", "sh", "-c", "p=$(cat /tmp/wg.pid); kill -INT $p; "
+                                                     "while kill -0 $p 2>/dev/null; do sleep 0.05; done")
+    data = base64.b64decode(lab.exec(switch, "base64", "-w0", "/tmp/wg.pcap").stdout)
+    return parse_pcap(data), data
+
+
+def parse_pcap(data: bytes) -> list[Packet]:
+    """IPv4 packets of an Ethernet pcap (tcpdump -w); other frames (ARP, IPv6) are skipped."""
+    out, off = [], 24
+    while off + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        frame = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+            continue
+        ip = frame[14:]
+        ihl, proto = (ip[0] & 0xF) * 4, ip[9]
+        sport, dport = struct.unpack_from("!HH", ip, ihl) if proto in (6, 17) and len(ip) >= ihl + 4 else (0, 0)
+        out.append(Packet(IPv4Address(ip[12:16]), IPv4Address(ip[16:20]), proto, sport, dport, frame))
+    return out
+
+
+def ping_gaps(lab, node: str, pod: str, dst: str, seconds: float, interval: float = 0.05):
+    """Starts pinging `dst` from the pod for `seconds`; returns a function that waits and gives
+    (sent, received, the longest run of lost replies in seconds)."""
+    count = int(seconds / interval)
+    proc = lab.popen(node, "tortie", "pod", "exec", pod, "--", "ping", "-n", "-i", str(interval), "-c", str(count),
+                     "-W", "1", dst)
+    started = time.monotonic()
+
+    def result():
+        out, err = proc.communicate(timeout=seconds + 30)
+        seqs = sorted(int(line.split("icmp_seq=")[1].split()[0]) for line in out.splitlines() if "icmp_seq=" in line)
+        gaps = [b - a - 1 for a, b in zip([0] + seqs, seqs + [count + 1])]
+        assert seqs, out + err + f" (after {time.monotonic() - started:.1f} s)"
+        return count, len(seqs), max(gaps) * interval
+    return result
