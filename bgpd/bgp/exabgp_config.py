@@ -48,10 +48,14 @@ def render_neighbor(node: NodeConfig, peer: Peer) -> str:
     return "\n".join(line for line in lines if line) + "\n"
 
 
+RELAY = Path(__file__).with_name("relay.py")
+
+
 def render_config(node: NodeConfig, relay_socket: Path, python: str = sys.executable) -> str:
     head = (
         f"process {PROCESS} {{\n"
-        f"    run {python} -m bgpd.bgp.relay {relay_socket};\n"
+        # no site-packages, environment or imports beyond built-ins: the relay costs a few MiB
+        f"    run {python} -S -E -I {RELAY} {relay_socket};\n"
         "    encoder json;\n"
         "}\n"
     )
