@@ -119,13 +119,13 @@ class EtcdDatastore(ClientDatastore):
         value = checked(key_, value)
         low, high = scope_range(scope)
         put = rpc.RequestOp(request_put=rpc.PutRequest(key=etcd_key(key_), value=encode(key_, value)))
+        seen = self._rev  # the state the caller decided on: a retry compares with it too, never with a later one
+        compare = rpc.Compare(result=rpc.Compare.LESS, target=rpc.Compare.MOD, key=low, range_end=high,
+                              mod_revision=seen + 1)
         deadline = time.monotonic() + self.settings.start_timeout
         while True:  # a session that is down or an election under way is waited out, start_timeout at most
             error = f"not connected to etcd ({self._last_error or 'connecting'})"
             if self.connected and self._kv is not None:
-                seen = self._rev
-                compare = rpc.Compare(result=rpc.Compare.LESS, target=rpc.Compare.MOD, key=low, range_end=high,
-                                      mod_revision=seen + 1)
                 try:
                     answer = await self._kv.Txn(rpc.TxnRequest(compare=[compare], success=[put]),
                                                 timeout=self.settings.sync_timeout, metadata=self._metadata)
