@@ -1,8 +1,10 @@
-"""The daemon's local control socket: one JSON request, one JSON answer, per connection."""
+"""The daemon's local control socket: one JSON request, one JSON answer, per connection.
+
+The client side (`query`) is what every CLI call and CNI ADD pays to import: standard library only, so
+asyncio loads with the server, in the daemon.
+"""
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import os
 import socket
@@ -21,6 +23,8 @@ class ControlServer:
 
     async def start(self) -> None:
         """Raises DaemonRunning if another daemon answers on our socket: two daemons would fight."""
+        import asyncio
+
         try:
             query(self.path, "status", timeout=2)
             raise DaemonRunning(f"another tortie daemon is running (it answers on {self.path})")
@@ -39,6 +43,9 @@ class ControlServer:
         self.path.unlink(missing_ok=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+        import inspect
+
         try:
             request = json.loads(await asyncio.wait_for(reader.readline(), 5))
             view = self.views.get(request.get("view"))

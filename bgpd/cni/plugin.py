@@ -6,7 +6,8 @@ answer is a result or a CNI error object (cniVersion, code, msg, details) with a
 traceback. The plugin does its own address management from the node's blocks (`ipam` is not delegated).
 
 A container runtime starts the plugin for every pod, so it imports only what the command uses: VERSION
-needs nothing beyond the standard library, pyroute2 and pydantic load only for the commands that use them.
+needs nothing beyond the standard library, the others pydantic for the node configuration; ADD and DEL
+wire with hand-packed rtnetlink (bgpd/dataplane/netlink_links.py), only CHECK loads pyroute2.
 """
 from __future__ import annotations
 
@@ -100,8 +101,6 @@ def _node(conf: dict):
 @contextmanager
 def _pods(node):
     """The node's pod store; a state file that does not parse or a refused kernel change is a clear I/O failure."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
     from bgpd.dataplane.pods import PodError, PodNotPoliced, PodStore
 
     try:
@@ -110,7 +109,7 @@ def _pods(node):
         raise CniError(TRY_AGAIN, "the pod's network policy is not in force", str(e)) from None
     except PodError as e:
         raise CniError(IO_FAILURE, str(e)) from None
-    except (OSError, NetlinkError) as e:  # e.g. CNI_NETNS is no network namespace, CNI_IFNAME is taken there
+    except OSError as e:  # reading the pod's links back, or its state files
         raise CniError(IO_FAILURE, "a kernel or file operation failed", f"{type(e).__name__}: {e}") from None
     except (ValueError, TypeError, KeyError) as e:  # json.JSONDecodeError is a ValueError
         raise CniError(IO_FAILURE, f"the node's state under {node.state_dir} is unreadable",
@@ -145,24 +144,18 @@ def _labels(conf: dict) -> dict[str, str]:
 
 
 def _result(version: str, pod, node) -> dict:
-    from pyroute2 import IPRoute, NetNS
-
+    from bgpd.dataplane.pods import GATEWAY, pod_links
     from bgpd.dns.client import pod_dns
 
-    with IPRoute() as host:
-        host_mac = host.get_links(host.link_lookup(ifname=pod.host_interface)[0])[0].get("address")
-    with NetNS(pod.netns) as ns:
-        pod_link = ns.get_links(ns.link_lookup(ifname=pod.ifname)[0])[0]
-        pod_mac, pod_mtu = pod_link.get("address"), pod_link.get("mtu")
-    from bgpd.dataplane.pods import GATEWAY
+    host_link, pod_link = pod_links(pod)
     ip = {"address": f"{pod.ip}/32", "gateway": GATEWAY, "interface": 1}
     if version in ("0.3.0", "0.3.1"):
         ip["version"] = "4"
     return {
         "cniVersion": version,
-        "interfaces": [{"name": pod.host_interface, "mac": host_mac},
-                       {"name": pod.ifname, "mac": pod_mac, "sandbox": pod.netns,
-                        **({"mtu": pod_mtu} if version == "1.1.0" else {})}],  # the field came with CNI 1.1
+        "interfaces": [{"name": pod.host_interface, "mac": host_link.mac},
+                       {"name": pod.ifname, "mac": pod_link.mac, "sandbox": pod.netns,
+                        **({"mtu": pod_link.mtu} if version == "1.1.0" else {})}],  # the field came with CNI 1.1
         "ips": [ip],
         "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
         "dns": pod_dns(node, pod.namespace),  # the node's DNS server (docs/dns.md), when it runs one

@@ -7,6 +7,7 @@ proxy ARP on the host side), so no bridge and no per-pod subnet are needed.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -14,13 +15,13 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Iterator
 
-from pyroute2 import IPRoute, NetNS, netns
-
-from bgpd.dataplane.vxlan import overlay_mtu
+from bgpd.dataplane import netns
+from bgpd.dataplane.netlink_links import (Link, Rtnl, address, decode_link, delete_link, device_route, get_link,
+                                          link_up, permanent_neighbour, veth, RTPROT_STATIC)
 from bgpd.dns.client import pod_dns, resolv_conf
 from bgpd.ipam.allocate import AddressError, allocate
 from bgpd.ipam.state import IpamStateError
@@ -105,10 +106,6 @@ class PodStore:
         self._path(pod.namespace, pod.name).unlink(missing_ok=True)
 
 
-def _netns_exists(name: str) -> bool:
-    return os.path.exists(name) if "/" in name else name in netns.listnetns()
-
-
 def add_pod(node: NodeConfig, key: str, ip: str | None = None, existing_netns: str | None = None,
             container_id: str = "", ifname: str = "eth0", labels: dict[str, str] | None = None) -> Pod:
     """Wires a pod; with a datastore, also publishes it and returns once its policy is enforced."""
@@ -143,7 +140,7 @@ def _add(node: NodeConfig, key: str, ip: str | None, existing_netns: str | None,
     with store.locked():
         if store.get(namespace, name):
             raise PodError(f"pod {key} exists already")
-        if existing_netns and not _netns_exists(existing_netns):
+        if existing_netns and not netns.exists(existing_netns):
             raise PodError(f"network namespace {existing_netns} does not exist")
         try:
             address = allocate(node, (IPv4Address(p.ip) for p in store.all()), ip)
@@ -154,53 +151,96 @@ def _add(node: NodeConfig, key: str, ip: str | None, existing_netns: str | None,
                   container_id=container_id, ifname=ifname)
         try:
             _wire(node, pod)
-        except Exception:
+        except Exception as e:
             _unwire(pod)
+            if isinstance(e, OSError):
+                reason = f"{e.strerror}: {e.filename}" if e.filename else e.strerror or str(e)
+                if e.errno in (errno.EPERM, errno.EACCES):
+                    reason += "; it needs CAP_NET_ADMIN and CAP_SYS_ADMIN (run the node privileged or with them)"
+                raise PodError(f"cannot wire pod {key}: {reason}") from None
             raise
         store.save(pod)
         return pod
 
 
 def _wire(node: NodeConfig, pod: Pod) -> None:
+    """Three batches of rtnetlink requests: the veth (its peer made in the pod's namespace), the pod's side (up,
+    address, gateway neighbour, routes), the host side (up, route); the caller removes what a failure left."""
     if pod.owns_netns:
         netns.create(pod.netns)
         if dns := pod_dns(node, pod.namespace):  # the node's DNS server, for programs run with `ip netns exec`
             (NETNS_ETC / pod.netns).mkdir(parents=True, exist_ok=True)
             (NETNS_ETC / pod.netns / "resolv.conf").write_text(resolv_conf(dns))
-    temp = "tp" + pod.host_interface[2:]
+    mtu = _pod_mtu(node)
+    ns_fd = os.open(netns.path(pod.netns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with Rtnl() as host:
+            made = host.run([(f"create veth {pod.host_interface} with {pod.ifname} in {pod.netns}",
+                              veth(pod.host_interface, pod.ifname, ns_fd, mtu)),
+                             ("read the veth back", get_link(pod.host_interface))])
+    finally:
+        os.close(ns_fd)
+    link = decode_link(made["read the veth back"])
+    _sysctl(f"net/ipv4/conf/{pod.host_interface}/proxy_arp", f"proxy_arp on {pod.host_interface}")
+    _sysctl("net/ipv4/ip_forward", "ip_forward")
+    gateway, idx = IPv4Address(GATEWAY), link.peer_index
+    with netns.entered(pod.netns), Rtnl() as ns:
+        ns.run([("set lo up", link_up("lo")), (f"set {pod.ifname} up", link_up(pod.ifname)),
+                (f"add {pod.ip}/32 to {pod.ifname}", address(idx, IPv4Address(pod.ip), 32)),
+                (f"add the neighbour {GATEWAY}", permanent_neighbour(idx, gateway, link.mac)),
+                (f"add the route to {GATEWAY}", device_route(IPv4Network(gateway), idx, RTPROT_STATIC)),
+                ("add the default route", device_route(IPv4Network("0.0.0.0/0"), idx, RTPROT_STATIC, gateway))])
+    with Rtnl() as host:
+        host.run([(f"set {pod.host_interface} up", link_up(pod.host_interface)),
+                  (f"add the host route to {pod.ip}",
+                   device_route(IPv4Network(pod.ip), link.index, node.pod_route_protocol))])
+
+
+def _pod_mtu(node: NodeConfig) -> int | None:
+    """Room for the VXLAN headers, or WireGuard's (the larger: encryption replaces encapsulation); None: the
+    kernel's default. Only then is pyroute2 loaded, to find the underlay's MTU."""
+    if not node.uses_vxlan() and not node.wireguard.enabled:
+        return None
+    from pyroute2 import IPRoute
+
+    from bgpd.dataplane.vxlan import overlay_mtu
+    from bgpd.dataplane.wireguard import wireguard_mtu
     with IPRoute() as host:
-        host.link("add", ifname=pod.host_interface, kind="veth", peer=temp)
-        (hidx,) = host.link_lookup(ifname=pod.host_interface)
-        (pidx,) = host.link_lookup(ifname=temp)
-        if mtu := overlay_mtu(node, host):  # room for the VXLAN headers
-            host.link("set", index=hidx, mtu=mtu)
-            host.link("set", index=pidx, mtu=mtu)
-        host.link("set", index=pidx, net_ns_fd=pod.netns)
-        host.link("set", index=hidx, state="up")
-        host_mac = host.get_links(hidx)[0].get("address")
-        Path(f"/proc/sys/net/ipv4/conf/{pod.host_interface}/proxy_arp").write_text("1")
-        Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
-    with NetNS(pod.netns) as ns:
-        (lo,) = ns.link_lookup(ifname="lo")
-        ns.link("set", index=lo, state="up")
-        (idx,) = ns.link_lookup(ifname=temp)
-        ns.link("set", index=idx, ifname=pod.ifname, state="up")
-        ns.addr("add", index=idx, address=pod.ip, prefixlen=32)
-        ns.neigh("add", dst=GATEWAY, lladdr=host_mac, ifindex=idx, state="permanent")
-        ns.route("add", dst=f"{GATEWAY}/32", oif=idx, scope="link")
-        ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=idx)
-    with IPRoute() as host:
-        host.route("add", dst=f"{pod.ip}/32", oif=hidx, scope="link", proto=node.pod_route_protocol)
+        return min(filter(None, (overlay_mtu(node, host),
+                                 wireguard_mtu(node, host) if node.wireguard.enabled else None)), default=None)
+
+
+def pod_links(pod: Pod) -> tuple[Link, Link]:
+    """The pod's veth as the kernel has it: (host side, pod side)."""
+    with Rtnl() as host:
+        host_link = decode_link(host.run([(f"read {pod.host_interface}", get_link(pod.host_interface))])
+                                ["read " + pod.host_interface])
+    with netns.entered(pod.netns), Rtnl() as ns:
+        pod_link = decode_link(ns.run([(f"read {pod.ifname}", get_link(pod.ifname))])["read " + pod.ifname])
+    return host_link, pod_link
+
+
+def _sysctl(key: str, what: str) -> None:
+    """Sets /proc/sys/KEY to 1; a container without a writable /proc/sys/net gets one line saying so."""
+    try:
+        Path("/proc/sys", key).write_text("1")
+    except OSError as e:
+        reason = ("/proc/sys is read-only in this container" if e.errno == errno.EROFS
+                  else e.strerror or str(e))
+        raise PodError(f"cannot set {what}: {reason}; run the node privileged or with a writable "
+                       "/proc/sys/net (and CAP_NET_ADMIN)") from None
 
 
 def _unwire(pod: Pod) -> None:
     """Removes what _wire made; each step tolerates that it was never done."""
-    with IPRoute() as host:
-        for idx in host.link_lookup(ifname=pod.host_interface):
-            host.link("del", index=idx)  # the peer and the host route go with it
-    if pod.owns_netns and pod.netns in netns.listnetns():
-        netns.remove(pod.netns)
+    with Rtnl() as host:
+        try:
+            host.run([(f"delete {pod.host_interface}", delete_link(pod.host_interface))])  # the peer and route go too
+        except OSError as e:
+            if e.errno != errno.ENODEV:
+                raise
     if pod.owns_netns:
+        netns.remove(pod.netns)
         (NETNS_ETC / pod.netns / "resolv.conf").unlink(missing_ok=True)
         if (NETNS_ETC / pod.netns).is_dir() and not any((NETNS_ETC / pod.netns).iterdir()):
             (NETNS_ETC / pod.netns).rmdir()
@@ -228,5 +268,8 @@ def exec_in_pod(node: NodeConfig, key: str, argv: list[str]) -> None:
     pod = PodStore(node).get(*parse_key(key))
     if pod is None:
         raise PodError(f"no pod {key}")
-    netns.setns(pod.netns)
-    os.execvp(argv[0], argv)
+    try:
+        netns.enter_for_good(pod.netns)
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        raise PodError(f"{argv[0]} in pod {key}: {e.strerror or e}") from None

@@ -106,6 +106,9 @@ def test_kernel_refusals_are_io_failures_and_leave_nothing(node, make_netns, net
     if netns == "pod":
         netns = f"/run/netns/{make_netns('cnitaken')}"
     rc, err = cni(host, "ADD", netconf, netns=netns, ifname=ifname)
-    assert rc != 0 and err["code"] == 5 and "NetlinkError" in err["details"], err
+    reason = "Invalid argument" if ifname == "eth0" else "File exists"
+    assert rc != 0 and err["code"] == 5, err
+    assert err["msg"].startswith("cannot wire pod cni/c1: cannot create veth tt"), err
+    assert err["msg"].endswith(f" with {ifname} in {netns}: {reason}"), err
     links = subprocess.run(["ip", "-n", host, "-o", "link"], capture_output=True, text=True).stdout
     assert " tt" not in links
