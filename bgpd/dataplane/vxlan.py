@@ -5,14 +5,18 @@ Blocking pyroute2 calls: run them in a worker thread (`asyncio.to_thread`).
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
+import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
+from bgpd.dataplane.netlink_routes import (_NLMSGHDR, _RTA, NETLINK_ROUTE, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE,
+                                           NLM_F_REQUEST, _acks)
 from bgpd.overlay.vxlan import pod_mtu, vtep_mac
 from config.node import NodeConfig, Vxlan
 
@@ -21,6 +25,10 @@ log = logging.getLogger("tortie.vxlan")
 NUD_PERMANENT = 0x80
 AF_BRIDGE = 7
 NTF_SELF = 0x02
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+NDA_DST, NDA_LLADDR = 1, 2
+NLM_F_APPEND = 0x800
+_NDMSG = struct.Struct("=BBHiHBB")
 # offloads that keep VXLAN near line rate (checksum and segmentation done once per super-packet, not in
 # software per wire packet): the device must have them on (Calico issue 11435)
 OFFLOADS = ("tx-checksum-ip-generic", "tx-generic-segmentation", "tx-udp_tnl-segmentation")
@@ -85,30 +93,17 @@ class VtepDevice:
             neigh = {IPv4Address(n.get_attr("NDA_DST")): n.get_attr("NDA_LLADDR")
                      for n in ipr.get_neighbours(family=socket.AF_INET, ifindex=index)
                      if n["state"] & NUD_PERMANENT}
-            fdb = {}
-            for n in ipr.get_neighbours(family=AF_BRIDGE, ifindex=index):
-                if n.get_attr("NDA_DST") is not None:
-                    fdb.setdefault(n.get_attr("NDA_LLADDR"), set()).add(IPv4Address(n.get_attr("NDA_DST")))
-            changes = 0
-            wanted_fdb = {mac: addr for addr, mac in want.items()}
-            for mac, dsts in fdb.items():
-                for dst in dsts:
-                    if wanted_fdb.get(mac) != dst:
-                        self._quiet(ipr.fdb, "del", ifindex=index, lladdr=mac, dst=str(dst))
-                        changes += 1
-            for addr, mac in neigh.items():
-                if addr not in want:
-                    self._quiet(ipr.neigh, "del", ifindex=index, dst=str(addr), lladdr=mac)
-                    changes += 1
-            for addr, mac in want.items():
-                if neigh.get(addr) != mac:
-                    ipr.neigh("replace", ifindex=index, dst=str(addr), lladdr=mac, state=NUD_PERMANENT)
-                    changes += 1
-                if addr not in fdb.get(mac, ()):
-                    ipr.fdb("append", ifindex=index, lladdr=mac, dst=str(addr), state=NUD_PERMANENT)
-                    changes += 1
+            fdb = {(n.get_attr("NDA_LLADDR"), IPv4Address(n.get_attr("NDA_DST")))
+                   for n in ipr.get_neighbours(family=AF_BRIDGE, ifindex=index) if n.get_attr("NDA_DST") is not None}
+        wanted_fdb = {(mac, addr) for addr, mac in want.items()}
+        ops = [EntryOp(RTM_DELNEIGH, AF_BRIDGE, addr, mac) for mac, addr in fdb - wanted_fdb]
+        ops += [EntryOp(RTM_DELNEIGH, socket.AF_INET, addr, mac) for addr, mac in neigh.items() if addr not in want]
+        ops += [EntryOp(RTM_NEWNEIGH, socket.AF_INET, addr, mac) for addr, mac in want.items() if neigh.get(addr) != mac]
+        ops += [EntryOp(RTM_NEWNEIGH, AF_BRIDGE, addr, mac) for mac, addr in wanted_fdb - fdb]
+        if ops:
+            write_entries(index, ops)
         self.installed = dict(want)
-        return changes
+        return len(ops)
 
     def remove(self) -> bool:
         """Deletes the device (and with it its entries and the routes through it); False if there was none."""
@@ -119,13 +114,46 @@ class VtepDevice:
         self.installed = {}
         return index is not None
 
-    @staticmethod
-    def _quiet(call, *args, **kwargs) -> None:
-        try:
-            call(*args, **kwargs)
-        except NetlinkError as e:  # gone meanwhile
-            if e.code != 2:
-                raise
+
+
+@dataclass(frozen=True)
+class EntryOp:
+    """A permanent neighbour (family AF_INET) or FDB entry (AF_BRIDGE) of the VTEP to add or delete."""
+
+    kind: int  # RTM_NEWNEIGH or RTM_DELNEIGH
+    family: int
+    address: IPv4Address
+    mac: str
+
+
+def encode_entry(op: EntryOp, index: int, seq: int) -> bytes:
+    """An ndmsg for `op`; a neighbour is replaced, an FDB entry appended (a MAC may have several)."""
+    flags = NLM_F_REQUEST | NLM_F_ACK
+    if op.kind == RTM_NEWNEIGH:
+        flags |= NLM_F_CREATE | (NLM_F_APPEND if op.family == AF_BRIDGE else NLM_F_REPLACE)
+    body = _NDMSG.pack(op.family, 0, 0, index, NUD_PERMANENT, NTF_SELF if op.family == AF_BRIDGE else 0, 0)
+    mac = bytes.fromhex(op.mac.replace(":", ""))
+    body += _RTA.pack(8, NDA_DST) + op.address.packed + _RTA.pack(4 + len(mac), NDA_LLADDR) + mac + b"\0\0"
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), op.kind, flags, seq, 0) + body
+
+
+def write_entries(index: int, ops: list[EntryOp]) -> None:
+    """One batch: every op acknowledged; a missing entry on delete is fine, any other failure raises OSError."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        sock.bind((0, 0))
+        for start in range(0, len(ops), 2000):
+            batch = ops[start:start + 2000]
+            sock.sendall(b"".join(encode_entry(op, index, seq) for seq, op in enumerate(batch, 1)))
+            pending, buffer = len(batch), bytearray(1 << 16)
+            while pending:
+                n = sock.recv_into(buffer)
+                for seq, code in _acks(memoryview(buffer)[:n]):
+                    pending -= 1
+                    op = batch[seq - 1]
+                    if code and not (op.kind == RTM_DELNEIGH and code == errno.ENOENT):
+                        raise OSError(code, f"vxlan entry {op}: {os.strerror(code)}")
 
 
 def offloads(device: str) -> dict[str, bool]:

@@ -7,11 +7,13 @@ from ipaddress import IPv4Address as A, IPv4Network as N
 import pytest
 from hypothesis import given, strategies as st
 from pydantic import ValidationError
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from bgpd.bgp.core import CoreConfig, NodeCore, Program
 from bgpd.bgp.rib import ImportFilter
 from bgpd.dataplane.netlink_routes import RTNH_F_ONLINK, DeviceHop, RouteOp, decode_route, encode
+from bgpd.dataplane.vxlan import RTM_DELNEIGH, RTM_NEWNEIGH, EntryOp, encode_entry
 from bgpd.overlay.vxlan import OVERHEAD, Overlay, cluster_routes, pod_mtu, vtep_mac, vteps
 from config.effective import ClusterView, effective
 from config.load import ConfigError
@@ -165,3 +167,15 @@ def test_onlink_routes_encode_as_pyroute2_reads_them_and_decode_back(device_hops
             got.add(DeviceHop(gw, nh["oif"]) if nh["flags"] & RTNH_F_ONLINK else gw)
         assert got == hops
     assert decode_route(memoryview(data), 16, len(data)) == (254, 201, 0, N("10.244.1.0/26"), hops)
+
+
+@given(st.sampled_from([RTM_NEWNEIGH, RTM_DELNEIGH]), st.sampled_from([2, 7]), addresses,
+       st.integers(1, 2**31 - 1), st.integers(0, 2**32 - 1))
+def test_vtep_entries_encode_as_pyroute2_reads_them(kind, family, address, index, seq):
+    data = encode_entry(EntryOp(kind, family, address, vtep_mac(address)), index, seq)
+    msg = ndmsg(data)
+    msg.decode()
+    assert msg["header"]["length"] == len(data) and msg["header"]["type"] == kind
+    assert msg["family"] == family and msg["ifindex"] == index and msg["state"] == 0x80
+    assert msg.get_attr("NDA_DST") == str(address) and msg.get_attr("NDA_LLADDR") == vtep_mac(address)
+    assert bool(msg["flags"] & 0x02) == (family == 7)  # FDB entries: NTF_SELF, on the VXLAN device itself

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""VXLAN overlay benchmark (docs/overlay.md), two parts, each side by side with its alternative in the same run.
+
+1. Throughput on the overlay lab (containers/labs/overlay.clab.yml): iperf3 TCP from node1's pod to node2's
+   pod, over VXLAN (pool 10.247.0.0/24, `always`) and routed directly (pool 10.248.0.0/24, `cross-subnet`,
+   node2 on node1's subnet): same hosts, same underlay, alternated --repeat times.
+2. Programming 1,000 remote blocks, one per remote node (a route `via <node> dev tortie.vxlan onlink`, a
+   permanent neighbour and an FDB entry each) in a fresh network namespace: Tortie's writers (the
+   hand-packed batched route writer, VtepDevice.sync for neighbours and FDB) against `ip -batch` plus
+   `bridge -batch` doing the same.
+
+Run as root from the repository: /opt/tortie-venv/bin/python bench/vxlan_bench.py [--repeat 3] [--seconds 5]
+Prints a table and writes bench/results/vxlan_bench.json. A benchmark, not a test: it asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.netns import Lab, wait_for  # noqa: E402  (the lab helper the tests use)
+
+PROGRAM = """
+import json, sys, time
+from ipaddress import IPv4Address, IPv4Network
+from pyroute2 import IPRoute
+from bgpd.dataplane.netlink_routes import DeviceHop, RouteOp, RouteWriter
+from bgpd.dataplane.vxlan import VtepDevice
+from bgpd.overlay.vxlan import vteps
+from config.node import Vxlan
+n = int(sys.argv[1])
+nodes = [IPv4Address("10.100.0.0") + i + 1 for i in range(n)]
+blocks = [IPv4Network((int(IPv4Address("10.200.0.0")) + 64 * i, 26)) for i in range(n)]
+dev = VtepDevice(Vxlan(), IPv4Address("192.0.2.1"))
+index = dev.ensure(1450).index
+start = time.perf_counter()
+dev.sync(vteps(nodes))
+entries = time.perf_counter() - start
+writer = RouteWriter(201)
+start = time.perf_counter()
+failed = writer.apply([RouteOp(b, frozenset((DeviceHop(a, index),))) for a, b in zip(nodes, blocks)])
+routes = time.perf_counter() - start
+assert not failed, failed
+print(json.dumps({"entries": entries, "routes": routes}))
+"""
+
+
+def sh(*cmd: str, input: str | None = None) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, input=input, timeout=120).stdout
+
+
+def underlay(ns: str) -> None:
+    """A namespace with an uplink and a default route: an on-link gateway must be reachable as unicast."""
+    sh("ip", "netns", "add", ns)
+    sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    sh("ip", "-n", ns, "addr", "add", "192.0.2.1/24", "dev", "eth0")
+    sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    sh("ip", "-n", ns, "link", "set", "eth1", "up")
+    sh("ip", "-n", ns, "route", "add", "default", "via", "192.0.2.254")
+
+
+def programming(n: int) -> dict[str, float]:
+    """Seconds to program n remote blocks with Tortie and with ip/bridge -batch, each in a fresh namespace."""
+    out = {}
+    ns = f"tvxb-{uuid.uuid4().hex[:6]}"
+    underlay(ns)
+    try:
+        got = json.loads(sh("ip", "netns", "exec", ns, sys.executable, "-c", PROGRAM, str(n)))
+        out["tortie_entries_s"], out["tortie_routes_s"] = got["entries"], got["routes"]
+        out["tortie_total_s"] = got["entries"] + got["routes"]
+    finally:
+        sh("ip", "netns", "del", ns)
+    ns = f"tvxb-{uuid.uuid4().hex[:6]}"
+    underlay(ns)
+    try:
+        sh("ip", "-n", ns, "link", "add", "tortie.vxlan", "type", "vxlan", "id", "4096", "dstport", "4789",
+           "local", "192.0.2.1", "nolearning")
+        sh("ip", "-n", ns, "link", "set", "tortie.vxlan", "up")
+        from ipaddress import IPv4Address, IPv4Network
+        from bgpd.overlay.vxlan import vtep_mac
+        nodes = [IPv4Address("10.100.0.0") + i + 1 for i in range(n)]
+        blocks = [IPv4Network((int(IPv4Address("10.200.0.0")) + 64 * i, 26)) for i in range(n)]
+        ip_batch = "".join(f"neigh replace {a} lladdr {vtep_mac(a)} dev tortie.vxlan nud permanent\n"
+                           f"route add {b} via {a} dev tortie.vxlan onlink proto 201\n" for a, b in zip(nodes, blocks))
+        fdb_batch = "".join(f"fdb append {vtep_mac(a)} dev tortie.vxlan dst {a}\n" for a in nodes)
+        start = time.perf_counter()
+        sh("ip", "-n", ns, "-batch", "-", input=ip_batch)
+        sh("ip", "netns", "exec", ns, "bridge", "-batch", "-", input=fdb_batch)
+        out["ip_batch_total_s"] = time.perf_counter() - start
+    finally:
+        sh("ip", "netns", "del", ns)
+    return out
+
+
+def iperf(lab: Lab, pool: str, dst: str, seconds: int) -> float:
+    """Gbit/s of one iperf3 TCP run from node1's pod to node2's pod of `pool`."""
+    server = lab.popen("node2", "ip", "netns", "exec", f"pod-default-{pool}", "iperf3", "-s", "-1")
+    try:
+        for _ in range(100):  # the server listens within a moment; the client retries until it does
+            r = lab.exec("node1", "ip", "netns", "exec", f"pod-default-{pool}", "iperf3", "-c", dst, "-t",
+                         str(seconds), "-J", check=False, timeout=seconds + 30)
+            if r.returncode == 0:
+                return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+            time.sleep(0.1)
+        raise RuntimeError(f"iperf3 to {dst} failed: {r.stdout[-500:]}")
+    finally:
+        server.kill()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--blocks", type=int, default=1000)
+    args = ap.parse_args()
+    results: dict = {"programming": [programming(args.blocks) for _ in range(args.repeat)]}
+    lab = Lab("overlay.clab.yml", f"vxb{uuid.uuid4().hex[:4]}")
+    lab.up()
+    try:
+        wait_for(lambda: "10.247.0.64/26" in lab.exec("node1", "ip", "route").stdout
+                 and "10.248.0.64/26" in lab.exec("node1", "ip", "route").stdout, 60, what="routes")
+        offloads = lab.json("node1", "tortie", "status", "--json")["overlay"]["offloads"]
+        runs = []
+        for _ in range(args.repeat):
+            runs.append({"vxlan_gbps": iperf(lab, "a", "10.247.0.65", args.seconds),
+                         "direct_gbps": iperf(lab, "c", "10.248.0.65", args.seconds)})
+        results.update(throughput=runs, offloads=offloads)
+    finally:
+        lab.down()
+    prog, runs = results["programming"], results["throughput"]
+    med = lambda rows, k: statistics.median(r[k] for r in rows)
+    summary = {
+        "vxlan_gbps": med(runs, "vxlan_gbps"), "direct_gbps": med(runs, "direct_gbps"),
+        "throughput_ratio": statistics.median(r["vxlan_gbps"] / r["direct_gbps"] for r in runs),
+        "tortie_s": med(prog, "tortie_total_s"), "tortie_routes_s": med(prog, "tortie_routes_s"),
+        "tortie_entries_s": med(prog, "tortie_entries_s"), "ip_batch_s": med(prog, "ip_batch_total_s")}
+    results["summary"] = summary
+    print(f"{'measure':<52} {'median':>10}")
+    print(f"{'iperf3 pod->pod over VXLAN (Gbit/s)':<52} {summary['vxlan_gbps']:>10.2f}")
+    print(f"{'iperf3 pod->pod direct (Gbit/s)':<52} {summary['direct_gbps']:>10.2f}")
+    print(f"{'VXLAN / direct (per run)':<52} {summary['throughput_ratio']:>10.2f}")
+    print(f"{f'{args.blocks} blocks: Tortie routes+neigh+FDB (s)':<52} {summary['tortie_s']:>10.3f}")
+    print(f"{'  of which routes, hand-packed writer (s)':<52} {summary['tortie_routes_s']:>10.3f}")
+    print(f"{'  of which neighbours+FDB, pyroute2 (s)':<52} {summary['tortie_entries_s']:>10.3f}")
+    print(f"{f'{args.blocks} blocks: ip -batch + bridge -batch (s)':<52} {summary['ip_batch_s']:>10.3f}")
+    print(f"offloads of the VTEP: {offloads}")
+    out = Path(__file__).resolve().parent / "results" / "vxlan_bench.json"
+    out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
