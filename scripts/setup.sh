@@ -7,7 +7,8 @@ VENV=${TORTIE_VENV:-/opt/tortie-venv}
 APT_PACKAGES=(iproute2 bird2 gobgpd frr nftables iptables ipset conntrack mosquitto mosquitto-clients
               prometheus iputils-ping netcat-openbsd procps util-linux socat python3 python3-venv python3-dev systemd
               bind9-dnsutils dnsmasq-base dnsperf etcd-server etcd-client tcpdump iperf3 ethtool
-              wireguard-go wireguard-tools)  # WireGuard without the kernel module (docs/wireguard.md)
+              wireguard-go wireguard-tools  # WireGuard without the kernel module (docs/wireguard.md)
+              docker.io debootstrap)  # the node image, `tortie lab up --engine docker` (scripts/build-image.sh)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

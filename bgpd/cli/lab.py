@@ -1,4 +1,4 @@
-"""`tortie lab ...`: realize a containerlab topology with network namespaces."""
+"""`tortie lab ...`: realize a containerlab topology with network namespaces, or with containers."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +21,7 @@ def _fail(msg: str) -> int:
 def _up(args: argparse.Namespace) -> int:
     from bgpd.lab import runner
     try:
-        runner.up(_lab(args), args.timeout)
+        runner.up(_lab(args), args.timeout, args.engine)
     except (ConfigError, runner.LabError) as e:
         return _fail(str(e))
     return 0
@@ -37,7 +37,7 @@ def _down(args: argparse.Namespace) -> int:
         if not (args.name and LabState.load(args.name)):
             return _fail(str(e))
         lab = None
-    problems = runner.down(lab.name if lab else args.name, lab)
+    problems = runner.down(lab.name if lab else args.name, lab, args.engine)
     return _fail("\n".join(problems)) if problems else 0
 
 
@@ -84,7 +84,8 @@ def _exec(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lab", description="Realize a containerlab topology (.clab.yml) on this host with network "
-                                   "namespaces, veth links and processes; no container engine needed.")
+                                   "namespaces, veth links and processes (no container engine needed), or with "
+                                   "containers of the nodes' images (--engine docker).")
     p.set_defaults(func=lambda args: p.print_help() or 2)
     lab_sub = p.add_subparsers(dest="lab_command", metavar="{up,down,status,exec}")
 
@@ -96,8 +97,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         return c
 
     c = command("up", _up, "create the lab and wait until every BGP session is up")
+    c.add_argument("--engine", choices=("netns", "docker", "podman"), default="netns",
+                   help="netns (default): namespaces and processes on this host; docker or podman: each node a "
+                        "container of its image, as containerlab runs it (status, exec and down follow)")
     c.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each exec command, then for the BGP sessions (default 90)")
-    command("down", _down, "stop every process of the lab and remove its namespaces, links and state")
+    c = command("down", _down, "stop every process of the lab and remove its namespaces, links and state")
+    c.add_argument("--engine", choices=("netns", "docker", "podman"),
+                   help="what ran the lab, when its state file is gone (default: as recorded, else netns)")
     c = command("status", _status, "show per node: namespace, keeper and cmd processes, BGP peers "
                                    "(exit 3 if something is not running)")
     c.add_argument("--json", action="store_true", help="print JSON")

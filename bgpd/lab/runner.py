@@ -4,16 +4,18 @@ from __future__ import annotations
 import json
 import os
 import select
+import shlex
 import shutil
 import subprocess
 import sys
 from collections import deque
+from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
 from pyroute2 import IPRoute, netns
 
 from bgpd.agent.views import PeerStatus
-from bgpd.lab import in_node, mountpoints, processes
+from bgpd.lab import container_nodes, in_node, mountpoints, processes
 from bgpd.lab.bgp_wait import STATUS_COMMAND, StatusError, parse_status, peer_problems, wait_until_up
 from bgpd.lab.state import LabState, NodeState
 from bgpd.lab.topology import Lab, Node
@@ -34,11 +36,15 @@ def _say(msg: str) -> None:
 
 
 def log_tail(state: LabState, node: str, lines: int = 20) -> str:
+    """The end of the node's log: its exec output, and for a container node its cmd's output first."""
     try:
         with open(state.log_path(node), errors="replace") as f:
-            return "".join(deque(f, lines))
+            tail = "".join(deque(f, lines))
     except OSError:
-        return ""
+        tail = ""
+    if state.engine in container_nodes.ENGINES:
+        tail = container_nodes.logs(state.engine, state.nodes[node].netns, lines) + tail
+    return tail
 
 
 def _netns_present(name: str) -> bool:
@@ -110,12 +116,24 @@ def _start_cmd(lab: Lab, node: Node, state: LabState) -> None:
     state.save()
 
 
+def _run(lab: Lab, state: LabState, node: Node, command: list[str], timeout: float | None,
+         **kw) -> subprocess.CompletedProcess:
+    """Runs `command` in the node and waits: nsenter into a namespace node, `ENGINE exec` into a container."""
+    ns = state.nodes[node.name]
+    if state.engine in container_nodes.ENGINES:
+        argv = container_nodes.exec_argv(state.engine, ns.netns, command, stdin="stdin" not in kw)
+        return subprocess.run(argv, cwd="/", text=True, timeout=timeout, **kw)
+    return in_node.run(ns.keeper_pid, in_node.node_env(lab.name, node), command, timeout, **kw)
+
+
 def _run_exec(lab: Lab, node: Node, state: LabState, timeout: float) -> None:
-    keeper, env = state.nodes[node.name].keeper_pid, in_node.node_env(lab.name, node)
+    """The node's exec entries in order: with `sh -c` in a namespace node, split into words (as
+    containerlab does) in a container."""
     for command in node.exec_:
+        argv = shlex.split(command) if state.engine in container_nodes.ENGINES else ["sh", "-c", command]
         try:
-            r = in_node.run(keeper, env, ["sh", "-c", command], timeout,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            r = _run(lab, state, node, argv, timeout, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         except subprocess.TimeoutExpired:
             raise LabError(f"node {node.name}: exec {command!r} did not finish within {timeout:g} s") from None
         with open(state.log_path(node.name), "a") as log:
@@ -128,12 +146,12 @@ def _cmd_alive(ns: NodeState) -> bool:
     return processes.alive_in(ns.cmd_pid, ns.keeper_mnt)
 
 
-def bgp_peers(lab: Lab, node: Node, ns: NodeState) -> list[PeerStatus]:
+def bgp_peers(lab: Lab, node: Node, state: LabState) -> list[PeerStatus]:
     """The node's BGP peers as `tortie status --json [--config FILE of its cmd]` reports them;
     StatusError if it cannot."""
     try:
-        r = in_node.run(ns.keeper_pid, in_node.node_env(lab.name, node),
-                         STATUS_COMMAND + node.tortie_config_args(), STATUS_TIMEOUT, capture_output=True)
+        r = _run(lab, state, node, STATUS_COMMAND + node.tortie_config_args(), STATUS_TIMEOUT,
+                 stdin=subprocess.DEVNULL, capture_output=True)
     except subprocess.TimeoutExpired:
         raise StatusError(f"`{' '.join(STATUS_COMMAND)}` did not answer within {STATUS_TIMEOUT:g} s") from None
     return parse_status(r.returncode, r.stdout, r.stderr)
@@ -152,9 +170,8 @@ def _wait_bgp(lab: Lab, state: LabState, timeout: float) -> int:
                 raise LabError(f"node {node.name}: its cmd {node.cmd!r} exited\n"
                                f"last lines of {state.log_path(node.name)}:\n{log_tail(state, node.name)}")
         for node in nodes:
-            ns = state.nodes[node.name]
             try:
-                peers = bgp_peers(lab, node, ns)
+                peers = bgp_peers(lab, node, state)
                 problems[node.name] = peer_problems(peers)
                 sessions += len(peers)
             except StatusError as e:
@@ -175,16 +192,7 @@ def _wait_bgp(lab: Lab, state: LabState, timeout: float) -> int:
     return sessions
 
 
-def up(lab: Lab, timeout: float) -> None:
-    """Realizes the lab; raises LabError (leaving what was made, for `down`) when a step fails."""
-    if LabState.load(lab.name) or any(_netns_present(lab.netns(n)) for n in lab.nodes):
-        raise LabError(f"lab {lab.name} exists already: `tortie lab down {lab.path} --name {lab.name}` first")
-    for node in lab.nodes.values():
-        for b in node.binds:
-            if not b.host.is_dir() and not b.host.is_file():
-                raise LabError(f"{lab.path}: topology.nodes.{node.name}.binds: {b.host} does not exist")
-    state = LabState(name=lab.name, topology=str(lab.path))
-    state.save()
+def _start_netns_nodes(lab: Lab, state: LabState) -> None:
     with mountpoints.registry() as created:  # no `lab down` removes a mountpoint until the keepers use it
         mountpoints.make(_mount_targets(lab), created)
         for node in lab.nodes.values():
@@ -193,10 +201,51 @@ def up(lab: Lab, timeout: float) -> None:
             netns.create(lab.netns(node.name))
             _loopback_up(lab.netns(node.name))
             _start_keeper(lab, node, state)
+
+
+def _start_containers(lab: Lab, state: LabState) -> None:
+    """Each node a container (its cmd already running); its network namespace attached under /run/netns."""
+    for node in lab.nodes.values():
+        ns = state.nodes[node.name] = NodeState(netns=lab.netns(node.name))
+        state.save()
+        try:
+            pid = container_nodes.start(state.engine, lab, node)
+        except container_nodes.EngineError as e:
+            raise LabError(f"node {node.name}: {e}") from None
+        netns.attach(ns.netns, pid)
+        ns.keeper_pid, ns.keeper_mnt = pid, processes.ns_id(pid, "mnt")
+        ns.cmd_pid = pid if node.cmd else None
+        state.save()
+        _loopback_up(ns.netns)
+
+
+def up(lab: Lab, timeout: float, engine: str = "netns") -> None:
+    """Realizes the lab with namespaces and processes, or with containers of `engine` (docker, podman);
+    raises LabError (leaving what was made, for `down`) when a step fails."""
+    if LabState.load(lab.name) or any(_netns_present(lab.netns(n)) for n in lab.nodes):
+        raise LabError(f"lab {lab.name} exists already: `tortie lab down {lab.path} --name {lab.name}` first")
+    for node in lab.nodes.values():
+        for b in node.binds:
+            if not b.host.is_dir() and not b.host.is_file():
+                raise LabError(f"{lab.path}: topology.nodes.{node.name}.binds: {b.host} does not exist")
+        if engine != "netns" and not node.image:
+            raise LabError(f"{lab.path}: topology.nodes.{node.name}.image: a container node needs an image")
+    if engine != "netns":
+        if why := container_nodes.available(engine):
+            raise LabError(f"engine {engine} cannot run the nodes: {why}")
+        for image in sorted({n.image for n in lab.nodes.values()}):
+            if why := container_nodes.missing_image(engine, image):
+                raise LabError(f"{lab.path}: {why}")
+    state = LabState(name=lab.name, topology=str(lab.path), engine=engine)
+    state.save()
+    if engine == "netns":
+        _start_netns_nodes(lab, state)
+    else:
+        _start_containers(lab, state)
     for a, b in lab.links:
         _add_link(a, b, lab)
     for node in lab.nodes.values():
-        if node.cmd:
+        if node.cmd and engine == "netns":
             _start_cmd(lab, node, state)
     for node in lab.nodes.values():
         _run_exec(lab, node, state, timeout)
@@ -214,14 +263,18 @@ def _pod_netns_ids(keeper_pid: int) -> set[str]:
         return set()
 
 
-def down(name: str, lab: Lab | None) -> list[str]:
-    """Stops every process of the lab, removes its namespaces, state and mountpoint dirs.
+def down(name: str, lab: Lab | None, engine: str | None = None) -> list[str]:
+    """Stops every process (or container) of the lab, removes its namespaces, state and mountpoint dirs.
 
-    Works from the state file, the topology, or both; returns problems (empty when all went)."""
+    Works from the state file, the topology, or both; `engine` is what ran it when no state says so.
+    Returns problems (empty when all went)."""
     state = LabState.load(name)
     namespaces = {ns.netns for ns in state.nodes.values()} if state else set()
     if lab:
         namespaces |= {lab.netns(n) for n in lab.nodes}
+    engine = state.engine if state else engine or "netns"
+    if engine in container_nodes.ENGINES:
+        return _remove_namespaces(name, namespaces, container_nodes.remove(engine, name, namespaces))
     keepers = {ns.keeper_pid: ns.keeper_mnt for ns in (state.nodes.values() if state else [])
                if processes.alive_in(ns.keeper_pid, ns.keeper_mnt)}
     net_ids = {i for n in namespaces if (i := processes.netns_file_id(f"/run/netns/{n}"))}
@@ -234,7 +287,11 @@ def down(name: str, lab: Lab | None) -> list[str]:
             break
         survivors = processes.stop(pids)
     survivors |= processes.stop(set(keepers))
-    problems = [f"process {pid} survived SIGKILL" for pid in sorted(survivors)]
+    return _remove_namespaces(name, namespaces, [f"process {pid} survived SIGKILL" for pid in sorted(survivors)])
+
+
+def _remove_namespaces(name: str, namespaces: set[str], problems: list[str]) -> list[str]:
+    """The nodes' namespaces (the veths go with them), unused mountpoints, and the state if all went."""
     for n in sorted(namespaces):
         if _netns_present(n):
             try:
@@ -260,7 +317,7 @@ def status(lab: Lab) -> dict:
                        "cmd_alive": bool(ns and node.cmd and _cmd_alive(ns)) if node.cmd else None}
         if node.runs_tortie() and keeper:
             try:
-                entry["peers"] = bgp_peers(lab, node, ns)
+                entry["peers"] = [asdict(p) for p in bgp_peers(lab, node, state)]
             except StatusError as e:
                 entry["bgp_error"] = str(e)
         out["nodes"][node.name] = entry
@@ -275,4 +332,4 @@ def exec_in(lab: Lab, node: str, command: list[str]) -> int:
     ns = state.nodes.get(node) if state else None
     if not ns or not processes.alive_in(ns.keeper_pid, ns.keeper_mnt):
         raise LabError(f"node {node} of lab {lab.name} is not running")
-    return in_node.run(ns.keeper_pid, in_node.node_env(lab.name, lab.nodes[node]), command, None).returncode
+    return _run(lab, state, lab.nodes[node], command, None).returncode

@@ -11,7 +11,7 @@ STATE_ROOT = Path("/run/tortie-lab")
 
 class NodeState(BaseModel):
     netns: str
-    keeper_pid: int | None = None
+    keeper_pid: int | None = Field(None, description="the keeper, or a container node's init process")
     keeper_mnt: str | None = Field(None, description="the keeper's mount namespace, as /proc/PID/ns/mnt reads")
     cmd_pid: int | None = None
 
@@ -19,6 +19,7 @@ class NodeState(BaseModel):
 class LabState(BaseModel):
     name: str
     topology: str
+    engine: str = Field("netns", description="netns, or the container engine running the nodes (docker, podman)")
     nodes: dict[str, NodeState] = Field(default_factory=dict)
 
     @staticmethod
