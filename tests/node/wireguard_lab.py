@@ -3,6 +3,7 @@ pods, transfers carrying a marker, and a capture on the underlay switch read bac
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import time
 from dataclasses import dataclass
@@ -11,6 +12,22 @@ from ipaddress import IPv4Address
 from tests.netns import wait_for
 
 MARKER = b"TORTIE-SECRET-MARKER-7c1f"
+NODES = ("node1", "node2", "node3")
+NODE_CONFIG = """\
+name: {name}
+router_id: 10.90.0.{i}
+asn: 64512
+listen_address: 10.90.0.{i}
+pools: [{{cidr: 10.248.0.0/24, block_size: 28, vxlan: {vxlan}}}]
+blocks: [10.248.0.{block}/28]
+mesh: {{enabled: true, hold_time: 9}}
+datastore: {{type: files, path: /srv/tortie-cluster, lease_ttl: 3}}
+wireguard: {wireguard}
+node_grace: 6
+initial_sync_timeout: 5
+metrics: {{port: 0}}
+pod_netns_prefix: pod-
+"""
 MARKED_SINK = """
 import socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -30,6 +47,26 @@ for _ in range(100):
 c.settimeout(30); c.sendall(sys.argv[2].encode() * int(sys.argv[3])); c.shutdown(socket.SHUT_WR)
 print(c.recv(100).decode())
 """
+
+
+def mixed_topology(tmp_path, wireguard: dict[str, str], vxlan: str) -> str:
+    """Three hosts on one switch sharing a files datastore, each with its own `wireguard` settings (YAML flow
+    text by node); node<i> has block 10.248.0.<16 i>/28 of a pool with the given `vxlan` mode."""
+    nodes = {"sw": {"kind": "linux", "cmd": "sleep infinity",
+                    "exec": ["ip link add br0 type bridge"] + [f"ip link set eth{i} master br0" for i in (1, 2, 3)]
+                    + ["ip link set br0 up"]}}
+    for i, name in enumerate(NODES, 1):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tortie.yaml").write_text(NODE_CONFIG.format(name=name, i=i, block=16 * i, vxlan=vxlan,
+                                                                        wireguard=wireguard[name]))
+        nodes[name] = {"kind": "linux", "cmd": "tortie run --config /etc/tortie/tortie.yaml",
+                       "binds": [f"{name}:/etc/tortie", "cluster:/srv/tortie-cluster"],
+                       "exec": [f"ip addr add 10.90.0.{i}/24 dev eth1"]}
+    (tmp_path / "cluster").mkdir()
+    links = [{"endpoints": [f"{n}:eth1", f"sw:eth{i}"]} for i, n in enumerate(NODES, 1)]
+    path = tmp_path / "mixed.clab.yml"
+    path.write_text(json.dumps({"name": "mixed", "topology": {"nodes": nodes, "links": links}}))
+    return str(path)
 
 
 def status(lab, node: str) -> dict:
