@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from config.load import ConfigError
 
@@ -82,12 +83,25 @@ def _exec(args: argparse.Namespace) -> int:
         return _fail(str(e))
 
 
+def _gen(args: argparse.Namespace) -> int:
+    from bgpd.lab import generate
+    spec = generate.Spec(args.hosts, args.reflectors, args.broker, args.pods, args.name or "")
+    try:
+        path = generate.write(spec, args.out)
+    except generate.GenError as e:
+        return _fail(f"lab gen: {e}")
+    except OSError as e:
+        return _fail(f"lab gen: {args.out}: {e.strerror}")
+    print(path)
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lab", description="Realize a containerlab topology (.clab.yml) on this host with network "
                                    "namespaces, veth links and processes (no container engine needed), or with "
                                    "containers of the nodes' images (--engine docker).")
     p.set_defaults(func=lambda args: p.print_help() or 2)
-    lab_sub = p.add_subparsers(dest="lab_command", metavar="{up,down,status,exec}")
+    lab_sub = p.add_subparsers(dest="lab_command", metavar="{gen,up,down,status,exec}")
 
     def command(name: str, func, help: str) -> argparse.ArgumentParser:
         c = lab_sub.add_parser(name, help=help, description=help)
@@ -96,6 +110,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         c.set_defaults(func=func)
         return c
 
+    c = lab_sub.add_parser("gen", help="write a topology of N hosts on one switch, and the files it binds",
+                           description="Write DIR/NAME.clab.yml (N Tortie hosts on one switch: an iBGP full mesh, "
+                                       "or clients of K BIRD route reflectors; optionally an MQTT broker as the "
+                                       "datastore; P pods per host) and the node files it binds.")
+    c.add_argument("--hosts", type=int, required=True, help="number of Tortie hosts")
+    c.add_argument("--reflectors", type=int, default=0, help="BIRD route reflectors instead of a full mesh (default 0)")
+    c.add_argument("--broker", action="store_true", help="an MQTT broker node as the datastore (blocks claimed there)")
+    c.add_argument("--pods", type=int, default=1, help="pods per host (default 1)")
+    c.add_argument("--name", help="the lab's name (default from the options, e.g. gen20-rr2)")
+    c.add_argument("--out", type=Path, required=True, help="output directory (created if missing)")
+    c.set_defaults(func=_gen)
     c = command("up", _up, "create the lab and wait until every BGP session is up")
     c.add_argument("--engine", choices=("netns", "docker", "podman"), default="netns",
                    help="netns (default): namespaces and processes on this host; docker or podman: each node a "
