@@ -15,6 +15,9 @@ class OverlayFirewall:
 
     def apply(self, rules: OverlayRules) -> None:
         """Raises ApplyError, the previous rules still in force, if the tools refuse."""
+        if rules.empty:
+            self.remove()
+            return
         if self.backend == "nft":
             run(["nft", "-f", "-"], render_nft(rules))
             return

@@ -29,8 +29,9 @@ RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 NDA_DST, NDA_LLADDR = 1, 2
 NLM_F_APPEND = 0x800
 _NDMSG = struct.Struct("=BBHiHBB")
-# offloads that keep VXLAN near line rate (checksum and segmentation done once per super-packet, not in
-# software per wire packet): the device must have them on (Calico issue 11435)
+# the VTEP's checksum and segmentation offloads, reported in `tortie status`: the kernel's defaults (on) are
+# kept. Calico issue 11435 found tx-checksum-ip-generic on throttling VXLAN on kernels 6.12+ over real NICs;
+# here (6.18, veth underlay) turning it off also turns TSO off and costs 60-80 % (docs/overlay.md)
 OFFLOADS = ("tx-checksum-ip-generic", "tx-generic-segmentation", "tx-udp_tnl-segmentation")
 
 
