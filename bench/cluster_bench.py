@@ -120,6 +120,18 @@ def rss_mib(lab: Lab, node: str) -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
 
 
+def web_pods(lab: Lab, servers: list) -> dict[str, str]:
+    """A web pod serving on 8080 and a client pod on every node: the web pods' addresses by node. The servers
+    are appended to `servers` (the caller kills them)."""
+    webs = {}
+    for node in NODES:
+        webs[node] = cni_add(lab, node, f"web-{node}", {"app": "web"})
+        cni_add(lab, node, f"client-{node}", {"app": "client"})
+        servers.append(lab.popen(node, "ip", "netns", "exec", f"web-{node}", "python3", "-c", SERVER))
+    time.sleep(1)
+    return webs
+
+
 def table(name: str, values: list[float]) -> str:
     return f"  {name:<28} {statistics.median(values):8.3f} {min(values):8.3f} {max(values):8.3f}"
 
@@ -137,12 +149,7 @@ def main() -> int:
         wait_for(lambda: all(len(lab.json(n, "tortie", "status", "--json")["peers"]) == 2 for n in NODES), 60,
                  what="the mesh")
         loaded = load_policies(lab, args.policies) if args.policies else 0.0
-        webs = {}
-        for node in NODES:
-            webs[node] = cni_add(lab, node, f"web-{node}", {"app": "web"})
-            cni_add(lab, node, f"client-{node}", {"app": "client"})
-            servers.append(lab.popen(node, "ip", "netns", "exec", f"web-{node}", "python3", "-c", SERVER))
-        time.sleep(1)
+        webs = web_pods(lab, servers)
         rounds = [policy_round(lab, n, webs) for n in range(args.repeat)]
         cni = [cni_round(lab, n) for n in range(args.repeat)]
         rss = {node: rss_mib(lab, node) for node in NODES}

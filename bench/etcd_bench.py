@@ -33,7 +33,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bgpd.ipam.claiming import BlockClaims  # noqa: E402
-from cluster_bench import NODES, WATCH, other, policy  # noqa: E402  (the cluster benchmark's probe)
+from cluster_bench import NODES, WATCH, other, policy, web_pods  # noqa: E402  (the cluster benchmark's probes)
 from config.datastore import Datastore, EtcdDatastore, MqttDatastore  # noqa: E402
 from config.node import NodeConfig  # noqa: E402
 from tests.datastore.broker import SHIPPED, Broker  # noqa: E402
@@ -41,7 +41,6 @@ from tests.datastore.conftest import settings as mqtt_settings  # noqa: E402
 from tests.datastore.etcd_server import EtcdCluster, etcd_settings  # noqa: E402
 from tests.datastore.proxy import Proxy  # noqa: E402
 from tests.netns import Lab, wait_for  # noqa: E402
-from tests.node.test_cluster_lab import SERVER, cni_add  # noqa: E402
 
 LABS = {"mqtt": ("mesh3-mqtt.clab.yml", ["--user", "admin", "--password-file", "/tmp/admin.pw"]),
         "etcd": ("mesh3-etcd.clab.yml", ["--user", "admin", "--password-file", "/tmp/admin.pw"])}
@@ -80,12 +79,7 @@ def lab_rounds(backend: str, repeat: int) -> list[dict[str, float]]:
         wait_for(lambda: all(len(lab.json(n, "tortie", "status", "--json")["peers"]) == 2 for n in NODES), 90,
                  what="the mesh")
         lab.exec("node1", "sh", "-c", f"echo {ADMIN_PASSWORD[backend]} > /tmp/admin.pw")
-        webs = {}
-        for node in NODES:
-            webs[node] = cni_add(lab, node, f"web-{node}", {"app": "web"})
-            cni_add(lab, node, f"client-{node}", {"app": "client"})
-            servers.append(lab.popen(node, "ip", "netns", "exec", f"web-{node}", "python3", "-c", SERVER))
-        time.sleep(1)
+        webs = web_pods(lab, servers)
         return [apply_round(lab, n, webs, creds) for n in range(repeat)]
     finally:
         for s in servers:
