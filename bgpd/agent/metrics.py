@@ -79,8 +79,7 @@ class DaemonCollector(Collector):
             resyncs = CounterMetricFamily("tortie_datastore_resyncs", "full resynchronisations after a reconnect")
             resyncs.add_metric([], s.datastore.resyncs)
             yield from (connected, resyncs)
-        if s.overlay is not None:
-            yield from overlay_metrics(s.overlay)
+        yield from overlay_metrics(s.overlay)
         if s.wireguard is not None:
             yield from wireguard_metrics(s.wireguard)
         sync = GaugeMetricFamily("tortie_initial_sync_done", "1 once the initial BGP sync finished")
@@ -91,15 +90,17 @@ class DaemonCollector(Collector):
         yield build
 
 
-def overlay_metrics(o: OverlayStatus) -> Iterable[Metric]:
+def overlay_metrics(o: OverlayStatus | None) -> Iterable[Metric]:
+    """The VTEP's families, without samples while no pool uses VXLAN."""
     vteps = GaugeMetricFamily("tortie_vxlan_remote_vteps", "remote VTEPs programmed (neighbour + FDB entry each)")
-    vteps.add_metric([], o.remote_vteps)
     routes = GaugeMetricFamily("tortie_vxlan_encapsulated_routes", "kernel routes of ours through the VTEP")
-    routes.add_metric([], o.encapsulated_routes)
     repairs = CounterMetricFamily("tortie_vxlan_repairs", "VTEP device or entries found changed by others, set again")
-    repairs.add_metric([], o.repairs)
     up = GaugeMetricFamily("tortie_vxlan_device_up", "1 while the VTEP device is set up as configured")
-    up.add_metric([], 0.0 if o.error or not o.mtu else 1.0)
+    if o is not None:
+        vteps.add_metric([], o.remote_vteps)
+        routes.add_metric([], o.encapsulated_routes)
+        repairs.add_metric([], o.repairs)
+        up.add_metric([], 0.0 if o.error or not o.mtu else 1.0)
     yield from (vteps, routes, repairs, up)
 
 
