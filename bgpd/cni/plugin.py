@@ -7,7 +7,7 @@ traceback. The plugin does its own address management from the node's blocks (`i
 
 A container runtime starts the plugin for every pod, so it imports only what the command uses: VERSION
 needs nothing beyond the standard library, the others pydantic for the node configuration; ADD and DEL
-wire with hand-packed rtnetlink (bgpd/dataplane/netlink_links.py), only CHECK loads pyroute2.
+wire and inspect with hand-packed rtnetlink (bgpd/dataplane/netlink_links.py), no pyroute2.
 """
 from __future__ import annotations
 
@@ -191,20 +191,13 @@ def cmd_check(conf: dict) -> None:
         pod = store.by_container(*container)
     if pod is None:
         raise CniError(UNKNOWN_CONTAINER, "no such attachment")
-    from pyroute2 import IPRoute, NetNS
+    from bgpd.dataplane.pods import PodError, check_pod
     try:
-        with NetNS(pod.netns) as ns:
-            idx = ns.link_lookup(ifname=pod.ifname)
-            addrs = {a.get("address") for a in ns.get_addr(index=idx[0])} if idx else set()
-        with IPRoute() as host:
-            veth = host.link_lookup(ifname=pod.host_interface)
-            oif = host.route("get", dst=pod.ip)[0].get("oif")
+        check_pod(pod)
+    except PodError as e:
+        raise CniError(IO_FAILURE, str(e)) from None
     except OSError as e:
-        raise CniError(IO_FAILURE, f"cannot inspect the pod: {e}") from None
-    if pod.ip not in addrs:
-        raise CniError(IO_FAILURE, f"{pod.ifname} in {pod.netns} lacks {pod.ip}")
-    if not veth or oif != veth[0]:
-        raise CniError(IO_FAILURE, f"the host has no route to {pod.ip} via {pod.host_interface}")
+        raise CniError(IO_FAILURE, f"cannot inspect the pod: {e.strerror or e}") from None
 
 
 def cmd_status(conf: dict) -> None:

@@ -13,12 +13,13 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from bgpd.dataplane.netlink_routes import (_NLMSGERR, _NLMSGHDR, _RTA, _RTMSG, _U32, NETLINK_ROUTE, NLM_F_ACK,
-                                           NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR, RT_TABLE_MAIN,
-                                           RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE, RTM_DELLINK, RTM_NEWLINK,
-                                           RTM_NEWROUTE, RTN_UNICAST, RT_SCOPE_UNIVERSE, _attr4)
+from bgpd.dataplane.netlink_routes import (_NLMSGHDR, _RTA, _RTMSG, _U32, NETLINK_ROUTE, NLM_F_ACK, NLM_F_CREATE,
+                                           NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+                                           RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE, RTM_DELLINK,
+                                           RTM_GETROUTE, RTM_NEWLINK, RTM_NEWROUTE, RTN_UNICAST, RT_SCOPE_UNIVERSE,
+                                           _attr4)
 
-RTM_GETLINK, RTM_NEWADDR, RTM_NEWNEIGH = 18, 20, 28
+RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWNEIGH = 18, 20, 22, 28
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 5, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
@@ -30,6 +31,7 @@ RTPROT_STATIC = 4  # the pod's own routes, as an administrator would set them
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBI")
 _NDMSG = struct.Struct("=BxxxiHBB")
+_INT = struct.Struct("=i")  # the error code that opens NLMSG_ERROR and NLMSG_DONE
 
 
 @dataclass(frozen=True)
@@ -105,27 +107,54 @@ def device_route(dst: IPv4Network, oif: int, protocol: int, gateway: IPv4Address
     return _message(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
-def decode_link(data: bytes) -> Link:
-    """An RTM_NEWLINK message (header included)."""
-    length = _NLMSGHDR.unpack_from(data)[0]
-    _family, _type, index, _flags, _change = _IFINFOMSG.unpack_from(data, _NLMSGHDR.size)
-    name, mac, mtu, peer = "", "", 0, index
-    offset = _NLMSGHDR.size + _IFINFOMSG.size
-    while offset + _RTA.size <= min(length, len(data)):
+def addresses() -> bytes:
+    """Dumps the namespace's IPv4 addresses (see decode_address)."""
+    return _message(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0))
+
+
+def route_to(dst: IPv4Address) -> bytes:
+    """Asks which route the kernel takes to dst: the answer is an RTM_NEWROUTE (see route_oif)."""
+    body = _RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + _attr4(RTA_DST, dst.packed)
+    return _message(RTM_GETROUTE, 0, body)
+
+
+def _attributes(data: bytes, offset: int) -> dict[int, bytes]:
+    """The attributes from `offset` to the end of the message starting at 0: kind -> payload."""
+    end = min(_NLMSGHDR.unpack_from(data)[0], len(data))
+    out = {}
+    while offset + _RTA.size <= end:
         alen, kind = _RTA.unpack_from(data, offset)
         if alen < _RTA.size:
             break
-        payload = data[offset + _RTA.size:offset + alen]
-        if kind == IFLA_IFNAME:
-            name = payload.rstrip(b"\0").decode()
-        elif kind == IFLA_ADDRESS:
-            mac = ":".join(f"{b:02x}" for b in payload)
-        elif kind == IFLA_MTU and alen == 8:
-            mtu = _U32.unpack(payload)[0]
-        elif kind == IFLA_LINK and alen == 8:
-            peer = _U32.unpack(payload)[0]
+        out[kind] = data[offset + _RTA.size:offset + alen]
         offset += (alen + 3) & ~3
-    return Link(index, name, mac, mtu, peer)
+    return out
+
+
+def _u32(attrs: dict[int, bytes], kind: int, default: int) -> int:
+    value = attrs.get(kind, b"")
+    return _U32.unpack(value)[0] if len(value) == 4 else default
+
+
+def decode_link(data: bytes) -> Link:
+    """An RTM_NEWLINK message (header included)."""
+    index = _IFINFOMSG.unpack_from(data, _NLMSGHDR.size)[2]
+    attrs = _attributes(data, _NLMSGHDR.size + _IFINFOMSG.size)
+    return Link(index, attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(),
+                ":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b"")), _u32(attrs, IFLA_MTU, 0),
+                _u32(attrs, IFLA_LINK, index))
+
+
+def decode_address(data: bytes) -> tuple[int, IPv4Address, int]:
+    """An RTM_NEWADDR message: (interface index, local address, prefix length)."""
+    _family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(data, _NLMSGHDR.size)
+    attrs = _attributes(data, _NLMSGHDR.size + _IFADDRMSG.size)
+    return index, IPv4Address(attrs.get(IFA_LOCAL) or attrs[IFA_ADDRESS]), prefixlen
+
+
+def route_oif(data: bytes) -> int:
+    """The outgoing interface of an RTM_NEWROUTE message (0: none)."""
+    return _u32(_attributes(data, _NLMSGHDR.size + _RTMSG.size), RTA_OIF, 0)
 
 
 class Rtnl:
@@ -142,11 +171,12 @@ class Rtnl:
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
 
-    def run(self, steps: list[tuple[str, bytes]]) -> dict[str, bytes]:
+    def run(self, steps: list[tuple[str, bytes]]) -> dict[str, list[bytes]]:
         """Sends (what, request) pairs as one batch; returns the answers of GET requests by `what`.
 
-        The kernel handles them in order and acknowledges each. The first failure raises OSError(errno,
-        "cannot WHAT: reason"); later requests of the batch ran anyway (the caller rolls back).
+        The kernel handles them in order and acknowledges each (a dump ends with NLMSG_DONE instead). The
+        first failure raises OSError(errno, "cannot WHAT: reason"); later requests of the batch ran anyway
+        (the caller rolls back).
         """
         by_seq: dict[int, str] = {}
         batch = bytearray()
@@ -157,7 +187,7 @@ class Rtnl:
             batch += request
             struct.pack_into("=I", batch, start + 8, self._seq)
         self.sock.sendall(batch)
-        answers: dict[str, bytes] = {}
+        answers: dict[str, list[bytes]] = {w: [] for w in by_seq.values()}
         failure: tuple[int, str] | None = None
         pending = set(by_seq)
         while pending:
@@ -168,13 +198,13 @@ class Rtnl:
                 if length < _NLMSGHDR.size:
                     break
                 if seq in pending:
-                    if kind == NLMSG_ERROR:
+                    if kind == NLMSG_ERROR or kind == NLMSG_DONE:
                         pending.discard(seq)
-                        code = -_NLMSGERR.unpack_from(data, offset + _NLMSGHDR.size)[0]
+                        code = -_INT.unpack_from(data, offset + _NLMSGHDR.size)[0] if length >= 20 else 0
                         if code and failure is None:
                             failure = (code, by_seq[seq])
                     else:
-                        answers[by_seq[seq]] = data[offset:offset + length]
+                        answers[by_seq[seq]].append(data[offset:offset + length])
                 offset += (length + 3) & ~3
         if failure is not None:
             code, what = failure

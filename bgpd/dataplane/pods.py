@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Iterator
 
 from bgpd.dataplane import netns
-from bgpd.dataplane.netlink_links import (Link, Rtnl, address, decode_link, delete_link, device_route, get_link,
-                                          link_up, permanent_neighbour, veth, RTPROT_STATIC)
+from bgpd.dataplane.netlink_links import (RTPROT_STATIC, Link, Rtnl, address, addresses, decode_address, decode_link,
+                                          delete_link, device_route, get_link, link_up, permanent_neighbour,
+                                          route_oif, route_to, veth)
 from bgpd.dns.client import pod_dns, resolv_conf
 from bgpd.ipam.allocate import AddressError, allocate
 from bgpd.ipam.state import IpamStateError
@@ -152,7 +153,12 @@ def _add(node: NodeConfig, key: str, ip: str | None, existing_netns: str | None,
         try:
             _wire(node, pod)
         except Exception as e:
-            _unwire(pod)
+            denied = isinstance(e, OSError) and e.errno in (errno.EPERM, errno.EACCES)
+            try:
+                _unwire(pod)
+            except OSError:
+                if not denied:  # else the undo was refused as the wiring was: nothing was made to undo
+                    raise
             if isinstance(e, OSError):
                 reason = f"{e.strerror}: {e.filename}" if e.filename else e.strerror or str(e)
                 if e.errno in (errno.EPERM, errno.EACCES):
@@ -180,7 +186,7 @@ def _wire(node: NodeConfig, pod: Pod) -> None:
                              ("read the veth back", get_link(pod.host_interface))])
     finally:
         os.close(ns_fd)
-    link = decode_link(made["read the veth back"])
+    link = decode_link(made["read the veth back"][0])
     _sysctl(f"net/ipv4/conf/{pod.host_interface}/proxy_arp", f"proxy_arp on {pod.host_interface}")
     _sysctl("net/ipv4/ip_forward", "ip_forward")
     gateway, idx = IPv4Address(GATEWAY), link.peer_index
@@ -213,11 +219,31 @@ def _pod_mtu(node: NodeConfig) -> int | None:
 def pod_links(pod: Pod) -> tuple[Link, Link]:
     """The pod's veth as the kernel has it: (host side, pod side)."""
     with Rtnl() as host:
-        host_link = decode_link(host.run([(f"read {pod.host_interface}", get_link(pod.host_interface))])
-                                ["read " + pod.host_interface])
+        host_link = host.run([("read the host side", get_link(pod.host_interface))])["read the host side"][0]
     with netns.entered(pod.netns), Rtnl() as ns:
-        pod_link = decode_link(ns.run([(f"read {pod.ifname}", get_link(pod.ifname))])["read " + pod.ifname])
-    return host_link, pod_link
+        pod_link = ns.run([("read the pod side", get_link(pod.ifname))])["read the pod side"][0]
+    return decode_link(host_link), decode_link(pod_link)
+
+
+def check_pod(pod: Pod) -> None:
+    """Raises PodError unless the pod's interface holds its address and the host routes it to its veth."""
+    with netns.entered(pod.netns), Rtnl() as ns:
+        answers = ns.run([("read the pod side", get_link(pod.ifname)), ("read the addresses", addresses())])
+    index = decode_link(answers["read the pod side"][0]).index
+    if (index, IPv4Address(pod.ip), 32) not in map(decode_address, answers["read the addresses"]):
+        raise PodError(f"{pod.ifname} in {pod.netns} lacks {pod.ip}")
+    with Rtnl() as host:
+        veth_index = decode_link(host.run([("read the host side", get_link(pod.host_interface))])
+                                 ["read the host side"][0]).index
+        try:
+            route = host.run([(f"find the route to {pod.ip}", route_to(IPv4Address(pod.ip)))])
+            oif = route_oif(route[f"find the route to {pod.ip}"][0])
+        except OSError as e:
+            if e.errno != errno.ENETUNREACH:
+                raise
+            oif = 0
+    if oif != veth_index:
+        raise PodError(f"the host has no route to {pod.ip} via {pod.host_interface}")
 
 
 def _sysctl(key: str, what: str) -> None:

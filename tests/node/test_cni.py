@@ -58,6 +58,13 @@ def test_add_check_del_lifecycle(node, make_netns):
                    capture_output=True, timeout=10)
     assert cni(host, "ADD", netconf, netns=netns_path, args=args) == (0, out)  # a retried ADD: same answer
     assert cni(host, "CHECK", netconf, netns=netns_path, args=args)[0] == 0
+    # CHECK finds what someone else broke: the pod's address, then the host route
+    subprocess.run(["ip", "-n", pod_ns, "addr", "del", "10.244.7.1/32", "dev", "eth0"], check=True)
+    assert cni(host, "CHECK", netconf, netns=netns_path)[1]["msg"] == f"eth0 in {netns_path} lacks 10.244.7.1"
+    subprocess.run(["ip", "-n", pod_ns, "addr", "add", "10.244.7.1/32", "dev", "eth0"], check=True)
+    subprocess.run(["ip", "-n", host, "route", "del", "10.244.7.1/32"], check=True)
+    err = cni(host, "CHECK", netconf, netns=netns_path)[1]
+    assert err["code"] == 5 and err["msg"].startswith("the host has no route to 10.244.7.1 via tt"), err
     listed = subprocess.run(["ip", "netns", "exec", host, sys.executable, "-m", "bgpd.cli.main", "pod", "list", "--json",
                              "--config", netconf["tortieConfig"]], capture_output=True, text=True, cwd=ROOT)
     assert [p["namespace"] + "/" + p["name"] for p in json.loads(listed.stdout)] == ["shop/web-1"]

@@ -8,13 +8,14 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from bgpd.dataplane.netlink_links import (NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, RTM_GETLINK, RTM_NEWADDR,
-                                          RTM_NEWNEIGH, address, decode_link, delete_link, device_route, get_link,
-                                          link_up, permanent_neighbour, veth)
-from bgpd.dataplane.netlink_routes import RTM_DELLINK, RTM_NEWLINK, RTM_NEWROUTE
+from bgpd.dataplane.netlink_links import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, RTM_GETADDR, RTM_GETLINK,
+                                          RTM_NEWADDR, RTM_NEWNEIGH, address, addresses, decode_address, decode_link,
+                                          delete_link, device_route, get_link, link_up, permanent_neighbour,
+                                          route_oif, route_to, veth)
+from bgpd.dataplane.netlink_routes import RTM_DELLINK, RTM_GETROUTE, RTM_NEWLINK, RTM_NEWROUTE
 
 names = st.text("abcdefghijklmnopqrstuvwxyz0123456789.-_", min_size=1, max_size=15)
-addresses = st.integers(1, 2**32 - 2).map(A)
+ips = st.integers(1, 2**32 - 2).map(A)
 macs = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b))
 
 
@@ -46,21 +47,21 @@ def test_link_requests(name):
     assert up["flags"] == up["change"] == 1 and not up["header"]["flags"] & NLM_F_CREATE
 
 
-@given(st.integers(1, 2**31 - 1), addresses, st.integers(0, 32))
+@given(st.integers(1, 2**31 - 1), ips, st.integers(0, 32))
 def test_address(index, ip, prefixlen):
     msg = decoded(ifaddrmsg, address(index, ip, prefixlen))
     assert msg["header"]["type"] == RTM_NEWADDR and msg["index"] == index and msg["prefixlen"] == prefixlen
     assert msg.get("local") == msg.get("address") == str(ip) and msg["family"] == 2
 
 
-@given(st.integers(1, 2**31 - 1), addresses, macs)
+@given(st.integers(1, 2**31 - 1), ips, macs)
 def test_permanent_neighbour(index, ip, mac):
     msg = decoded(ndmsg, permanent_neighbour(index, ip, mac))
     assert msg["header"]["type"] == RTM_NEWNEIGH and msg["ifindex"] == index and msg["state"] == 0x80
     assert msg.get("dst") == str(ip) and msg.get("lladdr") == mac
 
 
-@given(addresses, st.integers(0, 32), st.integers(1, 2**31 - 1), st.integers(1, 255), st.one_of(st.none(), addresses))
+@given(ips, st.integers(0, 32), st.integers(1, 2**31 - 1), st.integers(1, 255), st.one_of(st.none(), ips))
 def test_device_route(ip, prefixlen, oif, protocol, gateway):
     dst = N(f"{ip}/{prefixlen}", strict=False)
     msg = decoded(rtmsg, device_route(dst, oif, protocol, gateway))
@@ -80,3 +81,26 @@ def test_decode_link_matches_pyroute2(index, name, mac, mtu, peer):
     msg.encode()
     link = decode_link(bytes(msg.data))
     assert (link.index, link.name, link.mac, link.mtu, link.peer_index) == (index, name, mac, mtu, peer)
+
+
+def test_dump_and_route_requests():
+    dump, get = decoded(ifaddrmsg, addresses()), decoded(rtmsg, route_to(A("10.1.2.3")))
+    assert dump["header"]["type"] == RTM_GETADDR and dump["header"]["flags"] & NLM_F_DUMP == NLM_F_DUMP
+    assert dump["family"] == 2
+    assert get["header"]["type"] == RTM_GETROUTE and get["dst_len"] == 32 and get.get("dst") == "10.1.2.3"
+
+
+@given(st.integers(1, 2**31 - 1), ips, st.integers(0, 32), st.integers(1, 2**31 - 1))
+def test_decode_address_and_route_match_pyroute2(index, ip, prefixlen, oif):
+    msg = ifaddrmsg()
+    msg["header"]["type"] = RTM_NEWADDR
+    msg["family"], msg["prefixlen"], msg["index"] = 2, prefixlen, index
+    msg["attrs"] = [("IFA_ADDRESS", str(ip)), ("IFA_LOCAL", str(ip)), ("IFA_LABEL", "eth0")]
+    msg.encode()
+    assert decode_address(bytes(msg.data)) == (index, ip, prefixlen)
+    route = rtmsg()
+    route["header"]["type"] = RTM_NEWROUTE
+    route["family"], route["dst_len"] = 2, 32
+    route["attrs"] = [("RTA_TABLE", 254), ("RTA_DST", str(ip)), ("RTA_OIF", oif), ("RTA_PREFSRC", "10.0.0.1")]
+    route.encode()
+    assert route_oif(bytes(route.data)) == oif
