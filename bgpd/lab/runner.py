@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
@@ -25,6 +26,7 @@ from bgpd.lab.topology import Lab, Node
 NODE_TMPFS = ("/run", "/tmp", "/var/lib/tortie", "/etc/netns")
 KEEPER_START_TIMEOUT = 10.0
 STATUS_TIMEOUT = 10.0
+PARALLEL = 8  # nodes whose exec commands or status run at once: a 100-node lab is not 100 x one node's time
 
 
 class LabError(Exception):
@@ -33,6 +35,17 @@ class LabError(Exception):
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _each(nodes: list[Node], work, what: str) -> None:
+    """`work(node)` for every node, PARALLEL at a time; progress on stderr for large labs. The first
+    exception is raised once every started call has ended."""
+    done, step = 0, max(1, len(nodes) // 10)
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        for _ in pool.map(work, nodes):
+            done += 1
+            if len(nodes) > PARALLEL and (done % step == 0 or done == len(nodes)):
+                _say(f"  {what}: {done}/{len(nodes)} nodes")
 
 
 def log_tail(state: LabState, node: str, lines: int = 20) -> str:
@@ -160,22 +173,31 @@ def bgp_peers(lab: Lab, node: Node, state: LabState) -> list[PeerStatus]:
 def _wait_bgp(lab: Lab, state: LabState, timeout: float) -> int:
     """Waits until every peer of every tortie node is up; returns how many sessions that is."""
     nodes = [n for n in lab.nodes.values() if n.runs_tortie()]
-    sessions = 0
+    sessions, reported = 0, -1
 
     def check() -> dict[str, list[str]]:
-        nonlocal sessions
+        nonlocal sessions, reported
         problems, sessions = {}, 0
         for node in lab.nodes.values():
             if node.cmd and not _cmd_alive(state.nodes[node.name]):
                 raise LabError(f"node {node.name}: its cmd {node.cmd!r} exited\n"
                                f"last lines of {state.log_path(node.name)}:\n{log_tail(state, node.name)}")
-        for node in nodes:
+
+        def one(node: Node) -> tuple[list[str], int]:
             try:
                 peers = bgp_peers(lab, node, state)
-                problems[node.name] = peer_problems(peers)
-                sessions += len(peers)
+                return peer_problems(peers), len(peers)
             except StatusError as e:
-                problems[node.name] = [str(e)]
+                return [str(e)], 0
+
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            for node, (probs, n) in zip(nodes, pool.map(one, nodes)):
+                problems[node.name] = probs
+                sessions += n
+        ready = sum(not p for p in problems.values())
+        if len(nodes) > PARALLEL and ready != reported:
+            reported = ready
+            _say(f"  BGP: {ready}/{len(nodes)} nodes with every session up")
         return problems
 
     if nodes:
@@ -247,8 +269,7 @@ def up(lab: Lab, timeout: float, engine: str = "netns") -> None:
     for node in lab.nodes.values():
         if node.cmd and engine == "netns":
             _start_cmd(lab, node, state)
-    for node in lab.nodes.values():
-        _run_exec(lab, node, state, timeout)
+    _each(list(lab.nodes.values()), lambda node: _run_exec(lab, node, state, timeout), "exec")
     sessions = _wait_bgp(lab, state, timeout)
     _say(f"lab {lab.name} is up: {len(lab.nodes)} nodes, {len(lab.links)} links"
          + (f", {sessions} BGP peerings up" if sessions else ""))

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""A node's memory: RSS and PSS of the daemon, ExaBGP and the relay, at idle and with N routes learned.
+
+Same testbed as bench/bgp_bench.py (two fresh namespaces, a BIRD sender with N static /26s): the receiver
+(tortie, or BIRD for comparison) is measured once its session is up with no routes ("idle", the sender's
+routes filtered out), then after the sender sends all N and they are in the kernel. PSS splits the pages the
+three Python processes share (the interpreter, libraries) between them: it is what a node adds to a machine.
+
+Run as root: /opt/tortie-venv/bin/python bench/footprint.py [--routes 10000] [--repeat 1]
+Prints a table and writes bench/results/footprint.json. A benchmark, not a test: it asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bgp_bench as bb  # noqa: E402  (the route benchmark's testbed)
+
+RESULTS = bb.ROOT / "bench" / "results" / "footprint.json"
+SETTLE = 2.0  # seconds after the session is up (or all routes are in) before reading memory
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """RSS and PSS of one process, from smaps_rollup."""
+    out = {}
+    for line in bb._proc(pid, "smaps_rollup").splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            out[key.lower()] = int(rest.split()[0])
+    return out
+
+
+def _up(rcv: bb.Receiver) -> bool:
+    return rcv.log.exists() and bool(bb.re.search(rcv.up_line, rcv.log.read_text(errors="replace")))
+
+
+def measure(method: str, n: int, prefix: str, index: int, scratch: Path) -> dict:
+    with bb.Testbed(prefix, index, scratch) as bed:
+        routes = bb.route_prefixes(n)
+        ctl, _ = bb.start_sender(bed, routes)
+        rcv = bb.start_tortie(bed) if method == "tortie" else bb.start_bird(bed)
+        listener = bb.RouteListener(bed.rcv, rcv.protocol, routes)
+        bb._birdc(ctl, "enable", "recv")
+        first, last = listener.wait(bb._deadline(n))
+        time.sleep(SETTLE)
+        loaded = {name: memory_kib(pid) for name, pid in rcv.pids.items()}
+        cpu = {name: round(bb._cpu_seconds(pid), 3) for name, pid in rcv.pids.items()}
+    with bb.Testbed(prefix, index + 1, scratch) as bed:
+        ctl, _ = bb.start_sender(bed, [])
+        rcv = bb.start_tortie(bed) if method == "tortie" else bb.start_bird(bed)
+        bb._birdc(ctl, "enable", "recv")
+        deadline = time.monotonic() + bb.SETUP_TIMEOUT
+        while not _up(rcv):
+            if time.monotonic() > deadline:
+                raise bb.BenchError(f"{method}: no session up within {bb.SETUP_TIMEOUT:.0f} s")
+            time.sleep(0.05)
+        time.sleep(SETTLE)
+        idle = {name: memory_kib(pid) for name, pid in rcv.pids.items()}
+    return {"method": method, "n": n, "idle": idle, "loaded": loaded, "cpu_total_seconds": cpu,
+            "seconds_to_all_routes": round(last, 3)}
+
+
+def _mib(kib: float) -> float:
+    return round(kib / 1024, 1)
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    rows = []
+    for method in ("bird", "tortie"):
+        rs = [r for r in runs if r["method"] == method]
+        for state in ("idle", "loaded"):
+            procs = list(rs[0][state])
+            row = {"method": method, "state": state, "n": rs[0]["n"] if state == "loaded" else 0}
+            for key in ("rss", "pss"):
+                row[key] = {p: _mib(statistics.median(r[state][p][key] for r in rs)) for p in procs}
+                row[f"{key}_total"] = _mib(statistics.median(sum(r[state][p][key] for p in procs) for r in rs))
+            rows.append(row)
+    return rows
+
+
+def render(rows: list[dict]) -> str:
+    lines = ["Node memory (MiB, medians): idle = session up, no routes; loaded = N routes in the kernel",
+             f"{'receiver':<8} {'state':<7} {'N':>6} {'RSS total':>10} {'PSS total':>10}  per process RSS / PSS"]
+    for r in rows:
+        per = ", ".join(f"{p} {r['rss'][p]:.1f}/{r['pss'][p]:.1f}" for p in r["rss"])
+        lines.append(f"{r['method']:<8} {r['state']:<7} {r['n']:>6} {r['rss_total']:>10.1f} {r['pss_total']:>10.1f}  {per}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--routes", type=bb._positive, default=10000, help="routes for the loaded state (default 10000)")
+    p.add_argument("--repeat", type=bb._positive, default=1, help="runs per receiver (default 1)")
+    p.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("footprint: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, bb._interrupt)
+    prefix, scratch = "fp" + secrets.token_hex(2), Path(tempfile.mkdtemp(prefix="footprint-"))
+    runs: list[dict] = []
+    try:
+        for _ in range(args.repeat):
+            for method in ("bird", "tortie"):
+                runs.append(measure(method, args.routes, prefix, 2 * len(runs), scratch))
+    except bb.BenchError as e:
+        print(f"footprint: {e}\nlogs kept in {scratch}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return 130
+    shutil.rmtree(scratch, ignore_errors=True)
+    rows = summarize(runs)
+    print(render(rows))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
+        "generated": datetime.now().isoformat(timespec="seconds"), "machine": bb.machine(),
+        "method": " ".join(__doc__.split("\n\n")[1].split()), "summary": rows, "runs": runs}, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

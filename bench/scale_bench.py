@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Many hosts on one machine: generated labs (`tortie lab gen`) of N Tortie hosts, full mesh or route reflectors.
+
+Per case (N hosts; `mesh` = static iBGP full mesh, `rrK` = clients of K BIRD route reflectors), one pod per host:
+- start: `tortie lab up` begins -> every host's block in every other host's kernel (read with `ip -n NS route`)
+- new block: a block added to h1's configuration and reloaded (SIGHUP) -> in every other host's kernel
+- idle: per host, CPU (percent of one core over IDLE seconds) and RSS of every process in its namespaces
+- restart: every host's daemon stopped (SIGTERM) and started again at once, as after an upgrade, while h1's pod
+  pings the last host's pod every 10 ms: packets lost, and the time until every host has every session up
+  again and its initial sync done (the probe runs 90 s from 3 s before the restart).
+Not measured here yet: policy published over MQTT until enforced on every host (needs a `--broker` lab).
+
+Run as root: /opt/tortie-venv/bin/python bench/scale_bench.py [--cases 20:mesh,20:rr2,50:mesh,50:rr2]
+Prints a table and writes bench/results/scale_bench.json. A benchmark, not a test: it asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+from bgpd.lab import generate as g
+from bgpd.lab import processes
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "scale_bench.json"
+PARALLEL = 8
+IDLE = 10.0  # seconds of idle CPU measured
+PROBE = 90  # seconds the ping between two pods runs, from 3 s before the restart
+NEW_BLOCK = "10.244.255.192/26"  # outside every generated host's block
+TORTIE = [sys.executable, "-m", "bgpd.cli.main"]
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _tortie(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*TORTIE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+class Lab:
+    def __init__(self, n: int, reflectors: int, scratch: Path):
+        self.n, self.reflectors = n, reflectors
+        self.name = "sb" + secrets.token_hex(2)
+        self.dir = scratch / self.name
+        self.file = g.write(g.Spec(n, reflectors=reflectors, pods=1, name=self.name), self.dir)
+        self.hosts = [g.host_name(i) for i in range(1, n + 1)]
+
+    def netns(self, host: str) -> str:
+        return f"clab-{self.name}-{host}"
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return _tortie("lab", args[0], str(self.file), "--name", self.name, *args[1:], timeout=timeout)
+
+    def exec(self, host: str, *command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.run("exec", host, "--", *command, timeout=timeout)
+
+    def blocks_in(self, host: str) -> set[str]:
+        r = subprocess.run(["ip", "-n", self.netns(host), "-j", "route", "show", "proto", "tortie"],
+                           capture_output=True, text=True, timeout=20)
+        return {x["dst"] for x in json.loads(r.stdout or "[]")} if r.returncode == 0 else set()
+
+    def wait_routes(self, want: dict[str, set[str]], deadline: float) -> float:
+        """Polls until every host's kernel holds its wanted prefixes; returns when (monotonic) that was seen."""
+        missing = dict(want)
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            while missing:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"lab {self.name}: routes missing on {len(missing)} host(s), e.g. "
+                                     f"{next(iter(missing))}")
+                have = dict(zip(missing, pool.map(self.blocks_in, missing)))
+                missing = {h: w for h, w in missing.items() if not w <= have[h]}
+                if missing:
+                    time.sleep(0.2)
+        return time.monotonic()
+
+    def converged(self) -> bool:
+        def one(host: str) -> bool:
+            r = self.exec(host, "tortie", "status", "--json", "--config", "/etc/tortie/tortie.yaml", timeout=30)
+            if r.returncode != 0:
+                return False
+            st = json.loads(r.stdout)
+            return st["initial_sync_done"] and all(p["state"] == "up" for p in st["peers"])
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            return all(pool.map(one, self.hosts))
+
+    def host_usage(self, seconds: float) -> tuple[list[float], list[float]]:
+        """Per host: CPU percent of one core over `seconds`, and RSS MiB, of every process in its namespace."""
+        ids = {processes.netns_file_id(f"/run/netns/{self.netns(h)}"): h for h in self.hosts}
+
+        def sample() -> dict[str, tuple[float, int]]:
+            out = {h: (0.0, 0) for h in self.hosts}
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                host = ids.get(processes.ns_id(int(entry), "net"))
+                if host is None:
+                    continue
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                    rss = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+                except (OSError, IndexError):
+                    continue
+                cpu, mem = out[host]
+                out[host] = (cpu + (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), mem + rss)
+            return out
+
+        before = sample()
+        time.sleep(seconds)
+        after = sample()
+        return ([round(100 * (after[h][0] - before[h][0]) / seconds, 2) for h in self.hosts],
+                [round(after[h][1] / 2 ** 20, 1) for h in self.hosts])
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else 0.0
+
+
+def _restart(lab: Lab, host: str) -> subprocess.CompletedProcess:
+    """Stops the host's daemon (routes stay in its kernel; peers keep its routes as stale) and starts a new one."""
+    script = ("pid=$(cat /run/tortie/tortie.pid); kill -TERM $pid; "
+              "while kill -0 $pid 2>/dev/null; do sleep 0.05; done; "
+              "setsid tortie run --config /etc/tortie/tortie.yaml >/tmp/tortie-restarted.log 2>&1 </dev/null &")
+    return lab.exec(host, "sh", "-c", script, timeout=60)
+
+
+def run_case(n: int, reflectors: int, scratch: Path, timeout: float) -> dict:
+    lab = Lab(n, reflectors, scratch)
+    case = {"n": n, "topology": f"rr{reflectors}" if reflectors else "mesh", "lab": lab.name}
+    blocks = {h: str(g.host_block(i)) for i, h in enumerate(lab.hosts, 1)}
+    try:
+        start = time.monotonic()
+        up = subprocess.Popen([*TORTIE, "lab", "up", str(lab.file), "--name", lab.name, "--timeout", str(timeout)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        want = {h: set(blocks.values()) - {blocks[h]} for h in lab.hosts}
+        try:
+            case["all_blocks_everywhere_s"] = round(lab.wait_routes(want, start + timeout + 120) - start, 2)
+        finally:
+            _, err = up.communicate(timeout=timeout + 300)
+        if up.returncode != 0:
+            raise BenchError(f"lab up: {err.strip()[-2000:]}")
+        case["lab_up_s"] = round(time.monotonic() - start, 2)
+
+        conf = lab.dir / "h1" / "tortie.yaml"
+        conf.write_text(conf.read_text().replace(f"blocks:\n- {blocks['h1']}", f"blocks:\n- {blocks['h1']}\n- {NEW_BLOCK}"))
+        t = time.monotonic()
+        r = lab.exec("h1", "sh", "-c", "kill -HUP $(cat /run/tortie/tortie.pid)")
+        if r.returncode != 0:
+            raise BenchError(f"reload h1: {r.stderr}")
+        case["new_block_everywhere_s"] = round(
+            lab.wait_routes({h: {NEW_BLOCK} for h in lab.hosts[1:]}, t + 120) - t, 2)
+
+        time.sleep(5)
+        cpu, rss = lab.host_usage(IDLE)
+        case["idle_cpu_percent_per_host"] = {"median": _median(cpu), "max": max(cpu), "total": round(sum(cpu), 1)}
+        case["rss_mib_per_host"] = {"median": _median(rss), "max": max(rss)}
+
+        target = str(g.host_block(n).network_address + 1)  # the last host's pod
+        probe = subprocess.Popen([*TORTIE, "lab", "exec", str(lab.file), "h1", "--name", lab.name, "--",
+                                  "tortie", "pod", "exec", g.pod_name(1, 1), "--", "ping", "-n", "-q", "-i", "0.01",
+                                  "-W", "1", "-w", str(PROBE), target],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(3)
+        t = time.monotonic()
+        with ThreadPoolExecutor(len(lab.hosts)) as pool:
+            failed = [h for h, r in zip(lab.hosts, pool.map(lambda h: _restart(lab, h), lab.hosts)) if r.returncode]
+        if failed:
+            raise BenchError(f"restart failed on {failed}")
+        while not lab.converged():
+            if time.monotonic() - t > timeout:
+                raise BenchError(f"not converged {timeout:.0f} s after the restart")
+            time.sleep(0.5)
+        case["restart_converged_s"] = round(time.monotonic() - t, 2)
+        out, _ = probe.communicate(timeout=PROBE + 60)  # losses after the probe's end are not counted
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        case["restart_probe"] = ({"sent": int(m[1]), "lost": int(m[1]) - int(m[2])} if m
+                                 else {"error": out.strip()[-300:]})
+        return case
+    finally:
+        r = lab.run("down", timeout=300)
+        if r.returncode != 0:
+            print(f"scale_bench: lab down {lab.name}: {r.stderr}", file=sys.stderr)
+
+
+def render(cases: list[dict]) -> str:
+    lines = ["Generated labs, one machine: seconds; idle CPU % of one core per host (median/max); RSS MiB per host",
+             f"{'N':>4} {'topology':<8} {'blocks':>7} {'lab up':>7} {'new blk':>8} {'cpu med':>8} {'cpu max':>8} "
+             f"{'RSS med':>8} {'restart':>8} {'lost':>9}"]
+    for c in cases:
+        if "error" in c:
+            lines.append(f"{c['n']:>4} {c['topology']:<8} failed: {c['error'][:150]}")
+            continue
+        probe = c["restart_probe"]
+        lost = f"{probe['lost']}/{probe['sent']}" if "lost" in probe else "?"
+        lines.append(f"{c['n']:>4} {c['topology']:<8} {c['all_blocks_everywhere_s']:>7.1f} {c['lab_up_s']:>7.1f} "
+                     f"{c['new_block_everywhere_s']:>8.2f} {c['idle_cpu_percent_per_host']['median']:>8.2f} "
+                     f"{c['idle_cpu_percent_per_host']['max']:>8.2f} {c['rss_mib_per_host']['median']:>8.1f} "
+                     f"{c['restart_converged_s']:>8.1f} {lost:>9}")
+    return "\n".join(lines)
+
+
+def _cases(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        n, _, topo = item.partition(":")
+        m = re.fullmatch(r"mesh|rr([1-8])", topo)
+        if not n.isdigit() or not 2 <= int(n) <= g.MAX_HOSTS or not m:
+            raise argparse.ArgumentTypeError(f"{item!r}: N:mesh or N:rrK (N from 2 to {g.MAX_HOSTS}, K from 1 to 8)")
+        out.append((int(n), int(m[1] or 0)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", type=_cases, default=_cases("20:mesh,20:rr2,50:mesh,50:rr2"),
+                   help="comma-separated N:mesh or N:rrK (default 20:mesh,20:rr2,50:mesh,50:rr2)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds for each phase of a case (default 600)")
+    p.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("scale_bench: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    scratch = Path(tempfile.mkdtemp(prefix="scale_bench-"))
+    cases = []
+    try:
+        for n, k in args.cases:
+            print(f"case N={n} {'rr%d' % k if k else 'mesh'} ...", file=sys.stderr, flush=True)
+            try:
+                cases.append(run_case(n, k, scratch, args.timeout))
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                cases.append({"n": n, "topology": f"rr{k}" if k else "mesh", "error": str(e)})
+            print(json.dumps(cases[-1]), file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(render(cases))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
+        "generated": datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(), "method": " ".join(__doc__.split("\n\n")[1].split()),
+        "cases": cases}, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
