@@ -11,12 +11,12 @@ import os
 import signal
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from ipaddress import IPv4Network
 
 from pathlib import Path
 
 from bgpd.bgp import messages as msgs
-from bgpd.agent.cluster import Cluster
 from bgpd.agent.control import ControlServer, DaemonRunning
 from bgpd.bgp.exabgp_config import exabgp_environment, private_dir, render_config, write_config
 from bgpd.bgp.exabgp_process import ExaBGPSupervisor
@@ -25,12 +25,11 @@ from bgpd.dataplane.netlink_routes import DeviceHop
 from bgpd.dataplane.overlay import OverlayDataplane
 from bgpd.dataplane.wireguard import WireguardDataplane
 from bgpd.wireguard import keys
+from bgpd.wireguard.guard import GuardRules
 from bgpd.wireguard.plan import Encryption, encryption, peers as wireguard_peers, render
 from bgpd.agent.metrics import DaemonMetrics
 from bgpd.dataplane.pods import PodStore
-from bgpd.dns.service import DnsService
 from bgpd.ipam.state import NodeBlocks, save as save_ipam_state
-from policy.datastore_sync import PolicySync
 from bgpd.agent.views import DatastoreStatus, OverlayStatus, PeerStatus, PoolStatus, RouteStatus, Status
 from bgpd.agent.views import WireguardPeerStatus, WireguardStatus
 from bgpd.bfd.service import BfdService
@@ -40,10 +39,14 @@ from bgpd.agent.sdnotify import notify, watchdog_interval
 from bgpd.overlay.vxlan import Overlay
 from policy.kernel import ApplyError
 from pyroute2.netlink.exceptions import NetlinkError
-from config.datastore import open_datastore
 from config.effective import EffectiveConfig, effective
 from config.load import ConfigError, load_model
 from config.node import NodeConfig, restart_changes
+
+if TYPE_CHECKING:  # imported when a datastore is configured: a node without one saves ~13 MiB
+    from bgpd.agent.cluster import Cluster
+    from bgpd.dns.service import DnsService
+    from policy.datastore_sync import PolicySync
 
 log = logging.getLogger("tortie.daemon")
 
@@ -108,6 +111,10 @@ class Daemon:
         self.policy: PolicySync | None = None
         self.dns: DnsService | None = None
         if node.datastore is not None:
+            from bgpd.agent.cluster import Cluster
+            from bgpd.dns.service import DnsService
+            from config.datastore import open_datastore
+            from policy.datastore_sync import PolicySync
             ds = open_datastore(node.datastore, node.name)
             self.cluster = Cluster(ds, file_config, self.reconfigure)
             self.cluster.published = self._wireguard_record()
@@ -267,6 +274,9 @@ class Daemon:
         try:
             had = wg.device
             device = await asyncio.to_thread(wg.ensure, node)
+            await asyncio.to_thread(wg.guard.apply, GuardRules(
+                node.wireguard.device, tuple(p.cidr for p in node.pools), tuple(node.announced()))
+                if node.wireguard.required else None)
             if node is self.node and device != had:
                 self._do(self.core.configure(self._core_config(node), time.monotonic()))
             if not self.core.initial_sync_done:  # peers and AllowedIPs are not known yet: keep what the
@@ -274,7 +284,7 @@ class Daemon:
             routes = {p: self.core.desired(p) for p in self.core.rib.all_desired()}
             peers = wireguard_peers(node.mesh.nodes, routes, device.index, node.name)
             await asyncio.to_thread(wg.configure, render(wg.private_key, node.wireguard.port, peers), peers)
-        except (OSError, NetlinkError) as e:
+        except (OSError, NetlinkError, ApplyError) as e:
             if str(e) != wg.error:
                 log.error("wireguard: %s (trying again every %.0f s)", e, self.OVERLAY_INTERVAL)
             wg.error = str(e)
