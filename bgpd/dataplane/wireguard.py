@@ -17,8 +17,11 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bgpd.dataplane.uplink import uplink_mtu
+from bgpd.wireguard.guard import (IPSETS, IPT_CHAIN, IPTABLES_JUMP, NFT_TABLE, GuardRules, render_ipset,
+                                  render_iptables, render_nft)
 from bgpd.wireguard.plan import Peer, PeerStats, parse_dump, pod_mtu
 from config.node import NodeConfig
+from policy.kernel import ApplyError, run
 
 log = logging.getLogger("tortie.wireguard")
 
@@ -147,6 +150,7 @@ class WireguardDataplane:
 
     def __init__(self, node: NodeConfig, private_key: str):
         self.wg = WireguardDevice(node.wireguard.device)
+        self.guard = WireguardGuard(node.policy_backend)
         self.private_key = private_key  # bgpd/wireguard/keys.py; never logged
         self.device: DeviceState | None = None
         self.error = ""
@@ -170,4 +174,46 @@ class WireguardDataplane:
 
     def close(self) -> None:
         self.wg.remove()
+        self.guard.remove()
         self.device = None
+
+
+class WireguardGuard:
+    """Applies bgpd/wireguard/guard.py's rules (None: none) with the node's policy backend's tools.
+    Blocking subprocess calls: run them in a worker thread."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.rules: GuardRules | None = None  # in force
+
+    def apply(self, rules: GuardRules | None) -> None:
+        """Raises ApplyError, the previous rules still in force, if the tools refuse."""
+        if rules == self.rules:
+            return
+        if rules is None:
+            self.remove()
+        elif self.backend == "nft":
+            run(["nft", "-f", "-"], render_nft(rules))
+        else:
+            run(["ipset", "restore"], render_ipset(rules))
+            run(["iptables-legacy-restore", "--noflush"], render_iptables(rules))
+            table, chain, target = IPTABLES_JUMP
+            try:
+                run(["iptables-legacy", "-t", table, "-C", chain, "-j", target])
+            except ApplyError:
+                run(["iptables-legacy", "-t", table, "-I", chain, "1", "-j", target])
+        self.rules = rules
+
+    def remove(self) -> None:
+        if self.backend == "nft":
+            run(["nft", "-f", "-"], f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
+        else:
+            table, chain, target = IPTABLES_JUMP
+            try:
+                run(["iptables-legacy", "-t", table, "-D", chain, "-j", target])
+            except ApplyError:
+                pass  # not there
+            run(["iptables-legacy-restore", "--noflush"], f"*raw\n:{IPT_CHAIN} - [0:0]\n-X {IPT_CHAIN}\nCOMMIT\n")
+            ours = [n for n in run(["ipset", "list", "-n"]).split() if n in IPSETS]
+            run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in ours))
+        self.rules = None

@@ -4,6 +4,7 @@ wireguard.required and refuses to reach it at all; node1 and node2 talk through 
 import pytest
 
 from tests.netns import requires_root, running_lab, wait_for
+from tests.node.vxlan_lab import UDP_SINK
 from tests.node.wireguard_lab import NODES, mixed_topology, pod_ip, status
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(240)]
@@ -52,3 +53,19 @@ def test_required_refuses_the_node_without_a_key(lab):
     assert r["10.248.0.32/28"]["dev"] == "tortie.wg"
     assert ping(lab, "node1", "node3", check=False).returncode != 0
     ping(lab, "node1", "node2")
+
+
+def test_required_drops_unencrypted_pod_traffic_from_the_node_without_a_key(lab):
+    """node3's pod sends to node1's pod in the clear (VXLAN): node1's guard drops it before routing; node2's
+    datagram, through WireGuard, arrives and ends the sink."""
+    sink = lab.popen("node1", "tortie", "pod", "exec", "default/p", "--", "python3", "-c", UDP_SINK, "7008")
+    assert sink.stdout.readline().strip() == "ready"
+    send = "import socket, sys; socket.socket(2, 2).sendto(sys.argv[1].encode(), (sys.argv[2], 7008))"
+    for _ in range(3):
+        lab.exec("node3", "tortie", "pod", "exec", "default/p", "--", "python3", "-c", send, "clear",
+                 lab.pods["node1"])
+    lab.exec("node2", "tortie", "pod", "exec", "default/p", "--", "python3", "-c", send, "last", lab.pods["node1"])
+    out, _ = sink.communicate(timeout=30)
+    assert out.split() == ["last"]
+    counters = lab.exec("node1", "nft", "list", "table", "ip", "tortie-wireguard").stdout
+    assert "counter packets 0 " not in counters  # the three datagrams were counted as dropped

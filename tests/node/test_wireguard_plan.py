@@ -4,6 +4,7 @@ the key file (0600, kept, rotated)."""
 from __future__ import annotations
 
 import base64
+import json
 import stat
 from ipaddress import IPv4Address as A, IPv4Network as N
 
@@ -19,6 +20,7 @@ from bgpd.overlay.vxlan import Overlay
 from bgpd.wireguard import keys
 from bgpd.wireguard.plan import OVERHEAD, Encryption, encryption, parse_dump, peers, pod_mtu, render
 from config.node import MeshMember, NodeConfig
+from tests.netns import requires_root, run_in_netns
 
 POOL = N("10.244.0.0/16")
 ME, KEYED, KEYLESS, ROUTER = A("192.168.1.11"), A("192.168.1.12"), A("192.168.1.13"), A("192.168.1.1")
@@ -176,3 +178,39 @@ def test_a_file_that_is_no_key_is_refused_and_left_alone(tmp_path):
     with pytest.raises(ValueError, match="not a WireGuard private key"):
         keys.load_or_create(tmp_path)
     assert keys.key_path(tmp_path).read_text() == "hello\n"
+
+
+# --- the guard of wireguard.required (applied in a throwaway namespace with each backend) -------------
+GUARD_CODE = """
+import sys, json
+from ipaddress import IPv4Network as N
+from bgpd.dataplane.wireguard import WireguardGuard
+from bgpd.wireguard.guard import GuardRules
+g = WireguardGuard(sys.argv[1])
+rules = GuardRules("tortie.wg", (N("10.244.0.0/16"),), (N("10.244.1.0/26"), N("10.244.9.7/32")))
+g.apply(rules)
+g.apply(rules)  # idempotent
+import subprocess
+shown = subprocess.run(["nft", "list", "table", "ip", "tortie-wireguard"] if sys.argv[1] == "nft" else
+                       ["iptables-legacy-save", "-t", "raw"], capture_output=True, text=True).stdout
+g.apply(None)
+gone = subprocess.run(["nft", "list", "tables"] if sys.argv[1] == "nft" else ["iptables-legacy-save", "-t", "raw"],
+                      capture_output=True, text=True).stdout
+print(json.dumps({"shown": shown, "gone": gone}))
+"""
+
+
+@pytest.mark.netns
+@requires_root
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_the_guard_is_applied_and_removed_whole(make_netns, backend):
+    r = run_in_netns(make_netns("wg"), GUARD_CODE.replace("sys.argv[1]", repr(backend)))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    if backend == "nft":
+        assert 'iifname != "tortie.wg" ip saddr @pools ip saddr != @local ip daddr @pools counter' in out["shown"]
+        assert "10.244.9.7" in out["shown"] and "tortie-wireguard" not in out["gone"]
+    else:
+        assert "-A PREROUTING -j TORTIE-WG-GUARD" in out["shown"]
+        assert "! -i tortie.wg -m set --match-set tortie-wg-pools src" in out["shown"]
+        assert "TORTIE-WG-GUARD" not in out["gone"]
