@@ -83,3 +83,16 @@ def test_exec_in_a_vanished_namespace_is_one_line(host):
     r = tortie(ns, config, "pod", "exec", "shop/web", "--", "true", check=False)
     assert r.returncode == 1 and r.stderr.startswith("tortie pod exec: ") and "Traceback" not in r.stderr
     tortie(ns, config, "pod", "del", "shop/web")
+
+
+def test_vxlan_pool_pods_get_room_for_the_headers(host):
+    """The underlay (the interface holding listen_address, here lo at 1500 once set) minus VXLAN's 50 bytes."""
+    ns, config, pod_ns = host
+    text = config.read_text().replace("pools: [{cidr: 10.244.0.0/16}]", "pools: [{cidr: 10.244.0.0/16, vxlan: always}]")
+    config.write_text(text)
+    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "mtu", "1500"], check=True)
+    tortie(ns, config, "pod", "add", "shop/web")
+    assert json.loads(sh(pod_ns, "ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == 1450
+    host_if = json.loads(tortie(ns, config, "pod", "list", "--json").stdout)[0]["host_interface"]
+    assert json.loads(sh(ns, "ip", "-j", "link", "show", host_if).stdout)[0]["mtu"] == 1450
+    tortie(ns, config, "pod", "del", "shop/web")
