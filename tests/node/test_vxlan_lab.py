@@ -3,6 +3,7 @@ that knows no pod address; pool 10.247.0.0/24 `vxlan: always` (pods default/a), 
 `vxlan: cross-subnet` (pods default/c); NAT outgoing to the internet host; MTU; forged VXLAN refused."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -155,3 +156,16 @@ def test_deleted_routes_neighbours_and_fdb_entries_come_back(lab):
     assert after["kernel_repairs"] > before["kernel_repairs"]
     assert after["overlay"]["repairs"] >= before["overlay"]["repairs"] + 2
     in_pod(lab, "node1", "a", "ping", "-c", "1", "-W", "3", POD["a"]["node3"])
+
+
+def test_cni_result_carries_the_overlay_mtu_and_the_pod_reaches_across(lab):
+    lab.exec("node3", "ip", "netns", "add", "cnivx")
+    netconf = {"cniVersion": "1.1.0", "name": "tortie", "type": "tortie-cni", "tortieConfig": "/etc/tortie/tortie.yaml"}
+    out = json.loads(lab.exec("node3", "tortie-cni", input=json.dumps(netconf), env={
+        "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "cnivx", "CNI_NETNS": "/run/netns/cnivx", "CNI_IFNAME": "eth0",
+        "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=cnivx", "CNI_PATH": "/"}).stdout)
+    assert out["interfaces"][1]["mtu"] == 1450
+    (link,) = lab.json("node3", "ip", "-n", "cnivx", "-j", "link", "show", "eth0")
+    assert link["mtu"] == 1450
+    lab.exec("node3", "ip", "netns", "exec", "cnivx", "ping", "-M", "do", "-s", "1422", "-c", "1", "-W", "3",
+             POD["a"]["node1"])
