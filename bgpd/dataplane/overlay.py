@@ -24,7 +24,7 @@ class OverlayDataplane:
         self.firewall = OverlayFirewall(node.policy_backend)
         self.device: DeviceState | None = None
         self.rules: OverlayRules | None = None
-        self.repairs = 0  # device or entries found changed by others, set again
+        self.repairs = 0  # device, entries or firewall rules found changed by others, set again
         self.error = ""
         self._wanted: dict | None = None
 
@@ -34,6 +34,10 @@ class OverlayDataplane:
         if rules != self.rules:
             self.firewall.apply(rules)
             self.rules = rules
+        elif not rules.empty and not self.firewall.present():
+            log.warning("the overlay's firewall rules were removed: applying them again")
+            self.firewall.apply(rules)
+            self.repairs += 1
         if not node.uses_vxlan():
             if self.vtep.remove():
                 log.info("removed vxlan device %s: no pool uses VXLAN", node.vxlan.device)

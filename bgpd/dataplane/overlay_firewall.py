@@ -29,6 +29,17 @@ class OverlayFirewall:
             except ApplyError:
                 run(["iptables-legacy", "-t", table, "-I", chain, "1", "-j", target])
 
+    def present(self) -> bool:
+        """Our table (nft), or our chains' jumps (iptables), are in the kernel: False once someone removed them."""
+        if self.backend == "nft":
+            return f"table ip {NFT_TABLE}" in run(["nft", "list", "tables"]).splitlines()
+        for table, chain, target in IPTABLES_JUMPS:
+            try:
+                run(["iptables-legacy", "-t", table, "-C", chain, "-j", target])
+            except ApplyError:
+                return False
+        return True
+
     def remove(self) -> None:
         if self.backend == "nft":
             run(["nft", "-f", "-"], f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")

@@ -1,6 +1,6 @@
 """The overlay's firewall rules in a fresh namespace, with the real tools of both backends: rendered rules
-are accepted, re-applying is idempotent, a change replaces them whole, an empty configuration and
-`remove` leave nothing of ours."""
+are accepted, re-applying is idempotent, a change replaces them whole, `present` tells whether they are in
+the kernel, an empty configuration and `remove` leave nothing of ours."""
 from __future__ import annotations
 
 import subprocess
@@ -28,11 +28,13 @@ full = OverlayRules(4789, nodes, (N("10.247.0.0/24"),), (N("10.247.0.0/24"), N("
 out = {}
 fw.apply(full); fw.apply(full)
 out["full"] = show()
+out["present"] = fw.present()
 fw.apply(OverlayRules(4790, nodes[:1], (), (N("10.247.0.0/24"),)))
 out["changed"] = show()
 fw.apply(OverlayRules(None, (), (), (N("10.247.0.0/24"),)))
 out["empty"] = run(["nft", "list", "ruleset"]) + run(["iptables-legacy-save"]) + run(["ipset", "list", "-n"])
 fw.apply(full); fw.remove(); fw.remove()
+out["present_after_remove"] = fw.present()
 out["removed"] = run(["nft", "list", "ruleset"]) + run(["iptables-legacy-save"]) + run(["ipset", "list", "-n"])
 print(json.dumps(out))
 """
@@ -59,5 +61,6 @@ def test_rules_apply_replace_and_go(make_netns, backend):
         assert "-A INPUT -j TORTIE-VXLAN-IN" in full and full.count("-A POSTROUTING -j TORTIE-NAT-OUT") == 1
         assert "! --match-set tortie-nodes dst -j MASQUERADE" in full
         assert "--dport 4790" in changed and "MASQUERADE" not in changed
+    assert out["present"] and not out["present_after_remove"]
     for gone in ("tortie-overlay", "TORTIE-", "tortie-"):
         assert gone not in out["empty"] and gone not in out["removed"]

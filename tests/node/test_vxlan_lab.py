@@ -140,21 +140,24 @@ def test_vxlan_from_an_unknown_underlay_address_does_not_reach_a_pod(lab):
         sink.kill()
 
 
-def test_deleted_routes_neighbours_and_fdb_entries_come_back(lab):
+def test_deleted_routes_neighbours_fdb_entries_and_firewall_rules_come_back(lab):
     before = lab.json("node1", "tortie", "status", "--json")
     lab.exec("node1", "ip", "route", "del", BLOCKS["node3"][0])
     lab.exec("node1", "ip", "neigh", "del", NODES["node3"], "dev", "tortie.vxlan")
     lab.exec("node1", "bridge", "fdb", "del", "0e:74:0a:5d:02:03", "dev", "tortie.vxlan", "dst", NODES["node3"])
+    lab.exec("node1", "nft", "delete", "table", "ip", "tortie-overlay")
 
     def repaired():
         r = routes(lab, "node1").get(BLOCKS["node3"][0], {})
         neigh = {n["dst"] for n in lab.json("node1", "ip", "-j", "neigh", "show", "dev", "tortie.vxlan")}
         fdb = {f.get("dst") for f in lab.json("node1", "bridge", "-j", "fdb", "show", "dev", "tortie.vxlan")}
-        return r.get("dev") == "tortie.vxlan" and NODES["node3"] in neigh and NODES["node3"] in fdb
-    wait_for(repaired, 30, what="the route, neighbour and FDB entry set again")
+        guard = lab.exec("node1", "nft", "list", "tables").stdout
+        return (r.get("dev") == "tortie.vxlan" and NODES["node3"] in neigh and NODES["node3"] in fdb
+                and "tortie-overlay" in guard)
+    wait_for(repaired, 30, what="the route, neighbour, FDB entry and firewall rules set again")
     after = lab.json("node1", "tortie", "status", "--json")
     assert after["kernel_repairs"] > before["kernel_repairs"]
-    assert after["overlay"]["repairs"] >= before["overlay"]["repairs"] + 2
+    assert after["overlay"]["repairs"] >= before["overlay"]["repairs"] + 3
     in_pod(lab, "node1", "a", "ping", "-c", "1", "-W", "3", POD["a"]["node3"])
 
 
