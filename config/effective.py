@@ -7,12 +7,12 @@ builds the configuration the daemon runs on from both, through the same validato
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import ip_network
 
 from pydantic import Field, ValidationError, model_validator
 
 from config.load import ConfigError, validation_errors
-from config.node import IPv4Address, Mesh, MeshMember, NodeConfig
+from config.node import IPAddress, IPNetwork, Mesh, MeshMember, NodeConfig
 
 
 @dataclass(frozen=True)
@@ -20,33 +20,38 @@ class ClusterView:
     """What the datastore says about this node: mesh members that count, blocks it owns, addresses it borrowed."""
 
     members: tuple[MeshMember, ...] = ()
-    blocks: tuple[IPv4Network, ...] = ()
-    borrowed: tuple[IPv4Address, ...] = ()
-    routes: tuple[tuple[IPv4Network, IPv4Address], ...] = ()  # other nodes' prefixes via their addresses
+    blocks: tuple[IPNetwork, ...] = ()
+    borrowed: tuple[IPAddress, ...] = ()
+    routes: tuple[tuple[IPNetwork, IPAddress], ...] = ()  # other nodes' prefixes via their addresses
 
 
 class EffectiveConfig(NodeConfig):
     """The configuration in force: the file's, with the cluster's blocks, borrowed addresses and mesh members."""
 
-    borrowed: list[IPv4Address] = Field(
+    borrowed: list[IPAddress] = Field(
         default_factory=list, description="addresses taken from other nodes' blocks when the pools had no free "
-                                          "block, announced as /32")
-    cluster_routes: dict[IPv4Network, IPv4Address] = Field(
+                                          "block, announced as /32 or /128")
+    cluster_routes: dict[IPNetwork, IPAddress] = Field(
         default_factory=dict, description="with bgp.enabled false: other nodes' blocks and borrowed addresses, "
                                           "via their node's address, from the datastore")
 
     @model_validator(mode="after")
     def _borrowed_fit(self) -> EffectiveConfig:
         for i, a in enumerate(self.borrowed):
-            if not any(a in p.cidr for p in self.pools):
+            if not any(a.version == p.cidr.version and a in p.cidr for p in self.pools):
                 raise ValueError(f"borrowed[{i}]: {a} is not inside any pool")
-            if any(a in b for b in self.blocks):
+            if any(a.version == b.version and a in b for b in self.blocks):
                 raise ValueError(f"borrowed[{i}]: {a} is inside a block of this node")
         return self
 
-    def announced(self) -> list[IPv4Network]:
-        """What we announce: our blocks, then each borrowed address as a /32."""
-        return list(self.blocks) + [IPv4Network(a) for a in self.borrowed]
+    def announced(self) -> list[IPNetwork]:
+        """What we announce: our blocks, then each borrowed address as a host prefix (/32, /128)."""
+        return list(self.blocks) + [ip_network(a) for a in self.borrowed]
+
+
+def _by_family(x: IPNetwork | IPAddress) -> tuple:
+    """Sort key putting IPv4 before IPv6 (the two do not compare)."""
+    return x.version, x
 
 
 def effective(node: NodeConfig, view: ClusterView | None) -> EffectiveConfig:
@@ -56,8 +61,8 @@ def effective(node: NodeConfig, view: ClusterView | None) -> EffectiveConfig:
     """
     data = {name: getattr(node, name) for name in NodeConfig.model_fields}
     if view is not None:
-        data["blocks"] = sorted(set(node.blocks) | set(view.blocks))
-        data["borrowed"] = sorted(set(view.borrowed))
+        data["blocks"] = sorted(set(node.blocks) | set(view.blocks), key=_by_family)
+        data["borrowed"] = sorted(set(view.borrowed), key=_by_family)
         if not node.bgp.enabled:
             data["cluster_routes"] = dict(view.routes)
         if node.mesh.enabled and not node.mesh.nodes:

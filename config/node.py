@@ -3,15 +3,22 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, IPvAnyNetwork, field_validator, model_validator
 
 from config.datastore.settings import DatastoreSettings
 
 ASN = Annotated[int, Field(ge=1, le=4294967295, description="autonomous system number")]
 IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
+IPv6Address = ipaddress.IPv6Address
+IPv6Network = ipaddress.IPv6Network
+IPAddress = IPvAnyAddress  # IPv4Address | IPv6Address, one error message when it is neither
+IPNetwork = IPvAnyNetwork  # IPv4Network | IPv6Network
+
+# prefix lengths a host block may have, per IP version, and the default (Calico's: /26 and /122)
+BLOCK_SIZES = {4: (16, 32, 26), 6: (116, 128, 122)}
 
 
 RESTART = {"restart": True}  # json_schema_extra of the fields a running daemon cannot change: a reload refuses them
@@ -44,18 +51,37 @@ class WithPassword(Strict):
 
 
 class IPPool(Strict):
-    """A cluster IP pool, cut into per-host blocks."""
+    """A cluster IP pool of either family, cut into per-host blocks."""
 
-    cidr: IPv4Network = Field(description="the pool's addresses; pod blocks are cut from it")
-    block_size: int = Field(26, ge=16, le=32, description="prefix length of each host block")
+    cidr: IPNetwork = Field(description="the pool's addresses (IPv4 or IPv6); pod blocks are cut from it")
+    block_size: int = Field(BLOCK_SIZES[4][2], description="prefix length of each host block: 16..32 for IPv4, "
+                                                           "116..128 for IPv6 (default there: 122)")
     vxlan: Literal["never", "always", "cross-subnet"] = Field(
         "never", description="encapsulate traffic to other nodes' blocks of this pool in VXLAN: never, always, or "
                              "only when the next hop is not on a subnet this node is connected to (docs/overlay.md)")
     nat_outgoing: bool = Field(True, description="masquerade traffic from this pool's pods to destinations outside "
                                                  "every pool (the node's address becomes the source)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_block_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "block_size" not in data:
+            try:
+                version = ipaddress.ip_network(str(data.get("cidr"))).version
+            except ValueError:
+                return data  # the cidr field names the problem
+            return {**data, "block_size": BLOCK_SIZES[version][2]}
+        return data
+
     @model_validator(mode="after")
     def _block_fits(self) -> IPPool:
+        low, high, _ = BLOCK_SIZES[self.cidr.version]
+        if not low <= self.block_size <= high:
+            raise ValueError(f"block_size /{self.block_size}: an IPv{self.cidr.version} pool's blocks are "
+                             f"/{low} to /{high}")
+        if self.cidr.version == 6 and self.vxlan != "never":
+            raise ValueError(f"vxlan: {self.vxlan}: the VXLAN overlay carries IPv4 pools only; "
+                             f"IPv6 pool {self.cidr} needs vxlan: never")
         if self.block_size < self.cidr.prefixlen:
             raise ValueError(f"block_size /{self.block_size} is larger than the pool {self.cidr}")
         return self
@@ -73,7 +99,8 @@ class Bfd(Strict):
 class Peer(WithPassword):
     """A BGP peer: a top-of-rack router, a route reflector or a host outside the mesh."""
 
-    address: IPv4Address = Field(description="the peer's address; we connect to it from listen_address")
+    address: IPAddress = Field(description="the peer's address; we connect to it from listen_address, or from "
+                                           "listen_address6 for an IPv6 peer (a separate IPv6 session)")
     asn: ASN = Field(description="the peer's AS (equal to ours: iBGP)")
     password: str | None = Field(None, min_length=1, max_length=80, description="TCP MD5 password")
     hold_time: int = Field(90, description="seconds; 0 or 3..65535")
@@ -92,10 +119,17 @@ class Peer(WithPassword):
 
 class MeshMember(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="the node's name")
-    address: IPv4Address = Field(description="the node's listen_address")
+    address: IPv4Address | None = Field(None, description="the node's listen_address")
+    address6: IPv6Address | None = Field(None, description="the node's listen_address6")
     public_key: str | None = Field(None, pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$",
                                    description="the node's WireGuard public key (base64); none: it is reached "
                                                "unencrypted, or not at all with wireguard.required")
+
+    @model_validator(mode="after")
+    def _addressed(self) -> MeshMember:
+        if self.address is None and self.address6 is None:
+            raise ValueError("a mesh node needs address, address6 or both")
+        return self
 
 
 class Mesh(WithPassword):
@@ -167,12 +201,16 @@ class Bgp(Strict):
 class NodeConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="this node's name, unique in the cluster",
                       json_schema_extra=RESTART)
-    router_id: IPv4Address = Field(description="BGP router id", json_schema_extra=RESTART)
+    router_id: IPv4Address = Field(description="BGP router id, IPv4 also in an IPv6-only cluster",
+                                   json_schema_extra=RESTART)
     asn: ASN = Field(description="this node's AS number", json_schema_extra=RESTART)
-    listen_address: IPv4Address = Field(description="BGP source and listen address of this node",
-                                        json_schema_extra=RESTART)
-    pools: list[IPPool] = Field(min_length=1, description="the cluster's pod address pools")
-    blocks: list[IPv4Network] = Field(default_factory=list, description="this node's pod address blocks")
+    listen_address: IPv4Address | None = Field(None, description="IPv4 underlay address: BGP source and listen "
+                                               "address of IPv4 sessions, next hop of IPv4 blocks",
+                                               json_schema_extra=RESTART)
+    listen_address6: IPv6Address | None = Field(None, description="IPv6 underlay address: source of IPv6 "
+                                                "sessions, next hop of IPv6 blocks", json_schema_extra=RESTART)
+    pools: list[IPPool] = Field(min_length=1, description="the cluster's pod address pools, of either family")
+    blocks: list[IPNetwork] = Field(default_factory=list, description="this node's pod address blocks")
     peers: list[Peer] = Field(default_factory=list, description="BGP peers outside the mesh: ToR routers, route reflectors")
     mesh: Mesh = Field(default_factory=Mesh, description="the node-to-node full mesh")
     max_prefixes: int = Field(100000, ge=1, description="per peer, unless the peer says otherwise")
@@ -215,19 +253,34 @@ class NodeConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> NodeConfig:
+        if self.listen_address is None and self.listen_address6 is None:
+            raise ValueError("the node needs an underlay address: listen_address (IPv4), listen_address6 (IPv6) "
+                             "or both")
+        underlay = {4: ("listen_address", self.listen_address), 6: ("listen_address6", self.listen_address6)}
+        for i, pool in enumerate(self.pools):
+            name, address = underlay[pool.cidr.version]
+            if address is None:
+                raise ValueError(f"pools[{i}]: IPv{pool.cidr.version} pool {pool.cidr} needs {name}: the next "
+                                 "hop other nodes route its blocks to")
+        for i, peer in enumerate(self.peers):
+            name, address = underlay[peer.address.version]
+            if address is None:
+                raise ValueError(f"peers[{i}]: IPv{peer.address.version} peer {peer.address} needs {name}: the "
+                                 "source address of its session")
         for i, block in enumerate(self.blocks):
-            pool = next((p for p in self.pools if block.subnet_of(p.cidr)), None)
+            pool = next((p for p in self.pools if block.version == p.cidr.version and block.subnet_of(p.cidr)), None)
             if pool is None:
                 raise ValueError(f"blocks[{i}]: {block} is not inside any pool")
             if block.prefixlen != pool.block_size:
                 raise ValueError(f"blocks[{i}]: {block} is not a /{pool.block_size} block of pool {pool.cidr}")
         for i, a in enumerate(self.pools):
             for b in self.pools[i + 1:]:
-                if a.cidr.overlaps(b.cidr):
+                if a.cidr.version == b.cidr.version and a.cidr.overlaps(b.cidr):
                     raise ValueError(f"pools {a.cidr} and {b.cidr} overlap")
         if len(set(self.blocks)) != len(self.blocks):
             raise ValueError("blocks: duplicate block")
-        addrs = [p.address for p in self.peers] + [m.address for m in self.mesh.nodes if m.name != self.name]
+        addrs = [p.address for p in self.peers] + [a for m in self.mesh.nodes if m.name != self.name
+                                                   for a in (m.address, m.address6) if a is not None]
         if len(set(addrs)) != len(addrs):
             raise ValueError("a peer address appears twice (peers and mesh nodes together)")
         if self.route_protocol == self.pod_route_protocol:
@@ -244,24 +297,35 @@ class NodeConfig(Strict):
         return any(p.vxlan != "never" for p in self.pools)
 
     def other_nodes(self) -> frozenset[IPv4Address]:
-        """The underlay addresses of the other nodes we know (mesh.nodes, or the datastore's): their VTEPs."""
+        """The IPv4 underlay addresses of the other nodes we know (mesh.nodes, or the datastore's): their VTEPs."""
         return frozenset(m.address for m in self.mesh.nodes
-                         if m.name != self.name and m.address != self.listen_address)
+                         if m.address is not None and m.name != self.name and m.address != self.listen_address)
 
     def bgp_peers(self) -> list[Peer]:
-        """Every BGP neighbor: configured peers plus the other mesh members (iBGP)."""
+        """Every BGP neighbor: configured peers plus the other mesh members (iBGP), one session per family both
+        ends have an underlay address of (IPv6 routes over IPv6 sessions: docs/ipv6.md)."""
         if not self.bgp.enabled:
             return []
         peers = list(self.peers)
         if self.mesh.enabled:
             for m in self.mesh.nodes:
-                if m.name == self.name or m.address == self.listen_address:
+                if m.name == self.name:
                     continue
-                peers.append(Peer(address=m.address, asn=self.asn, hold_time=self.mesh.hold_time,
-                                  password=self.mesh.password, name=m.name, bfd=self.mesh.bfd,
-                                  # one side connects, the other listens: the lower address is active
-                                  passive=int(m.address) < int(self.listen_address)))
+                for mine, theirs in ((self.listen_address, m.address), (self.listen_address6, m.address6)):
+                    if mine is None or theirs is None or theirs == mine:
+                        continue
+                    peers.append(Peer(address=theirs, asn=self.asn, hold_time=self.mesh.hold_time,
+                                      password=self.mesh.password, name=m.name, bfd=self.mesh.bfd,
+                                      # one side connects, the other listens: the lower address is active
+                                      passive=int(theirs) < int(mine)))
         return peers
+
+    def ipv6_in_use(self) -> list[str]:
+        """The settings that ask for IPv6 routing: the daemon refuses them until it routes IPv6 (issue 11)."""
+        return ([f"pools[{i}]" for i, p in enumerate(self.pools) if p.cidr.version == 6]
+                + [f"peers[{i}]" for i, p in enumerate(self.peers) if p.address.version == 6]
+                + (["listen_address6"] if self.listen_address6 is not None else [])
+                + (["listen_address (missing)"] if self.listen_address is None else []))
 
     def max_prefixes_for(self, peer: Peer) -> int:
         return peer.max_prefixes if peer.max_prefixes is not None else self.max_prefixes

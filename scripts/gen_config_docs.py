@@ -30,6 +30,7 @@ OUTPUT = REPO / "docs" / "configuration.md"
 TYPE_NAMES = {
     int: "integer", float: "number", bool: "boolean", str: "string", Path: "path",
     ipaddress.IPv4Address: "IPv4 address", ipaddress.IPv4Network: "IPv4 network (CIDR)", SecretStr: "string (secret)",
+    ipaddress.IPv6Address: "IPv6 address",
 }
 PATH_KINDS = {"file": "path of an existing file", "dir": "path of an existing directory",
               "new": "path that does not exist yet"}
@@ -56,6 +57,8 @@ def type_name(t) -> str:
         return TYPE_NAMES[t]
     if "IPvAnyAddress" in getattr(t, "__name__", ""):
         return "IP address (v4 or v6)"
+    if "IPvAnyNetwork" in getattr(t, "__name__", ""):
+        return "IP network (CIDR, v4 or v6)"
     raise ValueError(f"no documentation name for type {t!r}: add it to TYPE_NAMES")
 
 

@@ -55,6 +55,9 @@ class StartupError(Exception):
     pass
 
 
+_NO_IPV6 = "{}: the daemon does not route IPv6 yet (issue 11): pools, peers and underlay are IPv4 only"
+
+
 class DaemonFailed(Exception):
     """A task of the daemon died; the daemon stopped (kernel routes left in place) and exits non-zero."""
 
@@ -80,6 +83,8 @@ class Daemon:
     OVERLAY_INTERVAL = 5.0  # seconds between checks of the VTEP device, its entries and the overlay's rules
 
     def __init__(self, file_config: NodeConfig, config_path: Path | None = None, cleanup_on_exit: bool = False):
+        if unrouted := file_config.ipv6_in_use():
+            raise StartupError(_NO_IPV6.format(", ".join(unrouted)))
         self.node = node = effective(file_config, None)  # with a datastore, the cluster's view follows
         self.config_path = config_path
         self.cleanup_on_exit = cleanup_on_exit
@@ -274,9 +279,9 @@ class Daemon:
         try:
             had = wg.device
             device = await asyncio.to_thread(wg.ensure, node)
-            await asyncio.to_thread(wg.guard.apply, GuardRules(
-                node.wireguard.device, tuple(p.cidr for p in node.pools), tuple(node.announced()))
-                if node.wireguard.required else None)
+            await asyncio.to_thread(wg.guard.apply, GuardRules(  # IPv4, as the peers' AllowedIPs
+                node.wireguard.device, tuple(p.cidr for p in node.pools if p.cidr.version == 4),
+                tuple(p for p in node.announced() if p.version == 4)) if node.wireguard.required else None)
             if node is self.node and device != had:
                 self._do(self.core.configure(self._core_config(node), time.monotonic()))
             if not self.core.initial_sync_done:  # peers and AllowedIPs are not known yet: keep what the
@@ -371,6 +376,8 @@ class Daemon:
             fixed = restart_changes(self.node, file_config)
             if fixed:
                 raise ConfigError([f"{self.config_path}: {f}: changing it needs a restart" for f in fixed])
+            if unrouted := file_config.ipv6_in_use():
+                raise ConfigError([f"{self.config_path}: " + _NO_IPV6.format(", ".join(unrouted))])
             new = effective(file_config, self.cluster.view() if self.cluster else None)
         except ConfigError as e:
             log.error("reload refused, the running configuration stays: %s", "; ".join(e.errors))

@@ -110,7 +110,8 @@ def entry(data: Any) -> tuple[str, dict]:
                                      "ips": host.ips, "ports": host.ports})
         return key("hostendpoints", name), {"labels": doc.metadata.labels, **host.model_dump()}
     if doc.kind == "IPPool":
-        pool = IPPool.model_validate({"cidr": spec.get("cidr"), "block_size": spec.get("blockSize", 26),
+        pool = IPPool.model_validate({"cidr": spec.get("cidr"),  # blockSize: the family's default if absent
+                                      **({"block_size": spec["blockSize"]} if "blockSize" in spec else {}),
                                       **{k: v for k, v in spec.items() if k not in ("cidr", "blockSize")}})
         return key("ippools", name), {"cidr": str(pool.cidr), "block_size": pool.block_size}
     peer = Peer.model_validate({"name": name, **spec})

@@ -158,8 +158,8 @@ def test_effective_validates_the_merge(tmp_path, view, reason):
 
 
 def test_restart_fields_are_marked_on_the_model(tmp_path):
-    assert set(restart_fields()) == {"name", "router_id", "asn", "listen_address", "route_protocol",
-                                     "pod_route_protocol", "pod_netns_prefix", "state_dir", "run_dir", "metrics",
+    assert set(restart_fields()) == {"name", "router_id", "asn", "listen_address", "listen_address6",
+                                     "route_protocol", "pod_route_protocol", "pod_netns_prefix", "state_dir", "run_dir", "metrics",
                                      "datastore", "policy_backend", "dns", "vxlan", "bgp", "wireguard"}
     old = effective(good_node(tmp_path), ClusterView(blocks=(N("10.244.9.0/26"),)))
     same = good_node(tmp_path, GOOD.replace("hold_time: 30", "hold_time: 60").replace("blocks: [10.244.1.0/26]",
