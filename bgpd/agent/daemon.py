@@ -317,7 +317,7 @@ class Daemon:
         if self.cluster:
             self.cluster.published = self._wireguard_record()
             await self.cluster.register()
-        return {"public_key": public}
+        return {"public_key": public, "published": self.cluster is not None}
 
     async def _overlay_loop(self) -> None:
         while True:

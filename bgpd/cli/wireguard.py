@@ -19,6 +19,9 @@ def cmd_rotate(args: argparse.Namespace, node: NodeConfig) -> int:
         print(f"tortie wireguard rotate: {result['error']}", file=sys.stderr)
         return 1
     print(f"new public key {result['public_key']}")
+    if not result.get("published", True):
+        print("no datastore: put this key in mesh.nodes[].public_key of every other node and reload them; "
+              "until then they cannot reach this node's pods", file=sys.stderr)
     return 0
 
 

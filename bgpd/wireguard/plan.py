@@ -18,8 +18,7 @@ from typing import Iterable, Mapping
 from bgpd.dataplane.netlink_routes import DeviceHop, KernelRoute
 from config.node import MeshMember
 
-OVERHEAD = 60  # outer IPv4 20 + UDP 8 + WireGuard header 16 + authentication tag 16 (IPv6 outer: 80)
-OVERHEAD_IPV6 = 80
+OVERHEAD = 60  # outer IPv4 20 + UDP 8 + WireGuard header 16 + authentication tag 16 (an IPv6 outer: 80)
 
 
 def pod_mtu(underlay_mtu: int) -> int:
@@ -61,8 +60,9 @@ class Peer:
 
 def encryption(members: Iterable[MeshMember], me: str, my_address: IPv4Address, pools: Iterable[IPv4Network],
                required: bool, oif: int) -> Encryption:
+    """The encryption of IPv4 pod traffic (the WireGuard peers and their AllowedIPs are IPv4)."""
     others = [m for m in members if m.name != me and m.address != my_address]
-    return Encryption(tuple(pools), frozenset(m.address for m in others if m.public_key),
+    return Encryption(tuple(p for p in pools if p.version == 4), frozenset(m.address for m in others if m.public_key),
                       frozenset(m.address for m in others if not m.public_key), required, oif)
 
 
