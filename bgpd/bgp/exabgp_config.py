@@ -18,11 +18,13 @@ def _q(s: str) -> str:
 
 
 def render_neighbor(node: NodeConfig, peer: Peer) -> str:
+    """One session of the peer's address family: IPv6 unicast over IPv6 addresses (docs/ipv6.md)."""
+    v6 = peer.address.version == 6
     lines = [
         f"neighbor {peer.address} {{",
         f"    description {_q(peer.name or str(peer.address))};",
         f"    router-id {node.router_id};",
-        f"    local-address {node.listen_address};",
+        f"    local-address {node.listen_address6 if v6 else node.listen_address};",
         f"    local-as {node.asn};",
         f"    peer-as {peer.asn};",
         f"    hold-time {peer.hold_time};",
@@ -37,7 +39,7 @@ def render_neighbor(node: NodeConfig, peer: Peer) -> str:
     if peer.password:
         lines.append(f"    md5-password {_q(peer.password)};")
     lines += [
-        "    family { ipv4 unicast; }",
+        f"    family {{ {'ipv6' if v6 else 'ipv4'} unicast; }}",
         "    capability {",
         "        route-refresh enable;",
         f"        graceful-restart {node.graceful_restart};" if node.graceful_restart else "",
@@ -75,7 +77,7 @@ def exabgp_environment(node: NodeConfig) -> dict[str, str]:
         "exabgp.log.destination": "stdout",
         # always listen: peers that wait for us may be added by a reload (the datastore's mesh), and ExaBGP
         # only binds at start
-        "exabgp.tcp.bind": str(node.listen_address),
+        "exabgp.tcp.bind": " ".join(str(a) for a in (node.listen_address, node.listen_address6) if a is not None),
         "exabgp.tcp.port": "179",
         "exabgp.daemon.pid": "",
     }
