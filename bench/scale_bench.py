@@ -139,7 +139,7 @@ def _restart(lab: Lab, host: str) -> subprocess.CompletedProcess:
     script = ("pid=$(cat /run/tortie/tortie.pid); kill -TERM $pid; "
               "while kill -0 $pid 2>/dev/null; do sleep 0.05; done; "
               f"setsid tortie run --config /etc/tortie/tortie.yaml >{RESTART_LOG} 2>&1 </dev/null &")
-    return lab.exec(host, "sh", "-c", script, timeout=60)
+    return lab.exec(host, "sh", "-c", script, timeout=300)  # 20 mesh hosts stopping at once took over 60 s
 
 
 def run_case(n: int, reflectors: int, scratch: Path, timeout: float) -> dict:
@@ -193,27 +193,34 @@ def run_case(n: int, reflectors: int, scratch: Path, timeout: float) -> dict:
         m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
         case["restart_probe"] = ({"sent": int(m[1]), "lost": int(m[1]) - int(m[2])} if m
                                  else {"error": out.strip()[-300:]})
-        return case
+    except (BenchError, subprocess.TimeoutExpired) as e:
+        case["error"] = str(e)  # the phases measured so far stay in the results
     finally:
         r = lab.run("down", timeout=300)
         if r.returncode != 0:
             print(f"scale_bench: lab down {lab.name}: {r.stderr}", file=sys.stderr)
+    return case
 
 
 def render(cases: list[dict]) -> str:
     lines = ["Generated labs, one machine: seconds; idle CPU % of one core per host (median/max); RSS MiB per host",
              f"{'N':>4} {'topology':<8} {'blocks':>7} {'lab up':>7} {'new blk':>8} {'cpu med':>8} {'cpu max':>8} "
              f"{'RSS med':>8} {'restart':>8} {'lost':>9}"]
+    def num(c: dict, key: str, sub: str | None = None, width: int = 8, digits: int = 1) -> str:
+        v = c.get(key)
+        v = v.get(sub) if isinstance(v, dict) and sub else v
+        return f"{v:>{width}.{digits}f}" if isinstance(v, (int, float)) else f"{'-':>{width}}"
+
     for c in cases:
+        probe = c.get("restart_probe", {})
+        lost = f"{probe['lost']}/{probe['sent']}" if "lost" in probe else "-"
+        lines.append(f"{c['n']:>4} {c['topology']:<8} {num(c, 'all_blocks_everywhere_s', width=7)} "
+                     f"{num(c, 'lab_up_s', width=7)} {num(c, 'new_block_everywhere_s', digits=2)} "
+                     f"{num(c, 'idle_cpu_percent_per_host', 'median', digits=2)} "
+                     f"{num(c, 'idle_cpu_percent_per_host', 'max', digits=2)} {num(c, 'rss_mib_per_host', 'median')} "
+                     f"{num(c, 'restart_converged_s')} {lost:>9}")
         if "error" in c:
-            lines.append(f"{c['n']:>4} {c['topology']:<8} failed: {c['error'][:150]}")
-            continue
-        probe = c["restart_probe"]
-        lost = f"{probe['lost']}/{probe['sent']}" if "lost" in probe else "?"
-        lines.append(f"{c['n']:>4} {c['topology']:<8} {c['all_blocks_everywhere_s']:>7.1f} {c['lab_up_s']:>7.1f} "
-                     f"{c['new_block_everywhere_s']:>8.2f} {c['idle_cpu_percent_per_host']['median']:>8.2f} "
-                     f"{c['idle_cpu_percent_per_host']['max']:>8.2f} {c['rss_mib_per_host']['median']:>8.1f} "
-                     f"{c['restart_converged_s']:>8.1f} {lost:>9}")
+            lines.append(f"     error: {c['error'][:200]}")
     return "\n".join(lines)
 
 
@@ -243,10 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n, k in args.cases:
             print(f"case N={n} {'rr%d' % k if k else 'mesh'} ...", file=sys.stderr, flush=True)
-            try:
-                cases.append(run_case(n, k, scratch, args.timeout))
-            except (BenchError, subprocess.TimeoutExpired) as e:
-                cases.append({"n": n, "topology": f"rr{k}" if k else "mesh", "error": str(e)})
+            cases.append(run_case(n, k, scratch, args.timeout))
             print(json.dumps(cases[-1]), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
