@@ -1,7 +1,8 @@
 """The effective configuration: the user's file plus what the cluster decided, validated as one.
 
 `NodeConfig` is exactly what the user writes. What a node learns at run time (the blocks it claimed,
-the addresses it borrowed, the registered mesh members) comes in as a `ClusterView`; `effective()`
+the addresses it borrowed, the registered mesh members, the IP pools and BGP peers applied with
+`tortie apply`) comes in as a `ClusterView`; `effective()`
 builds the configuration the daemon runs on from both, through the same validators as the file.
 """
 from __future__ import annotations
@@ -12,17 +13,20 @@ from ipaddress import ip_network
 from pydantic import Field, ValidationError, model_validator
 
 from config.load import ConfigError, validation_errors
-from config.node import IPAddress, IPNetwork, Mesh, MeshMember, NodeConfig
+from config.node import IPAddress, IPNetwork, IPPool, Mesh, MeshMember, NodeConfig, Peer
 
 
 @dataclass(frozen=True)
 class ClusterView:
-    """What the datastore says about this node: mesh members that count, blocks it owns, addresses it borrowed."""
+    """What the datastore says about this node: mesh members that count, blocks it owns, addresses it borrowed,
+    and the cluster-wide pools (ippools/) and peers (bgppeers/) that do not clash with the file's."""
 
     members: tuple[MeshMember, ...] = ()
     blocks: tuple[IPNetwork, ...] = ()
     borrowed: tuple[IPAddress, ...] = ()
     routes: tuple[tuple[IPNetwork, IPAddress], ...] = ()  # other nodes' prefixes via their addresses
+    pools: tuple[IPPool, ...] = ()
+    peers: tuple[Peer, ...] = ()
 
 
 class EffectiveConfig(NodeConfig):
@@ -63,6 +67,8 @@ def effective(node: NodeConfig, view: ClusterView | None) -> EffectiveConfig:
     if view is not None:
         data["blocks"] = sorted(set(node.blocks) | set(view.blocks), key=_by_family)
         data["borrowed"] = sorted(set(view.borrowed), key=_by_family)
+        data["pools"] = [*node.pools, *view.pools]
+        data["peers"] = [*node.peers, *view.peers]
         if not node.bgp.enabled:
             data["cluster_routes"] = dict(view.routes)
         if node.mesh.enabled and not node.mesh.nodes:

@@ -1,5 +1,6 @@
-"""The node's part in the cluster datastore: it registers itself, meshes with the other nodes, and has
-its blocks claimed (claiming and borrowing: bgpd/ipam/claiming.py).
+"""The node's part in the cluster datastore: it registers itself, meshes with the other nodes, has
+its blocks claimed (claiming and borrowing: bgpd/ipam/claiming.py), and takes in the IP pools and BGP
+peers applied with `tortie apply` (ippools/, bgppeers/).
 
 Pure helpers decide (who is in the mesh, which blocks are ours); `Cluster` does the I/O and hands every
 new configuration (config/effective.py) to the daemon's `reconfigure`, the same path as a reload.
@@ -12,13 +13,15 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 from typing import Awaitable, Callable, Mapping
 
+from pydantic import ValidationError
+
 from bgpd.ipam.claiming import BlockClaims
 from bgpd.ipam.ownership import Ignored, owned_prefixes, registration, rival_claims, unique_addresses
 from bgpd.overlay.vxlan import cluster_routes
 from config.datastore import Datastore, DatastoreError, key, parse_key
 from config.effective import ClusterView, EffectiveConfig, effective
-from config.load import ConfigError
-from config.node import MeshMember, NodeConfig
+from config.load import ConfigError, validation_errors
+from config.node import IPPool, MeshMember, NodeConfig, Peer
 
 log = logging.getLogger("tortie.cluster")
 
@@ -46,6 +49,49 @@ def mesh_members(nodes: Mapping[str, dict], peers: set[IPv4Address]) -> list[Mes
         taken.add(member.address)
         members.append(member)
     return members
+
+
+def datastore_pools(entries: Mapping[str, dict], file_pools: list[IPPool]) -> list[IPPool]:
+    """The valid ippools/<name> entries, in key order, that overlap neither a file pool (the file wins) nor an
+    earlier entry; the others are ignored with a warning."""
+    pools: list[IPPool] = []
+    for k, value in sorted(entries.items()):
+        try:
+            pool = IPPool.model_validate(value)
+        except ValidationError as e:
+            log.warning("ignoring IP pool: %s", "; ".join(validation_errors(k, e)))
+            continue
+        clash = next((p for p in [*file_pools, *pools]
+                      if p.cidr.version == pool.cidr.version and p.cidr.overlaps(pool.cidr)), None)
+        if clash is not None:
+            where = "the node file's" if clash in file_pools else "an earlier IP pool's"
+            log.warning("ignoring IP pool key=%s: %s overlaps %s pool %s", k, pool.cidr, where, clash.cidr)
+            continue
+        pools.append(pool)
+    return pools
+
+
+def datastore_peers(entries: Mapping[str, dict], node: NodeConfig) -> list[Peer]:
+    """The valid bgppeers/<name> entries, in key order, whose address is neither a file peer's (the file wins)
+    nor an earlier entry's; none with bgp.enabled false."""
+    if not node.bgp.enabled:
+        if entries:
+            log.warning("ignoring %d BGP peer(s) from the datastore: bgp.enabled is false", len(entries))
+        return []
+    peers: list[Peer] = []
+    taken = {p.address for p in node.peers}
+    for k, value in sorted(entries.items()):
+        try:
+            peer = Peer.model_validate({"name": parse_key(k)[1][0], **value})
+        except ValidationError as e:
+            log.warning("ignoring BGP peer: %s", "; ".join(validation_errors(k, e)))
+            continue
+        if peer.address in taken:
+            log.warning("ignoring BGP peer key=%s: address %s is already a peer's", k, peer.address)
+            continue
+        taken.add(peer.address)
+        peers.append(peer)
+    return peers
 
 
 class Cluster:
@@ -84,9 +130,14 @@ class Cluster:
         """This node's blocks: the file's and the claimed ones."""
         return set(self.base.blocks) | set(self.owned_blocks())
 
+    def pooled(self) -> NodeConfig:
+        """The file's configuration with the datastore's IP pools too: what blocks are claimed from."""
+        return self.base.model_copy(update={"pools": [*self.base.pools,
+                                                      *datastore_pools(self.ds.items("ippools"), self.base.pools)]})
+
     async def claim_more(self) -> IPv4Network | None:
         """Another block for this node's pods or, failing that, a borrowed address (the daemon's claim_block)."""
-        return await self.claims.claim_more(self.base, self.ours())
+        return await self.claims.claim_more(self.pooled(), self.ours())
 
     def view(self) -> ClusterView:
         by_node = self.owned_by_node()
@@ -94,11 +145,14 @@ class Cluster:
         records, ignored = unique_addresses({k: v for k, v in self.ds.items("nodes").items()
                                              if self.counts(parse_key(k)[1][0])})
         self.ignored_records.update(ignored)
-        members = mesh_members(records, {p.address for p in self.base.peers})
+        peers = datastore_peers(self.ds.items("bgppeers"), self.base)
+        members = mesh_members(records, {p.address for p in [*self.base.peers, *peers]})
         routes = cluster_routes(by_node, {m.name: m.address for m in members}, self.base.name)
         return ClusterView(members=tuple(members), routes=tuple(sorted(routes.items())),
                            blocks=tuple(b for b in owned if b.prefixlen < 32),
-                           borrowed=tuple(b.network_address for b in owned if b.prefixlen == 32))
+                           borrowed=tuple(b.network_address for b in owned if b.prefixlen == 32),
+                           pools=tuple(datastore_pools(self.ds.items("ippools"), self.base.pools)),
+                           peers=tuple(peers))
 
     def desired(self) -> EffectiveConfig:
         """The file's configuration with the datastore's view; ConfigError if they do not fit together."""
@@ -117,7 +171,7 @@ class Cluster:
         feed = self.ds.changes()
         await self.register()
         if not self.base.blocks and not self.owned_blocks():
-            await self.claims.claim_block(self.base)
+            await self.claims.claim_block(self.pooled())
         await self._apply_desired()
         self.claims.save_lent(self.base, self.ours())
         self.ready.set()
@@ -155,5 +209,5 @@ class Cluster:
 
     async def _watch(self, feed) -> None:
         async for change in feed:
-            if change.key.split("/", 1)[0] in ("nodes", "status", "claims"):
+            if change.key.split("/", 1)[0] in ("nodes", "status", "claims", "ippools", "bgppeers"):
                 self._wake.set()

@@ -5,7 +5,7 @@
 | tortie.io/v1 GlobalNetworkPolicy                    | globalpolicies/<name>          | the document           |
 | tortie.io/v1 Namespace                              | namespaces/<name>              | {labels}               |
 | tortie.io/v1 HostEndpoint                           | hostendpoints/<name>           | {node, labels, spec..} |
-| tortie.io/v1 IPPool                                 | ippools/<name>                 | {cidr, block_size}     |
+| tortie.io/v1 IPPool                                 | ippools/<name>                 | a config.node.IPPool   |
 | tortie.io/v1 BGPPeer                                | bgppeers/<name>                | a config.node.Peer     |
 
 Every document is checked by the model the readers use (policy/model.py, config/node.py) before anything is written.
@@ -113,7 +113,7 @@ def entry(data: Any) -> tuple[str, dict]:
         pool = IPPool.model_validate({"cidr": spec.get("cidr"),  # blockSize: the family's default if absent
                                       **({"block_size": spec["blockSize"]} if "blockSize" in spec else {}),
                                       **{k: v for k, v in spec.items() if k not in ("cidr", "blockSize")}})
-        return key("ippools", name), {"cidr": str(pool.cidr), "block_size": pool.block_size}
+        return key("ippools", name), pool.model_dump(mode="json", exclude_unset=True)
     peer = Peer.model_validate({"name": name, **spec})
     return key("bgppeers", name), json.loads(peer.model_dump_json(exclude_none=True))
 
@@ -130,7 +130,8 @@ def document(key_: str, value: dict) -> dict:
     if kind == "hostendpoints":
         spec = {k: v for k, v in value.items() if k != "labels"}
     elif kind == "ippools":
-        spec = {"cidr": value.get("cidr"), "blockSize": value.get("block_size")}
+        spec = {"cidr": value.get("cidr"), "blockSize": value.get("block_size"),
+                **{k: v for k, v in value.items() if k not in ("cidr", "block_size")}}
     else:
         spec = {k: v for k, v in value.items() if k != "name"}
     meta = {"name": name, **({"labels": labels} if labels else {})}
