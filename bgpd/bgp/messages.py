@@ -3,19 +3,27 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Iterable, Union
 
 
-class Prefix(IPv4Network):
-    """An IPv4Network that computes its hash once: every prefix received is a dict key at each stage."""
+class _HashedOnce:
+    """Computes the network's hash once: every prefix received is a dict key at each stage."""
 
     def __init__(self, address: str):
-        super().__init__(address)
+        super().__init__(address)  # type: ignore[call-arg]
         self._hash = super().__hash__()
 
     def __hash__(self) -> int:
         return self._hash
+
+
+class Prefix(_HashedOnce, IPv4Network):
+    pass
+
+
+class Prefix6(_HashedOnce, IPv6Network):
+    pass
 
 
 @dataclass(frozen=True)
@@ -36,14 +44,14 @@ class SessionState:
 @dataclass(frozen=True)
 class Announce:
     peer: str
-    next_hop: IPv4Address
-    prefixes: tuple[IPv4Network, ...]
+    next_hop: IPv4Address | IPv6Address
+    prefixes: tuple[IPv4Network, ...] | tuple[IPv6Network, ...]
 
 
 @dataclass(frozen=True)
 class Withdraw:
     peer: str
-    prefixes: tuple[IPv4Network, ...]
+    prefixes: tuple[IPv4Network, ...] | tuple[IPv6Network, ...]
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,8 @@ class Malformed:
 
 
 Event = Union[SessionState, Announce, Withdraw, EndOfRib, Malformed]
-FAMILY = "ipv4 unicast"
+# ExaBGP's family names -> the prefix and next-hop types (one family per session: docs/ipv6.md)
+FAMILIES = {"ipv4 unicast": (Prefix, IPv4Address), "ipv6 unicast": (Prefix6, IPv6Address)}
 
 
 def parse_line(line: str) -> list[Event]:
@@ -84,18 +93,25 @@ def parse_line(line: str) -> list[Event]:
 def _update_events(peer: str, message: dict) -> Iterable[Event]:
     if "eor" in message:
         eor = message["eor"]
-        if (eor.get("afi"), eor.get("safi")) == ("ipv4", "unicast"):
+        if f"{eor.get('afi')} {eor.get('safi')}" in FAMILIES:
             yield EndOfRib(peer)
         return
     update = message.get("update", {})
     for family, nlris in update.get("withdraw", {}).items():
-        if family == FAMILY:
-            yield Withdraw(peer, tuple(Prefix(_nlri(n)) for n in nlris))
+        if family in FAMILIES:
+            prefix = FAMILIES[family][0]
+            yield Withdraw(peer, tuple(prefix(_nlri(n)) for n in nlris))
     for family, by_next_hop in update.get("announce", {}).items():
-        if family != FAMILY:
+        if family not in FAMILIES:
             continue
-        for next_hop, nlris in by_next_hop.items():
-            yield Announce(peer, IPv4Address(next_hop), tuple(Prefix(_nlri(n)) for n in nlris))
+        prefix, address = FAMILIES[family]
+        hops = [(address(h), nlris) for h, nlris in by_next_hop.items()]
+        if prefix is Prefix6 and any(not h.is_link_local for h, _ in hops):
+            # an IPv6 next hop may come with the sender's link-local address too (RFC 2545; BIRD sends both):
+            # ExaBGP repeats the prefixes under each, and only the global one is routable without a device
+            hops = [(h, nlris) for h, nlris in hops if not h.is_link_local]
+        for next_hop, nlris in hops:
+            yield Announce(peer, next_hop, tuple(prefix(_nlri(n)) for n in nlris))
 
 
 def _nlri(n: str | dict) -> str:
@@ -104,17 +120,24 @@ def _nlri(n: str | dict) -> str:
 
 
 # --- commands --------------------------------------------------------------------------------------
-def announce_blocks(blocks: Iterable[IPv4Network], peer: str | None = None) -> list[str]:
-    to = f"neighbor {peer} " if peer else ""
-    return [f"{to}announce route {b} next-hop self" for b in blocks]
+def _version(peer: str) -> int:
+    return 6 if ":" in peer else 4
 
 
-def withdraw_blocks(blocks: Iterable[IPv4Network]) -> list[str]:
+def announce_blocks(blocks: Iterable[IPv4Network | IPv6Network], peer: str | None = None) -> list[str]:
+    """To every session, or to `peer`'s only: the blocks of its family (ExaBGP refuses the others)."""
+    if peer is None:
+        return [f"announce route {b} next-hop self" for b in blocks]
+    version = _version(peer)
+    return [f"neighbor {peer} announce route {b} next-hop self" for b in blocks if b.version == version]
+
+
+def withdraw_blocks(blocks: Iterable[IPv4Network | IPv6Network]) -> list[str]:
     return [f"withdraw route {b}" for b in blocks]
 
 
 def end_of_rib(peer: str) -> str:
-    return f"neighbor {peer} announce eor ipv4 unicast"
+    return f"neighbor {peer} announce eor ipv{_version(peer)} unicast"
 
 
 CEASE_BFD_DOWN = 10  # NOTIFICATION Cease subcode "BFD Down" (RFC 9384)

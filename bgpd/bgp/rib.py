@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
-from typing import Iterable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Callable, Iterable
 
 
 class Reject(enum.Enum):
@@ -20,51 +20,75 @@ class Reject(enum.Enum):
     BAD_NEXT_HOP = "bad_next_hop"
 
 
-def _as_int(net: IPv4Network) -> tuple[int, int]:
-    return int(net.network_address), net.prefixlen
+class _FamilyFilter:
+    """The import filter's pools, blocks and borrowed addresses of one address family, as integers: a network
+    is (address, length, address bits - length), and `a` holds `b` iff a.length <= b.length and
+    (a.address ^ b.address) >> a.shift == 0."""
 
+    __slots__ = ("bits", "pools", "blocks", "borrowed")
 
-def _contains(outer: tuple[int, int], inner: tuple[int, int]) -> bool:
-    (onet, olen), (inet, ilen) = outer, inner
-    return olen <= ilen and (olen == 0 or (inet ^ onet) >> (32 - olen) == 0)
+    def __init__(self, version: int, pools: Iterable[IPv4Network | IPv6Network],
+                 blocks: Iterable[IPv4Network | IPv6Network], borrowed: Iterable[IPv4Network | IPv6Network]):
+        self.bits = bits = 32 if version == 4 else 128
+
+        def ints(nets: Iterable[IPv4Network | IPv6Network]) -> tuple[tuple[int, int, int], ...]:
+            return tuple((int(n.network_address), n.prefixlen, bits - n.prefixlen) for n in nets
+                         if n.version == version)
+        self.pools, self.blocks = ints(pools), ints(blocks)
+        self.borrowed = frozenset((a, length) for a, length, _ in ints(borrowed))
+
+    def check_prefix(self, prefix: IPv4Network | IPv6Network) -> Reject | None:
+        length = prefix.prefixlen
+        if length == 0:
+            return Reject.DEFAULT_ROUTE
+        net = int(prefix.network_address)
+        if not any(plen <= length and (net ^ pnet) >> shift == 0 for pnet, plen, shift in self.pools):
+            return Reject.NOT_IN_POOL
+        bits = self.bits
+        own = bits - length
+        for bnet, blen, bshift in self.blocks:  # two prefixes overlap iff one holds the other
+            if (length <= blen and (bnet ^ net) >> own == 0) or (
+                    blen <= length < bits and (net ^ bnet) >> bshift == 0):
+                return Reject.OWN_BLOCK  # a host prefix inside one of our blocks: an address another node borrowed
+        if (net, length) in self.borrowed:  # only the address itself: its block is its owner's as before
+            return Reject.OWN_BLOCK
+        return None
 
 
 @dataclass(frozen=True)
 class ImportFilter:
     """Which prefixes a peer may give us: inside a cluster pool, never one of our own blocks, never default.
 
-    Checked once per received prefix, so on integers rather than ipaddress objects (3x cheaper at 10k).
+    Checked once per received prefix, so on integers rather than ipaddress objects (3x cheaper at 10k), against
+    the pools, blocks and borrowed addresses of the prefix's own family only.
     """
 
-    pools: tuple[IPv4Network, ...]
-    own_blocks: tuple[IPv4Network, ...]
-    own_addresses: frozenset[IPv4Address] = frozenset()
-    borrowed: tuple[IPv4Network, ...] = ()  # /32s we took from other nodes' blocks: ours too
+    pools: tuple[IPv4Network | IPv6Network, ...]
+    own_blocks: tuple[IPv4Network | IPv6Network, ...]
+    own_addresses: frozenset[IPv4Address | IPv6Address] = frozenset()
+    borrowed: tuple[IPv4Network | IPv6Network, ...] = ()  # /32s, /128s we took from other nodes' blocks: ours too
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_pools", tuple(map(_as_int, self.pools)))
-        object.__setattr__(self, "_blocks", tuple(map(_as_int, self.own_blocks)))
-        object.__setattr__(self, "_borrowed", frozenset(map(_as_int, self.borrowed)))
+        object.__setattr__(self, "_families", {v: _FamilyFilter(v, self.pools, self.own_blocks, self.borrowed)
+                                               for v in (4, 6)})
+
+    def prefix_check(self, version: int) -> Callable[[IPv4Network | IPv6Network], Reject | None]:
+        """check_prefix for prefixes of one family (an UPDATE's are all of its next hop's)."""
+        return self._families[version].check_prefix  # type: ignore[attr-defined]
 
     def check(self, prefix: IPv4Network, next_hop: IPv4Address | None) -> Reject | None:
         return self.check_prefix(prefix) or (self.check_next_hop(next_hop) if next_hop is not None else None)
 
-    def check_prefix(self, prefix: IPv4Network) -> Reject | None:
-        if prefix.prefixlen == 0:
-            return Reject.DEFAULT_ROUTE
-        p = _as_int(prefix)
-        if not any(_contains(pool, p) for pool in self._pools):
-            return Reject.NOT_IN_POOL
-        for b in self._blocks:  # two prefixes overlap iff one holds the other
-            if _contains(p, b) or (_contains(b, p) and p[1] < 32):
-                return Reject.OWN_BLOCK  # a /32 inside one of our blocks is an address another node borrowed
-        if p in self._borrowed:  # only the address itself: the block it came from is its owner's as before
-            return Reject.OWN_BLOCK
-        return None
+    def check_prefix(self, prefix: IPv4Network | IPv6Network) -> Reject | None:
+        return self.prefix_check(prefix.version)(prefix)
 
-    def check_next_hop(self, next_hop: IPv4Address) -> Reject | None:
+    def check_next_hop(self, next_hop: IPv4Address | IPv6Address) -> Reject | None:
         if (next_hop in self.own_addresses or next_hop.is_unspecified or next_hop.is_loopback
                 or next_hop.is_multicast):
+            return Reject.BAD_NEXT_HOP
+        # IPv6: a link-local next hop needs a device we do not know; an IPv4-mapped one (GoBGP over an IPv4
+        # session) is no IPv6 address at all
+        if next_hop.version == 6 and (next_hop.is_link_local or next_hop.ipv4_mapped is not None):  # type: ignore
             return Reject.BAD_NEXT_HOP
         return None
 
@@ -146,9 +170,10 @@ class Rib:
 
     # --- routes ------------------------------------------------------------------------------------
     def announce(self, peer: str, prefixes: Iterable[IPv4Network], next_hop: IPv4Address) -> Update:
-        """One UPDATE's prefixes, all with this next hop. Refused ones withdraw what the peer had for them."""
+        """One UPDATE's prefixes, all with this next hop and of its family. Refused ones withdraw what the peer
+        had for them."""
         rib = self.peers[peer]
-        routes, check, by_prefix = rib.routes, self.filter.check_prefix, self._by_prefix
+        routes, check, by_prefix = rib.routes, self.filter.prefix_check(next_hop.version), self._by_prefix
         bad_next_hop = self.filter.check_next_hop(next_hop)  # one per UPDATE, not per prefix
         changed: list[IPv4Network] = []
         refused: list[IPv4Network] = []

@@ -2,7 +2,7 @@
 import json
 import subprocess
 import sys
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A, IPv4Network as N, ip_address, ip_network
 from pathlib import Path
 
 from hypothesis import given, strategies as st
@@ -34,7 +34,9 @@ def test_update_announce_withdraw_eor():
                       "withdraw": {"ipv4 unicast": [{"nlri": "10.244.9.0/26"}]}}}
     events = m.parse_line(line(type="update", direction="receive", message=upd))
     assert events == [m.Withdraw("10.99.0.2", (N("10.244.9.0/26"),)),
-                      m.Announce("10.99.0.2", A("10.99.0.2"), (N("10.244.2.0/26"), N("10.244.3.0/26")))]
+                      m.Announce("10.99.0.2", A("10.99.0.2"), (N("10.244.2.0/26"), N("10.244.3.0/26"))),
+                      # parsed (tests/node/test_ipv6_bgp.py); a link-local next hop alone is the filter's to refuse
+                      m.Announce("10.99.0.2", ip_address("fe80::1"), (ip_network("fd00::/64"),))]
     compact = {"update": {"announce": {"ipv4 unicast": {"10.99.0.2": ["10.244.2.0/26"]}},
                           "withdraw": {"ipv4 unicast": ["10.244.9.0/26"]}}}
     assert m.parse_line(line(type="update", message=compact)) == [
