@@ -155,7 +155,7 @@ class NodeCore:
             self._mark(self.rib.all_desired(), out)
         gone = [b for b in old.announced if b not in config.announced]
         out.append(Send(tuple(msgs.withdraw_blocks(gone) + msgs.announce_blocks(config.announced)
-                              + [msgs.route_refresh()])))
+                              + msgs.route_refresh(config.peers))))
         self._check_initial_sync(out)
         self._schedule(out)
         return out
@@ -163,7 +163,7 @@ class NodeCore:
     # --- inputs: ExaBGP ----------------------------------------------------------------------------
     def relay_connected(self, fresh: bool, now: float) -> list[Command]:
         """A relay (re)connected. Not `fresh`: only the relay was respawned, updates may have been lost."""
-        lines = msgs.announce_blocks(self.config.announced) + ([] if fresh else [msgs.route_refresh()])
+        lines = msgs.announce_blocks(self.config.announced) + ([] if fresh else msgs.route_refresh(self.config.peers))
         return [Log(logging.INFO, "exabgp relay connected new_process=%s", (fresh,)), Send(tuple(lines))]
 
     def relay_disconnected(self, now: float) -> list[Command]:

@@ -149,5 +149,6 @@ def teardown(peer: str, subcode: int) -> str:
     return f"neighbor {peer} teardown {subcode}"
 
 
-def route_refresh() -> str:
-    return "announce route-refresh ipv4 unicast"
+def route_refresh(peers: Iterable[str]) -> list[str]:
+    """Asks every session again for its routes, in each family the peers have (ExaBGP skips the others)."""
+    return [f"announce route-refresh ipv{v} unicast" for v in sorted({_version(p) for p in peers})]

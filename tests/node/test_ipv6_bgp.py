@@ -131,3 +131,10 @@ def test_filter_matches_ipaddress_for_ipv6(bits, prefixlen):
           or prefix == ip_network("fd00:244::1:5/128")):
         expected = Reject.OWN_BLOCK
     assert FILTER.check_prefix(prefix) is expected
+
+
+def test_route_refresh_in_each_family_of_the_sessions():
+    assert m.route_refresh(["10.0.0.2", "10.0.0.3"]) == ["announce route-refresh ipv4 unicast"]
+    assert m.route_refresh(["fd00::2", "10.0.0.2"]) == ["announce route-refresh ipv4 unicast",
+                                                        "announce route-refresh ipv6 unicast"]
+    assert m.route_refresh(["fd00::2"]) == ["announce route-refresh ipv6 unicast"]
