@@ -3,8 +3,9 @@
 `SyncState.update(changes)` takes the entries that changed since the last call (key -> value, None: deleted) and
 returns the ruleset that should now be enforced. The work done is proportional to what changed: an endpoint that
 joins or leaves goes through `Binding.change`; a changed policy is compiled alone (`compile_policies(previous=)`
-reuses every other one) and the program bound again; namespace labels rebind. The first call, and any call after an
-unexpected error (`reset()`), starts from scratch.
+reuses every other one) and the program bound again; namespace labels rebind, and so do host endpoints
+(hostendpoints/<name> whose `node` is this node; another node's are not this node's concern). The first call,
+and any call after an unexpected error (`reset()`), starts from scratch.
 
 Every entry is validated on its own; an entry that turns invalid keeps its last valid form in force (a broken
 policy must not open what it closed), one that never was valid is left out; both are reported, per key, and the
@@ -25,12 +26,14 @@ from config.load import validation_errors
 from policy.compiler import gc_paused, needs_ipv6
 from policy.ir import Ruleset
 from policy.load import parse_document
-from policy.model import AnyPolicy, Endpoint, Endpoints, GlobalNetworkPolicy, Namespace, claims, policy_id
+from policy.model import (AnyPolicy, Endpoint, Endpoints, GlobalNetworkPolicy, HostEndpoint, Namespace, claims,
+                          policy_id)
 from policy.program_change import LiveBinding, LiveProgram
 from policy.resolve import Resolution, resolve
 
-WATCHED = ("policies", "globalpolicies", "namespaces", "endpoints")
-Model = AnyPolicy | Namespace | Endpoint
+WATCHED = ("policies", "globalpolicies", "namespaces", "endpoints", "hostendpoints")
+Model = AnyPolicy | Namespace | Endpoint | HostEndpoint
+_NOT_POLICIES = (Endpoint, Namespace, HostEndpoint)
 _INTERFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # policy.model.InterfaceName
 
 
@@ -75,6 +78,8 @@ def parse_entry(k: str, v: object, local: str) -> Model:
         return p
     if kind == "namespaces":
         return Namespace.model_validate({"name": seg["namespace"], "labels": v.get("labels", {})})
+    if kind == "hostendpoints":  # as bgpd/cli/resources.py writes it: {node, labels, interface, ips, ports}
+        return HostEndpoint.model_validate({"name": seg["name"], **{f: v[f] for f in v if f != "node"}})
     ep = {**v, "namespace": seg["namespace"], "name": seg["pod"]}
     if seg["node"] != local:
         ep["interface"] = remote_interface(seg["node"], seg["namespace"], seg["pod"])
@@ -119,6 +124,7 @@ class SyncState:
         self.good: dict[str, Model] = {}  # every key's last valid form
         self.endpoints: dict[str, Endpoint] = {}  # the endpoints among them
         self.namespaces: dict[str, Namespace] = {}  # the namespaces among them
+        self.hosts: dict[str, HostEndpoint] = {}  # the host endpoints among them (this node's only)
         self.local: dict[str, dict[str, str]] = {}  # this node's endpoint keys -> their segments
         self.errors: dict[str, list[str]] = {}
         self.gate = EndpointGate(self.node)
@@ -139,7 +145,7 @@ class SyncState:
         return None
 
     def _policies(self) -> list[AnyPolicy]:
-        return [m for m in self.good.values() if not isinstance(m, (Namespace, Endpoint))]
+        return [m for m in self.good.values() if not isinstance(m, _NOT_POLICIES)]
 
     def _resolve(self) -> Resolution:
         eps = self.endpoints
@@ -152,13 +158,16 @@ class SyncState:
                 preferred[node] = self.prefer(node)
             return preferred[node]
 
-        return resolve(eps, self.namespaces.values(), prefer=prefer, local_interfaces=[i for i in local if i])
+        return resolve(eps, self.namespaces.values(), prefer=prefer, local_interfaces=[i for i in local if i],
+                       host_endpoints=list(self.hosts.values()))
 
     def _hold(self) -> None:
         """Remembers which entry holds which claim after a full resolve(), for _resolve_changes()."""
         accepted = {id(e) for e in self.resolution.endpoints.endpoints}  # type: ignore[union-attr]
         self._claims = {k: claims(e) for k, e in self.endpoints.items() if id(e) in accepted}
         self._held = {c: k for k, cs in self._claims.items() for c in cs}
+        self._held.update((c, f"hostEndpoints/{h.name}")  # held by a host endpoint: a pod taking it needs resolve()
+                          for h in self.resolution.endpoints.hostEndpoints for c in claims(h))  # type: ignore[union-attr]
         if len(self._claims) != len(accepted):
             self._claims = self._held = None  # (resolve() did not keep our objects: no shortcut)
 
@@ -194,7 +203,8 @@ class SyncState:
         endpoints = [self.endpoints[k] for k in self._claims]
         local = {self.endpoints[k].interface for k in keys if k in self.local and k in self.endpoints}
         self.resolution = Resolution(
-            Endpoints.model_construct(namespaces=res.endpoints.namespaces, endpoints=endpoints, hostEndpoints=[]),
+            Endpoints.model_construct(namespaces=res.endpoints.namespaces, endpoints=endpoints,
+                                      hostEndpoints=res.endpoints.hostEndpoints),
             res.rejected, res.isolated - local)
         return upsert, remove
 
@@ -223,6 +233,8 @@ class SyncState:
         changed: dict[str, tuple[Model | None, Model | None]] = {}  # key -> (old, new) valid form
         touched = []  # the keys whose value changed (an echo of what we saw already is not a change)
         for k, v in changes.items():
+            if k.startswith("hostendpoints/") and isinstance(v, dict) and v.get("node") != self.node:
+                v = None  # another node's interface
             if v is None:
                 if k not in self.raw:
                     continue
@@ -232,6 +244,7 @@ class SyncState:
                 self.errors.pop(k, None)
                 self.endpoints.pop(k, None)
                 self.namespaces.pop(k, None)
+                self.hosts.pop(k, None)
                 if (old := self.good.pop(k, None)) is not None:
                     changed[k] = (old, None)
                 continue
@@ -253,6 +266,8 @@ class SyncState:
                     self.endpoints[k] = model
                 elif isinstance(model, Namespace):
                     self.namespaces[k] = model
+                elif isinstance(model, HostEndpoint):
+                    self.hosts[k] = model
                 changed[k] = (old, model)
         kinds = {parse_key(k)[0] for k in touched}
         with gc_paused():
@@ -264,12 +279,12 @@ class SyncState:
     def _recompile(self, changed: dict[str, tuple[Model | None, Model | None]], kinds: set[str],
                    recheck: bool, endpoint_keys: list[str]) -> None:
         delta = None  # (upsert, remove) for Binding.change, when only these endpoints changed
-        if self.resolution is None or recheck or "namespaces" in kinds or \
+        if self.resolution is None or recheck or kinds & {"namespaces", "hostendpoints"} or \
                 "endpoints" in kinds and (delta := self._resolve_changes(endpoint_keys)) is None:
             self.resolution = self._resolve()
             self._hold()
         endpoints = self.resolution.endpoints
-        new_policies = [new for _, new in changed.values() if new is not None and not isinstance(new, (Endpoint, Namespace))]
+        new_policies = [new for _, new in changed.values() if new is not None and not isinstance(new, _NOT_POLICIES)]
         if self.live is None or self.binding is None or not self.live.program.ipv6 and needs_ipv6(new_policies, endpoints):
             policies = self._policies()
             self.live = LiveProgram(policies, needs_ipv6(policies, endpoints), self.live)
@@ -277,7 +292,7 @@ class SyncState:
             return
         if kinds & {"policies", "globalpolicies"}:
             removed, added = self.live.change(new_policies, [
-                policy_id(old) for old, _ in changed.values() if old is not None and not isinstance(old, (Endpoint, Namespace))])
+                policy_id(old) for old, _ in changed.values() if old is not None and not isinstance(old, _NOT_POLICIES)])
             self.binding.change_program(removed, added)
         if delta is not None:
             self.binding.change(*delta)
