@@ -117,11 +117,13 @@ set -e
 ip addr add 10.91.0.99/24 dev br0 2>/dev/null || true
 WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wireguard-go tortie.evil
 echo {base64.b64encode(evil).decode()} > /tmp/evil.key
-wg set tortie.evil private-key /tmp/evil.key listen-port {PORT} peer {node2_key} endpoint {NODES['node2']}:{PORT} allowed-ips {target}/32
+wg set tortie.evil private-key /tmp/evil.key listen-port {PORT} \
+    peer {node2_key} endpoint {NODES['node2']}:{PORT} allowed-ips {target}/32
 ip link set tortie.evil up
 ip route replace {target}/32 dev tortie.evil
 for i in 1 2 3 4 5; do python3 -c 'import socket; socket.socket(2, 2).sendto(b"forged", ("{target}", 7007))'; done
-python3 -c 'import os, socket; socket.socket(2, 2).sendto(bytes([4, 0, 0, 0]) + os.urandom(60), ("{NODES["node2"]}", {PORT}))'
+python3 -c 'import os, socket
+socket.socket(2, 2).sendto(bytes([4, 0, 0, 0]) + os.urandom(60), ("{NODES["node2"]}", {PORT}))'
 """
     lab.exec("sw", "sh", "-c", forge)
     def transfer_counts():  # (received, sent) bytes of the forged tunnel

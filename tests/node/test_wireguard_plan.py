@@ -122,7 +122,8 @@ def test_the_device_appearing_replans_every_route():
 
 # --- peers and configuration text --------------------------------------------------------------------
 def test_allowed_ips_are_the_prefixes_routed_to_the_peer():
-    routes = {N("10.244.2.0/26"): frozenset({DeviceHop(KEYED, WG)}), N("10.244.7.5/32"): frozenset({DeviceHop(KEYED, WG)}),
+    routes = {N("10.244.2.0/26"): frozenset({DeviceHop(KEYED, WG)}),
+              N("10.244.7.5/32"): frozenset({DeviceHop(KEYED, WG)}),
               N("10.244.3.0/26"): frozenset({KEYLESS}), N("10.244.4.0/26"): frozenset({DeviceHop(KEYED, VTEP)}),
               N("10.244.1.0/26"): frozenset()}
     got = peers(MEMBERS, routes, WG, "n1")
