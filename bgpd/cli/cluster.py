@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from pydantic import ValidationError
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 
 from bgpd.cli.node import DEFAULT_CONFIG, load_node
-from bgpd.ipam.claims import blocks_in, claims_by_block, owner
+from bgpd.ipam.claims import claims_by_block, owner
 from config.datastore import Datastore, DatastoreError, TlsSettings, open_datastore, parse_key
 from config.load import ConfigError, validation_errors
 from config.node import NodeConfig
@@ -62,13 +62,17 @@ def ipam_table(node: NodeConfig, ds: Datastore) -> list[dict]:
     for k, ep in ds.items("endpoints").items():
         for ip in ep.get("ips", []):
             used[ip] = used.get(ip, 0) + 1
+    addresses = []
+    for ip in used:
+        with contextlib.suppress(ValueError):  # an endpoint record is not ours to judge here
+            addresses.append(ip_address(ip))
     rows = []
     for pool in node.pools:
-        for block in blocks_in(pool):
-            claims = by_block.get(block, {})
-            if not claims:
-                continue
-            n = sum(1 for ip in used if IPv4Address(ip) in block)
+        # the claimed blocks, not every block of the pool: an IPv6 /48 holds 2^74 blocks of /122
+        for block in sorted(b for b in by_block if b.version == pool.cidr.version
+                            and b.prefixlen == pool.block_size and b.subnet_of(pool.cidr)):
+            claims = by_block[block]
+            n = sum(1 for ip in addresses if ip.version == block.version and ip in block)
             rows.append({"pool": str(pool.cidr), "block": str(block), "owner": owner(claims),
                          "claims": sorted(claims), "alive": ds.alive(owner(claims)) if owner(claims) else None,
                          "used": n, "size": block.num_addresses - 2})
@@ -82,7 +86,7 @@ async def _ipam_show(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for pool in node.pools:
-        total = sum(1 for _ in blocks_in(pool))
+        total = 2 ** (pool.block_size - pool.cidr.prefixlen)
         mine = [r for r in rows if r["pool"] == str(pool.cidr)]
         print(f"pool {pool.cidr}  blocks /{pool.block_size}: {len(mine)} of {total} claimed")
     fmt = "  {:<20} {:<14} {:<8} {:>9}  {}"

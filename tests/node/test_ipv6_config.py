@@ -166,3 +166,34 @@ def test_daemon_refuses_ipv6_settings(tmp_path):
     with pytest.raises(StartupError, match=r"^pools\[1\], peers\[1\], listen_address6: the daemon does not route "
                                            r"IPv6 yet \(issue 11\)"):
         Daemon(load(tmp_path, DUAL))
+
+
+def test_ipam_show_with_an_ipv6_pool(tmp_path):
+    """`tortie ipam show` counts an IPv6 pool's blocks instead of listing them (a /48 has 2^74 of /122)."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from config.datastore.files import FilesDatastore
+    from config.datastore.keys import cidr_segment, key
+
+    store = tmp_path / "ds"
+
+    async def fill() -> None:
+        ds = FilesDatastore(store, "node1")
+        await ds.start()
+        await ds.put(key("claims", cidr_segment("10.244.1.0/26"), "node1"), {"at": 1.0})
+        await ds.put(key("endpoints", "node1", "default", "web"), {"ips": ["10.244.1.5", "fd00:244::45"]})
+        await ds.stop()
+    asyncio.run(fill())
+    conf = tmp_path / "node.yaml"
+    conf.write_text(textwrap.dedent(DUAL.replace("pools: [{cidr: 10.244.0.0/16}, {cidr: \"fd00:244::/56\"}]",
+                                                 'pools: [{cidr: 10.244.0.0/16}, {cidr: "fd00:244::/48"}]')
+                                    .replace("listen_address: 10.99.0.1\n", f"listen_address: 10.99.0.1\n"
+                                             f"datastore: {{type: files, path: {store}}}\n")))
+    r = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "ipam", "show", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "pool 10.244.0.0/16  blocks /26: 1 of 1024 claimed" in r.stdout
+    assert f"pool fd00:244::/48  blocks /122: 0 of {2 ** 74} claimed" in r.stdout
+    assert "10.244.1.0/26" in r.stdout and "1/62" in r.stdout
