@@ -21,7 +21,8 @@ ENGINES = ("docker", "podman")
 CAPABILITIES = ("NET_ADMIN", "NET_RAW", "SYS_ADMIN")
 LABEL = "tortie.lab"
 WRITABLE_SYS_NET = "mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net"
-ENGINE_TIMEOUT = 60.0
+# `run` and `rm` copy or delete a whole filesystem with the vfs storage driver: minutes on a loaded host.
+ENGINE_TIMEOUT = 600.0
 
 
 class EngineError(Exception):
@@ -44,7 +45,7 @@ def _engine(engine: str, *args: str, timeout: float = ENGINE_TIMEOUT) -> str:
 def available(engine: str) -> str | None:
     """None when `engine` answers, else why not."""
     try:
-        _engine(engine, "info", "--format", "{{.ID}}", timeout=20)
+        _engine(engine, "info", "--format", "{{.ID}}", timeout=120)
     except EngineError as e:
         return str(e)
     return None

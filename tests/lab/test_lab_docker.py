@@ -20,7 +20,7 @@ from tests.lab.test_lab_shipped import LABS, ping_from_pod, pod_ips, tortie
 # collected here too, with this module's `lab` fixture: tor-bird in containers, with the same checks
 from tests.lab.test_lab_shipped import test_tor_bird  # noqa: F401
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "tortie:dev"
@@ -34,7 +34,7 @@ def engine():
     name = next((e for e in ("podman", "docker") if shutil.which(e)), None)
     if name is None and not shutil.which("dockerd"):
         pytest.skip("no container engine installed (docker.io: scripts/setup.sh)")
-    r = subprocess.run([str(ROOT / "scripts" / "build-image.sh")], capture_output=True, text=True, timeout=840)
+    r = subprocess.run([str(ROOT / "scripts" / "build-image.sh")], capture_output=True, text=True, timeout=1200)
     if r.returncode != 0:
         why = r.stderr.strip().splitlines()[-1:] or ["no output"]
         if "dockerd did not come up" in r.stderr:
@@ -52,16 +52,16 @@ def lab(request, engine):
 
     def run(*args: str, timeout: float = 100) -> subprocess.CompletedProcess:
         if args[0] == "up":  # containers start slower than namespaces (vfs copies each one's filesystem)
-            args, timeout = (args[0], "--engine", engine, *args[1:]), max(timeout, 300)
+            args, timeout = (args[0], "--engine", engine, *args[1:]), max(timeout, 1500)
         return tortie("lab", args[0], str(path), "--name", name, *args[1:], timeout=timeout)
 
     try:
         yield run
     finally:
-        assert run("down", timeout=120).returncode == 0
+        assert run("down", timeout=900).returncode == 0
         assert not [n for n in os.listdir("/run/netns") if n.startswith(f"clab-{name}-")]
         left = subprocess.run([engine, "ps", "--all", "--quiet", "--filter", f"label=tortie.lab={name}"],
-                              capture_output=True, text=True, timeout=60).stdout
+                              capture_output=True, text=True, timeout=300).stdout
         assert not left.strip()
 
 
@@ -89,11 +89,11 @@ def test_pod_add_in_a_container_lacking_what_it_needs_says_so_and_leaves_nothing
     conf = ROOT / "containers" / "labs" / "mesh3" / "node1"
     subprocess.run([engine, "run", "--detach", "--name", name, "--network", "none",
                     *(a for c in caps for a in ("--cap-add", c)), "--volume", f"{conf}:/etc/tortie:ro", IMAGE],
-                   check=True, capture_output=True, timeout=120)
+                   check=True, capture_output=True, timeout=600)
     try:
         def sh(command: str) -> subprocess.CompletedProcess:
             return subprocess.run([engine, "exec", name, "sh", "-c", command], capture_output=True, text=True,
-                                  timeout=60)
+                                  timeout=300)
 
         r = sh("tortie pod add --config /etc/tortie/tortie.yaml default/pod1")
         assert r.returncode == 1
@@ -111,7 +111,7 @@ def test_pod_add_in_a_container_lacking_what_it_needs_says_so_and_leaves_nothing
         assert sh("ls /run/netns 2>/dev/null").stdout == ""
         assert json.loads(sh("tortie pod list --config /etc/tortie/tortie.yaml --json").stdout) == []
     finally:
-        subprocess.run([engine, "rm", "--force", name], capture_output=True, timeout=120)
+        subprocess.run([engine, "rm", "--force", name], capture_output=True, timeout=600)
 
 
 def pod_host_if(sh) -> str:
