@@ -19,7 +19,7 @@ from policy.ir import Ruleset
 from policy.kernel import ApplyError, Interrupted
 
 DEFAULT_STATE_DIR = Path(os.environ.get("TORTIE_POLICY_STATE_DIR", "/run/tortie/policy"))
-LAYOUT = 2  # the kernel layout rulesets are rendered in: a ruleset applied with another one is replaced in full
+LAYOUT = 3  # the kernel layout rulesets are rendered in: a ruleset applied with another one is replaced in full
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from policy.diff import Delta
 from policy.ir import Ruleset
 from policy.kernel import run
 from policy.names import TABLE
+from policy.nft_rules import Unsupported
 
 
 def _named(table: str, rules: dict[str, int], elements: dict[str, int]) -> dict[str, int]:
@@ -33,9 +34,14 @@ class NftApplier:
         self.transactions += 1
 
     def apply_delta(self, delta: Delta, rs: Ruleset, prev: Ruleset | None = None) -> None:
-        """Element-only changes go over netlink (about 1 ms); anything else is one `nft -f` transaction."""
-        if delta.elements_only():
-            for batch in nft_elements.batches_for(delta, rs):
+        """Changes of elements and chains (pods coming and going, policies changing) go over netlink; new or
+        removed sets, and rules nft_rules cannot encode, as one `nft -f` transaction."""
+        try:
+            batches = nft_elements.batches_for(delta, rs) if nft_elements.can_send(delta) else None
+        except Unsupported:
+            batches = None
+        if batches is not None:
+            for batch in batches:
                 nft_elements.send(batch)
                 self.transactions += 1
             return

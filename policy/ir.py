@@ -13,8 +13,8 @@ SetKind = Literal["addr", "net", "nport"]
 Side = Literal["src", "dst"]
 
 # The four interface dispatch maps: which endpoint chain a packet goes through, by interface.
-# Workload ingress applies where packets leave the host towards the pod (forward and output hooks),
-# workload egress where they arrive from the pod (forward and input); host endpoint maps on input / output only.
+# Workload ingress applies where packets leave the host towards the pod (postrouting: forwarded or sent by the host),
+# workload egress where they arrive from the pod (prerouting); host endpoint maps on input / output only.
 DISPATCH_MAPS = ("workload_ingress", "workload_egress", "host_ingress", "host_egress")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from policy.kernel import ApplyError, Interrupted
+from policy.nft_rules import string
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -26,14 +27,6 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 MSG_GETCHAIN, MSG_GETRULE, MSG_GETSET, MSG_GETSETELEM, MSG_GETGEN = 4, 7, 10, 13, 16
 NFT_SET_ELEM_INTERVAL_END = 1
 NFT_SET_ANONYMOUS = 1
-
-
-def _attr(kind: int, value: bytes) -> bytes:
-    return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
-
-
-def _string(kind: int, text: str) -> bytes:
-    return _attr(kind, text.encode() + b"\0")
 
 
 def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
@@ -127,7 +120,7 @@ class Census:
 def census(table: str) -> Census:
     """Raises Interrupted when the ruleset changed during the dumps."""
     with _Socket() as s:
-        tname = _string(1, table)
+        tname = string(1, table)
         sets = [_name(a.get(2)) for a in s.request(MSG_GETSET, NLM_F_DUMP, tname)
                 if _name(a.get(1)) == table and not _u32(a.get(3)) & NFT_SET_ANONYMOUS]  # inline `{ ... }` sets
         chains = [_name(a.get(3)) for a in s.request(MSG_GETCHAIN, NLM_F_DUMP) if _name(a.get(1)) == table]
@@ -138,7 +131,7 @@ def census(table: str) -> Census:
         out.rules.update((_name(c), k) for (t, c), k in per_chain.items() if _name(t) == table)
         for name in sets:
             count = 0
-            for a in s.request(MSG_GETSETELEM, NLM_F_DUMP, tname + _string(2, name)):
+            for a in s.request(MSG_GETSETELEM, NLM_F_DUMP, tname + string(2, name)):
                 nested = a.get(3, b"")
                 for elem in _elements(nested):
                     if not _u32(elem.get(3)) & NFT_SET_ELEM_INTERVAL_END:

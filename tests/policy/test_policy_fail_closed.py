@@ -109,7 +109,7 @@ DRIFT = {
     "nft": {
         "flush ruleset": [["nft", "flush", "ruleset"]],
         "delete table": [["nft", "delete", "table", "inet", "tortie"]],
-        "rule deleted by hand": [["nft", "flush", "chain", "inet", "tortie", "forward_ingress"]],
+        "rule deleted by hand": [["nft", "flush", "chain", "inet", "tortie", "postrouting_ingress"]],
         "map entry deleted": [["nft", "delete", "element", "inet", "tortie", "workload_ingress", "{ \"tv1\" }"]],
     },
     "iptables": {

@@ -84,9 +84,8 @@ def test_isolation_is_rendered_first_in_both_directions_on_both_backends() -> No
     text = render_nft.render(rs)
     assert 'set isolated {\n\t\ttype ifname\n\t\telements = { "tv7", "tv8" }' in text
     rules = render_nft.chain_rules(rs)
-    assert rules["forward_egress"][:2] == ["iifname @isolated counter drop", "oifname @isolated counter drop"]
-    assert rules["input_egress"][0] == "iifname @isolated counter drop"
-    assert rules["output_egress"][0] == "oifname @isolated counter drop"
+    assert rules["prerouting_egress"][0] == "iifname @isolated counter drop"  # before forward and input
+    assert rules["postrouting_ingress"][0] == "oifname @isolated counter drop"  # after forward and output
     for fam in (4, 6):
         script = render_iptables.restore_script(rs, fam, "a")
         fwd = [line for line in script.splitlines() if line.startswith("-A TT-FORWARD")]
