@@ -23,7 +23,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "namespaces": ("namespace",),
     "policies": ("namespace", "name"),
     "globalpolicies": ("name",),
-    # written by `tortie apply` (bgpd/cli/resources.py); the daemon does not read them yet (docs/datastore.md)
+    # written by `tortie apply` (bgpd/cli/resources.py)
     "hostendpoints": ("name",),
     "ippools": ("name",),
     "bgppeers": ("name",),
