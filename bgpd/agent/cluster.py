@@ -139,19 +139,22 @@ class Cluster:
         """Another block for this node's pods or, failing that, a borrowed address (the daemon's claim_block)."""
         return await self.claims.claim_more(self.pooled(), self.ours())
 
-    def view(self) -> ClusterView:
+    def view(self, base: NodeConfig | None = None) -> ClusterView:
+        """The datastore's view for `base` (default: the running file's; a reload passes the new file's, so that
+        applied pools and peers clash with what the file will say)."""
+        base = base or self.base
         by_node = self.owned_by_node()
-        owned = by_node.get(self.base.name, [])
+        owned = by_node.get(base.name, [])
         records, ignored = unique_addresses({k: v for k, v in self.ds.items("nodes").items()
                                              if self.counts(parse_key(k)[1][0])})
         self.ignored_records.update(ignored)
-        peers = datastore_peers(self.ds.items("bgppeers"), self.base)
-        members = mesh_members(records, {p.address for p in [*self.base.peers, *peers]})
-        routes = cluster_routes(by_node, {m.name: m.address for m in members}, self.base.name)
+        peers = datastore_peers(self.ds.items("bgppeers"), base)
+        members = mesh_members(records, {p.address for p in [*base.peers, *peers]})
+        routes = cluster_routes(by_node, {m.name: m.address for m in members}, base.name)
         return ClusterView(members=tuple(members), routes=tuple(sorted(routes.items())),
                            blocks=tuple(b for b in owned if b.prefixlen < 32),
                            borrowed=tuple(b.network_address for b in owned if b.prefixlen == 32),
-                           pools=tuple(datastore_pools(self.ds.items("ippools"), self.base.pools)),
+                           pools=tuple(datastore_pools(self.ds.items("ippools"), base.pools)),
                            peers=tuple(peers))
 
     def desired(self) -> EffectiveConfig:

@@ -378,7 +378,7 @@ class Daemon:
                 raise ConfigError([f"{self.config_path}: {f}: changing it needs a restart" for f in fixed])
             if unrouted := file_config.ipv6_in_use():
                 raise ConfigError([f"{self.config_path}: " + _NO_IPV6.format(", ".join(unrouted))])
-            new = effective(file_config, self.cluster.view() if self.cluster else None)
+            new = effective(file_config, self.cluster.view(file_config) if self.cluster else None)
         except ConfigError as e:
             log.error("reload refused, the running configuration stays: %s", "; ".join(e.errors))
             notify("READY=1", "STATUS=reload refused: see the log")

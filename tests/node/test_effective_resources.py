@@ -110,3 +110,19 @@ async def test_cluster_claims_from_an_applied_pool_and_peers_with_an_applied_pee
         assert applied == []
     finally:
         await asyncio.wait_for(ds.stop(), 15)
+
+
+async def test_a_reloaded_file_is_merged_with_the_view_made_for_it(tmp_path):
+    """A reload's new file takes a peer address an applied BGPPeer had: the view for the new file leaves it out."""
+    ds = FilesDatastore(tmp_path / "ds", "node1")
+    await ds.start()
+    try:
+        for k, v in write_resources(tmp_path, RESOURCES).items():
+            await ds.put(k, v)
+        cluster = Cluster(ds, node(tmp_path), apply=None)
+        assert [p.name for p in cluster.view().peers] == ["bird"]
+        reloaded = node(tmp_path, peers=[{"address": "10.98.0.7", "asn": 65007, "name": "bird-in-file"}])
+        assert cluster.view(reloaded).peers == ()
+        assert [p.name for p in effective(reloaded, cluster.view(reloaded)).peers] == ["bird-in-file"]
+    finally:
+        await asyncio.wait_for(ds.stop(), 15)
