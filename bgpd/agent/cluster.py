@@ -72,8 +72,8 @@ def datastore_pools(entries: Mapping[str, dict], file_pools: list[IPPool]) -> li
 
 
 def datastore_peers(entries: Mapping[str, dict], node: NodeConfig) -> list[Peer]:
-    """The valid bgppeers/<name> entries, in key order, whose address is neither a file peer's (the file wins)
-    nor an earlier entry's; none with bgp.enabled false."""
+    """The valid bgppeers/<name> entries for this node (every node's, or scoped to it by `node`), in key order,
+    whose address is neither a file peer's (the file wins) nor an earlier entry's; none with bgp.enabled false."""
     if not node.bgp.enabled:
         if entries:
             log.warning("ignoring %d BGP peer(s) from the datastore: bgp.enabled is false", len(entries))
@@ -81,8 +81,10 @@ def datastore_peers(entries: Mapping[str, dict], node: NodeConfig) -> list[Peer]
     peers: list[Peer] = []
     taken = {p.address for p in node.peers}
     for k, value in sorted(entries.items()):
+        if value.get("node", node.name) != node.name:
+            continue  # scoped to another node
         try:
-            peer = Peer.model_validate({"name": parse_key(k)[1][0], **value})
+            peer = Peer.model_validate({"name": parse_key(k)[1][0], **{f: v for f, v in value.items() if f != "node"}})
         except ValidationError as e:
             log.warning("ignoring BGP peer: %s", "; ".join(validation_errors(k, e)))
             continue

@@ -46,6 +46,11 @@ class _HostEndpointSpec(_Strict):
     ports: list[dict] = Field(default_factory=list)
 
 
+class _BGPPeerScope(_Strict):
+    node: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,63}$", description="the one node that peers; "
+                                                                                  "none: every node")
+
+
 class _Document(_Strict):
     apiVersion: str
     kind: str
@@ -114,8 +119,10 @@ def entry(data: Any) -> tuple[str, dict]:
                                       **({"block_size": spec["blockSize"]} if "blockSize" in spec else {}),
                                       **{k: v for k, v in spec.items() if k not in ("cidr", "blockSize")}})
         return key("ippools", name), pool.model_dump(mode="json", exclude_unset=True)
-    peer = Peer.model_validate({"name": name, **spec})
-    return key("bgppeers", name), json.loads(peer.model_dump_json(exclude_none=True))
+    scope = _BGPPeerScope.model_validate({"node": spec.get("node")})  # as Calico's BGPPeer node: only that node
+    peer = Peer.model_validate({"name": name, **{k: v for k, v in spec.items() if k != "node"}})
+    scoped = {"node": scope.node} if scope.node is not None else {}
+    return key("bgppeers", name), {**scoped, **json.loads(peer.model_dump_json(exclude_none=True))}
 
 
 def document(key_: str, value: dict) -> dict:

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network as N
 import pytest
 
 from bgpd.agent.cluster import Cluster, datastore_peers, datastore_pools
-from bgpd.cli.resources import load_entries
+from bgpd.cli.resources import document, entry, load_entries
 from config.datastore.files import FilesDatastore
 from config.effective import ClusterView, effective
 from config.load import ConfigError
@@ -126,3 +126,16 @@ async def test_a_reloaded_file_is_merged_with_the_view_made_for_it(tmp_path):
         assert [p.name for p in effective(reloaded, cluster.view(reloaded)).peers] == ["bird-in-file"]
     finally:
         await asyncio.wait_for(ds.stop(), 15)
+
+
+def test_a_peer_scoped_to_a_node_is_that_nodes_only(tmp_path):
+    written = write_resources(tmp_path, RESOURCES.replace("spec: {address: 10.98.0.7, asn: 65007}",
+                                                          "spec: {address: 10.98.0.7, asn: 65007, node: node1}"))
+    assert written["bgppeers/bird"] == {"node": "node1", "name": "bird", "address": "10.98.0.7", "asn": 65007,
+                                        "hold_time": 90, "passive": False,
+                                        "bfd": written["bgppeers/bird"]["bfd"]}
+    assert entry(document("bgppeers/bird", written["bgppeers/bird"])) == ("bgppeers/bird", written["bgppeers/bird"])
+    assert entry(document("ippools/extra", written["ippools/extra"])) == ("ippools/extra", written["ippools/extra"])
+    assert [p.name for p in datastore_peers(written, node(tmp_path))] == ["bird"]
+    other = node(tmp_path, name="node2", router_id="10.99.0.2", listen_address="10.99.0.2")
+    assert datastore_peers(written, other) == []
