@@ -15,6 +15,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from pyroute2 import IPRoute
 
+from bgpd.dataplane.uplink import uplink_mtu
 from bgpd.dataplane.netlink_routes import (_NLMSGHDR, _RTA, NETLINK_ROUTE, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE,
                                            NLM_F_REQUEST, _acks)
 from bgpd.overlay.vxlan import pod_mtu, vtep_mac
@@ -173,10 +174,7 @@ def overlay_mtu(node: NodeConfig, ipr: IPRoute) -> int | None:
         return None
     if node.vxlan.mtu is not None:
         return node.vxlan.mtu
-    for a in ipr.get_addr(family=socket.AF_INET, address=str(node.listen_address)):
-        return pod_mtu(ipr.get_links(a["index"])[0].get_attr("IFLA_MTU"))
-    raise OSError(f"no interface has listen_address {node.listen_address}: cannot tell the underlay MTU "
-                  "(set vxlan.mtu)")
+    return pod_mtu(uplink_mtu(node.listen_address, ipr, "vxlan.mtu"))
 
 
 def connected_subnets(ipr: IPRoute) -> tuple[IPv4Network, ...]:
