@@ -75,8 +75,12 @@ def test_bird_keeps_our_routes_while_we_restart(bird_lab):
     out = bird_lab.exec("tor", "birdc", "-s", "/run/bird/bird.ctl", "show", "route", "for", "10.244.1.0/26").stdout
     assert "10.244.1.0/26" in out  # kept (as stale) by BIRD
     bird_lab.exec("node1", "sh", "-c", "tortie run --config /etc/tortie/tortie.yaml >>/tmp/tortie.log 2>&1 &")
-    wait_for(lambda: bird_lab.json("node1", "tortie", "status", "--json")["peers"][0]["state"] == "up", 30,
-             what="node1 back")
+
+    def session_up() -> bool:  # until the new daemon listens, status exits 3 ("not running"): not up yet
+        r = bird_lab.exec("node1", "tortie", "status", "--json", check=False)
+        return r.returncode == 0 and json.loads(r.stdout)["peers"][0]["state"] == "up"
+
+    wait_for(session_up, 30, what="node1 back")
     out, err = probe.communicate(timeout=60)
     assert " 0% packet loss" in out, out + err
 
