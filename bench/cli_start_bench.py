@@ -46,7 +46,10 @@ def export(rev: str, into: Path) -> Path:
 def timed(argv: list[str], env: dict, runs: int, after=None) -> dict:
     """Wall and CPU time of `runs` runs of argv (after each, `after()` runs untimed), after one untimed run
     that compiles the tree's bytecode."""
-    subprocess.run(argv, env=env, check=True, capture_output=True, timeout=60)
+    first = subprocess.run(argv, env=env, capture_output=True, timeout=60, text=True)
+    if first.returncode != 0:
+        raise SystemExit(f"cli_start_bench: {' '.join(argv[3:])} failed on this revision: "
+                         f"{(first.stderr.strip().splitlines() or ['(no output)'])[-1]}")
     if after:
         after()
     walls, cpus = [], []
@@ -65,7 +68,8 @@ def timed(argv: list[str], env: dict, runs: int, after=None) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", required=True, help="git revision to compare with")
+    parser.add_argument("--before", required=True, help="git revision to compare with (one with the bgpd/cli "
+                                                        "package: fe8aa2a or later)")
     parser.add_argument("--after", default="HEAD", help="git revision measured as 'after' (default HEAD)")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", default="cli_start_bench.json")
