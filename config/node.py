@@ -296,10 +296,12 @@ class NodeConfig(Strict):
     def uses_vxlan(self) -> bool:
         return any(p.vxlan != "never" for p in self.pools)
 
-    def other_nodes(self) -> frozenset[IPv4Address]:
-        """The IPv4 underlay addresses of the other nodes we know (mesh.nodes, or the datastore's): their VTEPs."""
-        return frozenset(m.address for m in self.mesh.nodes
-                         if m.address is not None and m.name != self.name and m.address != self.listen_address)
+    def other_nodes(self, version: int = 4) -> frozenset[IPv4Address] | frozenset[IPv6Address]:
+        """The underlay addresses of one family of the other nodes we know (mesh.nodes, or the datastore's):
+        their VTEPs of that family."""
+        mine = self.listen_address if version == 4 else self.listen_address6
+        found = (m.address if version == 4 else m.address6 for m in self.mesh.nodes if m.name != self.name)
+        return frozenset(a for a in found if a is not None and a != mine)
 
     def bgp_peers(self) -> list[Peer]:
         """Every BGP neighbor: configured peers plus the other mesh members (iBGP), one session per family both

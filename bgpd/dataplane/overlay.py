@@ -34,7 +34,7 @@ class OverlayDataplane:
         if rules != self.rules:
             self.firewall.apply(rules)
             self.rules = rules
-        elif not rules.empty and not self.firewall.present():
+        elif not rules.empty and not self.firewall.present(rules):
             log.warning("the overlay's firewall rules were removed: applying them again")
             self.firewall.apply(rules)
             self.repairs += 1
