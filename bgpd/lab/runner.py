@@ -27,6 +27,11 @@ NODE_TMPFS = ("/run", "/tmp", "/var/lib/tortie", "/etc/netns")
 KEEPER_START_TIMEOUT = 10.0
 STATUS_TIMEOUT = 30.0  # `tortie status` took 17 s in a 20-host lab on 2 loaded cores (load 22)
 PARALLEL = 8  # nodes whose exec commands or status run at once: a 100-node lab is not 100 x one node's time
+# IPv6 on in every node (an engine may turn it off in a container without an IPv6 network) and no duplicate
+# address detection on the lab's links: an address, and each link's fe80:: address, is usable the moment it is
+# added, so a daemon binds its IPv6 underlay address and neighbours resolve without waiting out DAD (~1 s each).
+IPV6_SYSCTLS = ("net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0",
+                "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 
 
 class LabError(Exception):
@@ -137,6 +142,14 @@ def _run(lab: Lab, state: LabState, node: Node, command: list[str], timeout: flo
         argv = container_nodes.exec_argv(state.engine, ns.netns, command, stdin="stdin" not in kw)
         return subprocess.run(argv, cwd="/", text=True, timeout=timeout, **kw)
     return in_node.run(ns.keeper_pid, in_node.node_env(lab.name, node), command, timeout, **kw)
+
+
+def _ipv6_ready(lab: Lab, node: Node, state: LabState, timeout: float) -> None:
+    """IPV6_SYSCTLS in the node, before its links exist (they take the `default` values)."""
+    r = _run(lab, state, node, ["sysctl", "-qw", *IPV6_SYSCTLS], timeout, stdin=subprocess.DEVNULL,
+             capture_output=True)
+    if r.returncode != 0:
+        raise LabError(f"node {node.name}: cannot turn IPv6 on: {(r.stderr or r.stdout).strip()}")
 
 
 def _run_exec(lab: Lab, node: Node, state: LabState, timeout: float) -> None:
@@ -264,6 +277,7 @@ def up(lab: Lab, timeout: float, engine: str = "netns") -> None:
         _start_netns_nodes(lab, state)
     else:
         _start_containers(lab, state)
+    _each(list(lab.nodes.values()), lambda node: _ipv6_ready(lab, node, state, timeout), "IPv6")
     for a, b in lab.links:
         _add_link(a, b, lab)
     for node in lab.nodes.values():
