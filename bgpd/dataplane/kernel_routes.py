@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from typing import Callable, Mapping
 
 from pyroute2 import AsyncIPRoute
 
-from bgpd.dataplane.netlink_routes import RT_TABLE_MAIN, KernelRoute, RouteOp, RouteWriter, strerror
-from bgpd.dataplane.route_watch import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, Changes,
-                                        RouteMonitor, RouteStream, reconcile)
+from bgpd.dataplane.netlink_routes import RT_TABLE_MAIN, KernelRoute, Network, RouteOp, RouteWriter, strerror
+from bgpd.dataplane.route_watch import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR,
+                                        RTMGRP_IPV6_ROUTE, RTMGRP_LINK, Changes, RouteMonitor, RouteStream,
+                                        reconcile)
 
 log = logging.getLogger("tortie.kernel")
 
@@ -25,7 +26,7 @@ class SyncResult:
     added: int = 0
     replaced: int = 0
     removed: int = 0
-    errors: dict[IPv4Network, str] = field(default_factory=dict)
+    errors: dict[Network, str] = field(default_factory=dict)
 
 
 async def has_address(address: IPv4Address) -> bool:
@@ -37,7 +38,7 @@ async def has_address(address: IPv4Address) -> bool:
 
 
 class KernelTable:
-    """Our view of the kernel's routes of our protocol, and the writer that changes them.
+    """Our view of the kernel's routes of our protocol, IPv4 and IPv6, and the writer that changes them.
 
     `installed` is what the kernel holds: adopted from a dump at start (no flush, no flap), updated from
     the acknowledgements of every change and, while `watch` runs, from what the kernel reports.
@@ -47,8 +48,8 @@ class KernelTable:
 
     def __init__(self, protocol: int, table: int = RT_TABLE_MAIN):
         self.protocol, self.table = protocol, table
-        self.installed: dict[IPv4Network, KernelRoute] = {}
-        self.refused: set[IPv4Network] = set()  # prefixes whose last change the kernel refused
+        self.installed: dict[Network, KernelRoute] = {}
+        self.refused: set[Network] = set()  # prefixes whose last change the kernel refused
         self.repairs = 0  # routes found differing from `installed` (deleted, changed, lost with a link)
         self._writer = RouteWriter(protocol, table)
         self._lock = asyncio.Lock()  # one write at a time, and none while the watch compares
@@ -71,7 +72,7 @@ class KernelTable:
             self.installed = reconcile(self.installed, changes)[0]
         return len(self.installed)
 
-    async def sync(self, desired: Mapping[IPv4Network, KernelRoute | None]) -> SyncResult:
+    async def sync(self, desired: Mapping[Network, KernelRoute | None]) -> SyncResult:
         """Makes the kernel match `desired` for these prefixes (None: no route). Batched, in a thread."""
         result = SyncResult()
         async with self._lock:  # the watch changes `installed` only while holding it
@@ -108,7 +109,7 @@ class KernelTable:
             log.warning("kernel rejected %d route change(s), e.g. %s", len(result.errors), sample)
         return result
 
-    async def watch(self, on_drift: Callable[[set[IPv4Network]], None], interval: float = INTERVAL) -> None:
+    async def watch(self, on_drift: Callable[[set[Network]], None], interval: float = INTERVAL) -> None:
         """Follows the kernel until cancelled; `on_drift(prefixes)` gets the routes to program again.
 
         Those are the prefixes whose kernel route differs from `installed` (which then says what the kernel
@@ -117,7 +118,8 @@ class KernelTable:
         `interval` seconds and whenever events may be missing.
         """
         loop = asyncio.get_running_loop()
-        with RouteMonitor(self._stream(), RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE) as monitor:
+        groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+        with RouteMonitor(self._stream(), groups) as monitor:
             self._watching = monitor.stream
             try:
                 monitor.dump()  # whatever changed since adopt()
@@ -138,7 +140,7 @@ class KernelTable:
                     if drift:
                         self.repairs += len(drift)
                         log.warning("kernel routes differ from ours: %d (e.g. %s), programming them again",
-                                    len(drift), ", ".join(map(str, sorted(drift)[:3])))
+                                    len(drift), ", ".join(map(str, sorted(drift, key=lambda p: (p.version, p))[:3])))
                     if retry and self.refused:
                         log.info("a link, address or route changed: retrying %d refused route(s)",
                                  len(self.refused))
@@ -161,7 +163,7 @@ class KernelTable:
         changes.links, changes.foreign, changes.foreign_added = False, set(), False
         return news
 
-    async def _compare(self, monitor: RouteMonitor) -> tuple[Changes, set[IPv4Network]]:
+    async def _compare(self, monitor: RouteMonitor) -> tuple[Changes, set[Network]]:
         """Sets `installed` to what the kernel holds; returns what was read and the prefixes that changed.
         Called with the lock held."""
         changes = monitor.stream.take()

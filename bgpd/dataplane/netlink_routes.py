@@ -1,4 +1,4 @@
-"""Batched rtnetlink writes of IPv4 routes.
+"""Batched rtnetlink writes of IPv4 and IPv6 routes.
 
 pyroute2 builds about 20k route messages a second, so 10,000 routes would take half a second in
 encoding alone (see the shared notes: batching, not concurrency, is what helps). These few message
@@ -6,6 +6,12 @@ layouts are packed with `struct` instead, many per sendmsg, and each one is ackn
 failure is reported per route. Reading routes back (dumps and change events) is decoded the same way:
 pyroute2 takes about 0.3 s to decode the events of 10,000 route adds. Both directions are checked
 against pyroute2's codec in the tests.
+
+IPv6 differs in three ways, all handled here: addresses are 16 bytes; the kernel stores metric 0 as 1024
+(IP6_RT_PRIO_USER), so a dump's 1024 reads as 0, the metric we write; and it reports an ECMP route as one
+message with RTA_MULTIPATH when it is added or dumped (kernel 6.x), but removes it hop by hop (one
+RTM_DELROUTE per hop when a link goes down), and older kernels list every hop as a route of its own: see
+`RouteStream` for how those are merged.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Iterable, Sequence
 
 NETLINK_ROUTE = 0
@@ -27,6 +33,7 @@ RTNH_F_ONLINK = 4
 RTN_UNICAST, RTN_BLACKHOLE = 1, 6
 RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
 RT_TABLE_MAIN = 254
+IP6_RT_PRIO_USER = 1024  # what the kernel makes of an IPv6 route's metric 0
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
@@ -40,14 +47,16 @@ _U32 = struct.Struct("=I")
 class DeviceHop:
     """A next hop taken as on-link on one device: the overlay's `via <remote VTEP> dev <vtep> onlink`."""
 
-    gateway: IPv4Address
+    gateway: IPv4Address | IPv6Address
     oif: int
 
     def __str__(self) -> str:
         return f"{self.gateway} onlink ifindex {self.oif}"
 
 
-KernelRoute = frozenset[IPv4Address | DeviceHop]  # next hops; empty: blackhole
+Network = IPv4Network | IPv6Network
+Hop = IPv4Address | IPv6Address | DeviceHop
+KernelRoute = frozenset[Hop]  # next hops (of the prefix's family); empty: blackhole
 OTHER_ROUTE: KernelRoute = frozenset((IPv4Address(0),))
 """Next hops of a route of our protocol that we never write (unreachable, prohibit, a device route, next-hop
 objects): equal to no desired route, so the owner replaces it."""
@@ -57,7 +66,7 @@ objects): equal to no desired route, so the owner replaces it."""
 class RouteOp:
     """One change: `next_hops` None deletes, empty installs a blackhole, otherwise unicast (ECMP if >1)."""
 
-    prefix: IPv4Network
+    prefix: Network
     next_hops: KernelRoute | None
     replace: bool = False  # the route is ours already; otherwise create exclusively, never clobber
 
@@ -65,6 +74,11 @@ class RouteOp:
 def _attr4(kind: int, value: bytes) -> bytes:
     """An attribute with a 4-byte payload (an IPv4 address or a u32): 8 bytes, already aligned."""
     return _RTA.pack(8, kind) + value
+
+
+def _attr_address(kind: int, value: bytes) -> bytes:
+    """An attribute with an address of either family (4 or 16 bytes: aligned either way)."""
+    return _RTA.pack(4 + len(value), kind) + value
 
 
 def encode(op: RouteOp, seq: int, protocol: int, table: int = RT_TABLE_MAIN, metric: int = 0,
@@ -81,21 +95,29 @@ def encode(op: RouteOp, seq: int, protocol: int, table: int = RT_TABLE_MAIN, met
     hops = sorted(op.next_hops or (), key=_hop_key)
     single = hops[0] if len(hops) == 1 else None
     onlink = RTNH_F_ONLINK if isinstance(single, DeviceHop) else 0
-    body = _RTMSG.pack(socket.AF_INET, op.prefix.prefixlen, 0, 0, min(table, 255), protocol, scope, rtype, onlink)
-    body += _attr4(RTA_DST, op.prefix.network_address.packed)
+    family = socket.AF_INET if op.prefix.version == 4 else socket.AF_INET6
+    body = _RTMSG.pack(family, op.prefix.prefixlen, 0, 0, min(table, 255), protocol, scope, rtype, onlink)
+    body += _attr_address(RTA_DST, op.prefix.network_address.packed)
     body += _attr4(RTA_TABLE, struct.pack("=I", table))
     if metric:
         body += _attr4(RTA_PRIORITY, struct.pack("=I", metric))
     if isinstance(single, DeviceHop):
-        body += _attr4(RTA_GATEWAY, single.gateway.packed) + _attr4(RTA_OIF, _U32.pack(single.oif))
+        body += _attr_address(RTA_GATEWAY, single.gateway.packed) + _attr4(RTA_OIF, _U32.pack(single.oif))
     elif single is not None:
-        body += _attr4(RTA_GATEWAY, single.packed)
+        body += _attr_address(RTA_GATEWAY, single.packed)
     elif hops:
-        nested = b"".join(_RTNH.pack(16, RTNH_F_ONLINK, 0, h.oif) + _attr4(RTA_GATEWAY, h.gateway.packed)
-                          if isinstance(h, DeviceHop) else _RTNH.pack(16, 0, 0, 0) + _attr4(RTA_GATEWAY, h.packed)
-                          for h in hops)
+        nested = b"".join(_nexthop(h) for h in hops)
         body += struct.pack("=HH", 4 + len(nested), RTA_MULTIPATH) + nested
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
+
+
+def _nexthop(hop: Hop) -> bytes:
+    """One rtnexthop of RTA_MULTIPATH: its header, then the gateway attribute."""
+    if isinstance(hop, DeviceHop):
+        gateway = hop.gateway.packed
+        return _RTNH.pack(12 + len(gateway), RTNH_F_ONLINK, 0, hop.oif) + _attr_address(RTA_GATEWAY, gateway)
+    gateway = hop.packed
+    return _RTNH.pack(12 + len(gateway), 0, 0, 0) + _attr_address(RTA_GATEWAY, gateway)
 
 
 class RouteWriter:
@@ -147,42 +169,49 @@ class RouteWriter:
                     return
 
 
-def _hop_key(hop: IPv4Address | DeviceHop) -> tuple[int, int]:
+def _hop_key(hop: Hop) -> tuple[int, int]:
     return (int(hop.gateway), hop.oif) if isinstance(hop, DeviceHop) else (int(hop), 0)
 
 
 def dump_request(seq: int, protocol: int, table: int = RT_TABLE_MAIN) -> bytes:
-    """RTM_GETROUTE for the IPv4 routes of `protocol` in `table`: the kernel filters on a strict-check socket."""
-    body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, min(table, 255), protocol, 0, 0, 0)
+    """RTM_GETROUTE for the routes of `protocol` in `table`, IPv4 and IPv6 in one dump (AF_UNSPEC): the kernel
+    filters on a strict-check socket."""
+    body = _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, min(table, 255), protocol, 0, 0, 0)
     body += _attr4(RTA_TABLE, _U32.pack(table))
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
 def decode_route(data: memoryview | bytes, body: int, end: int
-                 ) -> tuple[int, int, int, IPv4Network, KernelRoute] | None:
+                 ) -> tuple[int, int, int, Network, KernelRoute] | None:
     """An rtmsg (and its attributes) between `body` and `end`: (table, protocol, metric, prefix, next hops).
 
-    None for another family; ValueError for a malformed message. Next hops as `RouteOp` writes them:
-    empty for a blackhole, OTHER_ROUTE for any other shape.
+    None for a family other than IPv4 and IPv6; ValueError for a malformed message. Next hops as `RouteOp`
+    writes them: empty for a blackhole, OTHER_ROUTE for any other shape.
     """
     if end - body < _RTMSG.size:
         raise ValueError("short route message")
     family, dst_len, _src, _tos, table, protocol, _scope, rtype, flags = _RTMSG.unpack_from(data, body)
-    if family != socket.AF_INET:
+    if family == socket.AF_INET:
+        size, network = 4, IPv4Network
+    elif family == socket.AF_INET6:
+        size, network = 16, IPv6Network
+    else:
         return None
+    alen_address = 4 + size
     dst, metric, gateway, oif, multipath = 0, 0, None, 0, None
     offset = body + _RTMSG.size
     while offset + _RTA.size <= end:
         alen, kind = _RTA.unpack_from(data, offset)
         if alen < _RTA.size or offset + alen > end:
             raise ValueError("route attribute out of bounds")
-        if alen == 8:
+        if alen == alen_address:
             if kind == RTA_DST:
-                dst = int.from_bytes(data[offset + 4:offset + 8], "big")
-            elif kind == RTA_TABLE:
-                table = _U32.unpack_from(data, offset + 4)[0]
+                dst = int.from_bytes(data[offset + 4:offset + alen], "big")
             elif kind == RTA_GATEWAY:
                 gateway = offset + 4
+        if alen == 8:
+            if kind == RTA_TABLE:
+                table = _U32.unpack_from(data, offset + 4)[0]
             elif kind == RTA_PRIORITY:
                 metric = _U32.unpack_from(data, offset + 4)[0]
             elif kind == RTA_OIF:
@@ -190,17 +219,19 @@ def decode_route(data: memoryview | bytes, body: int, end: int
         if kind == RTA_MULTIPATH:
             multipath = (offset + 4, offset + alen)
         offset += (alen + 3) & ~3
-    prefix = IPv4Network((dst, dst_len))  # ValueError: a length over 32, host bits set
+    prefix = network((dst, dst_len))  # ValueError: a length over 32 (128), host bits set
+    if size == 16 and metric == IP6_RT_PRIO_USER:
+        metric = 0
     if rtype == RTN_BLACKHOLE:
         hops: KernelRoute = frozenset()
     elif rtype != RTN_UNICAST:
         hops = OTHER_ROUTE
     elif gateway is not None and flags & RTNH_F_ONLINK:
-        hops = frozenset((DeviceHop(IPv4Address(bytes(data[gateway:gateway + 4])), oif),))
+        hops = frozenset((DeviceHop(ip_address(bytes(data[gateway:gateway + size])), oif),))
     elif gateway is not None:
-        hops = _single_hop(bytes(data[gateway:gateway + 4]))
+        hops = _single_hop(bytes(data[gateway:gateway + size]))
     elif multipath is not None:
-        hops = _multipath(data, *multipath)
+        hops = _multipath(data, *multipath, size)
     else:
         hops = OTHER_ROUTE
     return table, protocol, metric, prefix, hops
@@ -214,12 +245,12 @@ def _single_hop(address: bytes) -> KernelRoute:
     if hops is None:
         if len(_SINGLE_HOPS) >= 4096:
             _SINGLE_HOPS.clear()
-        hops = _SINGLE_HOPS[address] = frozenset((IPv4Address(address),))
+        hops = _SINGLE_HOPS[address] = frozenset((ip_address(address),))
     return hops
 
 
-def _multipath(data: memoryview | bytes, offset: int, end: int) -> KernelRoute:
-    hops: list[IPv4Address | DeviceHop] = []
+def _multipath(data: memoryview | bytes, offset: int, end: int, size: int) -> KernelRoute:
+    hops: list[Hop] = []
     while offset + _RTNH.size <= end:
         length, flags, _hops, oif = _RTNH.unpack_from(data, offset)
         if length < _RTNH.size:
@@ -229,8 +260,8 @@ def _multipath(data: memoryview | bytes, offset: int, end: int) -> KernelRoute:
             alen, kind = _RTA.unpack_from(data, attr)
             if alen < _RTA.size or attr + alen > stop:
                 break
-            if kind == RTA_GATEWAY and alen == 8:
-                gateway = IPv4Address(bytes(data[attr + 4:attr + 8]))
+            if kind == RTA_GATEWAY and alen == 4 + size:
+                gateway = ip_address(bytes(data[attr + 4:attr + alen]))
                 hops.append(DeviceHop(gateway, oif) if flags & RTNH_F_ONLINK else gateway)
             attr += (alen + 3) & ~3
         offset += (length + 3) & ~3

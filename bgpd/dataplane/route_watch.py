@@ -9,7 +9,10 @@ has an unknown order, and is read again while our writes wait (`reconcile` says 
 
 IPv4 removes the routes through a link that goes down, or whose last address goes, without a single
 RTM_DELROUTE: a link or address event therefore asks for a dump, as does a lost event (ENOBUFS) or a
-route of another protocol that may have taken the place of one of ours.
+route of another protocol that may have taken the place of one of ours. IPv6 does send RTM_DELROUTE
+then, one per hop of an ECMP route (kernel 6.x): an IPv6 delete naming one gateway may leave the other
+hops in place, so it asks for a dump too, as does an IPv6 hop appended to a route (NLM_F_APPEND). Both
+families travel through one socket and one dump (AF_UNSPEC).
 """
 from __future__ import annotations
 
@@ -20,19 +23,19 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
 from typing import Iterable, Mapping, Sequence
 
 from bgpd.dataplane.netlink_routes import (_NLMSGHDR, NETLINK_ROUTE, NLMSG_DONE, NLMSG_ERROR, RTM_DELLINK,
-                                           RTM_DELROUTE, RTM_NEWLINK, RTM_NEWROUTE, KernelRoute, RouteOp,
-                                           decode_route, dump_request)
+                                           RTM_DELROUTE, RTM_NEWLINK, RTM_NEWROUTE, OTHER_ROUTE, KernelRoute,
+                                           Network, RouteOp, decode_route, dump_request)
 
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x10, 0x40
+RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 _INTERFACE_EVENTS = frozenset((RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR))
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 SO_ATTACH_FILTER, SO_RCVBUFFORCE = 26, 33
-NLM_F_MULTI = 0x2
+NLM_F_MULTI, NLM_F_APPEND = 0x2, 0x800
 RCVBUF = 8 << 20  # the events of 10,000 route changes by others fit
 _INT = struct.Struct("=i")
 _BPF = struct.Struct("=HBBI")
@@ -47,14 +50,14 @@ class Changes:
     no route of ours (except what we wrote since it began: see `reconcile`).
     """
 
-    routes: dict[IPv4Network, KernelRoute | None] = field(default_factory=dict)
-    by_others: set[IPv4Network] = field(default_factory=set)  # changed by others' events (not dump entries)
-    by_others_in_dump: set[IPv4Network] = field(default_factory=set)  # the same since the last dump began
+    routes: dict[Network, KernelRoute | None] = field(default_factory=dict)
+    by_others: set[Network] = field(default_factory=set)  # changed by others' events (not dump entries)
+    by_others_in_dump: set[Network] = field(default_factory=set)  # the same since the last dump began
     writes: list[Write] = field(default_factory=list)  # ours, whose events we never see
     writes_in_dump: int = 0  # writes[writes_in_dump:] ended after the last dump began
     full: bool = False
     links: bool = False  # a link or address changed: routes may be gone (IPv4 sends no RTM_DELROUTE for them)
-    foreign: set[IPv4Network] = field(default_factory=set)  # routes of others added with the key of ours
+    foreign: set[Network] = field(default_factory=set)  # routes of others added with the key of ours
     foreign_added: bool = False  # a route of another protocol appeared (a connected route: gateways reachable)
     dump_error: int = 0  # errno of a dump the kernel refused (then `full` is not set by it)
 
@@ -68,7 +71,8 @@ class RouteStream:
         self.dumping = False
         self.dump_seq = 0  # of the running dump: only its end ends it
         self.dump_again = False  # asked for while one was running (or events were lost): another at its end
-        self._before: dict[IPv4Network, KernelRoute | None] = {}  # changes read before the running dump
+        self._before: dict[Network, KernelRoute | None] = {}  # changes read before the running dump
+        self._listed: Network | None = None  # the IPv6 prefix of the previous dump entry
 
     @property
     def settled(self) -> bool:
@@ -110,14 +114,14 @@ class RouteStream:
             body, end = offset + _NLMSGHDR.size, offset + length
             if kind == RTM_NEWROUTE or kind == RTM_DELROUTE:
                 if port != self.own_port or not port:  # ours are dropped by the socket filter already
-                    self._route(kind, data, body, end, listed=bool(flags & NLM_F_MULTI))
+                    self._route(kind, data, body, end, flags)
             elif kind in _INTERFACE_EVENTS:
                 self.changes.links = True
             elif (kind == NLMSG_DONE or kind == NLMSG_ERROR) and self.dumping and seq == self.dump_seq:
                 self._dump_done(-_INT.unpack_from(data, body)[0] if end - body >= _INT.size else 0)
             offset += (length + 3) & ~3
 
-    def _route(self, kind: int, data, body: int, end: int, listed: bool) -> None:
+    def _route(self, kind: int, data, body: int, end: int, flags: int) -> None:
         try:
             route = decode_route(data, body, end)
         except ValueError:
@@ -135,6 +139,16 @@ class RouteStream:
             return
         if table != self.table or metric != self.metric:
             return
+        listed = flags & NLM_F_MULTI
+        if prefix.version == 6:
+            if listed and self._listed == prefix and hops and hops is not OTHER_ROUTE:
+                previous = changes.routes.get(prefix)  # an older kernel lists each hop of ECMP on its own
+                if previous and previous is not OTHER_ROUTE:
+                    hops = previous | hops
+            elif not listed and (flags & NLM_F_APPEND or kind == RTM_DELROUTE and len(hops) == 1
+                                 and hops is not OTHER_ROUTE):
+                self.dump_again = True  # one hop came or went: the route's other hops are known to the kernel only
+            self._listed = prefix if listed else None
         changes.routes[prefix] = hops if kind == RTM_NEWROUTE else None
         if not listed:
             changes.by_others.add(prefix)
@@ -152,12 +166,12 @@ class RouteStream:
         self.changes.full = True
 
 
-def written(writes: Iterable[Write]) -> set[IPv4Network]:
+def written(writes: Iterable[Write]) -> set[Network]:
     return {op.prefix for ops, failed in writes for op in ops if op not in failed}
 
 
-def reconcile(installed: dict[IPv4Network, KernelRoute], changes: Changes
-              ) -> tuple[dict[IPv4Network, KernelRoute], set[IPv4Network]] | None:
+def reconcile(installed: dict[Network, KernelRoute], changes: Changes
+              ) -> tuple[dict[Network, KernelRoute], set[Network]] | None:
     """What the kernel holds, from our record `installed` (updated in place unless the changes are a full
     read) and what was read since, and the prefixes where the two differed.
 
@@ -165,7 +179,7 @@ def reconcile(installed: dict[IPv4Network, KernelRoute], changes: Changes
     changed it too, in an order we cannot know: then None, and the caller reads the kernel again with our
     writes held back. Valid only with no write of ours in flight.
     """
-    drift: set[IPv4Network] = set()
+    drift: set[Network] = set()
     if changes.full:  # every route of ours is in `changes`, or was written since the dump began
         ours = written(changes.writes[changes.writes_in_dump:])
         if not ours.isdisjoint(changes.by_others_in_dump):

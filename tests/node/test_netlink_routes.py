@@ -1,6 +1,6 @@
 """The hand-packed route messages decode, with pyroute2 as the reference, to what we meant; and routes that
-pyroute2 encodes decode by hand to what pyroute2 meant."""
-from ipaddress import IPv4Address as A, IPv4Network as N
+pyroute2 encodes decode by hand to what pyroute2 meant. Both families: a prefix and its next hops are of one."""
+from ipaddress import IPv4Address as A, IPv4Network as N, IPv6Address as A6, IPv6Network as N6, ip_address
 
 from hypothesis import given, strategies as st
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
@@ -10,6 +10,14 @@ from bgpd.dataplane.netlink_routes import (NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, 
 
 addresses = st.integers(1, 2**32 - 2).map(A)
 networks = st.builds(lambda a, l: N(f"{a}/{l}", strict=False), addresses, st.integers(0, 32))
+addresses6 = st.integers(1, 2**128 - 2).map(A6)
+networks6 = st.builds(lambda a, l: N6(f"{a}/{l}", strict=False), addresses6, st.integers(0, 128))
+FAMILY = {4: (2, addresses), 6: (10, addresses6)}
+
+
+def next_hops(prefix, max_size=4):
+    """Addresses of the prefix's family."""
+    return st.frozensets(FAMILY[prefix.version][1], max_size=max_size)
 
 
 def decode(data: bytes) -> rtmsg:
@@ -18,15 +26,17 @@ def decode(data: bytes) -> rtmsg:
     return msg
 
 
-@given(networks, st.one_of(st.none(), st.frozensets(addresses, max_size=4)), st.booleans(),
-       st.integers(0, 2**32 - 1), st.integers(5, 254), st.integers(0, 1000), st.booleans())
-def test_encoding_matches_pyroute2(prefix, hops, replace, seq, proto, metric, ack):
+@given(st.one_of(networks, networks6).flatmap(lambda p: st.tuples(st.just(p), st.one_of(st.none(), next_hops(p)))),
+       st.booleans(), st.integers(0, 2**32 - 1), st.integers(5, 254), st.integers(0, 1000), st.booleans())
+def test_encoding_matches_pyroute2(route, replace, seq, proto, metric, ack):
+    prefix, hops = route
     data = encode(RouteOp(prefix, hops, replace), seq, proto, metric=metric, ack=ack)
     msg = decode(data)
     assert msg["header"]["length"] == len(data) and msg["header"]["sequence_number"] == seq
     assert bool(msg["header"]["flags"] & NLM_F_ACK) == ack
-    assert msg["dst_len"] == prefix.prefixlen and msg["proto"] == proto and msg["family"] == 2
-    assert A(msg.get("dst") or "0.0.0.0") == prefix.network_address
+    assert msg["dst_len"] == prefix.prefixlen and msg["proto"] == proto
+    assert msg["family"] == FAMILY[prefix.version][0]
+    assert ip_address(msg.get("dst") or str(prefix.network_address & 0)) == prefix.network_address
     assert msg.get("table") == 254 and (msg.get("priority") or 0) == metric
     flags = msg["header"]["flags"]
     if hops is None:
@@ -37,19 +47,23 @@ def test_encoding_matches_pyroute2(prefix, hops, replace, seq, proto, metric, ac
     if not hops:
         assert msg["type"] == 6  # blackhole
     elif len(hops) == 1:
-        assert A(msg.get("gateway")) in hops
+        assert ip_address(msg.get("gateway")) in hops
     else:
-        got = {A(dict(nh["attrs"])["RTA_GATEWAY"]) for nh in msg.get("multipath")}
+        got = {ip_address(dict(nh["attrs"])["RTA_GATEWAY"]) for nh in msg.get("multipath")}
         assert got == hops
 
 
-@given(networks, st.integers(0, 255), st.integers(1, 2**32 - 1), st.integers(0, 1000),
-       st.sampled_from([1, 6, 7, 3]), st.frozensets(addresses, max_size=4), st.booleans())
-def test_decoding_matches_pyroute2(prefix, protocol, table, metric, rtype, hops, device):
-    """rtype: unicast, blackhole, unreachable, local; a device route (no gateway) is not a shape we write."""
+@given(st.one_of(networks, networks6).flatmap(lambda p: st.tuples(st.just(p), next_hops(p))), st.integers(0, 255),
+       st.integers(1, 2**32 - 1), st.sampled_from([0, 1, 100, 1024, 2000]), st.sampled_from([1, 6, 7, 3]),
+       st.booleans())
+def test_decoding_matches_pyroute2(route, protocol, table, metric, rtype, device):
+    """rtype: unicast, blackhole, unreachable, local; a device route (no gateway) is not a shape we write.
+    The kernel stores an IPv6 route's metric 0 as 1024: both read as 0, the metric the writer sends."""
+    prefix, hops = route
     msg = rtmsg()
     msg["header"]["type"] = RTM_NEWROUTE
-    msg["family"], msg["dst_len"], msg["proto"], msg["type"] = 2, prefix.prefixlen, protocol, rtype
+    msg["family"], msg["dst_len"] = FAMILY[prefix.version][0], prefix.prefixlen
+    msg["proto"], msg["type"] = protocol, rtype
     msg["table"] = min(table, 252)
     attrs = [("RTA_TABLE", table), ("RTA_OIF", 3)]
     if prefix.prefixlen:
@@ -70,6 +84,8 @@ def test_decoding_matches_pyroute2(prefix, protocol, table, metric, rtype, hops,
         want_hops = hops
     else:
         want_hops = OTHER_ROUTE
+    if prefix.version == 6 and metric == 1024:
+        metric = 0
     assert got == (table, protocol, metric, prefix, want_hops)
 
 
