@@ -182,7 +182,7 @@ class Daemon:
         self._stopping = True  # sessions now go down because *we* stop: their routes stay
         self.bfd.close()  # AdminDown: peers do not take it for a failure
         if self.cleanup_on_exit and self._writer:
-            self._send(msgs.withdraw_blocks(self.node.announced()))
+            self._send(msgs.withdraw_blocks(self.node.announced(), self.core.config.peers))
             await asyncio.sleep(0.5)
         await self.supervisor.stop()
         if self.cluster:

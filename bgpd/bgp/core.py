@@ -154,7 +154,8 @@ class NodeCore:
         if old.overlay != config.overlay or old.encryption != config.encryption:
             self._mark(self.rib.all_desired(), out)
         gone = [b for b in old.announced if b not in config.announced]
-        out.append(Send(tuple(msgs.withdraw_blocks(gone) + msgs.announce_blocks(config.announced)
+        out.append(Send(tuple(msgs.withdraw_blocks(gone, config.peers)
+                              + msgs.announce_blocks(config.announced, config.peers)
                               + msgs.route_refresh(config.peers))))
         self._check_initial_sync(out)
         self._schedule(out)
@@ -163,7 +164,8 @@ class NodeCore:
     # --- inputs: ExaBGP ----------------------------------------------------------------------------
     def relay_connected(self, fresh: bool, now: float) -> list[Command]:
         """A relay (re)connected. Not `fresh`: only the relay was respawned, updates may have been lost."""
-        lines = msgs.announce_blocks(self.config.announced) + ([] if fresh else msgs.route_refresh(self.config.peers))
+        peers = self.config.peers
+        lines = msgs.announce_blocks(self.config.announced, peers) + ([] if fresh else msgs.route_refresh(peers))
         return [Log(logging.INFO, "exabgp relay connected new_process=%s", (fresh,)), Send(tuple(lines))]
 
     def relay_disconnected(self, now: float) -> list[Command]:
@@ -207,7 +209,7 @@ class NodeCore:
             self.rib.session_up(event.peer)
             out.append(Log(logging.INFO, "session up peer=%s", (event.peer,)))
             # a peer added by a reload did not exist when we announced: announce again, then End-of-RIB
-            out.append(Send(tuple(msgs.announce_blocks(self.config.announced, event.peer)
+            out.append(Send(tuple(msgs.announce_blocks(self.config.announced, [event.peer])
                                   + [msgs.end_of_rib(event.peer)])))
         elif event.state == "down":
             self._session_down(event.peer, ps, event.reason,

@@ -124,16 +124,22 @@ def _version(peer: str) -> int:
     return 6 if ":" in peer else 4
 
 
-def announce_blocks(blocks: Iterable[IPv4Network | IPv6Network], peer: str | None = None) -> list[str]:
-    """To every session, or to `peer`'s only: the blocks of its family (ExaBGP refuses the others)."""
-    if peer is None:
-        return [f"announce route {b} next-hop self" for b in blocks]
-    version = _version(peer)
-    return [f"neighbor {peer} announce route {b} next-hop self" for b in blocks if b.version == version]
+def _selectors(peers: Iterable[str]) -> dict[int, str]:
+    """ExaBGP's neighbour selector per family, naming its sessions ("neighbor A , neighbor B"): a command with
+    none goes to every session, and each one of the other family logs an error. "" for a family without any."""
+    peers = list(peers)
+    return {v: " , ".join(f"neighbor {p}" for p in peers if _version(p) == v) for v in (4, 6)}
 
 
-def withdraw_blocks(blocks: Iterable[IPv4Network | IPv6Network]) -> list[str]:
-    return [f"withdraw route {b}" for b in blocks]
+def announce_blocks(blocks: Iterable[IPv4Network | IPv6Network], peers: Iterable[str]) -> list[str]:
+    """To the sessions among `peers` of each block's family only (ExaBGP refuses the others)."""
+    selector = _selectors(peers)
+    return [f"{selector[b.version]} announce route {b} next-hop self" for b in blocks if selector[b.version]]
+
+
+def withdraw_blocks(blocks: Iterable[IPv4Network | IPv6Network], peers: Iterable[str]) -> list[str]:
+    selector = _selectors(peers)
+    return [f"{selector[b.version]} withdraw route {b}" for b in blocks if selector[b.version]]
 
 
 def end_of_rib(peer: str) -> str:

@@ -150,7 +150,8 @@ def test_session_up_announces_our_blocks_then_end_of_rib():
 def test_relay_connected_announces_and_refreshes_unless_fresh():
     s = Shell(config())
     s.run(s.core.relay_connected(True, 0))
-    assert s.sent == ["announce route 10.244.1.0/26 next-hop self"]
+    assert s.sent == ["neighbor 10.99.0.2 , neighbor 10.99.0.3 , neighbor 10.99.0.4 announce route 10.244.1.0/26 "
+                      "next-hop self"]
     s.run(s.core.relay_connected(False, 0))
     assert s.sent[-1] == "announce route-refresh ipv4 unicast"
 
@@ -318,7 +319,8 @@ def test_configure_moves_peers_blocks_and_announcements():
     s.run(s.core.configure(new, s.now))
     assert set(s.core.peers) == {P3, P4} and set(s.core.rib.peers) == {P3, P4}
     assert s.kernel == {N(X): frozenset(), N(Y): {A(P3)}}  # old block gone, new one blackholed
-    assert s.sent == ["withdraw route 10.244.1.0/26", "announce route 10.244.2.0/26 next-hop self",
+    assert s.sent == ["neighbor 10.99.0.3 , neighbor 10.99.0.4 withdraw route 10.244.1.0/26",
+                      "neighbor 10.99.0.3 , neighbor 10.99.0.4 announce route 10.244.2.0/26 next-hop self",
                       "announce route-refresh ipv4 unicast"]
     assert s.logged("peer removed peer=10.99.0.2") == 1 and s.logged("peer added peer=10.99.0.4") == 1
     assert s.core.configure(new, s.now) == []

@@ -79,10 +79,31 @@ def test_ipv6_announce_withdraw_and_end_of_rib():
 
 def test_commands_per_family():
     blocks = [ip_network("10.244.1.0/26"), ip_network("fd00:244::40/122")]
-    assert m.announce_blocks(blocks, "fd00::2") == ["neighbor fd00::2 announce route fd00:244::40/122 next-hop self"]
-    assert m.announce_blocks(blocks, "10.0.0.2") == ["neighbor 10.0.0.2 announce route 10.244.1.0/26 next-hop self"]
+    assert m.announce_blocks(blocks, ["fd00::2"]) == ["neighbor fd00::2 announce route fd00:244::40/122 next-hop self"]
+    assert m.announce_blocks(blocks, ["10.0.0.2"]) == ["neighbor 10.0.0.2 announce route 10.244.1.0/26 next-hop self"]
+    assert m.withdraw_blocks(blocks, ["fd00::2", "fd00::3"]) == [
+        "neighbor fd00::2 , neighbor fd00::3 withdraw route fd00:244::40/122"]
+    assert m.announce_blocks(blocks, []) == [] and m.withdraw_blocks(blocks, ["10.0.0.2"]) == [
+        "neighbor 10.0.0.2 withdraw route 10.244.1.0/26"]
     assert m.end_of_rib("fd00::2") == "neighbor fd00::2 announce eor ipv6 unicast"
     assert m.end_of_rib("10.0.0.2") == "neighbor 10.0.0.2 announce eor ipv4 unicast"
+
+
+def test_exabgp_sends_each_block_to_the_sessions_of_its_family_only():
+    """ExaBGP's own parser of neighbour selectors, on the names it gives the sessions of DUAL's configuration."""
+    from exabgp.reactor.api.command.limit import extract_neighbors, match_neighbors
+    sessions = {"10.0.1.1": "10.0.0.1", "fd00:1::1": "fd00::1", "10.0.0.2": "10.0.0.1", "fd00::2": "fd00::1"}
+    names = [f"neighbor {peer} local-ip {local} local-as 64512 peer-as 65000 router-id 10.0.0.1 family-allowed in-open"
+             for peer, local in sessions.items()]
+    blocks = [ip_network("10.244.1.0/26"), ip_network("fd00:244::40/122")]
+    got = {}
+    for line in m.announce_blocks(blocks, sessions) + m.withdraw_blocks(blocks, sessions):
+        descriptions, command = extract_neighbors(line)
+        got[command] = sorted(name.split()[1] for name in match_neighbors(names, descriptions))
+    assert got == {"announce route 10.244.1.0/26 next-hop self": ["10.0.0.2", "10.0.1.1"],
+                   "announce route fd00:244::40/122 next-hop self": ["fd00:1::1", "fd00::2"],
+                   "withdraw route 10.244.1.0/26": ["10.0.0.2", "10.0.1.1"],
+                   "withdraw route fd00:244::40/122": ["fd00:1::1", "fd00::2"]}
 
 
 FILTER = ImportFilter(pools=(ip_network("10.244.0.0/16"), ip_network("fd00:244::/56")),
