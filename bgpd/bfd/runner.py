@@ -11,16 +11,16 @@ import json
 import signal
 import sys
 import time
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 
 from bgpd.bfd.session import Timers, Transition
-from bgpd.bfd.transport import Endpoint
+from bgpd.bfd.transport import Address, Endpoint
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bgpd.bfd.runner")
-    ap.add_argument("--listen", type=IPv4Address, required=True)
-    ap.add_argument("--peer", type=IPv4Address, action="append", required=True)
+    ap.add_argument("--listen", type=ip_address, required=True, help="IPv4 or IPv6: the peers' family")
+    ap.add_argument("--peer", type=ip_address, action="append", required=True)
     ap.add_argument("--min-rx", type=int, default=300, help="milliseconds")
     ap.add_argument("--min-tx", type=int, default=300, help="milliseconds")
     ap.add_argument("--multiplier", type=int, default=3)
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def run(args: argparse.Namespace) -> int:
-    def changed(peer: IPv4Address, t: Transition) -> None:
+    def changed(peer: Address, t: Transition) -> None:
         print(json.dumps({"time": time.time(), "peer": str(peer), "old": t.old.name, "new": t.new.name,
                           "diag": t.diag.name, "remote": t.remote_state.name}), flush=True)
 
@@ -41,6 +41,9 @@ async def run(args: argparse.Namespace) -> int:
         timers = Timers(args.min_tx * 1000, args.min_rx * 1000, args.multiplier)
     except ValueError as e:
         print(f"bfd: {e}", file=sys.stderr)
+        return 2
+    if other := [str(p) for p in args.peer if p.version != args.listen.version]:
+        print(f"bfd: peers {', '.join(other)} are not of the family of --listen {args.listen}", file=sys.stderr)
         return 2
     endpoint = Endpoint(args.listen, changed)
     try:

@@ -1,9 +1,11 @@
 """Single-hop BFD over UDP (RFC 5881) for a set of sessions sharing one listen address: the asyncio side.
 
 Packets arrive on port 3784 of the listen address and must carry TTL 255 (GTSM: only a directly connected
-neighbour can send them); ours leave from one source port in 49152-65535 with TTL 255 and DSCP CS6. A session is
-found by the packet's source address, then its Your Discriminator must be ours. All protocol decisions are the
-pure `Session`'s; this module only moves bytes and runs its timers.
+neighbour can send them); ours leave from one source port in 49152-65535 with TTL 255 and DSCP CS6. Over IPv6
+the same with the hop limit and the traffic class (RFC 5881 section 5); an endpoint is of its listen address's
+family, and the node runs one per underlay family. A session is found by the packet's source address, then
+its Your Discriminator must be ours. All protocol decisions are the pure `Session`'s; this module only moves
+bytes and runs its timers.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import random
 import socket
 import sys
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from bgpd.bfd.packet import InvalidPacket, decode
 from bgpd.bfd.session import Output, Session, Timers, Transition
@@ -27,35 +29,48 @@ SOURCE_PORTS = range(49152, 65536)
 TTL = 255
 TOS_CS6 = 0xC0
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)  # Linux's value; Python 3.11's socket module lacks the name
+Address = IPv4Address | IPv6Address
+# per family: (level, option asking for the received TTL / hop limit, its control message type, the sent TTL /
+# hop limit option, the sent TOS / traffic class option)
+_SOCKOPTS = {4: (socket.IPPROTO_IP, IP_RECVTTL, socket.IP_TTL, socket.IP_TTL, socket.IP_TOS),
+             6: (socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, socket.IPV6_HOPLIMIT, socket.IPV6_UNICAST_HOPS,
+                 socket.IPV6_TCLASS)}
 
-OnTransition = Callable[[IPv4Address, Transition], None]
+OnTransition = Callable[[Address, Transition], None]
+
+
+def where(address: Address, port: int) -> str:
+    """address:port, with an IPv6 address in brackets."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 class Endpoint:
     """The BFD sessions of one listen address. `on_transition(peer, transition)` hears every state change."""
 
-    def __init__(self, listen: IPv4Address, on_transition: OnTransition, port: int = CONTROL_PORT,
+    def __init__(self, listen: Address, on_transition: OnTransition, port: int = CONTROL_PORT,
                  rng: random.Random | None = None):
         self.listen = listen
         self.port = port
         self.on_transition = on_transition
         self.rng = rng or random.SystemRandom()
-        self.sessions: dict[IPv4Address, Session] = {}
+        self.sessions: dict[Address, Session] = {}
         self.stats: collections.Counter[str] = collections.Counter()
-        self._timers: dict[IPv4Address, asyncio.TimerHandle] = {}
+        self._timers: dict[Address, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rx: socket.socket | None = None
         self._tx: socket.socket | None = None
 
     async def start(self) -> None:
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET if self.listen.version == 4 else socket.AF_INET6
+        level, recv_ttl, _, ttl, tos = _SOCKOPTS[self.listen.version]
+        rx = socket.socket(family, socket.SOCK_DGRAM)
+        tx = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            rx.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+            rx.setsockopt(level, recv_ttl, 1)
             rx.bind((str(self.listen), self.port))
             rx.setblocking(False)
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL)
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_CS6)
+            tx.setsockopt(level, ttl, TTL)
+            tx.setsockopt(level, tos, TOS_CS6)
             self._bind_source_port(tx)
             tx.setblocking(False)
         except OSError:
@@ -93,7 +108,7 @@ class Endpoint:
 
     # --- sessions
 
-    def add(self, peer: IPv4Address, timers: Timers) -> None:
+    def add(self, peer: Address, timers: Timers) -> None:
         if peer in self.sessions:
             self._apply(peer, self.sessions[peer].set_timers(timers, self.now()))
             return
@@ -101,7 +116,7 @@ class Endpoint:
         self.sessions[peer] = Session(discr, timers, self.now(), self.rng)
         self._apply(peer, self.sessions[peer].expire(self.now()))
 
-    def remove(self, peer: IPv4Address) -> None:
+    def remove(self, peer: Address) -> None:
         """Ends the session with AdminDown, sent three times: one lost datagram would otherwise look like a
         failure to the peer (we send nothing more once the session is gone)."""
         session = self.sessions.get(peer)
@@ -125,18 +140,19 @@ class Endpoint:
     def _readable(self) -> None:
         while True:
             try:
-                data, ancdata, _flags, (addr, _port) = self._rx.recvmsg(128, socket.CMSG_SPACE(4))
+                data, ancdata, _flags, source = self._rx.recvmsg(128, socket.CMSG_SPACE(4))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # e.g. ICMP errors queued on the socket
                 self.stats["rx_errors"] += 1
                 log.debug("bfd receive error: %s", e)
                 continue
-            self._datagram(data, ancdata, IPv4Address(addr))
+            self._datagram(data, ancdata, ip_address(source[0]))
 
-    def _datagram(self, data: bytes, ancdata, source: IPv4Address) -> None:
-        ttl = next((int.from_bytes(d[:4], sys.byteorder) for level, kind, d in ancdata
-                    if level == socket.IPPROTO_IP and kind == socket.IP_TTL), None)
+    def _datagram(self, data: bytes, ancdata, source: Address) -> None:
+        level, _, received, _, _ = _SOCKOPTS[self.listen.version]
+        ttl = next((int.from_bytes(d[:4], sys.byteorder) for lvl, kind, d in ancdata
+                    if lvl == level and kind == received), None)
         if ttl != TTL:
             self.stats["rx_discarded_ttl"] += 1
             return
@@ -155,12 +171,12 @@ class Endpoint:
         self.stats["rx_final"] += packet.final  # the peer answering our poll
         self._apply(source, session.receive(packet, self.now()))
 
-    def _expire(self, peer: IPv4Address) -> None:
+    def _expire(self, peer: Address) -> None:
         session = self.sessions.get(peer)
         if session is not None:
             self._apply(peer, session.expire(self.now()))
 
-    def _apply(self, peer: IPv4Address, out: Output) -> None:
+    def _apply(self, peer: Address, out: Output) -> None:
         for packet in out.send:
             try:
                 self._tx.sendto(packet.encode(), (str(peer), self.port))

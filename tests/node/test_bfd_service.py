@@ -29,7 +29,7 @@ async def until(pred, timeout):
 
 async def main():
     failures, out = [], {{}}
-    svc = BfdService(IPv4Address("{left}"), lambda peer, reason: failures.append((time.time(), peer, reason)))
+    svc = BfdService([IPv4Address("{left}")], lambda peer, reason: failures.append((time.time(), peer, reason)))
     fast = {{"enabled": True, "min_rx": 100, "min_tx": 100}}
     svc.configure([Peer(address="{right}", asn=1, bfd=fast), Peer(address="10.77.0.9", asn=1)])
     await svc.start()
@@ -37,7 +37,7 @@ async def main():
     await until(lambda: state() == "up", 10)
     out["status_up"] = dataclasses.asdict(svc.status("{right}"))
     out["no_bfd_peer"] = svc.status("10.77.0.9")
-    second = BfdService(IPv4Address("{left}"), lambda peer, reason: None)  # port 3784 taken: BFD off, logged
+    second = BfdService([IPv4Address("{left}")], lambda peer, reason: None)  # port 3784 taken: BFD off, logged
     second.configure([Peer(address="{right}", asn=1, bfd=fast)])
     await second.start()
     out["second"] = dataclasses.asdict(second.status("{right}"))
