@@ -20,10 +20,11 @@ from bgpd.bgp import messages as msgs
 from bgpd.agent.control import ControlServer, DaemonRunning
 from bgpd.bgp.exabgp_config import exabgp_environment, private_dir, render_config, write_config
 from bgpd.bgp.exabgp_process import ExaBGPSupervisor
-from bgpd.dataplane.kernel_routes import KernelTable
+from bgpd.dataplane.kernel_routes import KernelTable, has_address
 from bgpd.dataplane.netlink_routes import DeviceHop
 from bgpd.dataplane.overlay import OverlayDataplane
-from bgpd.dataplane.uplink import has_address
+from bgpd.dataplane.wireguard import WireguardDataplane
+from bgpd.wireguard import keys
 from bgpd.wireguard.guard import GuardRules
 from bgpd.wireguard.plan import Encryption, encryption, peers as wireguard_peers, render
 from bgpd.agent.metrics import DaemonMetrics
@@ -36,15 +37,14 @@ from bgpd.bgp.core import Command, CoreConfig, Log, NodeCore, PeerSettings, Prog
 from bgpd.bgp.rib import ImportFilter
 from bgpd.agent.sdnotify import notify, watchdog_interval
 from bgpd.overlay.vxlan import Overlay
-from bgpd.prefixes import network, text
 from policy.kernel import ApplyError
+from pyroute2.netlink.exceptions import NetlinkError
 from config.effective import EffectiveConfig, effective
 from config.load import ConfigError, load_model
 from config.node import NodeConfig, restart_changes
 
 if TYPE_CHECKING:  # imported when a datastore is configured: a node without one saves ~13 MiB
     from bgpd.agent.cluster import Cluster
-    from bgpd.dataplane.wireguard import WireguardDataplane  # and these with WireGuard (pyroute2, cryptography)
     from bgpd.dns.service import DnsService
     from policy.datastore_sync import PolicySync
 
@@ -97,8 +97,6 @@ class Daemon:
         self.wireguard: WireguardDataplane | None = None
         self._wireguard_wake = asyncio.Event()
         if node.wireguard.enabled:
-            from bgpd.dataplane.wireguard import WireguardDataplane
-            from bgpd.wireguard import keys
             try:
                 self.wireguard = WireguardDataplane(node, keys.load_or_create(node.state_dir))
             except (ValueError, OSError) as e:
@@ -219,9 +217,9 @@ class Daemon:
         """ExaBGP cannot bind before our BGP address exists (a host still coming up): wait for it."""
         if not self.node.bgp.enabled:
             return
-        if not has_address(self.node.listen_address):
+        if not await has_address(self.node.listen_address):
             log.warning("waiting for listen_address=%s to be configured", self.node.listen_address)
-            while not has_address(self.node.listen_address):
+            while not await has_address(self.node.listen_address):
                 await asyncio.sleep(0.5)
         await self.bfd.start()
         await self.supervisor.run()
@@ -244,7 +242,7 @@ class Daemon:
         node = self.node
         try:
             await asyncio.to_thread(self.overlay.step, node)
-        except (OSError, ApplyError) as e:
+        except (OSError, NetlinkError, ApplyError) as e:
             if str(e) != self.overlay.error:
                 log.error("overlay: %s (trying again every %.0f s)", e, self.OVERLAY_INTERVAL)
             self.overlay.error = str(e)
@@ -271,7 +269,6 @@ class Daemon:
         wg = self.wireguard
         if wg is None:
             return {}
-        from bgpd.wireguard import keys
         return {"wireguard": {"public_key": keys.public_key(wg.private_key), "port": self.node.wireguard.port}}
 
     async def _wireguard_step(self) -> None:
@@ -280,7 +277,6 @@ class Daemon:
         wg, node = self.wireguard, self.node
         if wg is None:
             return
-        from pyroute2.netlink.exceptions import NetlinkError  # loaded with the WireGuard dataplane
         try:
             had = wg.device
             device = await asyncio.to_thread(wg.ensure, node)
@@ -291,7 +287,7 @@ class Daemon:
                 self._do(self.core.configure(self._core_config(node), time.monotonic()))
             if not self.core.initial_sync_done:  # peers and AllowedIPs are not known yet: keep what the
                 return                            # device has (a restart keeps traffic flowing)
-            routes = {network(p): self.core.desired(p) for p in self.core.rib.all_desired()}
+            routes = {p: self.core.desired(p) for p in self.core.rib.all_desired()}
             peers = wireguard_peers(node.mesh.nodes, routes, device.index, node.name)
             await asyncio.to_thread(wg.configure, render(wg.private_key, node.wireguard.port, peers), peers)
         except (OSError, NetlinkError, ApplyError) as e:
@@ -315,7 +311,6 @@ class Daemon:
         wg = self.wireguard
         if wg is None:
             return {"error": "wireguard is not enabled"}
-        from bgpd.wireguard import keys
         public = await asyncio.to_thread(keys.rotate, self.node.state_dir)
         wg.private_key = keys.load_or_create(self.node.state_dir)
         log.info("wireguard key rotated public_key=%s", public)
@@ -414,12 +409,12 @@ class Daemon:
         """The blocks in force, for `tortie pod add` and tortie-cni: claimed ones are not in the file."""
         save_ipam_state(self.node.state_dir, NodeBlocks(blocks=self.node.blocks, borrowed=self.node.borrowed))
 
-    async def claim_block(self, version: int = 4) -> str | None:
-        """Another block of the IP version for this node's pods (the control socket's `claim_block`); failing that,
-        when the version's pools have no free block, one address borrowed from another node's block."""
-        if self.cluster is None or version not in (4, 6):
+    async def claim_block(self) -> str | None:
+        """Another block for this node's pods (the control socket's `claim_block`); failing that, when the
+        pools have no free block, one address borrowed from another node's block."""
+        if self.cluster is None:
             return None
-        got = await self.cluster.claim_more(version)
+        got = await self.cluster.claim_more()
         if got is not None:
             try:
                 await self.reconfigure(self.cluster.desired())
@@ -459,7 +454,7 @@ class Daemon:
         if not self._stopping:  # sessions that end because *we* stop leave the kernel routes as they are
             self._do(self.core.exabgp_exited(time.monotonic()))
 
-    def _drifted(self, prefixes: set[int]) -> None:
+    def _drifted(self, prefixes: set[IPv4Network]) -> None:
         self._do(self.core.drift(prefixes, time.monotonic()))
 
     def _tick(self) -> None:
@@ -523,7 +518,7 @@ class Daemon:
             node=self.node.name, asn=self.node.asn, router_id=str(self.node.router_id),
             blocks=[str(b) for b in self.node.blocks], borrowed=[str(a) for a in self.node.borrowed],
             initial_sync_done=core.initial_sync_done, kernel_routes=len(self.kernel.installed),
-            refused_routes={text(p): why for p, why in sorted(refused.items())[:20]},
+            refused_routes={str(p): why for p, why in sorted(refused.items())[:20]},
             exabgp_restarts=self.supervisor.restarts,
             datastore=None if self.cluster is None else DatastoreStatus(
                 connected=self.cluster.ds.connected, resyncs=self.cluster.ds.resyncs, ready=self.cluster.ready.is_set()),
@@ -536,7 +531,6 @@ class Daemon:
         wg, node = self.wireguard, self.node
         if wg is None:
             return None
-        from bgpd.wireguard import keys
         device, now = wg.device, time.time()
         names = {m.public_key: m.name for m in node.mesh.nodes if m.public_key}
         encrypted = sum(1 for hops in list(self.kernel.installed.values())
@@ -559,23 +553,20 @@ class Daemon:
         node, ov = self.node, self.overlay
         if not node.uses_vxlan():
             return None
-        devices = [d for _, d in sorted(ov.devices.items())]  # the IPv4 VTEP first, then the IPv6 one
-        oifs = {d.index for d in devices}
+        device = ov.device
         encapsulated = sum(1 for hops in list(self.kernel.installed.values())
-                           if any(isinstance(h, DeviceHop) and h.oif in oifs for h in hops))
-        names = [ov.vteps[v].name for v in sorted({p.cidr.version for p in node.pools if p.vxlan != "never"})]
-        return OverlayStatus(device=", ".join(names), vni=node.vxlan.vni, port=node.vxlan.port,
-                             mtu=min((d.mtu for d in devices), default=0),
-                             remote_vteps=sum(len(v.installed) for v in ov.vteps.values()),
+                           if device and any(isinstance(h, DeviceHop) and h.oif == device.index for h in hops))
+        return OverlayStatus(device=node.vxlan.device, vni=node.vxlan.vni, port=node.vxlan.port,
+                             mtu=device.mtu if device else 0, remote_vteps=len(ov.vtep.installed),
                              encapsulated_routes=encapsulated, repairs=ov.repairs,
-                             offloads=dict(devices[0].offloads) if devices else {}, error=ov.error)
+                             offloads=dict(device.offloads) if device else {}, error=ov.error)
 
     def routes(self) -> list[RouteStatus]:
         rib, installed = self.core.rib, self.kernel.installed
         out = []
         for prefix in sorted(rib.all_desired()):
             want = self.core.desired(prefix)  # through the VTEP where the overlay says so
-            out.append(RouteStatus(prefix=text(prefix), next_hops=sorted(map(str, want)) or ["blackhole"],
+            out.append(RouteStatus(prefix=str(prefix), next_hops=sorted(map(str, want)) or ["blackhole"],
                                    peers=sorted(rib.sources(prefix)) or ["local"],
                                    in_kernel=installed.get(prefix) == want))
         return out
