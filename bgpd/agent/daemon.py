@@ -37,6 +37,7 @@ from bgpd.bgp.core import Command, CoreConfig, Log, NodeCore, PeerSettings, Prog
 from bgpd.bgp.rib import ImportFilter
 from bgpd.agent.sdnotify import notify, watchdog_interval
 from bgpd.overlay.vxlan import Overlay
+from bgpd.prefixes import network, text
 from policy.kernel import ApplyError
 from pyroute2.netlink.exceptions import NetlinkError
 from config.effective import EffectiveConfig, effective
@@ -287,7 +288,7 @@ class Daemon:
                 self._do(self.core.configure(self._core_config(node), time.monotonic()))
             if not self.core.initial_sync_done:  # peers and AllowedIPs are not known yet: keep what the
                 return                            # device has (a restart keeps traffic flowing)
-            routes = {p: self.core.desired(p) for p in self.core.rib.all_desired()}
+            routes = {network(p): self.core.desired(p) for p in self.core.rib.all_desired()}
             peers = wireguard_peers(node.mesh.nodes, routes, device.index, node.name)
             await asyncio.to_thread(wg.configure, render(wg.private_key, node.wireguard.port, peers), peers)
         except (OSError, NetlinkError, ApplyError) as e:
@@ -454,7 +455,7 @@ class Daemon:
         if not self._stopping:  # sessions that end because *we* stop leave the kernel routes as they are
             self._do(self.core.exabgp_exited(time.monotonic()))
 
-    def _drifted(self, prefixes: set[IPv4Network]) -> None:
+    def _drifted(self, prefixes: set[int]) -> None:
         self._do(self.core.drift(prefixes, time.monotonic()))
 
     def _tick(self) -> None:
@@ -518,7 +519,7 @@ class Daemon:
             node=self.node.name, asn=self.node.asn, router_id=str(self.node.router_id),
             blocks=[str(b) for b in self.node.blocks], borrowed=[str(a) for a in self.node.borrowed],
             initial_sync_done=core.initial_sync_done, kernel_routes=len(self.kernel.installed),
-            refused_routes={str(p): why for p, why in sorted(refused.items())[:20]},
+            refused_routes={text(p): why for p, why in sorted(refused.items())[:20]},
             exabgp_restarts=self.supervisor.restarts,
             datastore=None if self.cluster is None else DatastoreStatus(
                 connected=self.cluster.ds.connected, resyncs=self.cluster.ds.resyncs, ready=self.cluster.ready.is_set()),
@@ -566,7 +567,7 @@ class Daemon:
         out = []
         for prefix in sorted(rib.all_desired()):
             want = self.core.desired(prefix)  # through the VTEP where the overlay says so
-            out.append(RouteStatus(prefix=str(prefix), next_hops=sorted(map(str, want)) or ["blackhole"],
+            out.append(RouteStatus(prefix=text(prefix), next_hops=sorted(map(str, want)) or ["blackhole"],
                                    peers=sorted(rib.sources(prefix)) or ["local"],
                                    in_kernel=installed.get(prefix) == want))
         return out

@@ -8,6 +8,7 @@ commands for the shell (`bgpd.agent.daemon`) to execute, in order.
 Kernel work is pulled, not pushed: changed prefixes gather in the plan and `Program` says the plan
 became non-empty; the shell takes batches with `plan()` when its writer is free, so each prefix's
 desired route is computed at write time and a prefix changed many times in a burst is written once.
+Prefixes are integer keys (`bgpd.prefixes`), as in the RIB and the kernel table.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Iterable, Mapping, Union
 
 from bgpd.bgp import messages as msgs
 from bgpd.bgp.rib import ImportFilter, KernelRoute, Reject, Rib, Update
+from bgpd.prefixes import key, network
 from bgpd.overlay.vxlan import Overlay
 from bgpd.wireguard.plan import Encryption
 
@@ -104,23 +106,23 @@ class NodeCore:
         self.config = config
         self.peers = {addr: PeerState(s) for addr, s in config.peers.items()}
         self.rib = Rib(config.import_filter, {addr: s.max_prefixes for addr, s in config.peers.items()})
-        self.refused: dict[IPv4Network, str] = {}  # desired routes the kernel refused, with its reason
+        self.refused: dict[int, str] = {}  # desired routes the kernel refused, with its reason
         self.malformed = 0  # ExaBGP messages that could not be parsed
         self.initial_sync_done = False
-        self._adopted: set[IPv4Network] | None = None  # None: the kernel was not read yet
+        self._adopted: set[int] | None = None  # None: the kernel was not read yet
         self._datastore_ready = not config.wait_for_datastore
         self._sync_deadline: float | None = None
-        self._retries: deque[tuple[float, frozenset[IPv4Network]]] = deque()
-        self._dirty: set[IPv4Network] = set()
+        self._retries: deque[tuple[float, frozenset[int]]] = deque()
+        self._dirty: set[int] = set()
         self._wake: float | None = None  # the earliest WakeAt handed out and not yet ticked
         self._cluster_routes(config.cluster_routes, [])
 
     # --- inputs: start and configuration -----------------------------------------------------------
-    def adopted(self, prefixes: Iterable[IPv4Network], now: float) -> list[Command]:
+    def adopted(self, prefixes: Iterable[int], now: float) -> list[Command]:
         """The kernel's routes of our protocol at start: kept until the initial sync says who wants them."""
         out: list[Command] = []
         self._adopted = set(prefixes)
-        self._mark(self.rib.filter.own_blocks, out)  # blackholes for our own blocks, at once
+        self._mark(self.rib.filter.own_keys, out)  # blackholes for our own blocks, at once
         self._start_sync_deadline(now, out)
         return out
 
@@ -150,7 +152,7 @@ class NodeCore:
             self.rib.add_peer(addr, settings.max_prefixes)
         self._apply("", None, self.rib.refilter(config.import_filter), out)
         self._cluster_routes(config.cluster_routes, out)
-        self._mark(set(old.import_filter.own_blocks) ^ set(config.import_filter.own_blocks), out)
+        self._mark(old.import_filter.own_keys ^ config.import_filter.own_keys, out)
         if old.overlay != config.overlay or old.encryption != config.encryption:
             self._mark(self.rib.all_desired(), out)
         gone = [b for b in old.announced if b not in config.announced]
@@ -232,7 +234,7 @@ class NodeCore:
         return out
 
     # --- inputs: kernel and time -------------------------------------------------------------------
-    def kernel_synced(self, routes: Mapping[IPv4Network, KernelRoute | None], errors: Mapping[IPv4Network, str],
+    def kernel_synced(self, routes: Mapping[int, KernelRoute | None], errors: Mapping[int, str],
                       now: float) -> list[Command]:
         """The result of programming `routes` (a plan): `errors` are the ones the kernel refused, by reason."""
         if self.refused:
@@ -246,7 +248,7 @@ class NodeCore:
         self._schedule(out)
         return out
 
-    def drift(self, prefixes: Iterable[IPv4Network], now: float) -> list[Command]:
+    def drift(self, prefixes: Iterable[int], now: float) -> list[Command]:
         """These prefixes' kernel routes differ from what we installed: plan them again."""
         out: list[Command] = []
         self._mark(prefixes, out)
@@ -272,7 +274,7 @@ class NodeCore:
         return out
 
     # --- output ------------------------------------------------------------------------------------
-    def plan(self, limit: int | None = None) -> dict[IPv4Network, KernelRoute | None]:
+    def plan(self, limit: int | None = None) -> dict[int, KernelRoute | None]:
         """Takes up to `limit` prefixes out of the plan: their desired kernel route, None for none.
 
         Adopted routes nobody announced are left alone until the initial sync is done; one we programmed
@@ -283,8 +285,9 @@ class NodeCore:
             self._dirty -= batch
         else:
             batch, self._dirty = self._dirty, set()
-        desired, adopted = self.desired, self._adopted or ()
-        out: dict[IPv4Network, KernelRoute | None] = {}
+        plain = self.config.encryption is None and self.config.overlay is None
+        desired, adopted = self.rib.desired if plain else self.desired, self._adopted or ()
+        out: dict[int, KernelRoute | None] = {}
         for prefix in batch:
             want = desired(prefix)
             if prefix in adopted:
@@ -294,14 +297,17 @@ class NodeCore:
             out[prefix] = want
         return out
 
-    def desired(self, prefix: IPv4Network) -> KernelRoute | None:
+    def desired(self, prefix: int) -> KernelRoute | None:
         """The kernel route `prefix` should have: the RIB's, through the WireGuard device where encryption
         says so, else through the VTEP where the overlay says so (encryption replaces encapsulation)."""
         want = self.rib.desired(prefix)
-        if self.config.encryption is not None:
-            want = self.config.encryption.route(prefix, want)
-        overlay = self.config.overlay
-        return want if overlay is None else overlay.route(prefix, want)
+        encryption, overlay = self.config.encryption, self.config.overlay
+        if encryption is None and overlay is None:
+            return want
+        net = network(prefix)
+        if encryption is not None:
+            want = encryption.route(net, want)
+        return want if overlay is None else overlay.route(net, want)
 
     @property
     def planned(self) -> int:
@@ -315,18 +321,18 @@ class NodeCore:
             return
         self.rib.add_peer(DATASTORE, 1 << 62)
         self.rib.expect_no_end_of_rib(DATASTORE)
-        want = dict(routes)
+        want = {key(p): hop for p, hop in routes}
         have = self.rib.peers[DATASTORE].routes
         self._apply(DATASTORE, None, self.rib.withdraw(DATASTORE, [p for p, h in have.items() if want.get(p) != h]),
                     out)
-        by_hop: dict[IPv4Address, list[IPv4Network]] = {}
+        by_hop: dict[IPv4Address, list[int]] = {}
         for prefix, hop in want.items():
             if have.get(prefix) != hop:
                 by_hop.setdefault(hop, []).append(prefix)
         for hop, prefixes in by_hop.items():
             self._apply(DATASTORE, None, self.rib.announce(DATASTORE, prefixes, hop), out)
 
-    def _mark(self, prefixes: Iterable[IPv4Network], out: list[Command]) -> None:
+    def _mark(self, prefixes: Iterable[int], out: list[Command]) -> None:
         was_empty = not self._dirty
         self._dirty.update(prefixes)
         if was_empty and self._dirty:

@@ -1,29 +1,15 @@
-"""ExaBGP 5 JSON API messages to typed events, and our commands to ExaBGP's text API. Pure."""
+"""ExaBGP 5 JSON API messages to typed events, and our commands to ExaBGP's text API. Pure.
+
+Received prefixes become integer keys (`bgpd.prefixes`), the representation of the whole route path.
+"""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Iterable, Union
 
-
-class _HashedOnce:
-    """Computes the network's hash once: every prefix received is a dict key at each stage."""
-
-    def __init__(self, address: str):
-        super().__init__(address)  # type: ignore[call-arg]
-        self._hash = super().__hash__()
-
-    def __hash__(self) -> int:
-        return self._hash
-
-
-class Prefix(_HashedOnce, IPv4Network):
-    pass
-
-
-class Prefix6(_HashedOnce, IPv6Network):
-    pass
+from bgpd import prefixes
 
 
 @dataclass(frozen=True)
@@ -45,13 +31,13 @@ class SessionState:
 class Announce:
     peer: str
     next_hop: IPv4Address | IPv6Address
-    prefixes: tuple[IPv4Network, ...] | tuple[IPv6Network, ...]
+    prefixes: tuple[int, ...]  # keys (bgpd.prefixes) of the next hop's family
 
 
 @dataclass(frozen=True)
 class Withdraw:
     peer: str
-    prefixes: tuple[IPv4Network, ...] | tuple[IPv6Network, ...]
+    prefixes: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -66,8 +52,8 @@ class Malformed:
 
 
 Event = Union[SessionState, Announce, Withdraw, EndOfRib, Malformed]
-# ExaBGP's family names -> the prefix and next-hop types (one family per session: docs/ipv6.md)
-FAMILIES = {"ipv4 unicast": (Prefix, IPv4Address), "ipv6 unicast": (Prefix6, IPv6Address)}
+# ExaBGP's family names -> IP version (one family per session: docs/ipv6.md)
+FAMILIES = {"ipv4 unicast": 4, "ipv6 unicast": 6}
 
 
 def parse_line(line: str) -> list[Event]:
@@ -99,24 +85,44 @@ def _update_events(peer: str, message: dict) -> Iterable[Event]:
     update = message.get("update", {})
     for family, nlris in update.get("withdraw", {}).items():
         if family in FAMILIES:
-            prefix = FAMILIES[family][0]
-            yield Withdraw(peer, tuple(prefix(_nlri(n)) for n in nlris))
+            yield Withdraw(peer, _keys(nlris, FAMILIES[family]))
     for family, by_next_hop in update.get("announce", {}).items():
         if family not in FAMILIES:
             continue
-        prefix, address = FAMILIES[family]
-        hops = [(address(h), nlris) for h, nlris in by_next_hop.items()]
-        if prefix is Prefix6 and any(not h.is_link_local for h, _ in hops):
+        version = FAMILIES[family]
+        hops = [(_next_hop(h, version), nlris) for h, nlris in by_next_hop.items()]
+        if version == 6 and any(not h.is_link_local for h, _ in hops):
             # an IPv6 next hop may come with the sender's link-local address too (RFC 2545; BIRD sends both):
             # ExaBGP repeats the prefixes under each, and only the global one is routable without a device
             hops = [(h, nlris) for h, nlris in hops if not h.is_link_local]
         for next_hop, nlris in hops:
-            yield Announce(peer, next_hop, tuple(prefix(_nlri(n)) for n in nlris))
+            yield Announce(peer, next_hop, _keys(nlris, version))
 
 
-def _nlri(n: str | dict) -> str:
+def _keys(nlris: list, version: int) -> tuple[int, ...]:
     """ExaBGP's compact encoding (exabgp.api.compact) gives bare prefixes; the full one {"nlri": ...}."""
-    return n if isinstance(n, str) else n["nlri"]
+    parse = prefixes.parse
+    keys = tuple([parse(n if isinstance(n, str) else n["nlri"]) for n in nlris])
+    if keys and (min(keys) < prefixes.V6 if version == 6 else max(keys) >= prefixes.V6):
+        raise ValueError(f"a prefix that is not IPv{version}")
+    return keys
+
+
+_NEXT_HOPS: dict[int, dict[str, IPv4Address | IPv6Address]] = {4: {}, 6: {}}  # by family: one object per next
+# hop, which the RIB compares by identity first
+
+
+def _next_hop(text: str, version: int) -> IPv4Address | IPv6Address:
+    known = _NEXT_HOPS[version]
+    hop = known.get(text)
+    if hop is None:
+        hop = ip_address(text)
+        if hop.version != version:
+            raise ValueError(f"next hop {text} is not IPv{version}")
+        if len(known) >= 4096:
+            known.clear()
+        known[text] = hop
+    return hop
 
 
 # --- commands --------------------------------------------------------------------------------------

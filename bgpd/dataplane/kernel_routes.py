@@ -13,10 +13,11 @@ from typing import Callable, Mapping
 
 from pyroute2 import AsyncIPRoute
 
-from bgpd.dataplane.netlink_routes import RT_TABLE_MAIN, KernelRoute, Network, RouteOp, RouteWriter, strerror
+from bgpd.dataplane.netlink_routes import RT_TABLE_MAIN, KernelRoute, RouteOp, RouteWriter, strerror
 from bgpd.dataplane.route_watch import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR,
                                         RTMGRP_IPV6_ROUTE, RTMGRP_LINK, Changes, RouteMonitor, RouteStream,
                                         reconcile)
+from bgpd.prefixes import text
 
 log = logging.getLogger("tortie.kernel")
 
@@ -26,7 +27,7 @@ class SyncResult:
     added: int = 0
     replaced: int = 0
     removed: int = 0
-    errors: dict[Network, str] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
 
 
 async def has_address(address: IPv4Address) -> bool:
@@ -48,8 +49,8 @@ class KernelTable:
 
     def __init__(self, protocol: int, table: int = RT_TABLE_MAIN):
         self.protocol, self.table = protocol, table
-        self.installed: dict[Network, KernelRoute] = {}
-        self.refused: set[Network] = set()  # prefixes whose last change the kernel refused
+        self.installed: dict[int, KernelRoute] = {}  # by prefix key (bgpd.prefixes)
+        self.refused: set[int] = set()  # prefixes whose last change the kernel refused
         self.repairs = 0  # routes found differing from `installed` (deleted, changed, lost with a link)
         self._writer = RouteWriter(protocol, table)
         self._lock = asyncio.Lock()  # one write at a time, and none while the watch compares
@@ -72,44 +73,48 @@ class KernelTable:
             self.installed = reconcile(self.installed, changes)[0]
         return len(self.installed)
 
-    async def sync(self, desired: Mapping[Network, KernelRoute | None]) -> SyncResult:
+    async def sync(self, desired: Mapping[int, KernelRoute | None]) -> SyncResult:
         """Makes the kernel match `desired` for these prefixes (None: no route). Batched, in a thread."""
         result = SyncResult()
         async with self._lock:  # the watch changes `installed` only while holding it
+            installed, refused = self.installed, self.refused
             ops = []
             for prefix, want in desired.items():
-                have = self.installed.get(prefix)
+                have = installed.get(prefix)
                 if want == have:
-                    self.refused.discard(prefix)
+                    refused.discard(prefix)
                     continue
-                ops.append(RouteOp(prefix, want, replace=have is not None))
+                ops.append(RouteOp(prefix, want, have is not None))
             if not ops:
                 return result
             failed = await asyncio.to_thread(self._writer.apply, ops)
             if self._watching is not None:
                 self._watching.wrote(ops, failed)
-            for op in ops:
-                code = failed.get(op)
+            added = replaced = removed = 0
+            for prefix, hops, replace in ops:
+                code = failed.get(prefix) if failed else None
                 if code is not None:  # the kernel kept what it had: so does our view
-                    result.errors[op.prefix] = strerror(code)
-                    self.refused.add(op.prefix)
+                    result.errors[prefix] = strerror(code)
+                    refused.add(prefix)
                     continue
-                self.refused.discard(op.prefix)
-                if op.next_hops is None:
-                    self.installed.pop(op.prefix, None)
-                    result.removed += 1
+                if refused:
+                    refused.discard(prefix)
+                if hops is None:
+                    installed.pop(prefix, None)
+                    removed += 1
                 else:
-                    self.installed[op.prefix] = op.next_hops
-                    if op.replace:
-                        result.replaced += 1
+                    installed[prefix] = hops
+                    if replace:
+                        replaced += 1
                     else:
-                        result.added += 1
+                        added += 1
+            result.added, result.replaced, result.removed = added, replaced, removed
         if result.errors:
-            sample = ", ".join(f"{p}: {e}" for p, e in list(result.errors.items())[:3])
+            sample = ", ".join(f"{text(p)}: {e}" for p, e in list(result.errors.items())[:3])
             log.warning("kernel rejected %d route change(s), e.g. %s", len(result.errors), sample)
         return result
 
-    async def watch(self, on_drift: Callable[[set[Network]], None], interval: float = INTERVAL) -> None:
+    async def watch(self, on_drift: Callable[[set[int]], None], interval: float = INTERVAL) -> None:
         """Follows the kernel until cancelled; `on_drift(prefixes)` gets the routes to program again.
 
         Those are the prefixes whose kernel route differs from `installed` (which then says what the kernel
@@ -140,7 +145,7 @@ class KernelTable:
                     if drift:
                         self.repairs += len(drift)
                         log.warning("kernel routes differ from ours: %d (e.g. %s), programming them again",
-                                    len(drift), ", ".join(map(str, sorted(drift, key=lambda p: (p.version, p))[:3])))
+                                    len(drift), ", ".join(map(text, sorted(drift)[:3])))
                     if retry and self.refused:
                         log.info("a link, address or route changed: retrying %d refused route(s)",
                                  len(self.refused))
@@ -163,7 +168,7 @@ class KernelTable:
         changes.links, changes.foreign, changes.foreign_added = False, set(), False
         return news
 
-    async def _compare(self, monitor: RouteMonitor) -> tuple[Changes, set[Network]]:
+    async def _compare(self, monitor: RouteMonitor) -> tuple[Changes, set[int]]:
         """Sets `installed` to what the kernel holds; returns what was read and the prefixes that changed.
         Called with the lock held."""
         changes = monitor.stream.take()

@@ -12,6 +12,10 @@ IPv6 differs in three ways, all handled here: addresses are 16 bytes; the kernel
 message with RTA_MULTIPATH when it is added or dumped (kernel 6.x), but removes it hop by hop (one
 RTM_DELROUTE per hop when a link goes down), and older kernels list every hop as a route of its own: see
 `RouteStream` for how those are merged.
+
+Prefixes are integer keys (`bgpd.prefixes`), as the RIB and the plan hold them; a message is one
+`struct` pack of its fixed part plus the encoded next hops, cached per next-hop set (the RIB hands out
+one set object per next hop, so 10,000 routes through one gateway encode their gateway once).
 """
 from __future__ import annotations
 
@@ -20,8 +24,10 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
-from typing import Iterable, Sequence
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Iterable, NamedTuple, Sequence
+
+from bgpd.prefixes import V6
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 16, 17, 24, 25, 26
@@ -41,6 +47,9 @@ _RTA = struct.Struct("=HH")
 _RTNH = struct.Struct("=HBBi")
 _NLMSGERR = struct.Struct("=iIHHII")  # error code, then the header of the failed message
 _U32 = struct.Struct("=I")
+# nlmsghdr, rtmsg, RTA_DST (4 or 16 bytes), RTA_TABLE: what every route message starts with
+_FIXED = {4: struct.Struct("=IHHIIBBBBBBBBIHH4sHHI"), 16: struct.Struct("=IHHIIBBBBBBBBIHH16sHHI")}
+_ALL6 = (1 << 128) - 1
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,6 @@ class DeviceHop:
         return f"{self.gateway} onlink ifindex {self.oif}"
 
 
-Network = IPv4Network | IPv6Network
 Hop = IPv4Address | IPv6Address | DeviceHop
 KernelRoute = frozenset[Hop]  # next hops (of the prefix's family); empty: blackhole
 OTHER_ROUTE: KernelRoute = frozenset((IPv4Address(0),))
@@ -62,11 +70,10 @@ OTHER_ROUTE: KernelRoute = frozenset((IPv4Address(0),))
 objects): equal to no desired route, so the owner replaces it."""
 
 
-@dataclass(frozen=True)
-class RouteOp:
+class RouteOp(NamedTuple):
     """One change: `next_hops` None deletes, empty installs a blackhole, otherwise unicast (ECMP if >1)."""
 
-    prefix: Network
+    prefix: int  # key (bgpd.prefixes)
     next_hops: KernelRoute | None
     replace: bool = False  # the route is ours already; otherwise create exclusively, never clobber
 
@@ -83,32 +90,48 @@ def _attr_address(kind: int, value: bytes) -> bytes:
 
 def encode(op: RouteOp, seq: int, protocol: int, table: int = RT_TABLE_MAIN, metric: int = 0,
            ack: bool = True) -> bytes:
+    prefix, next_hops, replace = op
     flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
-    if op.next_hops is None:
+    if next_hops is None:
         # any type and scope, but only with our protocol: never deletes a route of someone else
-        kind, rtype, scope = RTM_DELROUTE, 0, RT_SCOPE_NOWHERE
+        kind, rtype, scope, onlink, tail = RTM_DELROUTE, 0, RT_SCOPE_NOWHERE, 0, b""
     else:
         kind = RTM_NEWROUTE
-        flags |= NLM_F_CREATE | (NLM_F_REPLACE if op.replace else NLM_F_EXCL)
-        rtype = RTN_BLACKHOLE if not op.next_hops else RTN_UNICAST
+        flags |= NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+        rtype, onlink, tail = _HOPS.get(next_hops) or _hops(next_hops)
         scope = RT_SCOPE_UNIVERSE
-    hops = sorted(op.next_hops or (), key=_hop_key)
-    single = hops[0] if len(hops) == 1 else None
-    onlink = RTNH_F_ONLINK if isinstance(single, DeviceHop) else 0
-    family = socket.AF_INET if op.prefix.version == 4 else socket.AF_INET6
-    body = _RTMSG.pack(family, op.prefix.prefixlen, 0, 0, min(table, 255), protocol, scope, rtype, onlink)
-    body += _attr_address(RTA_DST, op.prefix.network_address.packed)
-    body += _attr4(RTA_TABLE, struct.pack("=I", table))
+    if prefix & V6:
+        family, size, dst = socket.AF_INET6, 16, (prefix >> 8 & _ALL6).to_bytes(16, "big")
+    else:
+        family, size, dst = socket.AF_INET, 4, (prefix >> 8).to_bytes(4, "big")
+    fixed = _FIXED[size]
     if metric:
-        body += _attr4(RTA_PRIORITY, struct.pack("=I", metric))
-    if isinstance(single, DeviceHop):
-        body += _attr_address(RTA_GATEWAY, single.gateway.packed) + _attr4(RTA_OIF, _U32.pack(single.oif))
+        tail = _attr4(RTA_PRIORITY, _U32.pack(metric)) + tail
+    return fixed.pack(fixed.size + len(tail), kind, flags, seq, 0, family, prefix & 255, 0, 0, min(table, 255),
+                      protocol, scope, rtype, onlink, 4 + size, RTA_DST, dst, 8, RTA_TABLE, table) + tail
+
+
+_HOPS: dict[KernelRoute, tuple[int, int, bytes]] = {}  # next hops -> (route type, rtm_flags, attributes)
+
+
+def _hops(next_hops: KernelRoute) -> tuple[int, int, bytes]:
+    """A route's type, flags and next-hop attributes (RTA_GATEWAY and RTA_OIF, or RTA_MULTIPATH)."""
+    hops = sorted(next_hops, key=_hop_key)
+    single = hops[0] if len(hops) == 1 else None
+    if not hops:
+        out = RTN_BLACKHOLE, 0, b""
+    elif isinstance(single, DeviceHop):
+        out = RTN_UNICAST, RTNH_F_ONLINK, (_attr_address(RTA_GATEWAY, single.gateway.packed)
+                                           + _attr4(RTA_OIF, _U32.pack(single.oif)))
     elif single is not None:
-        body += _attr_address(RTA_GATEWAY, single.packed)
-    elif hops:
+        out = RTN_UNICAST, 0, _attr_address(RTA_GATEWAY, single.packed)
+    else:
         nested = b"".join(_nexthop(h) for h in hops)
-        body += struct.pack("=HH", 4 + len(nested), RTA_MULTIPATH) + nested
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
+        out = RTN_UNICAST, 0, struct.pack("=HH", 4 + len(nested), RTA_MULTIPATH) + nested
+    if len(_HOPS) >= 4096:
+        _HOPS.clear()
+    _HOPS[next_hops] = out
+    return out
 
 
 def _nexthop(hop: Hop) -> bytes:
@@ -139,32 +162,34 @@ class RouteWriter:
     def close(self) -> None:
         self.sock.close()
 
-    def apply(self, ops: Sequence[RouteOp]) -> dict[RouteOp, int]:
-        """Sends every op and returns the failed ones with their errno (missing routes on delete are fine).
+    def apply(self, ops: Sequence[RouteOp]) -> dict[int, int]:
+        """Sends every op (one per prefix) and returns the failed ones' prefixes with their errno (missing routes
+        on delete are fine).
 
         Only the last message of a batch asks for an acknowledgement: the kernel handles a batch in order
         and reports every failure by sequence number anyway, so its ack closes the batch.
         """
-        failed: dict[RouteOp, int] = {}
+        failed: dict[int, int] = {}
         for start in range(0, len(ops), self.BATCH):
             self._send_batch(ops[start:start + self.BATCH], failed)
         return failed
 
-    def _send_batch(self, batch: Sequence[RouteOp], failed: dict[RouteOp, int]) -> None:
+    def _send_batch(self, batch: Sequence[RouteOp], failed: dict[int, int]) -> None:
         pending: dict[int, RouteOp] = {}
         messages = []
+        protocol, table, metric, seq, last_op = self.protocol, self.table, self.metric, self._seq, len(batch) - 1
         for i, op in enumerate(batch):
-            self._seq = (self._seq + 1) & 0xFFFFFFFF
-            pending[self._seq] = op
-            messages.append(encode(op, self._seq, self.protocol, self.table, self.metric, ack=i == len(batch) - 1))
-        last = self._seq
+            seq = (seq + 1) & 0xFFFFFFFF
+            pending[seq] = op
+            messages.append(encode(op, seq, protocol, table, metric, ack=i == last_op))
+        self._seq = last = seq
         self.sock.sendall(b"".join(messages))
         while True:
             n = self.sock.recv_into(self._buffer)
             for seq, code in _acks(self._view[:n]):
                 op = pending.get(seq)
                 if op is not None and code and not (op.next_hops is None and code == errno.ESRCH):
-                    failed[op] = code
+                    failed[op.prefix] = code
                 if seq == last:
                     return
 
@@ -182,8 +207,8 @@ def dump_request(seq: int, protocol: int, table: int = RT_TABLE_MAIN) -> bytes:
 
 
 def decode_route(data: memoryview | bytes, body: int, end: int
-                 ) -> tuple[int, int, int, Network, KernelRoute] | None:
-    """An rtmsg (and its attributes) between `body` and `end`: (table, protocol, metric, prefix, next hops).
+                 ) -> tuple[int, int, int, int, KernelRoute] | None:
+    """An rtmsg (and its attributes) between `body` and `end`: (table, protocol, metric, prefix key, next hops).
 
     None for a family other than IPv4 and IPv6; ValueError for a malformed message. Next hops as `RouteOp`
     writes them: empty for a blackhole, OTHER_ROUTE for any other shape.
@@ -192,9 +217,9 @@ def decode_route(data: memoryview | bytes, body: int, end: int
         raise ValueError("short route message")
     family, dst_len, _src, _tos, table, protocol, _scope, rtype, flags = _RTMSG.unpack_from(data, body)
     if family == socket.AF_INET:
-        size, network = 4, IPv4Network
+        size, marker = 4, 0
     elif family == socket.AF_INET6:
-        size, network = 16, IPv6Network
+        size, marker = 16, V6
     else:
         return None
     alen_address = 4 + size
@@ -219,7 +244,10 @@ def decode_route(data: memoryview | bytes, body: int, end: int
         if kind == RTA_MULTIPATH:
             multipath = (offset + 4, offset + alen)
         offset += (alen + 3) & ~3
-    prefix = network((dst, dst_len))  # ValueError: a length over 32 (128), host bits set
+    bits = size * 8
+    if dst_len > bits or dst & ((1 << (bits - dst_len)) - 1):
+        raise ValueError(f"route prefix length {dst_len} or host bits")
+    prefix = marker | dst << 8 | dst_len
     if size == 16 and metric == IP6_RT_PRIO_USER:
         metric = 0
     if rtype == RTN_BLACKHOLE:

@@ -27,7 +27,8 @@ from typing import Iterable, Mapping, Sequence
 
 from bgpd.dataplane.netlink_routes import (_NLMSGHDR, NETLINK_ROUTE, NLMSG_DONE, NLMSG_ERROR, RTM_DELLINK,
                                            RTM_DELROUTE, RTM_NEWLINK, RTM_NEWROUTE, OTHER_ROUTE, KernelRoute,
-                                           Network, RouteOp, decode_route, dump_request)
+                                           RouteOp, decode_route, dump_request)
+from bgpd.prefixes import V6
 
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x10, 0x40
 RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
@@ -39,7 +40,7 @@ NLM_F_MULTI, NLM_F_APPEND = 0x2, 0x800
 RCVBUF = 8 << 20  # the events of 10,000 route changes by others fit
 _INT = struct.Struct("=i")
 _BPF = struct.Struct("=HBBI")
-Write = tuple[Sequence[RouteOp], Mapping[RouteOp, int]]  # a batch of our writer's and its failures
+Write = tuple[Sequence[RouteOp], Mapping[int, int]]  # a batch of our writer's and its failures by prefix
 
 
 @dataclass
@@ -50,14 +51,14 @@ class Changes:
     no route of ours (except what we wrote since it began: see `reconcile`).
     """
 
-    routes: dict[Network, KernelRoute | None] = field(default_factory=dict)
-    by_others: set[Network] = field(default_factory=set)  # changed by others' events (not dump entries)
-    by_others_in_dump: set[Network] = field(default_factory=set)  # the same since the last dump began
+    routes: dict[int, KernelRoute | None] = field(default_factory=dict)
+    by_others: set[int] = field(default_factory=set)  # changed by others' events (not dump entries)
+    by_others_in_dump: set[int] = field(default_factory=set)  # the same since the last dump began
     writes: list[Write] = field(default_factory=list)  # ours, whose events we never see
     writes_in_dump: int = 0  # writes[writes_in_dump:] ended after the last dump began
     full: bool = False
     links: bool = False  # a link or address changed: routes may be gone (IPv4 sends no RTM_DELROUTE for them)
-    foreign: set[Network] = field(default_factory=set)  # routes of others added with the key of ours
+    foreign: set[int] = field(default_factory=set)  # routes of others added with the key of ours
     foreign_added: bool = False  # a route of another protocol appeared (a connected route: gateways reachable)
     dump_error: int = 0  # errno of a dump the kernel refused (then `full` is not set by it)
 
@@ -71,8 +72,8 @@ class RouteStream:
         self.dumping = False
         self.dump_seq = 0  # of the running dump: only its end ends it
         self.dump_again = False  # asked for while one was running (or events were lost): another at its end
-        self._before: dict[Network, KernelRoute | None] = {}  # changes read before the running dump
-        self._listed: Network | None = None  # the IPv6 prefix of the previous dump entry
+        self._before: dict[int, KernelRoute | None] = {}  # changes read before the running dump
+        self._listed: int | None = None  # the IPv6 prefix of the previous dump entry
 
     @property
     def settled(self) -> bool:
@@ -92,8 +93,8 @@ class RouteStream:
         self.changes.by_others_in_dump = set()
         self.changes.writes_in_dump = len(self.changes.writes)  # one in flight now ends later: it counts
 
-    def wrote(self, ops: Sequence[RouteOp], failed: Mapping[RouteOp, int]) -> None:
-        """Our writer finished a batch (its events are filtered out of the stream)."""
+    def wrote(self, ops: Sequence[RouteOp], failed: Mapping[int, int]) -> None:
+        """Our writer finished a batch (its events are filtered out of the stream); `failed`: by prefix."""
         self.changes.writes.append((ops, failed))
 
     def overrun(self) -> None:
@@ -140,7 +141,7 @@ class RouteStream:
         if table != self.table or metric != self.metric:
             return
         listed = flags & NLM_F_MULTI
-        if prefix.version == 6:
+        if prefix & V6:
             if listed and self._listed == prefix and hops and hops is not OTHER_ROUTE:
                 previous = changes.routes.get(prefix)  # an older kernel lists each hop of ECMP on its own
                 if previous and previous is not OTHER_ROUTE:
@@ -166,12 +167,12 @@ class RouteStream:
         self.changes.full = True
 
 
-def written(writes: Iterable[Write]) -> set[Network]:
-    return {op.prefix for ops, failed in writes for op in ops if op not in failed}
+def written(writes: Iterable[Write]) -> set[int]:
+    return {op.prefix for ops, failed in writes for op in ops if op.prefix not in failed}
 
 
-def reconcile(installed: dict[Network, KernelRoute], changes: Changes
-              ) -> tuple[dict[Network, KernelRoute], set[Network]] | None:
+def reconcile(installed: dict[int, KernelRoute], changes: Changes
+              ) -> tuple[dict[int, KernelRoute], set[int]] | None:
     """What the kernel holds, from our record `installed` (updated in place unless the changes are a full
     read) and what was read since, and the prefixes where the two differed.
 
@@ -179,7 +180,7 @@ def reconcile(installed: dict[Network, KernelRoute], changes: Changes
     changed it too, in an order we cannot know: then None, and the caller reads the kernel again with our
     writes held back. Valid only with no write of ours in flight.
     """
-    drift: set[Network] = set()
+    drift: set[int] = set()
     if changes.full:  # every route of ours is in `changes`, or was written since the dump began
         ours = written(changes.writes[changes.writes_in_dump:])
         if not ours.isdisjoint(changes.by_others_in_dump):

@@ -10,8 +10,16 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from bgpd.bgp import messages as msgs
 from bgpd.bgp.core import RETRY, CoreConfig, Log, NodeCore, PeerSettings, Program, Ready, Send, WakeAt
 from bgpd.bgp.rib import ImportFilter
+from bgpd.prefixes import key
 
 POOL = N("10.244.0.0/16")
+
+
+def K(text: str) -> int:
+    """The key of a prefix (bgpd/prefixes.py): what events carry and the plan and the kernel are keyed by."""
+    return key(N(text))
+
+
 OWN = A("10.99.0.1")
 P2, P3, P4 = "10.99.0.2", "10.99.0.3", "10.99.0.4"
 GR, SYNC = 10.0, 30.0
@@ -100,11 +108,11 @@ def down(peer, graceful=False):
 
 
 def ann(peer, *prefixes, nh=None):
-    return msgs.Announce(peer, A(nh or peer), tuple(N(p) for p in prefixes))
+    return msgs.Announce(peer, A(nh or peer), tuple(K(p) for p in prefixes))
 
 
 def wd(peer, *prefixes):
-    return msgs.Withdraw(peer, tuple(N(p) for p in prefixes))
+    return msgs.Withdraw(peer, tuple(K(p) for p in prefixes))
 
 
 def eor(peer):
@@ -117,15 +125,15 @@ X, Y = "10.244.2.0/26", "10.244.3.0/26"
 # --- example tests, one per rule ---------------------------------------------------------------------
 def test_own_blocks_are_blackholes_at_start():
     s = Shell(config())
-    assert s.kernel == {N("10.244.1.0/26"): frozenset()}
+    assert s.kernel == {K("10.244.1.0/26"): frozenset()}
 
 
 def test_routes_and_ecmp_reach_the_kernel():
     s = Shell(config())
     s.feed(up(P2), up(P3), ann(P2, X), ann(P3, X))
-    assert s.kernel[N(X)] == {A(P2), A(P3)}
+    assert s.kernel[K(X)] == {A(P2), A(P3)}
     s.feed(wd(P2, X))
-    assert s.kernel[N(X)] == {A(P3)}
+    assert s.kernel[K(X)] == {A(P3)}
 
 
 def test_a_burst_of_changes_to_one_prefix_is_one_write():
@@ -136,7 +144,7 @@ def test_a_burst_of_changes_to_one_prefix_is_one_write():
         s.core.event(wd(P2, X), 0)
     s.core.event(ann(P2, X), 0)
     s.run([Program()])
-    assert s.writes - before == 1 and s.kernel[N(X)] == {A(P2)}
+    assert s.writes - before == 1 and s.kernel[K(X)] == {A(P2)}
 
 
 def test_session_up_announces_our_blocks_then_end_of_rib():
@@ -159,19 +167,19 @@ def test_relay_connected_announces_and_refreshes_unless_fresh():
 def test_dead_peer_routes_go_at_once():
     s = Shell(config())
     s.feed(up(P2), ann(P2, X), down(P2))
-    assert N(X) not in s.kernel and s.core.peers[P2].last_error == "hold timer expired"
+    assert K(X) not in s.kernel and s.core.peers[P2].last_error == "hold timer expired"
     assert s.wake is None or s.wake >= SYNC  # no stale deadline
 
 
 def test_graceful_peer_routes_stay_until_end_of_rib():
     s = Shell(config())
     s.feed(up(P2), ann(P2, X, Y), down(P2, graceful=True))
-    assert s.kernel[N(X)] == s.kernel[N(Y)] == {A(P2)}
+    assert s.kernel[K(X)] == s.kernel[K(Y)] == {A(P2)}
     s.advance(GR / 2)
     s.feed(up(P2), ann(P2, X))
-    assert N(Y) in s.kernel
+    assert K(Y) in s.kernel
     s.feed(eor(P2))
-    assert N(X) in s.kernel and N(Y) not in s.kernel
+    assert K(X) in s.kernel and K(Y) not in s.kernel
 
 
 def test_graceful_peer_routes_go_at_the_deadline():
@@ -179,67 +187,67 @@ def test_graceful_peer_routes_go_at_the_deadline():
     s.feed(up(P2), ann(P2, X), down(P2, graceful=True))
     assert s.wake == GR
     s.advance(GR - 1)
-    assert N(X) in s.kernel
+    assert K(X) in s.kernel
     s.advance(1)
-    assert N(X) not in s.kernel and s.logged("graceful restart time over peer=10.99.0.2 stale_routes=1") == 1
+    assert K(X) not in s.kernel and s.logged("graceful restart time over peer=10.99.0.2 stale_routes=1") == 1
 
 
 def test_no_graceful_restart_configured_means_routes_go():
     s = Shell(config(gr=0))
     s.feed(up(P2), ann(P2, X), down(P2, graceful=True))
-    assert N(X) not in s.kernel
+    assert K(X) not in s.kernel
 
 
 def test_exabgp_exit_keeps_routes_as_stale():
     s = Shell(config())
     s.feed(up(P2), ann(P2, X))
     s.run(s.core.exabgp_exited(s.now))
-    assert s.kernel[N(X)] == {A(P2)} and s.core.peers[P2].state == "idle"
+    assert s.kernel[K(X)] == {A(P2)} and s.core.peers[P2].state == "idle"
     s.advance(GR)
-    assert N(X) not in s.kernel
+    assert K(X) not in s.kernel
 
 
 def test_peer_failed_drops_routes_at_once_even_when_stale():
     s = Shell(config())
     s.feed(up(P2), ann(P2, X), up(P3), ann(P3, X, Y), down(P3, graceful=True))
     s.run(s.core.peer_failed(P3, "bfd down", s.now))
-    assert s.kernel[N(X)] == {A(P2)} and N(Y) not in s.kernel
+    assert s.kernel[K(X)] == {A(P2)} and K(Y) not in s.kernel
     assert s.core.peers[P3].state == "down" and s.core.peers[P3].last_error == "bfd down"
     s.feed(ann(P3, Y))  # in flight before the session was torn down: ignored
-    assert N(Y) not in s.kernel
+    assert K(Y) not in s.kernel
     s.feed(up(P3), ann(P3, Y))
-    assert s.kernel[N(Y)] == {A(P3)}
+    assert s.kernel[K(Y)] == {A(P3)}
 
 
 def test_peer_failed_on_an_established_session_logs_it_down():
     s = Shell(config())
     s.feed(up(P2), ann(P2, X))
     s.run(s.core.peer_failed(P2, "bfd down", s.now))
-    assert N(X) not in s.kernel and s.logged("session down peer=10.99.0.2 reason='bfd down' keep_stale=False") == 1
+    assert K(X) not in s.kernel and s.logged("session down peer=10.99.0.2 reason='bfd down' keep_stale=False") == 1
     assert s.core.peer_failed("10.0.0.9", "unknown peer", s.now) == []
 
 
 def test_adopted_routes_stay_until_initial_sync_then_unannounced_ones_go():
-    adopted = {N(X): frozenset({A("10.99.0.9")}), N(Y): frozenset({A("10.99.0.9")})}
+    adopted = {K(X): frozenset({A("10.99.0.9")}), K(Y): frozenset({A("10.99.0.9")})}
     s = Shell(config(peers=(P2, P3)), adopted)
     s.feed(up(P2), ann(P2, X), eor(P2))
-    assert s.kernel[N(X)] == {A(P2)} and s.kernel[N(Y)] == {A("10.99.0.9")} and not s.ready
+    assert s.kernel[K(X)] == {A(P2)} and s.kernel[K(Y)] == {A("10.99.0.9")} and not s.ready
     s.feed(up(P3), eor(P3))
     assert s.ready == 1 and s.core.initial_sync_done
-    assert s.kernel == {N("10.244.1.0/26"): frozenset(), N(X): {A(P2)}}
+    assert s.kernel == {K("10.244.1.0/26"): frozenset(), K(X): {A(P2)}}
 
 
 def test_initial_sync_without_peers_is_immediate():
-    s = Shell(config(peers=()), {N(X): frozenset({A("10.99.0.9")})})
-    assert s.ready == 1 and N(X) not in s.kernel
+    s = Shell(config(peers=()), {K(X): frozenset({A("10.99.0.9")})})
+    assert s.ready == 1 and K(X) not in s.kernel
 
 
 def test_initial_sync_times_out():
-    s = Shell(config(peers=(P2, P3)), {N(Y): frozenset({A("10.99.0.9")})})
+    s = Shell(config(peers=(P2, P3)), {K(Y): frozenset({A("10.99.0.9")})})
     s.feed(up(P2), eor(P2))
     assert s.wake == SYNC
     s.advance(SYNC)
-    assert s.ready == 1 and N(Y) not in s.kernel
+    assert s.ready == 1 and K(Y) not in s.kernel
     assert s.logged("initial sync timed out waiting_for_eor=10.99.0.3") == 1
 
 
@@ -250,29 +258,29 @@ def test_dead_peer_does_not_hold_the_initial_sync():
 
 
 def test_initial_sync_waits_for_the_datastore():
-    s = Shell(config(peers=(), datastore=True), {N(X): frozenset({A("10.99.0.9")})})
+    s = Shell(config(peers=(), datastore=True), {K(X): frozenset({A("10.99.0.9")})})
     assert not s.ready and s.wake is None
     s.advance(100)
     assert not s.ready
     s.run(s.core.datastore_ready(s.now))
-    assert s.ready == 1 and N(X) not in s.kernel
+    assert s.ready == 1 and K(X) not in s.kernel
 
 
 def test_refused_routes_are_retried():
     s = Shell(config())
-    s.refuse = {N(X)}
+    s.refuse = {K(X)}
     s.feed(up(P2), ann(P2, X))
-    assert N(X) not in s.kernel and s.core.refused == {N(X): "Invalid argument"}
+    assert K(X) not in s.kernel and s.core.refused == {K(X): "Invalid argument"}
     s.advance(RETRY)  # still refused: tried again, and again later
     assert s.core.refused and s.wake == 2 * RETRY
     s.refuse = set()
     s.advance(RETRY)
-    assert s.kernel[N(X)] == {A(P2)} and s.core.refused == {}
+    assert s.kernel[K(X)] == {A(P2)} and s.core.refused == {}
 
 
 def test_a_refused_route_that_is_programmed_later_is_no_longer_refused():
     s = Shell(config())
-    s.refuse = {N(X)}
+    s.refuse = {K(X)}
     s.feed(up(P2), ann(P2, X))
     s.refuse = set()
     s.feed(wd(P2, X))
@@ -299,16 +307,16 @@ def test_malformed_messages_are_counted_and_logged():
 def test_events_of_unknown_peers_are_ignored():
     s = Shell(config())
     s.feed(up("10.0.0.9"), ann("10.0.0.9", X))
-    assert N(X) not in s.kernel and s.sent == []
+    assert K(X) not in s.kernel and s.sent == []
 
 
 def test_drift_replans_the_prefixes():
     s = Shell(config())
     s.feed(up(P2), ann(P2, X))
-    s.kernel.pop(N(X))
-    s.kernel[N("10.244.1.0/26")] = frozenset({A(P3)})
-    s.run(s.core.drift([N(X), N("10.244.1.0/26")], s.now))
-    assert s.kernel == {N("10.244.1.0/26"): frozenset(), N(X): {A(P2)}}
+    s.kernel.pop(K(X))
+    s.kernel[K("10.244.1.0/26")] = frozenset({A(P3)})
+    s.run(s.core.drift([K(X), K("10.244.1.0/26")], s.now))
+    assert s.kernel == {K("10.244.1.0/26"): frozenset(), K(X): {A(P2)}}
 
 
 def test_configure_moves_peers_blocks_and_announcements():
@@ -318,7 +326,7 @@ def test_configure_moves_peers_blocks_and_announcements():
     new = config(peers=(P3, P4), blocks=(N(X),))
     s.run(s.core.configure(new, s.now))
     assert set(s.core.peers) == {P3, P4} and set(s.core.rib.peers) == {P3, P4}
-    assert s.kernel == {N(X): frozenset(), N(Y): {A(P3)}}  # old block gone, new one blackholed
+    assert s.kernel == {K(X): frozenset(), K(Y): {A(P3)}}  # old block gone, new one blackholed
     assert s.sent == ["neighbor 10.99.0.3 , neighbor 10.99.0.4 withdraw route 10.244.1.0/26",
                       "neighbor 10.99.0.3 , neighbor 10.99.0.4 announce route 10.244.2.0/26 next-hop self",
                       "announce route-refresh ipv4 unicast"]
@@ -330,14 +338,14 @@ def test_configure_with_a_smaller_limit_applies_to_new_routes():
     s = Shell(config(peers=(P2,)))
     s.run(s.core.configure(config(peers=(P2,), max_prefixes=1), s.now))
     s.feed(up(P2), ann(P2, X, Y))
-    assert len([p for p in s.kernel if p != N("10.244.1.0/26")]) == 1 and s.logged("reason=max_prefixes") == 1
+    assert len([p for p in s.kernel if p != K("10.244.1.0/26")]) == 1 and s.logged("reason=max_prefixes") == 1
 
 
 def test_plan_batches_respect_the_limit():
     core = NodeCore(config())
     core.adopted({}, 0)
     core.event(up(P2), 0)
-    core.event(msgs.Announce(P2, A(P2), tuple(N(f"10.244.{i}.0/24") for i in range(2, 12))), 0)
+    core.event(msgs.Announce(P2, A(P2), tuple(K(f"10.244.{i}.0/24") for i in range(2, 12))), 0)
     sizes = []
     while core.planned:
         sizes.append(len(core.plan(4)))
@@ -345,7 +353,7 @@ def test_plan_batches_respect_the_limit():
 
 
 # --- random event sequences against a model ----------------------------------------------------------
-PREFIXES = [N(f"10.244.{i}.0/26") for i in range(1, 6)] + [N("192.0.2.0/24")]
+PREFIXES = [K(f"10.244.{i}.0/26") for i in range(1, 6)] + [K("192.0.2.0/24")]
 CONFIGS = [config(), config(peers=(P2, P3), blocks=(N("10.244.2.0/26"),))]
 ALL_PEERS = (P2, P3, P4)
 
@@ -523,7 +531,7 @@ class CoreMachine(RuleBasedStateMachine):
             self.synced = True
 
     def expected(self) -> dict:
-        out = {b: frozenset() for b in self.cfg.import_filter.own_blocks}
+        out = {key(b): frozenset() for b in self.cfg.import_filter.own_blocks}
         for routes in self.routes.values():
             for p, nh in routes.items():
                 out[p] = out.get(p, frozenset()) | {nh}

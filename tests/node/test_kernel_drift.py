@@ -51,7 +51,8 @@ HARNESS = PRELUDE + textwrap.dedent("""
         return N(f"10.{100 + i // 256}.{i % 256}.0/26")
 
     def out(**values):
-        print(json.dumps({k: sorted(map(str, v)) if isinstance(v, (set, frozenset)) else v
+        print(json.dumps({k: sorted(text(x) if isinstance(x, int) else str(x) for x in v)
+                          if isinstance(v, (set, frozenset)) else v
                           for k, v in values.items()}))
 """)
 

@@ -11,8 +11,12 @@ pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
 
 PRELUDE = textwrap.dedent("""
     import asyncio, json
-    from ipaddress import IPv4Address as A, IPv4Network as N
+    from ipaddress import IPv4Address as A, IPv4Network
     from bgpd.dataplane.kernel_routes import KernelTable
+    from bgpd.prefixes import key, text
+
+    def N(prefix):  # the key KernelTable is keyed by
+        return key(IPv4Network(prefix))
     GW = frozenset([A("10.9.0.2")])
     ECMP = frozenset([A("10.9.0.2"), A("10.9.0.3")])
 """)
@@ -47,7 +51,7 @@ def test_sync_adopt_and_remove(host):
             same = again.installed == k.installed
             r2 = await k.sync({N("10.100.0.0/26"): ECMP})  # replace
             r3 = await k.sync({N("10.100.1.0/26"): None})  # delete
-            print(json.dumps([r.added, sorted(map(str, r.errors)), same, r2.replaced, r3.removed]))
+            print(json.dumps([r.added, sorted(map(text, r.errors)), same, r2.replaced, r3.removed]))
         asyncio.run(main())
     """))
     assert r.returncode == 0, r.stderr
@@ -67,7 +71,7 @@ def test_never_touches_foreign_routes(host):
             k = KernelTable(201)
             print(await k.adopt())                      # the static route is not ours
             r = await k.sync({N("10.50.0.0/24"): GW})   # the same prefix: create must not clobber
-            print(sorted(map(str, r.errors)))
+            print(sorted(map(text, r.errors)))
             r = await k.sync({N("10.50.0.0/24"): None}) # nothing of ours there: deleting is a no-op
             print(r.removed)
             from bgpd.dataplane.netlink_routes import RouteOp

@@ -13,7 +13,10 @@ from tests.node.test_kernel_drift import HARNESS
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
 
 PRELUDE = HARNESS + textwrap.dedent("""
-    from ipaddress import IPv6Address as A6, IPv6Network as N6
+    from ipaddress import IPv6Address as A6, IPv6Network
+
+    def N6(prefix):
+        return key(IPv6Network(prefix))
     GW4 = GW
     GW = frozenset([A6("fd09::2")])
     ECMP = frozenset([A6("fd09::2"), A6("fd09::3")])
@@ -133,7 +136,7 @@ def test_drift_repaired(host):
 
             ip("-6", "route", "replace", "fd00:244:0:9::/120", "via", "fd09::3", "proto", "static")
             results["taken"], installed = await owner.report(timeout=2)
-            results["taken_refused"] = sorted(map(str, k.refused))
+            results["taken_refused"] = sorted(map(text, k.refused))
             results["taken_kernel"] = [(r["gateway"], r["protocol"]) for r in kernel("fd00:244:0:9::/120")]
             del want[block(9)]                                  # the owner gives the prefix up
 
@@ -142,7 +145,7 @@ def test_drift_repaired(host):
             while not through_v0 <= lost:
                 prefixes, _ = await owner.report(timeout=2)
                 lost |= prefixes
-            results["lost_others"] = sorted(map(str, lost - through_v0))  # the refused one is retried
+            results["lost_others"] = sorted(map(text, lost - through_v0))  # the refused one is retried
             results["ecmp_kept"] = [h.get("flags", []) for h in kernel("fd00:246::/122")[0]["nexthops"]]
             results["refused_down"] = len(k.refused)
             ip("link", "set", "v0", "up")

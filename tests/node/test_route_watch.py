@@ -7,9 +7,10 @@ from hypothesis import given, strategies as st
 
 from bgpd.dataplane.netlink_routes import _NLMSGHDR, NLMSG_DONE, RTM_NEWLINK, RouteOp, encode
 from bgpd.dataplane.route_watch import NLM_F_MULTI, RTM_DELADDR, RouteStream, reconcile
+from bgpd.prefixes import key
 
 PROTO, OWN, OTHER, MONITOR = 201, 777, 999, 555
-PREFIXES = [N(f"10.100.{i}.0/26") for i in range(6)]
+PREFIXES = [key(N(f"10.100.{i}.0/26")) for i in range(6)]
 HOPS = [None, frozenset(), frozenset([A("10.9.0.2")]), frozenset([A("10.9.0.2"), A("10.9.0.3")])]
 
 
@@ -54,7 +55,7 @@ def test_a_prefix_we_and_others_changed_is_read_again():
     s.wrote([RouteOp(PREFIXES[0], HOPS[2]), RouteOp(PREFIXES[1], HOPS[2])], {})
     assert reconcile({PREFIXES[0]: HOPS[3]}, s.take()) is None  # which came first?
     s.feed(message(PREFIXES[1], None, OTHER))
-    s.wrote([RouteOp(PREFIXES[1], HOPS[2])], {RouteOp(PREFIXES[1], HOPS[2]): errno.EEXIST})  # refused: no change
+    s.wrote([RouteOp(PREFIXES[1], HOPS[2])], {PREFIXES[1]: errno.EEXIST})  # refused: no change
     assert reconcile({PREFIXES[1]: HOPS[2]}, s.take()) == ({}, {PREFIXES[1]})
 
 

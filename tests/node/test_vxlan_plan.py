@@ -15,6 +15,7 @@ from bgpd.bgp.rib import ImportFilter
 from bgpd.dataplane.netlink_routes import RTNH_F_ONLINK, DeviceHop, RouteOp, decode_route, encode
 from bgpd.dataplane.vxlan import RTM_DELNEIGH, RTM_NEWNEIGH, EntryOp, encode_entry
 from bgpd.overlay.vxlan import OVERHEAD, Overlay, cluster_routes, pod_mtu, vtep_mac, vteps
+from bgpd.prefixes import key
 from config.effective import ClusterView, effective
 from config.load import ConfigError
 from config.node import IPPool, NodeConfig
@@ -141,12 +142,13 @@ def test_core_programs_the_datastores_routes_through_the_overlay():
     core = NodeCore(core_config([(b1, SAME), (b2, OTHER)], overlay("cross-subnet")))
     core.adopted({}, 0.0)
     assert core.datastore_ready(0.0)[-1].__class__.__name__ == "Ready"  # nothing to wait for without BGP
-    assert core.plan() == {N("10.244.0.0/26"): frozenset(), b1: {SAME}, b2: {DeviceHop(OTHER, OIF)}}
+    k0, k1, k2 = key(N("10.244.0.0/26")), key(b1), key(b2)  # the plan is keyed by prefix keys
+    assert core.plan() == {k0: frozenset(), k1: {SAME}, k2: {DeviceHop(OTHER, OIF)}}
     out = core.configure(core_config([(b1, OTHER)], overlay("always")), 1.0)
     assert Program() in out
-    assert core.plan() == {N("10.244.0.0/26"): frozenset(), b1: {DeviceHop(OTHER, OIF)}, b2: None}
+    assert core.plan() == {k0: frozenset(), k1: {DeviceHop(OTHER, OIF)}, k2: None}
     core.configure(core_config([], overlay("always")), 2.0)
-    assert core.plan() == {b1: None}
+    assert core.plan() == {k1: None}
 
 
 # --- route messages --------------------------------------------------------------------------------
@@ -154,7 +156,7 @@ def test_core_programs_the_datastores_routes_through_the_overlay():
        st.frozensets(addresses, max_size=2))
 def test_onlink_routes_encode_as_pyroute2_reads_them_and_decode_back(device_hops, plain):
     hops = device_hops | plain
-    data = encode(RouteOp(N("10.244.1.0/26"), hops), 1, 201)
+    data = encode(RouteOp(key(N("10.244.1.0/26")), hops), 1, 201)
     msg = rtmsg(data)
     msg.decode()
     if len(hops) == 1:
@@ -166,7 +168,7 @@ def test_onlink_routes_encode_as_pyroute2_reads_them_and_decode_back(device_hops
             gw = A(dict(nh["attrs"])["RTA_GATEWAY"])
             got.add(DeviceHop(gw, nh["oif"]) if nh["flags"] & RTNH_F_ONLINK else gw)
         assert got == hops
-    assert decode_route(memoryview(data), 16, len(data)) == (254, 201, 0, N("10.244.1.0/26"), hops)
+    assert decode_route(memoryview(data), 16, len(data)) == (254, 201, 0, key(N("10.244.1.0/26")), hops)
 
 
 @given(st.sampled_from([RTM_NEWNEIGH, RTM_DELNEIGH]), st.sampled_from([2, 7]), addresses,

@@ -17,6 +17,7 @@ from bgpd.bgp.core import CoreConfig, NodeCore
 from bgpd.bgp.rib import ImportFilter
 from bgpd.dataplane.netlink_routes import DeviceHop
 from bgpd.overlay.vxlan import Overlay
+from bgpd.prefixes import key
 from bgpd.wireguard import keys
 from bgpd.wireguard.plan import OVERHEAD, Encryption, encryption, parse_dump, peers, pod_mtu, render
 from config.node import MeshMember, NodeConfig
@@ -107,9 +108,9 @@ def test_encryption_replaces_vxlan_encapsulation_in_the_core():
     """The core's one decision per route: WireGuard first, VXLAN for what it leaves in the clear."""
     overlay = Overlay(((POOL, "always"),), (), frozenset({KEYED, KEYLESS}), VTEP)
     c = core(enc(), overlay)
-    assert c.desired(N("10.244.2.0/26")) == frozenset({DeviceHop(KEYED, WG)})
-    assert c.desired(N("10.244.3.0/26")) == frozenset({DeviceHop(KEYLESS, VTEP)})
-    assert core(None, overlay).desired(N("10.244.2.0/26")) == frozenset({DeviceHop(KEYED, VTEP)})
+    assert c.desired(key(N("10.244.2.0/26"))) == frozenset({DeviceHop(KEYED, WG)})  # the core's keys
+    assert c.desired(key(N("10.244.3.0/26"))) == frozenset({DeviceHop(KEYLESS, VTEP)})
+    assert core(None, overlay).desired(key(N("10.244.2.0/26"))) == frozenset({DeviceHop(KEYED, VTEP)})
 
 
 def test_the_device_appearing_replans_every_route():
@@ -117,7 +118,7 @@ def test_the_device_appearing_replans_every_route():
     c.plan()
     cfg = c.config
     c.configure(CoreConfig(**{**cfg.__dict__, "encryption": enc()}), 1.0)
-    assert c.plan()[N("10.244.2.0/26")] == frozenset({DeviceHop(KEYED, WG)})
+    assert c.plan()[key(N("10.244.2.0/26"))] == frozenset({DeviceHop(KEYED, WG)})
 
 
 # --- peers and configuration text --------------------------------------------------------------------
