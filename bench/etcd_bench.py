@@ -100,7 +100,8 @@ async def claim_all(stores: list[Datastore], tmp: Path, settle: float) -> dict:
     try:
         claims = [BlockClaims(ds, lambda _: True) for ds in stores]
         t0 = time.monotonic()
-        got = await asyncio.gather(*(c.claim_block(node_config(tmp, ds.node, settle)) for c, ds in zip(claims, stores)))
+        got = await asyncio.gather(*(c.claim_block(node_config(tmp, ds.node, settle), 4)
+                                     for c, ds in zip(claims, stores)))
         elapsed = time.monotonic() - t0
         won = sum(1 for b in got if b is not None)
         deadline = time.monotonic() + 60  # then count owned claims per block once the first client has them all

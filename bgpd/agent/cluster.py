@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from typing import Awaitable, Callable, Mapping
 
 from pydantic import ValidationError
 
 from bgpd.ipam.claiming import BlockClaims
+from bgpd.ipam.claims import Network
+from bgpd.ipam.holdings import is_host
 from bgpd.ipam.ownership import Ignored, owned_prefixes, registration, rival_claims, unique_addresses
 from bgpd.overlay.vxlan import cluster_routes
 from config.datastore import Datastore, DatastoreError, key, parse_key
@@ -116,19 +118,19 @@ class Cluster:
         since = self._down_since.setdefault(node, time.monotonic())
         return time.monotonic() - since < self.base.node_grace
 
-    def owned(self) -> list[IPv4Network]:
-        """What this node owns: blocks, and /32s borrowed from other nodes' blocks."""
+    def owned(self) -> list[Network]:
+        """What this node owns: blocks, and /32s and /128s borrowed from other nodes' blocks."""
         return self.owned_by_node().get(self.base.name, [])
 
-    def owned_by_node(self) -> dict[str, list[IPv4Network]]:
+    def owned_by_node(self) -> dict[str, list[Network]]:
         by_block = self.claims.by_block()
         self.ignored_claims.update(rival_claims(by_block))
         return owned_prefixes(by_block)
 
-    def owned_blocks(self) -> list[IPv4Network]:
-        return [b for b in self.owned() if b.prefixlen < 32]
+    def owned_blocks(self) -> list[Network]:
+        return [b for b in self.owned() if not is_host(b)]
 
-    def ours(self) -> set[IPv4Network]:
+    def ours(self) -> set[Network]:
         """This node's blocks: the file's and the claimed ones."""
         return set(self.base.blocks) | set(self.owned_blocks())
 
@@ -137,9 +139,17 @@ class Cluster:
         return self.base.model_copy(update={"pools": [*self.base.pools,
                                                       *datastore_pools(self.ds.items("ippools"), self.base.pools)]})
 
-    async def claim_more(self) -> IPv4Network | None:
-        """Another block for this node's pods or, failing that, a borrowed address (the daemon's claim_block)."""
-        return await self.claims.claim_more(self.pooled(), self.ours())
+    async def claim_more(self, version: int) -> Network | None:
+        """Another block of the IP version for this node's pods or, failing that, a borrowed address (the daemon's
+        claim_block)."""
+        return await self.claims.claim_more(self.pooled(), self.ours(), version)
+
+    async def claim_missing(self) -> None:
+        """A block of each IP version of the pools that this node has none of yet (a dual-stack node: one of each)."""
+        pooled = self.pooled()
+        have = {b.version for b in self.ours()}
+        for version in sorted({p.cidr.version for p in pooled.pools} - have):
+            await self.claims.claim_block(pooled, version)
 
     def view(self, base: NodeConfig | None = None) -> ClusterView:
         """The datastore's view for `base` (default: the running file's; a reload passes the new file's, so that
@@ -154,8 +164,8 @@ class Cluster:
         members = mesh_members(records, {p.address for p in [*base.peers, *peers]})
         routes = cluster_routes(by_node, {m.name: m.address for m in members}, base.name)
         return ClusterView(members=tuple(members), routes=tuple(sorted(routes.items())),
-                           blocks=tuple(b for b in owned if b.prefixlen < 32),
-                           borrowed=tuple(b.network_address for b in owned if b.prefixlen == 32),
+                           blocks=tuple(b for b in owned if not is_host(b)),
+                           borrowed=tuple(b.network_address for b in owned if is_host(b)),
                            pools=tuple(datastore_pools(self.ds.items("ippools"), base.pools)),
                            peers=tuple(peers))
 
@@ -175,8 +185,7 @@ class Cluster:
         await self._start()
         feed = self.ds.changes()
         await self.register()
-        if not self.base.blocks and not self.owned_blocks():
-            await self.claims.claim_block(self.pooled())
+        await self.claim_missing()
         await self._apply_desired()
         self.claims.save_lent(self.base, self.ours())
         self.ready.set()

@@ -410,12 +410,12 @@ class Daemon:
         """The blocks in force, for `tortie pod add` and tortie-cni: claimed ones are not in the file."""
         save_ipam_state(self.node.state_dir, NodeBlocks(blocks=self.node.blocks, borrowed=self.node.borrowed))
 
-    async def claim_block(self) -> str | None:
-        """Another block for this node's pods (the control socket's `claim_block`); failing that, when the
-        pools have no free block, one address borrowed from another node's block."""
-        if self.cluster is None:
+    async def claim_block(self, version: int = 4) -> str | None:
+        """Another block of the IP version for this node's pods (the control socket's `claim_block`); failing that,
+        when the version's pools have no free block, one address borrowed from another node's block."""
+        if self.cluster is None or version not in (4, 6):
             return None
-        got = await self.cluster.claim_more()
+        got = await self.cluster.claim_more(version)
         if got is not None:
             try:
                 await self.reconfigure(self.cluster.desired())

@@ -134,11 +134,11 @@ def cmd_pod_add(args: argparse.Namespace, node: NodeConfig) -> int:
         print("tortie pod add: --label takes KEY=VALUE", file=sys.stderr)
         return 2
     try:
-        pod = add_pod(node, args.pod, ip=args.ip, existing_netns=args.netns, labels=labels)
+        pod = add_pod(node, args.pod, ips=args.ip, existing_netns=args.netns, labels=labels)
     except (PodError, ValueError) as e:
         print(f"tortie pod add: {e}", file=sys.stderr)
         return 1
-    print(pod.ip)
+    print("\n".join(pod.ips))
     return 0
 
 
@@ -153,15 +153,13 @@ def cmd_pod_del(args: argparse.Namespace, node: NodeConfig) -> int:
 
 
 def cmd_pod_list(args: argparse.Namespace, node: NodeConfig) -> int:
-    from dataclasses import asdict
-
     from bgpd.dataplane.pods import PodStore
     pods = PodStore(node).all()
     if args.json:
-        print(json.dumps([asdict(p) for p in pods], indent=2))
+        print(json.dumps([p.to_json() for p in pods], indent=2))
     else:
         for p in pods:
-            print(f"{p.key:<40} {p.ip:<16} {p.host_interface:<15} {p.netns}")
+            print(f"{p.key:<40} {','.join(p.ips):<40} {p.host_interface:<15} {p.netns}")
     return 0
 
 
@@ -204,7 +202,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pod = sub.add_parser("pod").add_subparsers(dest="pod_command", required=True)
     p = pod.add_parser("add", help="create a pod's network: netns, veth, address, routes")
     p.add_argument("pod", metavar="NAMESPACE/POD")
-    p.add_argument("--ip", help="address to use (default: the first free one of the node's blocks)")
+    p.add_argument("--ip", action="append", default=[], help="address to use (default: the first free one of the "
+                   "node's blocks), one per IP version: repeat it for an IPv4 and an IPv6 address")
     p.add_argument("--netns", help="use this existing network namespace")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                    help="a label of the pod, for policy selectors (with a datastore); repeatable")

@@ -144,20 +144,24 @@ def _labels(conf: dict) -> dict[str, str]:
 
 
 def _result(version: str, pod, node) -> dict:
-    from bgpd.dataplane.pods import GATEWAY, pod_links
+    """The ADD result: an address of each IP version (IPv4 first), its gateway, and a default route per version."""
+    from bgpd.dataplane.pods import DEFAULT_ROUTES, GATEWAYS, pod_links
     from bgpd.dns.client import pod_dns
 
     host_link, pod_link = pod_links(pod)
-    ip = {"address": f"{pod.ip}/32", "gateway": GATEWAY, "interface": 1}
-    if version in ("0.3.0", "0.3.1"):
-        ip["version"] = "4"
+    ips, routes = [], []
+    for ip in pod.addresses():
+        gateway = str(GATEWAYS[ip.version])
+        ips.append({"address": f"{ip}/{ip.max_prefixlen}", "gateway": gateway, "interface": 1,
+                    **({"version": str(ip.version)} if version in ("0.3.0", "0.3.1") else {})})
+        routes.append({"dst": str(DEFAULT_ROUTES[ip.version]), "gw": gateway})
     return {
         "cniVersion": version,
         "interfaces": [{"name": pod.host_interface, "mac": host_link.mac},
                        {"name": pod.ifname, "mac": pod_link.mac, "sandbox": pod.netns,
                         **({"mtu": pod_link.mtu} if version == "1.1.0" else {})}],  # the field came with CNI 1.1
-        "ips": [ip],
-        "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
+        "ips": ips,
+        "routes": routes,
         "dns": pod_dns(node, pod.namespace),  # the node's DNS server (docs/dns.md), when it runs one
     }
 

@@ -11,7 +11,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from bgpd.dataplane.netlink_routes import (_NLMSGHDR, _RTA, _RTMSG, _U32, NETLINK_ROUTE, NLM_F_ACK, NLM_F_CREATE,
                                            NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
@@ -23,6 +23,7 @@ RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWNEIGH = 18, 20, 22, 28
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 5, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_F_NODAD = 0x02
 NDA_DST, NDA_LLADDR = 1, 2
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
@@ -32,6 +33,9 @@ _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBI")
 _NDMSG = struct.Struct("=BxxxiHBB")
 _INT = struct.Struct("=i")  # the error code that opens NLMSG_ERROR and NLMSG_DONE
+FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+Address = IPv4Address | IPv6Address
+Network = IPv4Network | IPv6Network
 
 
 @dataclass(frozen=True)
@@ -83,38 +87,44 @@ def delete_link(name: str) -> bytes:
     return _message(RTM_DELLINK, 0, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _name(name))
 
 
-def address(index: int, ip: IPv4Address, prefixlen: int) -> bytes:
-    body = _IFADDRMSG.pack(socket.AF_INET, prefixlen, 0, RT_SCOPE_UNIVERSE, index)
-    body += _attr4(IFA_LOCAL, ip.packed) + _attr4(IFA_ADDRESS, ip.packed)
+def address(index: int, ip: Address, prefixlen: int) -> bytes:
+    """IP/PREFIXLEN on link INDEX. An IPv6 address skips duplicate address detection (nodad): IPAM gave it to this
+    link alone, and a tentative address could not be used for the first second or so."""
+    flags = IFA_F_NODAD if ip.version == 6 else 0
+    body = _IFADDRMSG.pack(FAMILY[ip.version], prefixlen, flags, RT_SCOPE_UNIVERSE, index)
+    body += _attr(IFA_LOCAL, ip.packed) + _attr(IFA_ADDRESS, ip.packed)
     return _message(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
-def permanent_neighbour(index: int, ip: IPv4Address, mac: str) -> bytes:
-    body = _NDMSG.pack(socket.AF_INET, index, NUD_PERMANENT, 0, 0)
-    body += _attr4(NDA_DST, ip.packed) + _attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
+def permanent_neighbour(index: int, ip: Address, mac: str) -> bytes:
+    body = _NDMSG.pack(FAMILY[ip.version], index, NUD_PERMANENT, 0, 0)
+    body += _attr(NDA_DST, ip.packed) + _attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
     return _message(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
-def device_route(dst: IPv4Network, oif: int, protocol: int, gateway: IPv4Address | None = None) -> bytes:
-    """dst dev OIF (scope link), or dst via GATEWAY dev OIF, in the main table; never replaces a route."""
-    scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
-    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, protocol, scope, RTN_UNICAST, 0)
+def device_route(dst: Network, oif: int, protocol: int, gateway: Address | None = None) -> bytes:
+    """dst dev OIF, or dst via GATEWAY dev OIF, in the main table; never replaces a route. An IPv4 route without a
+    gateway has scope link; IPv6 routes have no scope (the kernel keeps universe)."""
+    scope = RT_SCOPE_UNIVERSE if gateway or dst.version == 6 else RT_SCOPE_LINK
+    body = _RTMSG.pack(FAMILY[dst.version], dst.prefixlen, 0, 0, RT_TABLE_MAIN, protocol, scope, RTN_UNICAST, 0)
     body += _attr4(RTA_TABLE, _U32.pack(RT_TABLE_MAIN)) + _attr4(RTA_OIF, _U32.pack(oif))
     if dst.prefixlen:
-        body += _attr4(RTA_DST, dst.network_address.packed)
+        body += _attr(RTA_DST, dst.network_address.packed)
     if gateway:
-        body += _attr4(RTA_GATEWAY, gateway.packed)
+        body += _attr(RTA_GATEWAY, gateway.packed)
     return _message(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
-def addresses() -> bytes:
-    """Dumps the namespace's IPv4 addresses (see decode_address)."""
-    return _message(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0))
+def addresses(version: int | None = None) -> bytes:
+    """Dumps the namespace's addresses of one IP version, or of both (see decode_address); one dump per batch (the
+    kernel runs one dump at a time on a socket)."""
+    family = socket.AF_UNSPEC if version is None else FAMILY[version]
+    return _message(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, 0))
 
 
-def route_to(dst: IPv4Address) -> bytes:
+def route_to(dst: Address) -> bytes:
     """Asks which route the kernel takes to dst: the answer is an RTM_NEWROUTE (see route_oif)."""
-    body = _RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + _attr4(RTA_DST, dst.packed)
+    body = _RTMSG.pack(FAMILY[dst.version], dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, dst.packed)
     return _message(RTM_GETROUTE, 0, body)
 
 
@@ -145,11 +155,12 @@ def decode_link(data: bytes) -> Link:
                 _u32(attrs, IFLA_LINK, index))
 
 
-def decode_address(data: bytes) -> tuple[int, IPv4Address, int]:
-    """An RTM_NEWADDR message: (interface index, local address, prefix length)."""
-    _family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(data, _NLMSGHDR.size)
+def decode_address(data: bytes) -> tuple[int, Address, int]:
+    """An RTM_NEWADDR message of either family: (interface index, local address, prefix length)."""
+    family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(data, _NLMSGHDR.size)
     attrs = _attributes(data, _NLMSGHDR.size + _IFADDRMSG.size)
-    return index, IPv4Address(attrs.get(IFA_LOCAL) or attrs[IFA_ADDRESS]), prefixlen
+    raw = attrs.get(IFA_LOCAL) or attrs[IFA_ADDRESS]
+    return index, (IPv6Address if family == socket.AF_INET6 else IPv4Address)(raw), prefixlen
 
 
 def route_oif(data: bytes) -> int:

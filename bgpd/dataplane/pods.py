@@ -1,9 +1,13 @@
-"""Local pods: a network namespace, a veth pair, an address from the node's blocks (bgpd/ipam/allocate.py),
-a /32 host route.
+"""Local pods: a network namespace, a veth pair, an address of each IP version of the node's pools
+(bgpd/ipam/allocate.py), a host route to each (/32, /128).
 
-Wiring follows Calico: the pod gets its address as a /32 and a default route via the link-local
+Wiring follows Calico: the pod gets its IPv4 address as a /32 and a default route via the link-local
 gateway 169.254.1.1, which the host side answers for (a permanent neighbour entry in the pod, plus
-proxy ARP on the host side), so no bridge and no per-pod subnet are needed.
+proxy ARP on the host side), so no bridge and no per-pod subnet are needed. IPv6 the same way: the
+address as a /128 and `::/0 via fe80::1`; fe80::1 is an address of every host-side veth (a link-local
+address is per link), so the host's kernel answers neighbour discovery for it without proxy NDP
+(docs/ipv6.md says why not Calico's fe80::ecee:eeff:feee:eeee), and the pod has a permanent neighbour
+entry for it too.
 """
 from __future__ import annotations
 
@@ -15,20 +19,21 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from bgpd.dataplane import netns
 from bgpd.dataplane.netlink_links import (RTPROT_STATIC, Link, Rtnl, address, addresses, decode_address, decode_link,
                                           delete_link, device_route, get_link, link_up, permanent_neighbour,
                                           route_oif, route_to, veth)
 from bgpd.dns.client import pod_dns, resolv_conf
-from bgpd.ipam.allocate import AddressError, allocate
+from bgpd.ipam.allocate import Address, AddressError, allocate
 from bgpd.ipam.state import IpamStateError
 from config.node import NodeConfig
 
-GATEWAY = "169.254.1.1"
+GATEWAYS: dict[int, Address] = {4: IPv4Address("169.254.1.1"), 6: IPv6Address("fe80::1")}  # by IP version
+DEFAULT_ROUTES = {4: IPv4Network("0.0.0.0/0"), 6: IPv6Network("::/0")}
 NETNS_ETC = Path("/etc/netns")  # `ip netns exec NAME` binds /etc/netns/NAME/* over /etc/* (resolv.conf)
 HOST_PREFIX = "tt"  # host-side interface names: tt + 11 hex digits, like Calico's cali...
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
@@ -46,7 +51,7 @@ class PodNotPoliced(PodError):
 class Pod:
     namespace: str
     name: str
-    ip: str
+    ips: tuple[str, ...]  # one address of each IP version, IPv4 first
     netns: str  # a name under /run/netns, or a path (a CNI runtime's /proc/PID/ns/net or bind mount)
     host_interface: str
     owns_netns: bool
@@ -56,6 +61,23 @@ class Pod:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def ip(self) -> str:
+        """The primary address (IPv4 when the pod has one), as Kubernetes' podIP beside podIPs."""
+        return self.ips[0]
+
+    def addresses(self) -> list[Address]:
+        return [ip_address(ip) for ip in self.ips]
+
+    @classmethod
+    def from_json(cls, text: str) -> Pod:
+        data = json.loads(text)
+        return cls(**{**data, "ips": tuple(data["ips"])})
+
+    def to_json(self) -> dict:
+        """What `tortie pod list --json` shows: the fields, and `ip` (the primary address)."""
+        return {**asdict(self), "ip": self.ip}
 
 
 def parse_key(key: str) -> tuple[str, str]:
@@ -88,7 +110,7 @@ class PodStore:
 
     def get(self, namespace: str, name: str) -> Pod | None:
         p = self._path(namespace, name)
-        return Pod(**json.loads(p.read_text())) if p.exists() else None
+        return Pod.from_json(p.read_text()) if p.exists() else None
 
     def by_container(self, container_id: str, ifname: str) -> Pod | None:
         return next((p for p in self.all() if (p.container_id, p.ifname) == (container_id, ifname)), None)
@@ -96,7 +118,7 @@ class PodStore:
     def all(self) -> list[Pod]:
         if not self.dir.exists():
             return []
-        return sorted((Pod(**json.loads(p.read_text())) for p in self.dir.glob("*.json")), key=lambda p: p.key)
+        return sorted((Pod.from_json(p.read_text()) for p in self.dir.glob("*.json")), key=lambda p: p.key)
 
     def save(self, pod: Pod) -> None:
         tmp = self._path(pod.namespace, pod.name).with_suffix(".tmp")
@@ -107,10 +129,11 @@ class PodStore:
         self._path(pod.namespace, pod.name).unlink(missing_ok=True)
 
 
-def add_pod(node: NodeConfig, key: str, ip: str | None = None, existing_netns: str | None = None,
+def add_pod(node: NodeConfig, key: str, ips: Sequence[str] = (), existing_netns: str | None = None,
             container_id: str = "", ifname: str = "eth0", labels: dict[str, str] | None = None) -> Pod:
-    """Wires a pod; with a datastore, also publishes it and returns once its policy is enforced."""
-    pod = _add(node, key, ip, existing_netns, container_id, ifname)
+    """Wires a pod (`ips`: addresses asked for, at most one per IP version); with a datastore, also publishes it
+    and returns once its policy is enforced."""
+    pod = _add(node, key, ips, existing_netns, container_id, ifname)
     if node.datastore is not None:
         _publish(node, pod, labels or {})
     return pod
@@ -122,7 +145,7 @@ def _publish(node: NodeConfig, pod: Pod, labels: dict[str, str]) -> None:
     Until then no packet may reach the pod unpoliced: if that cannot be done, the pod goes again.
     """
     from bgpd.agent.control import DaemonNotRunning, query
-    endpoint = {"labels": labels, "ips": [pod.ip], "interface": pod.host_interface}
+    endpoint = {"labels": labels, "ips": list(pod.ips), "interface": pod.host_interface}
     try:
         answer = query(node.run_dir / "tortie.sock", "endpoint_add", timeout=60,
                        namespace=pod.namespace, pod=pod.name, endpoint=endpoint)
@@ -134,7 +157,7 @@ def _publish(node: NodeConfig, pod: Pod, labels: dict[str, str]) -> None:
         raise PodNotPoliced(why)
 
 
-def _add(node: NodeConfig, key: str, ip: str | None, existing_netns: str | None, container_id: str,
+def _add(node: NodeConfig, key: str, ips: Sequence[str], existing_netns: str | None, container_id: str,
          ifname: str) -> Pod:
     namespace, name = parse_key(key)
     store = PodStore(node)
@@ -144,10 +167,11 @@ def _add(node: NodeConfig, key: str, ip: str | None, existing_netns: str | None,
         if existing_netns and not netns.exists(existing_netns):
             raise PodError(f"network namespace {existing_netns} does not exist")
         try:
-            address = allocate(node, (IPv4Address(p.ip) for p in store.all()), ip)
+            given = allocate(node, (a for p in store.all() for a in p.addresses()), ips)
         except (AddressError, IpamStateError) as e:
             raise PodError(str(e)) from None
-        pod = Pod(namespace, name, str(address), existing_netns or f"{node.pod_netns_prefix}{namespace}-{name}",
+        pod = Pod(namespace, name, tuple(map(str, given)),
+                  existing_netns or f"{node.pod_netns_prefix}{namespace}-{name}",
                   host_interface(namespace, name), owns_netns=existing_netns is None,
                   container_id=container_id, ifname=ifname)
         try:
@@ -171,7 +195,8 @@ def _add(node: NodeConfig, key: str, ip: str | None, existing_netns: str | None,
 
 def _wire(node: NodeConfig, pod: Pod) -> None:
     """Three batches of rtnetlink requests: the veth (its peer made in the pod's namespace), the pod's side (up,
-    address, gateway neighbour, routes), the host side (up, route); the caller removes what a failure left."""
+    per address: the address, its gateway's neighbour entry, routes), the host side (up, fe80::1 for IPv6, a route
+    to each address); the caller removes what a failure left."""
     if pod.owns_netns:
         netns.create(pod.netns)
         if dns := pod_dns(node, pod.namespace):  # the node's DNS server, for programs run with `ip netns exec`
@@ -187,19 +212,29 @@ def _wire(node: NodeConfig, pod: Pod) -> None:
     finally:
         os.close(ns_fd)
     link = decode_link(made["read the veth back"][0])
-    _sysctl(f"net/ipv4/conf/{pod.host_interface}/proxy_arp", f"proxy_arp on {pod.host_interface}")
-    _sysctl("net/ipv4/ip_forward", "ip_forward")
-    gateway, idx = IPv4Address(GATEWAY), link.peer_index
+    ips = pod.addresses()
+    pod_side = [("set lo up", link_up("lo")), (f"set {pod.ifname} up", link_up(pod.ifname))]
+    host_side = [(f"set {pod.host_interface} up", link_up(pod.host_interface))]
+    for ip in ips:
+        gateway, idx = GATEWAYS[ip.version], link.peer_index
+        pod_side += [(f"add {ip}/{ip.max_prefixlen} to {pod.ifname}", address(idx, ip, ip.max_prefixlen)),
+                     (f"add the neighbour {gateway}", permanent_neighbour(idx, gateway, link.mac))]
+        if ip.version == 4:  # an IPv6 link-local gateway needs no route: it is on the link by definition
+            pod_side.append((f"add the route to {gateway}", device_route(ip_network(gateway), idx, RTPROT_STATIC)))
+        pod_side.append((f"add the default route via {gateway}",
+                         device_route(DEFAULT_ROUTES[ip.version], idx, RTPROT_STATIC, gateway)))
+        host_side.append((f"add the host route to {ip}",
+                          device_route(ip_network(ip), link.index, node.pod_route_protocol)))
+    if any(ip.version == 4 for ip in ips):
+        _sysctl(f"net/ipv4/conf/{pod.host_interface}/proxy_arp", f"proxy_arp on {pod.host_interface}")
+        _sysctl("net/ipv4/ip_forward", "ip_forward")
+    if any(ip.version == 6 for ip in ips):
+        _sysctl("net/ipv6/conf/all/forwarding", "IPv6 forwarding")
+        host_side.insert(1, (f"add {GATEWAYS[6]} to {pod.host_interface}", address(link.index, GATEWAYS[6], 64)))
     with netns.entered(pod.netns), Rtnl() as ns:
-        ns.run([("set lo up", link_up("lo")), (f"set {pod.ifname} up", link_up(pod.ifname)),
-                (f"add {pod.ip}/32 to {pod.ifname}", address(idx, IPv4Address(pod.ip), 32)),
-                (f"add the neighbour {GATEWAY}", permanent_neighbour(idx, gateway, link.mac)),
-                (f"add the route to {GATEWAY}", device_route(IPv4Network(gateway), idx, RTPROT_STATIC)),
-                ("add the default route", device_route(IPv4Network("0.0.0.0/0"), idx, RTPROT_STATIC, gateway))])
+        ns.run(pod_side)
     with Rtnl() as host:
-        host.run([(f"set {pod.host_interface} up", link_up(pod.host_interface)),
-                  (f"add the host route to {pod.ip}",
-                   device_route(IPv4Network(pod.ip), link.index, node.pod_route_protocol))])
+        host.run(host_side)
 
 
 def _pod_mtu(node: NodeConfig) -> int | None:
@@ -226,24 +261,28 @@ def pod_links(pod: Pod) -> tuple[Link, Link]:
 
 
 def check_pod(pod: Pod) -> None:
-    """Raises PodError unless the pod's interface holds its address and the host routes it to its veth."""
+    """Raises PodError unless the pod's interface holds its addresses and the host routes each to its veth."""
+    ips = pod.addresses()
     with netns.entered(pod.netns), Rtnl() as ns:
         answers = ns.run([("read the pod side", get_link(pod.ifname)), ("read the addresses", addresses())])
     index = decode_link(answers["read the pod side"][0]).index
-    if (index, IPv4Address(pod.ip), 32) not in map(decode_address, answers["read the addresses"]):
-        raise PodError(f"{pod.ifname} in {pod.netns} lacks {pod.ip}")
+    held = set(map(decode_address, answers["read the addresses"]))
+    for ip in ips:
+        if (index, ip, ip.max_prefixlen) not in held:
+            raise PodError(f"{pod.ifname} in {pod.netns} lacks {ip}")
     with Rtnl() as host:
         veth_index = decode_link(host.run([("read the host side", get_link(pod.host_interface))])
                                  ["read the host side"][0]).index
-        try:
-            route = host.run([(f"find the route to {pod.ip}", route_to(IPv4Address(pod.ip)))])
-            oif = route_oif(route[f"find the route to {pod.ip}"][0])
-        except OSError as e:
-            if e.errno != errno.ENETUNREACH:
-                raise
-            oif = 0
-    if oif != veth_index:
-        raise PodError(f"the host has no route to {pod.ip} via {pod.host_interface}")
+        for ip in ips:
+            try:
+                route = host.run([(f"find the route to {ip}", route_to(ip))])
+                oif = route_oif(route[f"find the route to {ip}"][0])
+            except OSError as e:
+                if e.errno not in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                    raise
+                oif = 0
+            if oif != veth_index:
+                raise PodError(f"the host has no route to {ip} via {pod.host_interface}")
 
 
 def _sysctl(key: str, what: str) -> None:

@@ -1,27 +1,32 @@
-"""Pod addresses: the first free address of the node's blocks, or one asked for by name.
+"""Pod addresses: one of each IP version the node's pools have (dual-stack: an IPv4 and an IPv6 address), the
+first free one of the node's blocks of that version, or one asked for.
 
-`choose` decides (pure); `allocate` reads what it needs from the state files and, when the blocks
-are full and there is a datastore, asks the running daemon for one more block (or a borrowed address).
+`choose` decides (pure); `allocate` reads what it needs from the state files and, when the blocks of a version
+are full and there is a datastore, asks the running daemon for one more block of it (or a borrowed address).
 """
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import AbstractSet, Iterable, Sequence
 
 from bgpd.ipam.state import Lent, NodeBlocks, load
 from config.node import NodeConfig
+
+Address = IPv4Address | IPv6Address
+Network = IPv4Network | IPv6Network
 
 
 class AddressError(Exception):
     """No address can be given: the message says why."""
 
 
-def choose(blocks: Sequence[IPv4Network], used: AbstractSet[IPv4Address],
-           requested: IPv4Address | None) -> IPv4Address | None:
-    """`requested` if it is in our blocks and free; else the first free address (None: the blocks are full)."""
+def choose(blocks: Sequence[Network], used: AbstractSet[Address], requested: Address | None) -> Address | None:
+    """`requested` if it is in our blocks and free; else the first free address (None: the blocks are full).
+
+    `blocks`: of one IP version, the requested address's."""
     if requested is not None:
         if not any(requested in b for b in blocks):
-            raise AddressError(f"{requested} is not in this node's blocks ({', '.join(map(str, blocks))})")
+            raise AddressError(f"{requested} is not in this node's blocks ({', '.join(map(str, blocks)) or 'none'})")
         if requested in used:
             raise AddressError(f"{requested} is already used by another pod")
         return requested
@@ -32,28 +37,59 @@ def choose(blocks: Sequence[IPv4Network], used: AbstractSet[IPv4Address],
     return None
 
 
-def node_blocks(node: NodeConfig) -> list[IPv4Network]:
-    """The blocks pods take addresses from: the file's, the claimed ones, and borrowed addresses as /32s."""
+def versions(node: NodeConfig, blocks: Iterable[Network]) -> list[int]:
+    """The IP versions a pod gets an address of: its pools' (the file's, and those of the blocks the daemon
+    claimed from pools applied in the datastore)."""
+    return sorted({p.cidr.version for p in node.pools} | {b.version for b in blocks})
+
+
+def requested_addresses(wanted: Sequence[str], allowed: Sequence[int]) -> dict[int, Address]:
+    """`--ip` values by IP version: at most one of each version the node hands out. Raises AddressError."""
+    out: dict[int, Address] = {}
+    for text in wanted:
+        try:
+            ip = ip_address(text)
+        except ValueError:
+            raise AddressError(f"{text!r} is not an IP address") from None
+        if ip.version not in allowed:
+            raise AddressError(f"{ip}: this node's pools have no IPv{ip.version} addresses")
+        if ip.version in out:
+            raise AddressError(f"{out[ip.version]} and {ip}: one IPv{ip.version} address per pod")
+        out[ip.version] = ip
+    return out
+
+
+def node_blocks(node: NodeConfig) -> list[Network]:
+    """The blocks pods take addresses from: the file's, the claimed ones, and borrowed addresses as host prefixes;
+    IPv4 first."""
     state = load(node.state_dir, NodeBlocks)
-    return sorted(set(node.blocks) | set(state.blocks) | {IPv4Network(a) for a in state.borrowed})
+    every = set(node.blocks) | set(state.blocks) | {ip_network(a) for a in state.borrowed}
+    return sorted(every, key=lambda b: (b.version, b))
 
 
-def allocate(node: NodeConfig, in_use: Iterable[IPv4Address], requested: str | None) -> IPv4Address:
-    """An address for a new pod; `in_use`: the addresses of the node's pods. Raises AddressError."""
-    wanted = IPv4Address(requested) if requested else None
+def allocate(node: NodeConfig, in_use: Iterable[Address], requested: Sequence[str] = ()) -> list[Address]:
+    """The addresses of a new pod, one per IP version, IPv4 first; `in_use`: the addresses of the node's pods.
+    Raises AddressError (and gives nothing) if one version has none."""
     used = set(in_use) | set(load(node.state_dir, Lent).addresses)
-    while True:
-        ip = choose(node_blocks(node), used, wanted)
-        if ip is not None:
-            return ip
-        if node.datastore is None or not _more_addresses(node):
-            raise AddressError("no free address in this node's blocks")
+    wanted = requested_addresses(requested, versions(node, node_blocks(node)))
+    out = []
+    for version in versions(node, node_blocks(node)):
+        while True:
+            blocks = [b for b in node_blocks(node) if b.version == version]
+            ip = choose(blocks, used, wanted.get(version))
+            if ip is not None:
+                out.append(ip)
+                break
+            if node.datastore is None or not _more_addresses(node, version):
+                raise AddressError(f"no free IPv{version} address in this node's blocks")
+    return out
 
 
-def _more_addresses(node: NodeConfig) -> bool:
-    """Asks the running daemon for one more block from the pools, or failing that a borrowed address."""
+def _more_addresses(node: NodeConfig, version: int) -> bool:
+    """Asks the running daemon for one more block of the version from the pools, or failing that a borrowed
+    address."""
     from bgpd.agent.control import DaemonNotRunning, query
     try:
-        return query(node.run_dir / "tortie.sock", "claim_block", timeout=30) is not None
+        return query(node.run_dir / "tortie.sock", "claim_block", timeout=30, version=version) is not None
     except DaemonNotRunning:
         return False

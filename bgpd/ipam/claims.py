@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Callable, Iterable, Iterator, Mapping
 
 from config.datastore.keys import parse_cidr_segment, parse_key
 from config.node import IPPool
+
+Network = IPv4Network | IPv6Network
 
 
 @dataclass(frozen=True)
@@ -45,18 +47,23 @@ def marker(value: object) -> float:
     return float(value) if valid else math.inf
 
 
-def claims_by_block(items: Mapping[str, dict], usable: Callable[[str], bool]) -> dict[IPv4Network, dict[str, Claim]]:
-    """claims/<cidr>/<node> entries, by block, of the nodes `usable` says still count (IPv4 blocks only)."""
-    out: dict[IPv4Network, dict[str, Claim]] = {}
+def claims_by_block(items: Mapping[str, dict], usable: Callable[[str], bool]) -> dict[Network, dict[str, Claim]]:
+    """claims/<cidr>/<node> entries, by block (of either IP version), of the nodes `usable` says still count."""
+    out: dict[Network, dict[str, Claim]] = {}
     for k, v in items.items():
         _, (cidr, node) = parse_key(k)
         block = parse_cidr_segment(cidr)
-        if isinstance(block, IPv4Network) and usable(node):
+        if usable(node):
             out.setdefault(block, {})[node] = Claim.of(node, v)
     return out
 
 
-def blocks_in(pool: IPPool) -> Iterator[IPv4Network]:
+def by_version(network: Network) -> tuple[int, Network]:
+    """Sort key of networks of both IP versions (which do not compare): IPv4 first."""
+    return network.version, network
+
+
+def blocks_in(pool: IPPool) -> Iterator[Network]:
     return pool.cidr.subnets(new_prefix=pool.block_size)
 
 
@@ -84,8 +91,7 @@ def wins(me: str, claims: Mapping[str, Claim]) -> bool:
     return current == me if current is not None else min(claims) == me
 
 
-def next_free(pools: Iterable[IPPool], claimed: Iterable[IPv4Network],
-              skip: Iterable[IPv4Network] = ()) -> IPv4Network | None:
+def next_free(pools: Iterable[IPPool], claimed: Iterable[Network], skip: Iterable[Network] = ()) -> Network | None:
     """The first block of the pools that nobody claims and that we have not given up on."""
     taken = set(claimed) | set(skip)
     for pool in pools:

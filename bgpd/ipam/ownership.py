@@ -17,10 +17,11 @@ The limits (a backdated marker; an address registered before its node ever did) 
 from __future__ import annotations
 
 import logging
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Callable, Iterable, Mapping
 
-from bgpd.ipam.claims import Claim, claims_by_block, marker, owner, rivals
+from bgpd.ipam.claims import Claim, Network, by_version, claims_by_block, marker, owner, rivals
+from bgpd.ipam.holdings import is_host
 from config.datastore.keys import cidr_segment, parse_key
 
 log = logging.getLogger("tortie.ownership")
@@ -40,22 +41,22 @@ class Ignored:
         self.current = dict(problems)
 
 
-def rival_claims(by_block: Mapping[IPv4Network, Mapping[str, Claim]]) -> dict[str, str]:
+def rival_claims(by_block: Mapping[Network, Mapping[str, Claim]]) -> dict[str, str]:
     """claims/<cidr>/<node> keys -> why they are ignored: another node owned the block first."""
     return {f"claims/{cidr_segment(block)}/{node}": f"{block} is owned by {owner(claims)}, who claimed it first"
             for block, claims in by_block.items() for node in rivals(claims)}
 
 
-def owned_prefixes(by_block: Mapping[IPv4Network, Mapping[str, Claim]]) -> dict[str, list[IPv4Network]]:
-    """node -> the prefixes it owns by the claim rule (blocks, and borrowed /32s)."""
-    out: dict[str, list[IPv4Network]] = {}
-    for block, claims in sorted(by_block.items()):
+def owned_prefixes(by_block: Mapping[Network, Mapping[str, Claim]]) -> dict[str, list[Network]]:
+    """node -> the prefixes it owns by the claim rule (blocks, and borrowed /32s and /128s), IPv4 first."""
+    out: dict[str, list[Network]] = {}
+    for block, claims in sorted(by_block.items(), key=lambda i: by_version(i[0])):
         if (node := owner(claims)) is not None:
             out.setdefault(node, []).append(block)
     return out
 
 
-def endpoint_prefixes(claims: Mapping[str, dict], usable: Callable[[str], bool]) -> dict[str, list[IPv4Network]]:
+def endpoint_prefixes(claims: Mapping[str, dict], usable: Callable[[str], bool]) -> dict[str, list[Network]]:
     """node -> the prefixes its endpoints may use: what it owns by the claim rule among the nodes that count
     (`usable`), and what a node that does not count owned while no node that counts owns it. So a node that
     reads down (every node does while the broker restarts: mosquitto publishes every Last Will when it stops)
@@ -67,18 +68,26 @@ def endpoint_prefixes(claims: Mapping[str, dict], usable: Callable[[str], bool])
     return owned_prefixes(by_block)
 
 
+_V6 = 1 << 128  # added to an IPv6 address's integer: one number line for both versions, IPv4 below
+
+
+def _number(ip: IPv4Address | IPv6Address) -> int:
+    return int(ip) + (_V6 if ip.version == 6 else 0)
+
+
 def endpoint_addresses(value: Mapping) -> tuple[int, ...] | str:
-    """An endpoint's addresses (IPv4, as integers), or why it has none that can be checked."""
+    """An endpoint's addresses (as integers, IPv6 ones above every IPv4 one), or why it has none that can be
+    checked."""
     ips = value.get("ips")
     if not isinstance(ips, list) or not ips or not all(isinstance(ip, str) for ip in ips):
         return "ips is not a list of addresses"
     try:
-        return tuple(int(IPv4Address(ip)) for ip in ips)
+        return tuple(_number(ip_address(ip)) for ip in ips)
     except ValueError as e:
-        return f"not an IPv4 address in a block of its node: {e}"
+        return f"not an IP address in a block of its node: {e}"
 
 
-def foreign_endpoints(endpoints: Mapping[str, Mapping], owned: Mapping[str, Iterable[IPv4Network]],
+def foreign_endpoints(endpoints: Mapping[str, Mapping], owned: Mapping[str, Iterable[Network]],
                       local: str | None = None, memo: dict | None = None) -> dict[str, str]:
     """endpoints/<node>/<ns>/<pod> keys -> why they are ignored: an address outside what <node> owns.
 
@@ -95,13 +104,13 @@ def foreign_endpoints(endpoints: Mapping[str, Mapping], owned: Mapping[str, Iter
             hit = memo[k] = (value, endpoint_addresses(value))
         parsed[k] = (k.split("/", 2)[1], hit[1])
     blocks: dict[str, list[tuple[int, int]]] = {}
-    borrowed: dict[int, str] = {}  # /32s, by address
+    borrowed: dict[int, str] = {}  # /32s and /128s, by address
     for node, prefixes in owned.items():
         for p in prefixes:
-            if p.prefixlen == 32:
-                borrowed[int(p.network_address)] = node
+            if is_host(p):
+                borrowed[_number(p.network_address)] = node
             else:
-                blocks.setdefault(node, []).append((int(p.network_address), int(p.broadcast_address)))
+                blocks.setdefault(node, []).append((_number(p.network_address), _number(p.broadcast_address)))
     held = set()  # borrowed addresses that their block's owner uses for a pod of its own
     for node, addresses in parsed.values():
         for a in addresses if borrowed and isinstance(addresses, tuple) else ():
@@ -119,9 +128,13 @@ def foreign_endpoints(endpoints: Mapping[str, Mapping], owned: Mapping[str, Iter
         ranges = allowed.get(node, ())
         for a in addresses:
             if not any(lo <= a <= hi for lo, hi in ranges):
-                problems[k] = f"address {IPv4Address(a)} is not in a block its node owns or borrowed"
+                problems[k] = f"address {_address_of(a)} is not in a block its node owns or borrowed"
                 break
     return problems
+
+
+def _address_of(number: int) -> IPv4Address | IPv6Address:
+    return IPv6Address(number - _V6) if number >= _V6 else IPv4Address(number)
 
 
 class EndpointGate:

@@ -6,7 +6,7 @@ tortie-cni read both to hand out addresses without asking the daemon.
 """
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
@@ -23,18 +23,19 @@ class StateFile(BaseModel):
 
 
 class NodeBlocks(StateFile):
-    """state_dir/blocks.json: the blocks in force (the file's and the claimed ones) and the borrowed addresses."""
+    """state_dir/blocks.json: the blocks in force (the file's and the claimed ones) and the borrowed addresses,
+    of both IP versions."""
 
     FILE: ClassVar[str] = "blocks.json"
-    blocks: list[IPv4Network] = []
-    borrowed: list[IPv4Address] = []
+    blocks: list[IPv4Network | IPv6Network] = []
+    borrowed: list[IPv4Address | IPv6Address] = []
 
 
 class Lent(StateFile):
     """state_dir/lent.json: addresses of this node's blocks that other nodes borrowed, never to be handed out."""
 
     FILE: ClassVar[str] = "lent.json"
-    addresses: list[IPv4Address] = []
+    addresses: list[IPv4Address | IPv6Address] = []
 
 
 S = TypeVar("S", bound=StateFile)

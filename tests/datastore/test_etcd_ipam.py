@@ -44,7 +44,7 @@ async def test_100_simultaneous_claimers_get_100_distinct_blocks(etcd, tmp_path)
     claims = await started(etcd, names)
     try:
         configs = {n: node_config(tmp_path, n, "10.244.0.0/16", 26) for n in names}
-        got = await asyncio.gather(*(claims[n].claim_block(configs[n]) for n in names))
+        got = await asyncio.gather(*(claims[n].claim_block(configs[n], 4) for n in names))
         # claim_settle is 30 s: finishing within the test's timeout shows the settle time is not waited
         assert None not in got and len(set(got)) == 100
         assert set(stored_claims(etcd).values()) == {1}
@@ -60,7 +60,7 @@ async def test_more_claimers_than_blocks(etcd, tmp_path):  # noqa: F811
     claims = await started(etcd, names)
     try:
         configs = {n: node_config(tmp_path, n, "10.244.0.0/24", 28) for n in names}  # 16 blocks
-        got = await asyncio.gather(*(claims[n].claim_block(configs[n]) for n in names))
+        got = await asyncio.gather(*(claims[n].claim_block(configs[n], 4) for n in names))
         won = [b for b in got if b is not None]
         assert len(won) == 16 and len(set(won)) == 16
         assert stored_claims(etcd) == Counter({seg: 1 for seg in stored_claims(etcd)}) and len(stored_claims(etcd)) == 16
@@ -73,10 +73,10 @@ async def test_simultaneous_borrowers_get_distinct_addresses(etcd, tmp_path):  #
     claims = await started(etcd, names)
     try:
         configs = {n: node_config(tmp_path, n, "10.244.0.0/27", 27) for n in names}  # one block of 32
-        assert await claims["owner"].claim_block(configs["owner"]) == N("10.244.0.0/27")
+        assert await claims["owner"].claim_block(configs["owner"], 4) == N("10.244.0.0/27")
         for c in claims.values():
             await eventually(lambda c=c: c.by_block().get(N("10.244.0.0/27")), what="the owner's claim seen")
-        got = await asyncio.gather(*(claims[n].borrow_address(configs[n], set()) for n in names[1:]))
+        got = await asyncio.gather(*(claims[n].borrow_address(configs[n], set(), 4) for n in names[1:]))
         assert None not in got and len(set(got)) == 20 and all(g.prefixlen == 32 for g in got)
         assert set(stored_claims(etcd).values()) == {1}
     finally:
@@ -87,6 +87,6 @@ async def test_claim_of_a_node_that_no_longer_counts_is_taken_over(etcd, tmp_pat
     etcd.members[0].ctl("put", "tortie/v1/claims/gone/10.244.0.0-26", '{"owned": true, "at": 1}')
     claims = await started(etcd, ["a"], counts=lambda n: n != "gone")
     try:
-        assert await claims["a"].claim_block(node_config(tmp_path, "a", "10.244.0.0/25", 26)) == N("10.244.0.0/26")
+        assert await claims["a"].claim_block(node_config(tmp_path, "a", "10.244.0.0/25", 26), 4) == N("10.244.0.0/26")
     finally:
         await stopped(claims)

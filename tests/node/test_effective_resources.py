@@ -97,7 +97,7 @@ async def test_cluster_claims_from_an_applied_pool_and_peers_with_an_applied_pee
         async def apply(config):
             applied.append(config)
         cluster = Cluster(ds, full, apply)
-        block = await asyncio.wait_for(cluster.claim_more(), 10)
+        block = await asyncio.wait_for(cluster.claim_more(4), 10)
         assert block is not None and block.subnet_of(N("10.250.0.0/24")) and block.prefixlen == 28
         eff = cluster.desired()
         assert eff.blocks == [block] and eff.pools[1].vxlan == "cross-subnet"

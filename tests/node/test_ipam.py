@@ -130,9 +130,10 @@ def test_lent_and_borrowable():
     assert lent("b", [N("10.244.0.4/30")], c) == [A("10.244.0.5")]
     assert lent("a", [N("10.244.0.0/30")], c) == []
     # a borrows from b's block (c's is only pending): not the address it has, nor one a pod uses
-    assert list(borrowable({N("10.244.0.0/30")}, c, {"10.244.0.6"})) == []
-    assert list(borrowable({N("10.244.0.0/30")}, c, set())) == [N("10.244.0.6/32")]
-    assert list(borrowable({N("10.244.0.4/30")}, c, set())) == [N("10.244.0.1/32"), N("10.244.0.2/32")]
+    assert list(borrowable({N("10.244.0.0/30")}, c, {"10.244.0.6"}, 4)) == []
+    assert list(borrowable({N("10.244.0.0/30")}, c, set(), 4)) == [N("10.244.0.6/32")]
+    assert list(borrowable({N("10.244.0.4/30")}, c, set(), 4)) == [N("10.244.0.1/32"), N("10.244.0.2/32")]
+    assert list(borrowable({N("10.244.0.4/30")}, c, set(), 6)) == []
 
 
 def test_state_files_round_trip_and_refuse_garbage(tmp_path):
@@ -152,13 +153,13 @@ def test_allocate_reads_the_daemons_blocks_and_skips_lent_addresses(tmp_path):
                                       "listen_address": "10.0.0.1", "state_dir": str(tmp_path),
                                       "pools": [{"cidr": "10.244.0.0/24", "block_size": 30}],
                                       "blocks": ["10.244.0.0/30"]})
-    assert allocate(node, [], None) == A("10.244.0.1")
+    assert allocate(node, []) == [A("10.244.0.1")]
     save(tmp_path, Lent(addresses=[A("10.244.0.1")]))
     save(tmp_path, NodeBlocks(blocks=[N("10.244.0.0/30"), N("10.244.0.8/30")], borrowed=[A("10.244.0.66")]))
-    assert allocate(node, [A("10.244.0.2")], None) == A("10.244.0.9")
-    assert allocate(node, [A("10.244.0.2"), A("10.244.0.9"), A("10.244.0.10")], None) == A("10.244.0.66")
-    with pytest.raises(AddressError, match="no free address"):  # no datastore: nobody to ask for more
-        allocate(node, [A("10.244.0.2"), A("10.244.0.9"), A("10.244.0.10"), A("10.244.0.66")], None)
+    assert allocate(node, [A("10.244.0.2")]) == [A("10.244.0.9")]
+    assert allocate(node, [A("10.244.0.2"), A("10.244.0.9"), A("10.244.0.10")]) == [A("10.244.0.66")]
+    with pytest.raises(AddressError, match="no free IPv4 address"):  # no datastore: nobody to ask for more
+        allocate(node, [A("10.244.0.2"), A("10.244.0.9"), A("10.244.0.10"), A("10.244.0.66")])
 
 
 async def eventually(predicate, timeout: float = 10.0) -> None:
@@ -182,14 +183,14 @@ async def test_claiming_and_borrowing_over_a_files_datastore(tmp_path):
         await ds.start()
     try:
         ca, cb = (BlockClaims(stores[n], lambda _: True) for n in ("a", "b"))
-        assert await ca.claim_block(a) == N("10.244.0.0/30")
+        assert await ca.claim_block(a, 4) == N("10.244.0.0/30")
         await eventually(lambda: owner(cb.by_block().get(N("10.244.0.0/30"), {})) == "a")
-        assert await cb.claim_block(b) == N("10.244.0.4/30")
+        assert await cb.claim_block(b, 4) == N("10.244.0.4/30")
         await eventually(lambda: owner(ca.by_block().get(N("10.244.0.4/30"), {})) == "b")
-        assert await ca.claim_block(a) is None  # the pools are full
+        assert await ca.claim_block(a, 4) is None  # the pools are full
         await stores["a"].put("endpoints/a/default/p1", {"ips": ["10.244.0.1"]})
         await eventually(lambda: stores["b"].items("endpoints"))
-        assert await cb.claim_more(b, {N("10.244.0.4/30")}) == N("10.244.0.2/32")
+        assert await cb.claim_more(b, {N("10.244.0.4/30")}, 4) == N("10.244.0.2/32")
         await eventually(lambda: owner(ca.by_block().get(N("10.244.0.2/32"), {})) == "b")
         a.state_dir.mkdir()  # the daemon makes it at start
         ca.save_lent(a, {N("10.244.0.0/30")})

@@ -1,6 +1,6 @@
 """The hand-packed link, address, neighbour and route messages of pod wiring decode, with pyroute2 as the
 reference, to what we meant; a link pyroute2 encodes decodes by hand to what pyroute2 meant."""
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A, IPv4Network as N, IPv6Address, ip_address, ip_network
 
 from hypothesis import given, strategies as st
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
@@ -16,6 +16,8 @@ from bgpd.dataplane.netlink_routes import RTM_DELLINK, RTM_GETROUTE, RTM_NEWLINK
 
 names = st.text("abcdefghijklmnopqrstuvwxyz0123456789.-_", min_size=1, max_size=15)
 ips = st.integers(1, 2**32 - 2).map(A)
+ips6 = st.integers(1, 2**128 - 1).map(IPv6Address)
+any_ips = st.one_of(ips, ips6)
 macs = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b))
 
 
@@ -47,29 +49,37 @@ def test_link_requests(name):
     assert up["flags"] == up["change"] == 1 and not up["header"]["flags"] & NLM_F_CREATE
 
 
-@given(st.integers(1, 2**31 - 1), ips, st.integers(0, 32))
+FAMILY = {4: 2, 6: 10}
+
+
+@given(st.integers(1, 2**31 - 1), any_ips, st.integers(0, 32))
 def test_address(index, ip, prefixlen):
     msg = decoded(ifaddrmsg, address(index, ip, prefixlen))
     assert msg["header"]["type"] == RTM_NEWADDR and msg["index"] == index and msg["prefixlen"] == prefixlen
-    assert msg.get("local") == msg.get("address") == str(ip) and msg["family"] == 2
+    assert ip_address(msg.get("local")) == ip_address(msg.get("address")) == ip  # pyroute2 writes ::1:0 as ::0.1.0.0
+    assert msg["family"] == FAMILY[ip.version]
+    assert msg["flags"] == (0x02 if ip.version == 6 else 0)  # IPv6: IFA_F_NODAD
 
 
-@given(st.integers(1, 2**31 - 1), ips, macs)
+@given(st.integers(1, 2**31 - 1), any_ips, macs)
 def test_permanent_neighbour(index, ip, mac):
     msg = decoded(ndmsg, permanent_neighbour(index, ip, mac))
     assert msg["header"]["type"] == RTM_NEWNEIGH and msg["ifindex"] == index and msg["state"] == 0x80
-    assert msg.get("dst") == str(ip) and msg.get("lladdr") == mac
+    assert ip_address(msg.get("dst")) == ip and msg.get("lladdr") == mac and msg["family"] == FAMILY[ip.version]
 
 
-@given(ips, st.integers(0, 32), st.integers(1, 2**31 - 1), st.integers(1, 255), st.one_of(st.none(), ips))
-def test_device_route(ip, prefixlen, oif, protocol, gateway):
-    dst = N(f"{ip}/{prefixlen}", strict=False)
+@given(st.data(), any_ips, st.integers(1, 2**31 - 1), st.integers(1, 255))
+def test_device_route(data, ip, oif, protocol):
+    prefixlen = data.draw(st.integers(0, ip.max_prefixlen))
+    gateway = data.draw(st.one_of(st.none(), ips if ip.version == 4 else ips6))
+    dst = ip_network(f"{ip}/{prefixlen}", strict=False)
     msg = decoded(rtmsg, device_route(dst, oif, protocol, gateway))
     assert msg["header"]["type"] == RTM_NEWROUTE and msg["header"]["flags"] & NLM_F_EXCL
-    assert msg["dst_len"] == prefixlen and A(msg.get("dst") or "0.0.0.0") == dst.network_address
+    assert msg["family"] == FAMILY[ip.version] and msg["dst_len"] == prefixlen
+    assert ip_address(msg.get("dst") or ("0.0.0.0" if ip.version == 4 else "::")) == dst.network_address
     assert msg.get("oif") == oif and msg["proto"] == protocol and msg.get("table") == 254
-    assert msg.get("gateway") == (str(gateway) if gateway else None)
-    assert msg["scope"] == (0 if gateway else 253)
+    assert (ip_address(msg.get("gateway")) if gateway else msg.get("gateway")) == gateway
+    assert msg["scope"] == (0 if gateway or ip.version == 6 else 253)
 
 
 @given(st.integers(1, 2**31 - 1), names, macs, st.integers(68, 65535), st.integers(1, 2**31 - 1))
@@ -86,21 +96,24 @@ def test_decode_link_matches_pyroute2(index, name, mac, mtu, peer):
 def test_dump_and_route_requests():
     dump, get = decoded(ifaddrmsg, addresses()), decoded(rtmsg, route_to(A("10.1.2.3")))
     assert dump["header"]["type"] == RTM_GETADDR and dump["header"]["flags"] & NLM_F_DUMP == NLM_F_DUMP
-    assert dump["family"] == 2
+    assert dump["family"] == 0  # both versions
+    assert [decoded(ifaddrmsg, addresses(v))["family"] for v in (4, 6)] == [2, 10]
     assert get["header"]["type"] == RTM_GETROUTE and get["dst_len"] == 32 and get.get("dst") == "10.1.2.3"
+    get6 = decoded(rtmsg, route_to(IPv6Address("fd00::1")))
+    assert (get6["family"], get6["dst_len"], get6.get("dst")) == (10, 128, "fd00::1")
 
 
-@given(st.integers(1, 2**31 - 1), ips, st.integers(0, 32), st.integers(1, 2**31 - 1))
+@given(st.integers(1, 2**31 - 1), any_ips, st.integers(0, 32), st.integers(1, 2**31 - 1))
 def test_decode_address_and_route_match_pyroute2(index, ip, prefixlen, oif):
     msg = ifaddrmsg()
     msg["header"]["type"] = RTM_NEWADDR
-    msg["family"], msg["prefixlen"], msg["index"] = 2, prefixlen, index
+    msg["family"], msg["prefixlen"], msg["index"] = FAMILY[ip.version], prefixlen, index
     msg["attrs"] = [("IFA_ADDRESS", str(ip)), ("IFA_LOCAL", str(ip)), ("IFA_LABEL", "eth0")]
     msg.encode()
     assert decode_address(bytes(msg.data)) == (index, ip, prefixlen)
     route = rtmsg()
     route["header"]["type"] = RTM_NEWROUTE
-    route["family"], route["dst_len"] = 2, 32
-    route["attrs"] = [("RTA_TABLE", 254), ("RTA_DST", str(ip)), ("RTA_OIF", oif), ("RTA_PREFSRC", "10.0.0.1")]
+    route["family"], route["dst_len"] = FAMILY[ip.version], ip.max_prefixlen
+    route["attrs"] = [("RTA_TABLE", 254), ("RTA_DST", str(ip)), ("RTA_OIF", oif)]
     route.encode()
     assert route_oif(bytes(route.data)) == oif

@@ -1,7 +1,7 @@
 """What readers accept from other nodes' entries: the claim rule (first owner keeps a block), endpoints inside
 their node's blocks, one node record per address. Pure: unit and hypothesis tests."""
 import math
-from ipaddress import IPv4Network as N
+from ipaddress import IPv4Network as N, ip_network
 
 from hypothesis import given, strategies as st
 
@@ -29,11 +29,12 @@ def test_markers_that_are_not_finite_numbers_rank_last():
     assert Claim.of("a", {"owned": "yes", "at": 1}).owned is False  # only true is true
 
 
-def test_claims_by_block_counts_usable_nodes_and_ipv4_only():
+def test_claims_by_block_counts_usable_nodes_of_both_versions():
     items = {BLOCK + "node1": {"owned": True, "at": 1}, BLOCK + "node2": {"owned": True, "at": 2},
-             "claims/fd00__-64/node3": {"owned": True, "at": 3}}
+             "claims/fd00__-122/node3": {"owned": True, "at": 3}}
     by_block = claims_by_block(items, lambda n: n != "node1")
-    assert list(by_block) == [N("10.244.2.0/26")] and owner(by_block[N("10.244.2.0/26")]) == "node2"
+    assert set(by_block) == {N("10.244.2.0/26"), ip_network("fd00::/122")}
+    assert owner(by_block[N("10.244.2.0/26")]) == "node2" and owner(by_block[ip_network("fd00::/122")]) == "node3"
 
 
 claim = st.builds(Claim, st.sampled_from("abcde"), st.booleans(),
