@@ -3,11 +3,13 @@
 
 Receivers, each alone in two fresh namespaces per run: tortie (`tortie run`), BIRD 2 (BGP and kernel
 protocol), and `ip -batch` adding the same routes (the floor, timed from its start). The sender is
-BIRD 2 with N static /26 routes; the clock starts at its "State changed to up" log line (microsecond
-timestamps) and stops when an rtnetlink listener in the receiver's namespace has seen all N routes added.
+BIRD 2 with N static /26 routes (--family 6: /122 routes over an IPv6 session, `ip -6 -batch`); the clock
+starts at its "State changed to up" log line (microsecond timestamps) and stops when an rtnetlink listener
+in the receiver's namespace has seen all N routes added.
 
-Run as root: /opt/tortie-venv/bin/python bench/bgp_bench.py [--sizes 1000,10000] [--repeat 3] [--quick]
-Prints a table and writes bench/results/bgp_bench.json. A benchmark, not a test: it asserts nothing.
+Run as root: /opt/tortie-venv/bin/python bench/bgp_bench.py [--family 4|6] [--sizes 1000,10000] [--repeat 3]
+[--quick]. Prints a table and writes bench/results/bgp_bench.json (--family 6: bgp_bench6.json). A
+benchmark, not a test: it asserts nothing.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from importlib.metadata import version
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from string import Template
 from typing import Callable, Iterator
@@ -42,16 +44,23 @@ from config.node import NodeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "bench" / "bgp"
-RESULTS = ROOT / "bench" / "results" / "bgp_bench.json"
-ADDRS = {"snd_addr": "10.97.0.2", "rcv_addr": "10.97.0.1", "snd_asn": "64513", "rcv_asn": "64512"}
-FIRST_ROUTE = int(IPv4Network("10.0.0.0/26").network_address)  # routes are consecutive /26s from here
-MAX_ROUTES = 200_000  # stays clear of tortie's own block 10.255.255.0/26
+RESULTS = {4: ROOT / "bench" / "results" / "bgp_bench.json", 6: ROOT / "bench" / "results" / "bgp_bench6.json"}
+# what the assets (bench/bgp) are filled in with, per address family; router ids stay IPv4 (BGP identifiers)
+ADDRS = {4: {"snd_addr": "10.97.0.2", "rcv_addr": "10.97.0.1", "snd_id": "10.97.0.2", "rcv_id": "10.97.0.1",
+             "snd_asn": "64513", "rcv_asn": "64512", "channel": "ipv4", "listen": "listen_address",
+             "pool": "10.0.0.0/8", "block_size": "26", "own_block": "10.255.255.0/26"},
+         6: {"snd_addr": "fd97::2", "rcv_addr": "fd97::1", "snd_id": "10.97.0.2", "rcv_id": "10.97.0.1",
+             "snd_asn": "64513", "rcv_asn": "64512", "channel": "ipv6", "listen": "listen_address6",
+             "pool": "fd00:100::/56", "block_size": "122", "own_block": "fd00:100:0:ff::/122"}}
+# routes are consecutive /26s (IPv6: /122s) from here
+FIRST_ROUTE = {4: IPv4Network("10.0.0.0/26"), 6: IPv6Network("fd00:100::/122")}
+MAX_ROUTES = 200_000  # stays clear of tortie's own block 10.255.255.0/26 (IPv6: fd00:100:0:ff::/122)
 BIRD_PROTOCOL = 12  # "bird" in rt_protos
 TORTIE_PROTOCOL: int = NodeConfig.model_fields["route_protocol"].default
 METHODS = ("ip -batch", "bird", "tortie")
 MARKER = "TORTIE_BGP_BENCH"  # in every child's environment, to find leftovers
 BIRD_TIME, PYTHON_LOG_TIME = "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S,%f"
-RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_ROUTE = {4: 0x40, 6: 0x400}  # RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
 SO_RCVBUFFORCE = 33
 SETUP_TIMEOUT = 30.0
 
@@ -115,8 +124,8 @@ def _child(pid: int, marker: str) -> int | None:
 
 
 def _listening_on_bgp(pid: int) -> bool:
-    """True once the network namespace of `pid` has a TCP socket listening on port 179."""
-    rows = [r.split() for r in _proc(pid, "net/tcp").splitlines()[1:]]
+    """True once the network namespace of `pid` has a TCP socket (IPv4 or IPv6) listening on port 179."""
+    rows = [r.split() for table in ("net/tcp", "net/tcp6") for r in _proc(pid, table).splitlines()[1:]]
     return any(r[1].endswith(":00B3") and r[3] == "0A" for r in rows)
 
 
@@ -146,8 +155,9 @@ def _wait(ready: Callable[[], bool], what: str, proc: subprocess.Popen, log: Pat
 class Testbed:
     """Two fresh namespaces joined by a veth, a scratch directory, and the processes started in them."""
 
-    def __init__(self, prefix: str, index: int, scratch: Path):
+    def __init__(self, prefix: str, index: int, scratch: Path, family: int = 4):
         self.snd, self.rcv = f"{prefix}-{index}-snd", f"{prefix}-{index}-rcv"
+        self.family, self.addrs = family, ADDRS[family]
         self.dir = scratch / str(index)
         self.env = {**os.environ, MARKER: prefix}
         self._link = prefix
@@ -162,8 +172,10 @@ class Testbed:
             snd_if, rcv_if = f"{self._link}-snd", f"{self._link}-rcv"
             _run(["ip", "-n", self.snd, "link", "add", snd_if, "type", "veth", "peer", "name", rcv_if,
                   "netns", self.rcv])
-            for ns, ifname, addr in ((self.snd, snd_if, ADDRS["snd_addr"]), (self.rcv, rcv_if, ADDRS["rcv_addr"])):
-                _run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", ifname])
+            length, nodad = ("/24", []) if self.family == 4 else ("/64", ["nodad"])  # usable at once
+            for ns, ifname, addr in ((self.snd, snd_if, self.addrs["snd_addr"]), (self.rcv, rcv_if,
+                                                                                  self.addrs["rcv_addr"])):
+                _run(["ip", "-n", ns, "addr", "add", f"{addr}{length}", "dev", ifname, *nodad])
                 _run(["ip", "-n", ns, "link", "set", ifname, "up"])
         except BaseException:
             self.close()
@@ -184,7 +196,7 @@ class Testbed:
     def render(self, template: str, **values: str) -> Path:
         """Fills in an asset of bench/bgp (string.Template) into the scratch directory."""
         path = self.dir / template
-        path.write_text(Template((ASSETS / template).read_text()).substitute(ADDRS, **values))
+        path.write_text(Template((ASSETS / template).read_text()).substitute(self.addrs, **values))
         return path
 
     def close(self) -> None:
@@ -213,8 +225,8 @@ class Testbed:
 
 
 # --- the clock -----------------------------------------------------------------------------------------------
-def _route_events_socket(netns: str) -> socket.socket:
-    """An rtnetlink socket of `netns` subscribed to IPv4 route events.
+def _route_events_socket(netns: str, family: int) -> socket.socket:
+    """An rtnetlink socket of `netns` subscribed to the route events of one family.
 
     Made by a short-lived thread that alone enters the namespace (setns changes only the calling
     thread's); the socket stays in the namespace it was made in. No fork: a forked copy of this
@@ -227,7 +239,7 @@ def _route_events_socket(netns: str) -> socket.socket:
             setns(netns, flags=0, fork=False)
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
-            sock.bind((0, RTMGRP_IPV4_ROUTE))
+            sock.bind((0, RTMGRP_ROUTE[family]))
             sock.settimeout(0.5)
             made.append(sock)
         except BaseException as e:
@@ -248,14 +260,16 @@ class RouteListener:
     routes) stands between the kernel and the stamp.
     """
 
-    def __init__(self, netns: str, protocol: int, routes: list[IPv4Network]):
+    def __init__(self, netns: str, protocol: int, routes: list[IPv4Network] | list[IPv6Network]):
         self.protocol = protocol
+        self.family = socket.AF_INET if routes[0].version == 4 else socket.AF_INET6
+        self.size = len(routes[0].network_address.packed)
         self.expected = {r.network_address.packed + bytes((r.prefixlen,)) for r in routes}
         self.seen = 0
         self._first: float | None = None
         self._last: float | None = None
         self._error: OSError | None = None
-        self._sock = _route_events_socket(netns)
+        self._sock = _route_events_socket(netns, routes[0].version)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -290,7 +304,7 @@ class RouteListener:
             self._error = e
 
     def _added(self, data: bytes) -> Iterator[bytes]:
-        """Address + prefix length of each IPv4 route of our protocol added to the main table."""
+        """Address + prefix length of each route of the family and our protocol added to the main table."""
         offset = 0
         while offset + _NLMSGHDR.size <= len(data):
             length, kind = _NLMSGHDR.unpack_from(data, offset)[:2]
@@ -299,12 +313,12 @@ class RouteListener:
             body = offset + _NLMSGHDR.size
             if kind == RTM_NEWROUTE:
                 family, dst_len, _, _, table, proto = _RTMSG.unpack_from(data, body)[:6]
-                if family == socket.AF_INET and table == RT_TABLE_MAIN and proto == self.protocol:
+                if family == self.family and table == RT_TABLE_MAIN and proto == self.protocol:
                     attr, end = body + _RTMSG.size, offset + length
                     while attr + _RTA.size <= end:
                         alen, atype = _RTA.unpack_from(data, attr)
                         if atype == RTA_DST:
-                            yield data[attr + 4:attr + 8] + bytes((dst_len,))
+                            yield data[attr + 4:attr + 4 + self.size] + bytes((dst_len,))
                             break
                         attr += max((alen + 3) & ~3, _RTA.size)
             offset += (length + 3) & ~3
@@ -320,15 +334,17 @@ class Receiver:
     time_format: str
 
 
-def route_prefixes(n: int) -> list[IPv4Network]:
-    return [IPv4Network((FIRST_ROUTE + 64 * i, 26)) for i in range(n)]
+def route_prefixes(n: int, family: int = 4) -> list[IPv4Network] | list[IPv6Network]:
+    first = FIRST_ROUTE[family]
+    start, step, network = int(first.network_address), first.num_addresses, type(first)
+    return [network((start + step * i, first.prefixlen)) for i in range(n)]
 
 
 def _birdc(ctl: Path, *command: str) -> str:
     return _run(["birdc", "-s", str(ctl), *command])
 
 
-def start_sender(bed: Testbed, routes: list[IPv4Network]) -> tuple[Path, Path]:
+def start_sender(bed: Testbed, routes: list[IPv4Network] | list[IPv6Network]) -> tuple[Path, Path]:
     """BIRD with the routes as static ones and its session to the receiver disabled: (control socket, log)."""
     table, log, ctl = bed.dir / "routes.conf", bed.dir / "sender.log", bed.dir / "sender.ctl"
     table.write_text("".join(f"route {r} blackhole;\n" for r in routes))
@@ -367,7 +383,7 @@ def _deadline(n: int) -> float:
     return 30.0 + n / 100
 
 
-def bgp_trial(method: str, bed: Testbed, routes: list[IPv4Network]) -> Trial:
+def bgp_trial(method: str, bed: Testbed, routes: list[IPv4Network] | list[IPv6Network]) -> Trial:
     ctl, sender_log = start_sender(bed, routes)
     rcv = start_tortie(bed) if method == "tortie" else start_bird(bed)
     listener = RouteListener(bed.rcv, rcv.protocol, routes)
@@ -382,19 +398,19 @@ def bgp_trial(method: str, bed: Testbed, routes: list[IPv4Network]) -> Trial:
     return Trial(method, len(routes), last - up, first - up, receiver_up - up, last - enabled, cpu, rss)
 
 
-def ip_batch_trial(bed: Testbed, routes: list[IPv4Network]) -> Trial:
-    batch = bed.dir / "routes.batch"
-    batch.write_text("".join(f"route add {r} via {ADDRS['snd_addr']} proto {TORTIE_PROTOCOL}\n" for r in routes))
+def ip_batch_trial(bed: Testbed, routes: list[IPv4Network] | list[IPv6Network]) -> Trial:
+    batch, via = bed.dir / "routes.batch", bed.addrs["snd_addr"]
+    batch.write_text("".join(f"route add {r} via {via} proto {TORTIE_PROTOCOL}\n" for r in routes))
     listener = RouteListener(bed.rcv, TORTIE_PROTOCOL, routes)
     start = time.time()
-    _run(["ip", "-n", bed.rcv, "-batch", str(batch)], timeout=_deadline(len(routes)))
+    _run(["ip", f"-{bed.family}", "-n", bed.rcv, "-batch", str(batch)], timeout=_deadline(len(routes)))
     first, last = listener.wait(_deadline(len(routes)))
     return Trial("ip -batch", len(routes), last - start, first - start)
 
 
-def run_trial(method: str, n: int, prefix: str, index: int, scratch: Path) -> Trial:
-    with Testbed(prefix, index, scratch) as bed:
-        routes = route_prefixes(n)
+def run_trial(method: str, n: int, prefix: str, index: int, scratch: Path, family: int = 4) -> Trial:
+    with Testbed(prefix, index, scratch, family) as bed:
+        routes = route_prefixes(n, family)
         return ip_batch_trial(bed, routes) if method == "ip -batch" else bgp_trial(method, bed, routes)
 
 
@@ -432,9 +448,10 @@ def receivers(trials: list[Trial]) -> list[dict]:
     return out
 
 
-def render(rows: list[dict], detail: list[dict]) -> str:
+def render(rows: list[dict], detail: list[dict], family: int = 4) -> str:
     runs = "/".join(str(r) for r in sorted({r["runs"] for r in rows}))
-    lines = [f"BGP route installation: session up -> all N routes in the receiver's kernel (seconds, {runs} runs)",
+    lines = [f"BGP route installation, IPv{family}: session up -> all N routes in the receiver's kernel "
+             f"(seconds, {runs} runs)",
              f"{'N':>7}  {'receiver':<10} {'median':>8} {'min':>8} {'max':>8} {'x BIRD':>7}"]
     lines += [f"{r['n']:>7}  {r['method']:<10} {r['median']:>8.3f} {r['min']:>8.3f} {r['max']:>8.3f} "
               f"{r['ratio_to_bird']:>7.2f}" for r in rows]
@@ -479,7 +496,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", type=_sizes, default=[1000, 10000], help="route counts (default 1000,10000)")
     p.add_argument("--repeat", type=_positive, default=3, help="runs of each measurement (default 3)")
     p.add_argument("--quick", action="store_true", help="1000 routes, one run")
-    p.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    p.add_argument("--family", type=int, choices=(4, 6), default=4,
+                   help="IPv4 /26 routes over an IPv4 session (default) or IPv6 /122 routes over an IPv6 one")
+    p.add_argument("--output", type=Path, help=f"JSON results (default {RESULTS[4]}, IPv6: {RESULTS[6]})")
     return p.parse_args(argv)
 
 
@@ -487,14 +506,14 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_all(sizes: list[int], repeat: int, scratch: Path) -> list[Trial]:
+def run_all(sizes: list[int], repeat: int, scratch: Path, family: int = 4) -> list[Trial]:
     """Every method at every size, `repeat` times, interleaved so that noise spreads over all of them."""
     prefix = "bb" + secrets.token_hex(2)
     trials: list[Trial] = []
     for run in range(1, repeat + 1):
         for n in sizes:
             for method in METHODS:
-                trials.append(run_trial(method, n, prefix, len(trials), scratch))
+                trials.append(run_trial(method, n, prefix, len(trials), scratch, family))
                 print(f"run {run}/{repeat}  N={n}  {method}: {trials[-1].seconds:.3f} s", file=sys.stderr)
     return trials
 
@@ -509,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _interrupt)
     scratch = Path(tempfile.mkdtemp(prefix="bgp_bench-"))
     try:
-        trials = run_all(sizes, repeat, scratch)
+        trials = run_all(sizes, repeat, scratch, args.family)
     except BenchError as e:
         print(f"bgp_bench: {e}\nlogs kept in {scratch}", file=sys.stderr)
         return 1
@@ -518,13 +537,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     shutil.rmtree(scratch, ignore_errors=True)
     rows, detail = summarize(trials), receivers(trials)
-    print(render(rows, detail))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "generated": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+    print(render(rows, detail, args.family))
+    output = args.output or RESULTS[args.family]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({
+        "generated": datetime.now().isoformat(timespec="seconds"), "machine": machine(), "family": args.family,
         "method": " ".join(__doc__.split("\n\n")[1].split()), "summary": rows, "receivers": detail,
         "trials": [asdict(t) for t in trials]}, indent=2) + "\n")
-    print(f"\nwrote {args.output}")
+    print(f"\nwrote {output}")
     return 0
 
 
