@@ -43,10 +43,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from policy_bench import NAMESPACES, endpoints_doc, policy_doc  # noqa: E402
+from bgpd.prefixes import key  # noqa: E402
 
 NODE = "node1"
 ROUTE_PROTOCOL = 201
-ROUTES = [IPv4Network(f"10.{200 + i // 65536}.{i // 256 % 256}.{i % 256}/32") for i in range(1000)]
+ROUTES = [key(IPv4Network(f"10.{200 + i // 65536}.{i // 256 % 256}.{i % 256}/32")) for i in range(1000)]
 
 
 def policy_key(i: int, n_endpoints: int) -> str:

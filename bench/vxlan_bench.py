@@ -31,6 +31,7 @@ import json, sys, time
 from ipaddress import IPv4Address, IPv4Network
 from pyroute2 import IPRoute
 from bgpd.dataplane.netlink_routes import DeviceHop, RouteOp, RouteWriter
+from bgpd.prefixes import key
 from bgpd.dataplane.vxlan import VtepDevice
 from bgpd.overlay.vxlan import vteps
 from config.node import Vxlan
@@ -44,7 +45,7 @@ dev.sync(vteps(nodes))
 entries = time.perf_counter() - start
 writer = RouteWriter(201)
 start = time.perf_counter()
-failed = writer.apply([RouteOp(b, frozenset((DeviceHop(a, index),))) for a, b in zip(nodes, blocks)])
+failed = writer.apply([RouteOp(key(b), frozenset((DeviceHop(a, index),))) for a, b in zip(nodes, blocks)])
 routes = time.perf_counter() - start
 assert not failed, failed
 print(json.dumps({"entries": entries, "routes": routes}))
