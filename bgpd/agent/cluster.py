@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Awaitable, Callable, Mapping
 
 from pydantic import ValidationError
@@ -28,27 +28,29 @@ from config.node import IPPool, MeshMember, NodeConfig, Peer
 log = logging.getLogger("tortie.cluster")
 
 
-def mesh_members(nodes: Mapping[str, dict], peers: set[IPv4Address]) -> list[MeshMember]:
-    """Every registered node (nodes/<name>) with a valid address that no configured peer or earlier node has."""
+def mesh_members(nodes: Mapping[str, dict], peers: set[IPv4Address | IPv6Address]) -> list[MeshMember]:
+    """Every registered node (nodes/<name>) with a valid address (IPv4 `address`, IPv6 `address6`, or both) that no
+    configured peer or earlier node has."""
     members = []
     taken = set(peers)
     for k, record in sorted(nodes.items()):
         name = parse_key(k)[1][0]
         try:
-            member = MeshMember(name=name, address=IPv4Address(record.get("address", "")))
+            member = MeshMember(name=name, address=record.get("address"), address6=record.get("address6"))
         except ValueError:
             log.warning("ignoring node record key=%s: no valid address", k)
             continue
         wg = record.get("wireguard")
         if isinstance(wg, dict) and wg.get("public_key") is not None:
             try:
-                member = MeshMember(name=name, address=member.address, public_key=wg["public_key"])
+                member = MeshMember(**{**member.model_dump(), "public_key": wg["public_key"]})
             except ValueError:
                 log.warning("node record key=%s: not a WireGuard public key, the node counts as without one", k)
-        if member.address in taken:
-            log.warning("ignoring node record key=%s: address %s is already a peer's", k, member.address)
+        addresses = {a for a in (member.address, member.address6) if a is not None}
+        if clash := sorted(map(str, addresses & taken)):
+            log.warning("ignoring node record key=%s: address %s is already a peer's", k, clash[0])
             continue
-        taken.add(member.address)
+        taken |= addresses
         members.append(member)
     return members
 
@@ -162,7 +164,7 @@ class Cluster:
         self.ignored_records.update(ignored)
         peers = datastore_peers(self.ds.items("bgppeers"), base)
         members = mesh_members(records, {p.address for p in [*base.peers, *peers]})
-        routes = cluster_routes(by_node, {m.name: m.address for m in members}, base.name)
+        routes = cluster_routes(by_node, {m.name: m.address for m in members if m.address is not None}, base.name)
         return ClusterView(members=tuple(members), routes=tuple(sorted(routes.items())),
                            blocks=tuple(b for b in owned if not is_host(b)),
                            borrowed=tuple(b.network_address for b in owned if is_host(b)),
@@ -205,10 +207,12 @@ class Cluster:
             await feed.aclose()
 
     async def register(self) -> None:
-        """Writes nodes/<name>: address, AS, router id and `published`."""
+        """Writes nodes/<name>: addresses (IPv4, IPv6), AS, router id and `published`."""
         record = key("nodes", self.base.name)
-        await self.ds.put(record, {**registration(self.ds.get(record), str(self.base.listen_address), self.base.asn,
-                                                  str(self.base.router_id), time.time()), **self.published})
+        base, address6 = self.base, self.base.listen_address6
+        await self.ds.put(record, {**registration(self.ds.get(record), base.listen_address and str(base.listen_address),
+                                                  base.asn, str(base.router_id), time.time(),
+                                                  address6 and str(address6)), **self.published})
 
     async def _start(self) -> None:
         backoff = 1.0

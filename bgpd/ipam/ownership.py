@@ -6,7 +6,7 @@ values say. So every reader checks, and ignores (and reports) what a node is not
 * a claim on a block another node owned first: `bgpd.ipam.claims.owner()`, `rivals()`;
 * an endpoint (endpoints/<node>/...) with an address outside the prefixes its node owns (its blocks and
   the /32s it borrowed, by the claim rule): `foreign_endpoints()`;
-* a node record (nodes/<node>) whose address another node registered first: `unique_addresses()`.
+* a node record (nodes/<node>) with an address (IPv4 or IPv6) another node registered first: `unique_addresses()`.
   "First" is the record's marker `since`, which `registration()` keeps for as long as the node's
   address stays the same (restarts included); equal markers: the lower name.
 
@@ -178,33 +178,40 @@ class EndpointGate:
         return out
 
 
-def registration(previous: Mapping | None, address: str, asn: int, router_id: str, now: float) -> dict:
-    """The nodes/<name> record a node writes: its marker `since` is kept while the address stays the same."""
-    record = {"address": address, "asn": asn, "router_id": router_id}
-    keep = previous is not None and previous.get("address") == address and marker(previous.get("since")) <= now
+def registration(previous: Mapping | None, address: str | None, asn: int, router_id: str, now: float,
+                 address6: str | None = None) -> dict:
+    """The nodes/<name> record a node writes (`address`: IPv4, `address6`: IPv6, either may be absent): its marker
+    `since` is kept while the addresses stay the same."""
+    record = {"address": address, "asn": asn, "router_id": router_id, **({"address6": address6} if address6 else {})}
+    keep = (previous is not None and previous.get("address") == address and previous.get("address6") == address6
+            and marker(previous.get("since")) <= now)
     return {**record, "since": marker(previous.get("since")) if keep else now}
 
 
-def _address(k: str, record: Mapping) -> object:
-    """What a record's address is compared by: the address, or the key itself for one that is not valid
-    (such a record conflicts with nobody; the mesh ignores it for its address)."""
-    try:
-        return IPv4Address(record["address"]) if isinstance(record.get("address"), str) else k
-    except ValueError:
-        return k
+def _addresses(record: Mapping) -> list[IPv4Address | IPv6Address]:
+    """The valid addresses a record gives (address: IPv4, address6: IPv6); one that is not valid conflicts with
+    nobody (the mesh ignores it)."""
+    out: list[IPv4Address | IPv6Address] = []
+    for field, kind in (("address", IPv4Address), ("address6", IPv6Address)):
+        if isinstance(value := record.get(field), str):
+            try:
+                out.append(kind(value))
+            except ValueError:
+                pass
+    return out
 
 
 def unique_addresses(records: Mapping[str, Mapping]) -> tuple[dict[str, Mapping], dict[str, str]]:
-    """nodes/<name> records -> (the ones kept, {ignored key: why}): of the records that give one address,
-    the first registered (earliest `since`, then lowest name) keeps it."""
-    first: dict[object, str] = {}
-    for k in sorted(records, key=lambda k: (marker(records[k].get("since")), parse_key(k)[1][0])):
-        first.setdefault(_address(k, records[k]), k)
+    """nodes/<name> records -> (the ones kept, {ignored key: why}): of the records that give an address (of
+    either family), the first registered (earliest `since`, then lowest name) keeps it, and a later record giving
+    it is ignored as a whole."""
+    holders: dict[IPv4Address | IPv6Address, str] = {}
     kept, ignored = {}, {}
-    for k, record in records.items():
-        holder = first[_address(k, record)]
-        if holder == k:
-            kept[k] = record
-        else:
-            ignored[k] = f"address {record.get('address')} is registered by {parse_key(holder)[1][0]} since earlier"
+    for k in sorted(records, key=lambda k: (marker(records[k].get("since")), parse_key(k)[1][0])):
+        addresses = _addresses(records[k])
+        if taken := [a for a in addresses if a in holders]:
+            ignored[k] = f"address {taken[0]} is registered by {parse_key(holders[taken[0]])[1][0]} since earlier"
+            continue
+        kept[k] = records[k]
+        holders.update(dict.fromkeys(addresses, k))
     return kept, ignored

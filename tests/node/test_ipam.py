@@ -3,7 +3,7 @@ borrowing, address allocation and the state files."""
 import asyncio
 import heapq
 import random
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A, IPv4Network as N, ip_address, ip_network
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -198,3 +198,71 @@ async def test_claiming_and_borrowing_over_a_files_datastore(tmp_path):
     finally:
         for ds in stores.values():
             await ds.stop()
+
+
+# --- both IP versions --------------------------------------------------------------------------------------------
+def dual_node(tmp_path, pools, blocks=(), **extra) -> NodeConfig:
+    return NodeConfig.model_validate({"name": "n", "router_id": "10.0.0.1", "asn": 64512, "listen_address": "10.0.0.1",
+                                      "listen_address6": "fd99::1", "state_dir": str(tmp_path), "pools": pools,
+                                      "blocks": list(blocks), **extra})
+
+
+def test_a_dual_stack_pod_gets_an_address_of_each_version(tmp_path):
+    v4, v6 = {"cidr": "10.244.0.0/24", "block_size": 30}, {"cidr": "fd00::/120", "block_size": 126}
+    node = dual_node(tmp_path, [v4, v6], ["10.244.0.0/30", "fd00::/126"])
+    assert allocate(node, []) == [A("10.244.0.1"), ip_address("fd00::1")]  # IPv6 hosts(): all but the anycast ::0
+    assert allocate(node, [A("10.244.0.1"), ip_address("fd00::1")]) == [A("10.244.0.2"), ip_address("fd00::2")]
+    assert allocate(node, [], ["fd00::3"]) == [A("10.244.0.1"), ip_address("fd00::3")]
+    save(tmp_path, Lent(addresses=[ip_address("fd00::1")]))  # borrowed by another node
+    save(tmp_path, NodeBlocks(blocks=[N("10.244.0.0/30"), ip_network("fd00::/126")], borrowed=[ip_address("fd00::77")]))
+    assert allocate(node, [])[1] == ip_address("fd00::2")
+    assert allocate(node, map(ip_address, ["fd00::2", "fd00::3"]))[1] == ip_address("fd00::77")  # a /128 borrowed
+    with pytest.raises(AddressError, match="^no free IPv6 address in this node's blocks$"):
+        allocate(node, map(ip_address, ["fd00::2", "fd00::3", "fd00::77"]))
+    with pytest.raises(AddressError, match="one IPv4 address per pod"):
+        allocate(node, [], ["10.244.0.1", "10.244.0.2"])
+    with pytest.raises(AddressError, match="'x' is not an IP address"):
+        allocate(node, [], ["x"])
+    only6 = dual_node(tmp_path / "6", [v6], ["fd00::4/126"])
+    assert allocate(only6, []) == [ip_address("fd00::5")]
+    with pytest.raises(AddressError, match="this node's pools have no IPv4 addresses"):
+        allocate(only6, [], ["10.244.0.1"])
+
+
+blocks6 = st.lists(st.integers(0, 2**10 - 1).map(lambda i: ip_network(f"fd00::{i * 4:x}/126")), min_size=1,
+                   max_size=4, unique=True)
+
+
+@given(blocks6, st.sets(st.integers(0, 2**12 - 1).map(lambda i: ip_address(f"fd00::{i:x}")), max_size=30))
+def test_choose_ipv6_never_gives_a_used_address_or_one_outside_the_blocks(blocks, used):
+    ip = choose(sorted(blocks), used, None)
+    free = [a for b in sorted(blocks) for a in b.hosts() if a not in used]
+    assert ip == (free[0] if free else None)
+
+
+def test_lent_and_borrowable_ipv6():
+    c = {N("10.244.0.0/30"): {"b": Claim("b", True, 1.0)}, ip_network("fd00::/126"): {"b": Claim("b", True, 1.0)},
+         ip_network("fd00::2/128"): {"a": Claim("a", True, 2.0)}, N("10.244.0.1/32"): {"a": Claim("a", True, 2.0)}}
+    assert lent("b", [N("10.244.0.0/30"), ip_network("fd00::/126")], c) == [A("10.244.0.1"), ip_address("fd00::2")]
+    assert list(borrowable(set(), c, {"fd00::1"}, 6)) == [ip_network("fd00::3/128")]
+    assert list(borrowable(set(), c, set(), 4)) == [N("10.244.0.2/32")]
+
+
+@pytest.mark.timeout(60)
+async def test_a_dual_stack_node_claims_a_block_of_each_version(tmp_path):
+    from bgpd.agent.cluster import Cluster
+    node = dual_node(tmp_path / "a", [{"cidr": "10.244.0.0/29", "block_size": 30},
+                                      {"cidr": "fd00::/120", "block_size": 122}], claim_settle=0.1)
+    ds = FilesDatastore(tmp_path / "ds", "a", lease_ttl=60)
+    await ds.start()
+    try:
+        cluster = Cluster(ds, node, apply=None)
+        await cluster.claim_missing()
+        assert sorted(cluster.ours(), key=lambda b: (b.version, b)) == [N("10.244.0.0/30"), ip_network("fd00::/122")]
+        await cluster.claim_missing()  # nothing missing: nothing more
+        assert len(cluster.ours()) == 2
+        assert await cluster.claim_more(6) == ip_network("fd00::40/122")
+        view = cluster.view()
+        assert view.blocks == (N("10.244.0.0/30"), ip_network("fd00::/122"), ip_network("fd00::40/122"))
+    finally:
+        await ds.stop()

@@ -1,10 +1,11 @@
 """What readers accept from other nodes' entries: the claim rule (first owner keeps a block), endpoints inside
 their node's blocks, one node record per address. Pure: unit and hypothesis tests."""
 import math
-from ipaddress import IPv4Network as N, ip_network
+from ipaddress import IPv4Network as N, ip_address, ip_network
 
 from hypothesis import given, strategies as st
 
+from bgpd.agent.cluster import mesh_members
 from bgpd.ipam.claims import Claim, claims_by_block, owner, rivals, wins
 from bgpd.ipam.ownership import (EndpointGate, Ignored, endpoint_prefixes, foreign_endpoints, owned_prefixes, registration, rival_claims,
                                  unique_addresses)
@@ -181,3 +182,32 @@ def test_a_node_that_reads_down_keeps_its_addresses_until_its_block_is_taken():
     claims[BLOCK + "node3"] = {"owned": True, "at": 5}  # taken over by a node that counts, node2 being gone
     assert endpoint_prefixes(claims, lambda n: n != "node2") == {"node3": [N("10.244.2.0/26")]}
     assert endpoint_prefixes(claims, lambda n: True) == {"node2": [N("10.244.2.0/26")]}  # node2 is back: first
+
+
+def test_ipv6_endpoints_are_judged_by_ipv6_blocks_only():
+    """An IPv6 address whose integer is an IPv4 address of the node's block (::10.244.1.5) is not inside it."""
+    owned = {"node1": [N("10.244.1.0/26"), ip_network("fd00::/122"), ip_network("fd00::1:5/128")],
+             "node2": [ip_network("fd00::1:0/122")]}
+    endpoints = {"endpoints/node1/default/dual": {"ips": ["10.244.1.5", "fd00::5"]},
+                 "endpoints/node1/default/borrowed": {"ips": ["fd00::1:5"]},
+                 "endpoints/node1/default/steal": {"ips": ["10.244.1.6", "fd00::1:9"]},  # node2's
+                 "endpoints/node1/default/mapped": {"ips": ["::10.244.1.5"]},
+                 "endpoints/node2/default/ok": {"ips": ["fd00::1:9"]}}
+    problems = foreign_endpoints(endpoints, owned)
+    assert set(problems) == {"endpoints/node1/default/steal", "endpoints/node1/default/mapped"}
+    assert problems["endpoints/node1/default/steal"] == "address fd00::1:9 is not in a block its node owns or borrowed"
+
+
+def test_node_records_with_ipv6_addresses():
+    first = registration(None, None, 64512, "10.99.0.2", now=100.0, address6="fd99::2")
+    assert first == {"address": None, "address6": "fd99::2", "asn": 64512, "router_id": "10.99.0.2", "since": 100.0}
+    assert registration(first, None, 64512, "10.99.0.2", now=500.0, address6="fd99::2")["since"] == 100.0
+    assert registration(first, None, 64512, "10.99.0.2", now=500.0, address6="fd99::9")["since"] == 500.0
+    records = {"nodes/node2": {**first},
+               "nodes/a": {"address": "10.99.0.7", "address6": "fd99::2", "since": 200.0},  # node2's IPv6 address
+               "nodes/b": {"address": "10.99.0.8", "address6": "fd99::8", "since": 300.0}}
+    kept, ignored = unique_addresses(records)
+    assert set(kept) == {"nodes/node2", "nodes/b"}
+    assert ignored == {"nodes/a": "address fd99::2 is registered by node2 since earlier"}
+    members = mesh_members(kept, {ip_address("10.99.0.8")})  # b's IPv4 address is a configured peer's
+    assert [(m.name, m.address, m.address6) for m in members] == [("node2", None, ip_address("fd99::2"))]
