@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import Generic, Iterable, Sequence, TypeVar
+from typing import Callable, Generic, Iterable, Sequence, TypeVar
 
 from policy import names
 from policy import selector as sel
@@ -59,10 +59,15 @@ def _key(ep: AnyEndpoint) -> str:
 
 
 class Binding:
-    def __init__(self, program: Program, endpoints: Endpoints, isolated: Iterable[str] = ()):
-        """`isolated`: interfaces whose every packet is dropped (local pods that could not be compiled)."""
+    def __init__(self, program: Program, endpoints: Endpoints, isolated: Iterable[str] = (),
+                 enforced: Callable[[AnyEndpoint], bool] | None = None):
+        """`isolated`: interfaces whose every packet is dropped (local pods that could not be compiled).
+        `enforced`: which endpoints get an endpoint chain and dispatch entries (default: all); the others only
+        feed selectors' sets (another node's pods, whose packets never pass here: every chain reachable from
+        a base chain costs kernel time at each commit that adds a rule or a jump)."""
         self.program = program
         self.isolated = frozenset(isolated)
+        self.enforced = enforced
         self.groups = _LabelIndex((g.selector, (name, g, fam)) for name, (g, fam) in program.groups.items())
         self.targets = _LabelIndex((g.selector, (i, chain, direction, g))
                                    for i, (chain, direction, g) in enumerate(program.targets))
@@ -75,6 +80,7 @@ class Binding:
         self.members: dict[str, set[str]] = {name: set() for name in (*self.program.groups, *self.program.named_ports)}
         self.chain_refs: Counter[str] = Counter()
         self.chains: dict[str, EndpointChain] = {}
+        self.enforced_keys: set[str] = set()  # as `enforced` decided when each endpoint was added
         self.dispatch: dict[str, dict[str, str]] = {m: {} for m in DISPATCH_MAPS}
         for ep in (*endpoints.endpoints, *endpoints.hostEndpoints):
             self._contribute(ep, +1)
@@ -103,6 +109,13 @@ class Binding:
             if elements:
                 touched.add(name)
                 self._update(name, elements, sign)
+        k = _key(ep)
+        if sign > 0 and (self.enforced is None or self.enforced(ep)):
+            self.enforced_keys.add(k)
+        elif sign < 0 and k in self.enforced_keys:
+            self.enforced_keys.remove(k)
+        else:
+            return touched
         lists: dict[str, list[tuple[int, str]]] = {"ingress": [], "egress": []}
         for i, chain, direction, g in self.targets.candidates(ep.labels):
             if _in_group(g, ep, self.ns_labels):
@@ -168,11 +181,15 @@ class Binding:
         return self.ruleset
 
 
-def bind_endpoints(program: Program, endpoints: Endpoints, isolated: Iterable[str] = ()) -> Ruleset:
-    return Binding(program, endpoints, isolated).ruleset
+def bind_endpoints(program: Program, endpoints: Endpoints, isolated: Iterable[str] = (),
+                   enforced: Callable[[AnyEndpoint], bool] | None = None) -> Ruleset:
+    return Binding(program, endpoints, isolated, enforced).ruleset
 
 
-def compile_ruleset(policies: Sequence[AnyPolicy], endpoints: Endpoints, isolated: Iterable[str] = ()) -> Ruleset:
-    """The whole compiler: a pure function of policies and endpoints (and the interfaces to isolate)."""
+def compile_ruleset(policies: Sequence[AnyPolicy], endpoints: Endpoints, isolated: Iterable[str] = (),
+                    enforced: Callable[[AnyEndpoint], bool] | None = None) -> Ruleset:
+    """The whole compiler: a pure function of policies and endpoints (and the interfaces to isolate, and which
+    endpoints are enforced here: Binding)."""
     with gc_paused():
-        return bind_endpoints(compile_policies(policies, needs_ipv6(policies, endpoints)), endpoints, isolated)
+        return bind_endpoints(compile_policies(policies, needs_ipv6(policies, endpoints)), endpoints, isolated,
+                              enforced)

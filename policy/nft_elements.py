@@ -21,10 +21,10 @@ from policy.diff import Delta
 from policy.ir import NamedSet, Ruleset
 from policy.kernel import ApplyError
 from policy.names import TABLE
+from policy.nft_inspect import connection
 from policy.nft_rules import endpoint_rules, nest, policy_rules, string
 from policy.render_nft import ISOLATED
 
-NETLINK_NETFILTER = 12
 NFPROTO_INET = 1
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NLMSG_ERROR = 2
@@ -159,12 +159,12 @@ def batches_for(delta: Delta, rs: Ruleset) -> list[_Batch]:
     return out
 
 
-def send(b: _Batch, timeout: float = 5.0) -> None:
-    """Sends the batch and waits for an acknowledgement of every message in it; raises ApplyError on error."""
+def send(b: _Batch) -> None:
+    """Sends the batch on this thread's netfilter socket (kept open: nft_inspect.connection) and waits for an
+    acknowledgement of every message in it; raises ApplyError on error."""
     expected = {seq for seq in range(2, b.seq)}  # all but BEGIN (1) and END (b.seq)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as s:
-        s.settimeout(timeout)
-        s.bind((0, 0))
+    with connection() as conn:
+        s = conn.s
         s.sendto(b.data, (0, 0))
         try:
             while expected:

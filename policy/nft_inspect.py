@@ -4,6 +4,10 @@
 need to know whether anything changed (the generation id, which every committed transaction of any table bumps)
 and, when it did, whether our table still has the chains, rules per chain, sets and elements per set it should:
 netlink dumps whose messages are counted, never decoded beyond names and flags.
+
+Every thread keeps one netfilter socket per network namespace open (`connection()`): closing one makes the kernel
+finish destroying what earlier transactions deleted (rules, chains, elements) first, which waits for an RCU grace
+period (`nft_rcv_nl_event` -> flush of the destroy work: 8-16 ms here), with the commit mutex held.
 """
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ import errno
 import os
 import socket
 import struct
+import threading
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from policy.kernel import ApplyError, Interrupted
 from policy.nft_rules import string
@@ -98,9 +104,27 @@ class _Socket:
             raise ApplyError("nf_tables did not answer a dump") from None
 
 
+_open = threading.local()  # this thread's sockets: network namespace inode -> _Socket
+
+
+@contextmanager
+def connection() -> Iterator[_Socket]:
+    """This thread's socket in its current network namespace, left open for the next use; a socket that saw an
+    error (or a timeout) is closed, so that no stale answer is ever read as the next one's."""
+    sockets = _open.__dict__.setdefault("by_netns", {})
+    netns = os.stat("/proc/thread-self/ns/net").st_ino
+    s = sockets.pop(netns, None) or _Socket()
+    try:
+        yield s
+    except BaseException:
+        s.s.close()
+        raise
+    sockets[netns] = s
+
+
 def generation() -> int:
     """The ruleset generation: every committed nf_tables transaction (of any table, any tool) increments it."""
-    with _Socket() as s:
+    with connection() as s:
         answer = s.request(MSG_GETGEN, 0, family=socket.AF_UNSPEC)
     if not answer or 1 not in answer[0]:
         raise ApplyError("nf_tables gave no generation id")
@@ -119,7 +143,7 @@ class Census:
 
 def census(table: str) -> Census:
     """Raises Interrupted when the ruleset changed during the dumps."""
-    with _Socket() as s:
+    with connection() as s:
         tname = string(1, table)
         sets = [_name(a.get(2)) for a in s.request(MSG_GETSET, NLM_F_DUMP, tname)
                 if _name(a.get(1)) == table and not _u32(a.get(3)) & NFT_SET_ANONYMOUS]  # inline `{ ... }` sets

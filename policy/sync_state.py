@@ -42,10 +42,10 @@ def _digest(node: str, namespace: str, pod: str) -> str:
 
 
 def remote_interface(node: str, namespace: str, pod: str) -> str:
-    """A stand-in interface name for another node's pod: it only feeds selectors here, no packet uses it.
+    """A stand-in interface name for another node's pod: it only feeds selectors here, no packet uses it (the
+    pod gets no endpoint chain or dispatch entry here: SyncState.enforced).
 
-    (Local pods' host interfaces are `tt` + hash, so the two never collide. Chains for remote pods are
-    dead weight; rendering only local ones is a compiler change left for later.)
+    (Local pods' host interfaces are `tt` + hash, so the two never collide.)
     """
     return "r" + _digest(node, namespace, pod)[:14]
 
@@ -143,6 +143,11 @@ class SyncState:
         if self.resolution is not None and (why := self.resolution.rejected.get(k)) is not None:
             return f"{k}: {why}"
         return None
+
+    def enforced(self, ep: Endpoint | HostEndpoint) -> bool:
+        """Whether an endpoint's packets pass this node (its own pods and host endpoints get endpoint chains;
+        another node's pods only feed selectors)."""
+        return isinstance(ep, HostEndpoint) or f"{self._local_prefix}{ep.namespace}/{ep.name}" in self.local
 
     def _policies(self) -> list[AnyPolicy]:
         return [m for m in self.good.values() if not isinstance(m, _NOT_POLICIES)]
@@ -288,7 +293,8 @@ class SyncState:
         if self.live is None or self.binding is None or not self.live.program.ipv6 and needs_ipv6(new_policies, endpoints):
             policies = self._policies()
             self.live = LiveProgram(policies, needs_ipv6(policies, endpoints), self.live)
-            self.binding = LiveBinding(self.live, endpoints, isolated=self.resolution.isolated)
+            self.binding = LiveBinding(self.live, endpoints, isolated=self.resolution.isolated,
+                                       enforced=self.enforced)
             return
         if kinds & {"policies", "globalpolicies"}:
             removed, added = self.live.change(new_policies, [
