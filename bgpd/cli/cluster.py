@@ -14,6 +14,7 @@ from ipaddress import ip_address
 
 from bgpd.cli.node import DEFAULT_CONFIG, load_node
 from bgpd.ipam.claims import claims_by_block, owner
+from bgpd.ipam.holdings import is_host
 from config.datastore import Datastore, DatastoreError, TlsSettings, open_datastore, parse_key
 from config.load import ConfigError, validation_errors
 from config.node import NodeConfig
@@ -57,6 +58,8 @@ def _open(args: argparse.Namespace) -> tuple[NodeConfig, Datastore]:
 
 
 def ipam_table(node: NodeConfig, ds: Datastore) -> list[dict]:
+    """A row per claimed block of the node's pools, of either IP version; `size`: the addresses pods get from it
+    (IPv4: not the network and broadcast addresses; IPv6: not the subnet-router anycast address)."""
     by_block = claims_by_block(ds.items("claims"), lambda n: True)
     used: dict[str, int] = {}
     for k, ep in ds.items("endpoints").items():
@@ -75,21 +78,30 @@ def ipam_table(node: NodeConfig, ds: Datastore) -> list[dict]:
             n = sum(1 for ip in addresses if ip.version == block.version and ip in block)
             rows.append({"pool": str(pool.cidr), "block": str(block), "owner": owner(claims),
                          "claims": sorted(claims), "alive": ds.alive(owner(claims)) if owner(claims) else None,
-                         "used": n, "size": block.num_addresses - 2})
+                         "used": n, "size": block.num_addresses - (2 if block.version == 4 else 1)})
     return rows
+
+
+def borrowed_counts(node: NodeConfig, ds: Datastore) -> dict[str, int]:
+    """Pool -> how many of its addresses nodes borrowed (owned /32 or /128 claims)."""
+    hosts = [b for b, claims in claims_by_block(ds.items("claims"), lambda n: True).items()
+             if is_host(b) and owner(claims) is not None]
+    return {str(p.cidr): sum(1 for b in hosts if b.version == p.cidr.version and b.subnet_of(p.cidr))
+            for p in node.pools}
 
 
 async def _ipam_show(args: argparse.Namespace) -> int:
     async with tool_datastore(args) as (node, ds):
-        rows = ipam_table(node, ds)
+        rows, borrowed = ipam_table(node, ds), borrowed_counts(node, ds)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for pool in node.pools:
         total = 2 ** (pool.block_size - pool.cidr.prefixlen)
         mine = [r for r in rows if r["pool"] == str(pool.cidr)]
-        print(f"pool {pool.cidr}  blocks /{pool.block_size}: {len(mine)} of {total} claimed")
-    fmt = "  {:<20} {:<14} {:<8} {:>9}  {}"
+        print(f"pool {pool.cidr}  blocks /{pool.block_size}: {len(mine)} of {total} claimed, "
+              f"{borrowed[str(pool.cidr)]} addresses borrowed")
+    fmt = "  {:<28} {:<14} {:<8} {:>9}  {}"
     print(fmt.format("block", "owner", "alive", "used", "claims"))
     for r in rows:
         print(fmt.format(r["block"], r["owner"] or "(pending)", str(r["alive"]).lower(), f"{r['used']}/{r['size']}",

@@ -13,7 +13,7 @@ from bgpd.ipam.claiming import BlockClaims
 from bgpd.ipam.claims import Claim, next_free, owner, wins
 from bgpd.ipam.holdings import borrowable, lent
 from bgpd.ipam.state import IpamStateError, Lent, NodeBlocks, load, save
-from config.datastore import FilesDatastore
+from config.datastore import FilesDatastore, cidr_segment
 from config.node import IPPool, NodeConfig
 
 POOL = IPPool(cidr=N("10.244.0.0/28"), block_size=30)  # 4 blocks
@@ -264,5 +264,22 @@ async def test_a_dual_stack_node_claims_a_block_of_each_version(tmp_path):
         assert await cluster.claim_more(6) == ip_network("fd00::40/122")
         view = cluster.view()
         assert view.blocks == (N("10.244.0.0/30"), ip_network("fd00::/122"), ip_network("fd00::40/122"))
+    finally:
+        await ds.stop()
+
+
+async def test_ipam_show_counts_each_version(tmp_path):
+    from bgpd.cli.cluster import borrowed_counts, ipam_table
+    node = dual_node(tmp_path, [{"cidr": "10.244.0.0/24", "block_size": 26}, {"cidr": "fd00::/64"}])
+    ds = FilesDatastore(tmp_path / "ds", "a", lease_ttl=60)
+    await ds.start()
+    try:
+        for prefix, name in (("10.244.0.0/26", "a"), ("fd00::/122", "a"), ("fd00::40/122", "b"), ("fd00::41/128", "a")):
+            await ds.put(f"claims/{cidr_segment(prefix)}/{name}", {"owned": True, "at": 1.0})
+        await ds.put("endpoints/a/default/web", {"ips": ["10.244.0.1", "fd00::1"]})
+        await ds.put("endpoints/a/default/db", {"ips": ["10.244.0.2", "fd00::41"]})
+        rows = {r["block"]: (r["owner"], r["used"], r["size"]) for r in ipam_table(node, ds)}
+        assert rows == {"10.244.0.0/26": ("a", 2, 62), "fd00::/122": ("a", 1, 63), "fd00::40/122": ("b", 1, 63)}
+        assert borrowed_counts(node, ds) == {"10.244.0.0/24": 0, "fd00::/64": 1}
     finally:
         await ds.stop()
