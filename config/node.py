@@ -322,13 +322,6 @@ class NodeConfig(Strict):
                                       passive=int(theirs) < int(mine)))
         return peers
 
-    def ipv6_in_use(self) -> list[str]:
-        """The settings that ask for IPv6 routing: the daemon refuses them until it routes IPv6 (issue 11)."""
-        return ([f"pools[{i}]" for i, p in enumerate(self.pools) if p.cidr.version == 6]
-                + [f"peers[{i}]" for i, p in enumerate(self.peers) if p.address.version == 6]
-                + (["listen_address6"] if self.listen_address6 is not None else [])
-                + (["listen_address (missing)"] if self.listen_address is None else []))
-
     def max_prefixes_for(self, peer: Peer) -> int:
         return peer.max_prefixes if peer.max_prefixes is not None else self.max_prefixes
 

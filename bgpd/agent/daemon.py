@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
-from ipaddress import IPv4Network
+from ipaddress import ip_network
 
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from bgpd.bgp.core import Command, CoreConfig, Log, NodeCore, PeerSettings, Prog
 from bgpd.bgp.rib import ImportFilter
 from bgpd.agent.sdnotify import notify, watchdog_interval
 from bgpd.overlay.vxlan import Overlay
-from bgpd.prefixes import network, text
+from bgpd.prefixes import network, text, version as prefix_version
 from policy.kernel import ApplyError
 from pyroute2.netlink.exceptions import NetlinkError
 from config.effective import EffectiveConfig, effective
@@ -56,7 +56,6 @@ class StartupError(Exception):
     pass
 
 
-_NO_IPV6 = "{}: the daemon does not route IPv6 yet (issue 11): pools, peers and underlay are IPv4 only"
 
 
 class DaemonFailed(Exception):
@@ -70,8 +69,9 @@ def core_config(node: EffectiveConfig, overlay: Overlay | None = None,
         peers={str(p.address): PeerSettings(p.name or str(p.address), p.asn, node.max_prefixes_for(p))
                for p in node.bgp_peers()},
         import_filter=ImportFilter(tuple(p.cidr for p in node.pools), tuple(node.blocks),
-                                   frozenset((node.listen_address, node.router_id)),
-                                   tuple(IPv4Network(a) for a in node.borrowed)),
+                                   frozenset(a for a in (node.listen_address, node.listen_address6, node.router_id)
+                                             if a is not None),
+                                   tuple(ip_network(a) for a in node.borrowed)),
         announced=tuple(node.announced()), graceful_restart=node.graceful_restart,
         initial_sync_timeout=node.initial_sync_timeout, wait_for_datastore=node.datastore is not None,
         overlay=overlay, cluster_routes=tuple(sorted(node.cluster_routes.items())), encryption=encrypt)
@@ -84,8 +84,6 @@ class Daemon:
     OVERLAY_INTERVAL = 5.0  # seconds between checks of the VTEP device, its entries and the overlay's rules
 
     def __init__(self, file_config: NodeConfig, config_path: Path | None = None, cleanup_on_exit: bool = False):
-        if unrouted := file_config.ipv6_in_use():
-            raise StartupError(_NO_IPV6.format(", ".join(unrouted)))
         self.node = node = effective(file_config, None)  # with a datastore, the cluster's view follows
         self.config_path = config_path
         self.cleanup_on_exit = cleanup_on_exit
@@ -215,13 +213,14 @@ class Daemon:
         self._stop.set()
 
     async def _start_bgp(self) -> None:
-        """ExaBGP cannot bind before our BGP address exists (a host still coming up): wait for it."""
+        """ExaBGP cannot bind before our BGP addresses exist (a host still coming up): wait for them."""
         if not self.node.bgp.enabled:
             return
-        if not await has_address(self.node.listen_address):
-            log.warning("waiting for listen_address=%s to be configured", self.node.listen_address)
-            while not await has_address(self.node.listen_address):
-                await asyncio.sleep(0.5)
+        for address in (a for a in (self.node.listen_address, self.node.listen_address6) if a is not None):
+            if not await has_address(address):
+                log.warning("waiting for listen address %s to be configured", address)
+                while not await has_address(address):
+                    await asyncio.sleep(0.5)
         await self.bfd.start()
         await self.supervisor.run()
 
@@ -378,8 +377,6 @@ class Daemon:
             fixed = restart_changes(self.node, file_config)
             if fixed:
                 raise ConfigError([f"{self.config_path}: {f}: changing it needs a restart" for f in fixed])
-            if unrouted := file_config.ipv6_in_use():
-                raise ConfigError([f"{self.config_path}: " + _NO_IPV6.format(", ".join(unrouted))])
             new = effective(file_config, self.cluster.view(file_config) if self.cluster else None)
         except ConfigError as e:
             log.error("reload refused, the running configuration stays: %s", "; ".join(e.errors))
@@ -514,11 +511,13 @@ class Daemon:
                 received=rib.received, accepted=len(rib.routes), rejected=sum(rib.rejected.values()),
                 advertised=ps.advertised, stale=len(rib.stale), last_error=ps.last_error, updates=ps.updates,
                 rejected_by_reason={r.value: n for r, n in rib.rejected.items()}, bfd=self.bfd.status(addr)))
-        refused = dict(core.refused)
+        refused, installed = dict(core.refused), list(self.kernel.installed)
         return Status(
             node=self.node.name, asn=self.node.asn, router_id=str(self.node.router_id),
             blocks=[str(b) for b in self.node.blocks], borrowed=[str(a) for a in self.node.borrowed],
-            initial_sync_done=core.initial_sync_done, kernel_routes=len(self.kernel.installed),
+            initial_sync_done=core.initial_sync_done, kernel_routes=len(installed),
+            kernel_routes_ipv6=sum(1 for p in installed if prefix_version(p) == 6),
+            refused_ipv6=sum(1 for p in refused if prefix_version(p) == 6),
             refused_routes={text(p): why for p, why in sorted(refused.items())[:20]},
             exabgp_restarts=self.supervisor.restarts,
             datastore=None if self.cluster is None else DatastoreStatus(

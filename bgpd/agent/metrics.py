@@ -55,13 +55,15 @@ class DaemonCollector(Collector):
             info.add_metric([p.address, p.name, str(p.asn)], 1.0)
         yield from (state, up, uptime, received, rejected, updates, accepted, advertised)
         yield from bfd_metrics([(p.address, p.bfd) for p in s.peers if p.bfd is not None])
-        owned = GaugeMetricFamily("tortie_kernel_routes", "kernel routes owned by Tortie")
-        owned.add_metric([], s.kernel_routes)
-        yield owned
+        owned = GaugeMetricFamily("tortie_kernel_routes", "kernel routes owned by Tortie", labels=["family"])
         refused = GaugeMetricFamily("tortie_kernel_routes_refused",
-                                    "desired routes the kernel refused at the last try (retried)")
-        refused.add_metric([], s.refused_total)
-        yield refused
+                                    "desired routes the kernel refused at the last try (retried)", labels=["family"])
+        for family, (routes, refusals) in {"ipv4": (s.kernel_routes - s.kernel_routes_ipv6,
+                                                    s.refused_total - s.refused_ipv6),
+                                           "ipv6": (s.kernel_routes_ipv6, s.refused_ipv6)}.items():
+            owned.add_metric([family], routes)
+            refused.add_metric([family], refusals)
+        yield from (owned, refused)
         repairs = CounterMetricFamily("tortie_kernel_route_repairs",
                                       "kernel routes found deleted or changed by others, and programmed again")
         repairs.add_metric([], s.kernel_repairs)

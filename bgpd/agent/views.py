@@ -140,12 +140,14 @@ class Status:
     blocks: list[str]
     borrowed: list[str]
     initial_sync_done: bool
-    kernel_routes: int  # routes of our protocol in the kernel
+    kernel_routes: int  # routes of our protocol in the kernel, of both families
     refused_routes: dict[str, str]  # a sample of the routes the kernel refused, with its reason
     exabgp_restarts: int
     datastore: DatastoreStatus | None
     peers: list[PeerStatus]
     refused_total: int = 0  # all routes the kernel refused at the last try
+    kernel_routes_ipv6: int = 0  # of kernel_routes, the IPv6 ones
+    refused_ipv6: int = 0  # of refused_total, the IPv6 ones
     kernel_repairs: int = 0  # kernel routes found changed by others (and programmed again)
     malformed_messages: int = 0  # ExaBGP messages that could not be parsed
     bgp_enabled: bool = True

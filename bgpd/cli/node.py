@@ -83,7 +83,8 @@ def _render_status(result: dict) -> str:
     from bgpd.agent.views import Status
     s = Status.from_json(result)
     lines = [f"node {s.node}  AS {s.asn}  router id {s.router_id}  blocks {', '.join(s.blocks)}",
-             f"kernel routes {s.kernel_routes}  initial sync {'done' if s.initial_sync_done else 'pending'}"
+             f"kernel routes {s.kernel_routes} (IPv6 {s.kernel_routes_ipv6})"
+             f"  initial sync {'done' if s.initial_sync_done else 'pending'}"
              f"  exabgp restarts {s.exabgp_restarts}"]
     if s.datastore:
         lines.append(f"datastore {'connected' if s.datastore.connected else 'DISCONNECTED'}"
@@ -119,7 +120,7 @@ def _render_status(result: dict) -> str:
 
 def _render_routes(result: list[dict]) -> str:
     from bgpd.agent.views import RouteStatus
-    fmt = "{:<20} {:<32} {:<32} {}"
+    fmt = "{:<28} {:<32} {:<32} {}"  # an IPv6 block: up to 43 characters, most fit in 28
     lines = [fmt.format("prefix", "next hops", "from", "in kernel")]
     for r in map(RouteStatus.from_json, result):
         lines.append(fmt.format(r.prefix, ",".join(r.next_hops), ",".join(r.peers), "yes" if r.in_kernel else "NO"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Callable, Mapping
 
 from pyroute2 import AsyncIPRoute
@@ -30,9 +30,9 @@ class SyncResult:
     errors: dict[int, str] = field(default_factory=dict)
 
 
-async def has_address(address: IPv4Address) -> bool:
+async def has_address(address: IPv4Address | IPv6Address) -> bool:
     async with AsyncIPRoute() as ipr:
-        async for a in await ipr.addr("dump", family=2):
+        async for a in await ipr.addr("dump", family=2 if address.version == 4 else 10):
             if a.get("address") == str(address):
                 return True
     return False

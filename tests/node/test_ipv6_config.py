@@ -69,7 +69,6 @@ def test_ipv4_only_node_is_unchanged(tmp_path):
     text = DUAL.replace("listen_address6: fd99::1\n", "").replace(', {cidr: "fd00:244::/56"}', "") \
         .replace(', "fd00:244::40/122"', "").replace(', {address: "fd98::fe", asn: 65000}', "")
     node = load(tmp_path, text)
-    assert node.ipv6_in_use() == []
     # node0 has only an IPv6 address and node2's IPv6 address has no IPv6 end here: IPv4 sessions only
     assert {str(p.address) for p in node.bgp_peers()} == {"10.98.0.254", "10.99.0.2"}
 
@@ -117,12 +116,6 @@ def test_router_id_stays_ipv4(tmp_path):
     assert "router_id" in refused(tmp_path, V6ONLY.replace("router_id: 10.99.0.1\n", ""))
 
 
-def test_the_daemon_refuses_ipv6_until_it_routes_it(tmp_path):
-    node = load(tmp_path, DUAL)
-    assert node.ipv6_in_use() == ["pools[1]", "peers[1]", "listen_address6"]
-    assert load(tmp_path, V6ONLY).ipv6_in_use() == ["pools[0]", "listen_address6", "listen_address (missing)"]
-
-
 def test_effective_mixes_families(tmp_path):
     """Blocks and borrowed addresses of both families sort (IPv4 first) and borrowed ones become host prefixes."""
     node = load(tmp_path, DUAL)
@@ -159,13 +152,6 @@ def test_ippool_resource_takes_the_family_default():
     assert entry(doc) == ("ippools/v6", {"cidr": "fd00::/48", "block_size": 122})
     doc["spec"]["cidr"] = "10.244.0.0/16"
     assert entry(doc)[1] == {"cidr": "10.244.0.0/16", "block_size": 26}
-
-
-def test_daemon_refuses_ipv6_settings(tmp_path):
-    from bgpd.agent.daemon import Daemon, StartupError
-    with pytest.raises(StartupError, match=r"^pools\[1\], peers\[1\], listen_address6: the daemon does not route "
-                                           r"IPv6 yet \(issue 11\)"):
-        Daemon(load(tmp_path, DUAL))
 
 
 def test_ipam_show_with_an_ipv6_pool(tmp_path):

@@ -108,7 +108,7 @@ def test_routes_views_and_metrics(lab):
                     ).stdout
     assert 'tortie_bgp_session_up{peer="10.99.0.2"} 1.0' in text
     assert 'tortie_bgp_prefixes_received_total{peer="10.99.0.3"}' in text
-    assert "tortie_kernel_routes 3.0" in text
+    assert 'tortie_kernel_routes{family="ipv4"} 3.0' in text and 'tortie_kernel_routes{family="ipv6"} 0.0' in text
     assert "tortie_route_programming_latency_seconds_bucket" in text
     assert "tortie_build_info{" in text
 
