@@ -79,9 +79,6 @@ class IPPool(Strict):
         if not low <= self.block_size <= high:
             raise ValueError(f"block_size /{self.block_size}: an IPv{self.cidr.version} pool's blocks are "
                              f"/{low} to /{high}")
-        if self.cidr.version == 6 and self.vxlan != "never":
-            raise ValueError(f"vxlan: {self.vxlan}: the VXLAN overlay carries IPv4 pools only; "
-                             f"IPv6 pool {self.cidr} needs vxlan: never")
         if self.block_size < self.cidr.prefixlen:
             raise ValueError(f"block_size /{self.block_size} is larger than the pool {self.cidr}")
         return self
@@ -174,9 +171,20 @@ class Vxlan(Strict):
     vni: int = Field(4096, ge=1, le=16777215, description="VXLAN network identifier, the same on every node")
     port: int = Field(4789, ge=1, le=65535, description="UDP port of the VXLAN packets, the same on every node")
     device: str = Field("tortie.vxlan", pattern=r"^tortie[A-Za-z0-9_.-]{0,9}$",
-                        description="name of the VXLAN device: a tortie prefix, 15 characters at most")
-    mtu: int | None = Field(None, ge=576, le=65485, description="MTU of the VXLAN device and of pod interfaces; "
-                                                               "default: the uplink's MTU minus 50")
+                        description="name of the VXLAN device of IPv4 pools (over listen_address): a tortie "
+                                    "prefix, 15 characters at most")
+    device6: str = Field("tortie.vxlan6", pattern=r"^tortie[A-Za-z0-9_.-]{0,9}$",
+                         description="name of the VXLAN device of IPv6 pools (over listen_address6)")
+    mtu: int | None = Field(None, ge=576, le=65485, description="MTU of the VXLAN devices and of pod interfaces; "
+                                                               "default: the uplink's MTU minus 50 (IPv4 "
+                                                               "underlay) or 70 (IPv6), the smaller if both")
+
+    @model_validator(mode="after")
+    def _two_devices(self) -> Vxlan:
+        if self.device == self.device6:
+            raise ValueError(f"device6: {self.device6} is the IPv4 device's name too: the IPv6 pools' VTEP needs "
+                             "a device of its own")
+        return self
 
 
 class Wireguard(Strict):
@@ -283,6 +291,10 @@ class NodeConfig(Strict):
                                                    for a in (m.address, m.address6) if a is not None]
         if len(set(addrs)) != len(addrs):
             raise ValueError("a peer address appears twice (peers and mesh nodes together)")
+        if (self.uses_vxlan() and self.vxlan.mtu is not None and self.vxlan.mtu < 1280
+                and any(p.cidr.version == 6 for p in self.pools)):
+            raise ValueError(f"vxlan.mtu: {self.vxlan.mtu} is below 1280, the IPv6 minimum: the pods of IPv6 "
+                             "pools would have no IPv6")
         if self.route_protocol == self.pod_route_protocol:
             raise ValueError("route_protocol and pod_route_protocol must differ")
         if not self.bgp.enabled:

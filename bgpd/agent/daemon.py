@@ -553,13 +553,16 @@ class Daemon:
         node, ov = self.node, self.overlay
         if not node.uses_vxlan():
             return None
-        device = ov.device
+        devices = [d for _, d in sorted(ov.devices.items())]  # the IPv4 VTEP first, then the IPv6 one
+        oifs = {d.index for d in devices}
         encapsulated = sum(1 for hops in list(self.kernel.installed.values())
-                           if device and any(isinstance(h, DeviceHop) and h.oif == device.index for h in hops))
-        return OverlayStatus(device=node.vxlan.device, vni=node.vxlan.vni, port=node.vxlan.port,
-                             mtu=device.mtu if device else 0, remote_vteps=len(ov.vtep.installed),
+                           if any(isinstance(h, DeviceHop) and h.oif in oifs for h in hops))
+        names = [ov.vteps[v].name for v in sorted({p.cidr.version for p in node.pools if p.vxlan != "never"})]
+        return OverlayStatus(device=", ".join(names), vni=node.vxlan.vni, port=node.vxlan.port,
+                             mtu=min((d.mtu for d in devices), default=0),
+                             remote_vteps=sum(len(v.installed) for v in ov.vteps.values()),
                              encapsulated_routes=encapsulated, repairs=ov.repairs,
-                             offloads=dict(device.offloads) if device else {}, error=ov.error)
+                             offloads=dict(devices[0].offloads) if devices else {}, error=ov.error)
 
     def routes(self) -> list[RouteStatus]:
         rib, installed = self.core.rib, self.kernel.installed

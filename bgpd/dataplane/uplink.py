@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import socket
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from pyroute2 import IPRoute
 
 
-def uplink_mtu(listen_address: IPv4Address, ipr: IPRoute, setting: str) -> int:
+def uplink_mtu(listen_address: IPv4Address | IPv6Address, ipr: IPRoute, setting: str) -> int:
     """The MTU of the interface holding `listen_address`; OSError naming `setting` (the configuration field
     that would say it instead) if no interface has that address."""
-    for a in ipr.get_addr(family=socket.AF_INET, address=str(listen_address)):
+    family = socket.AF_INET if listen_address.version == 4 else socket.AF_INET6
+    for a in ipr.get_addr(family=family, address=str(listen_address)):
         return ipr.get_links(a["index"])[0].get_attr("IFLA_MTU")
     raise OSError(f"no interface has listen_address {listen_address}: cannot tell the underlay MTU (set {setting})")

@@ -1,5 +1,6 @@
-"""The VXLAN tunnel endpoint in the kernel: the device, and a permanent neighbour and FDB entry per remote
-VTEP (bgpd/overlay/vxlan.py says which). Everything on our device is ours: what is not wanted there goes.
+"""A VXLAN tunnel endpoint in the kernel, one per underlay family: the device, and a permanent neighbour and
+FDB entry per remote VTEP (bgpd/overlay/vxlan.py says which). Everything on our device is ours: what is not
+wanted there goes.
 
 Blocking pyroute2 calls: run them in a worker thread (`asyncio.to_thread`).
 """
@@ -11,14 +12,14 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import ip_address, ip_network
 
 from pyroute2 import IPRoute
 
 from bgpd.dataplane.uplink import uplink_mtu
 from bgpd.dataplane.netlink_routes import (_NLMSGHDR, _RTA, NETLINK_ROUTE, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE,
                                            NLM_F_REQUEST, _acks)
-from bgpd.overlay.vxlan import pod_mtu, vtep_mac
+from bgpd.overlay.vxlan import Address, Network, pod_mtu, vtep_gateway, vtep_mac
 from config.node import NodeConfig, Vxlan
 
 log = logging.getLogger("tortie.vxlan")
@@ -41,13 +42,17 @@ class DeviceState:
     index: int
     mtu: int
     offloads: dict[str, bool]
-    connected: tuple[IPv4Network, ...]  # this host's subnets, for cross-subnet
+    connected: tuple[Network, ...]  # this host's subnets of both families, for cross-subnet
 
 
 class VtepDevice:
-    def __init__(self, settings: Vxlan, local: IPv4Address):
+    """The VTEP of the underlay family of `local`: device `vxlan.device` (IPv4) or `vxlan.device6` (IPv6)."""
+
+    def __init__(self, settings: Vxlan, local: Address):
         self.settings, self.local = settings, local
-        self.installed: dict[IPv4Address, str] = {}  # remote VTEP address -> MAC, as the kernel holds them
+        self.name = settings.device if local.version == 4 else settings.device6
+        self.family = socket.AF_INET if local.version == 4 else socket.AF_INET6
+        self.installed: dict[Address, str] = {}  # remote VTEP address -> MAC, as the kernel holds them
 
     def ensure(self, mtu: int) -> DeviceState:
         """The device as configured (created, or re-created if its VNI, port or local address differ), up."""
@@ -55,25 +60,26 @@ class VtepDevice:
         with IPRoute() as ipr:
             index = self._index(ipr)
             if index is not None and not self._matches(ipr, index):
-                log.warning("vxlan device %s differs from the configuration: re-creating it", s.device)
+                log.warning("vxlan device %s differs from the configuration: re-creating it", self.name)
                 ipr.link("del", index=index)
                 index = None
             if index is None:
-                ipr.link("add", ifname=s.device, kind="vxlan", vxlan_id=s.vni, vxlan_port=s.port,
-                         vxlan_local=str(self.local), vxlan_learning=0)
+                local = {"vxlan_local" if self.local.version == 4 else "vxlan_local6": str(self.local)}
+                ipr.link("add", ifname=self.name, kind="vxlan", vxlan_id=s.vni, vxlan_port=s.port,
+                         vxlan_learning=0, **local)
                 index = self._index(ipr)
                 self.installed = {}
-                log.info("created vxlan device %s vni=%d port=%d local=%s", s.device, s.vni, s.port, self.local)
+                log.info("created vxlan device %s vni=%d port=%d local=%s", self.name, s.vni, s.port, self.local)
             link = ipr.get_links(index)[0]
             if link.get_attr("IFLA_ADDRESS") != vtep_mac(self.local):  # setting it flushes the neighbours
                 ipr.link("set", index=index, address=vtep_mac(self.local))
             if link.get_attr("IFLA_MTU") != mtu or not link["flags"] & 1:
                 ipr.link("set", index=index, mtu=mtu, state="up")
             connected = connected_subnets(ipr)
-        return DeviceState(index, mtu, offloads(s.device), connected)
+        return DeviceState(index, mtu, offloads(self.name), connected)
 
     def _index(self, ipr: IPRoute) -> int | None:
-        found = ipr.link_lookup(ifname=self.settings.device)
+        found = ipr.link_lookup(ifname=self.name)
         return found[0] if found else None
 
     def _matches(self, ipr: IPRoute, index: int) -> bool:
@@ -82,25 +88,29 @@ class VtepDevice:
         if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
             return False
         data = info.get_attr("IFLA_INFO_DATA")
+        local = data.get_attr("IFLA_VXLAN_LOCAL" if self.local.version == 4 else "IFLA_VXLAN_LOCAL6")
         return (data.get_attr("IFLA_VXLAN_ID") == self.settings.vni
                 and data.get_attr("IFLA_VXLAN_PORT") == self.settings.port
-                and data.get_attr("IFLA_VXLAN_LOCAL") == str(self.local))
+                and local is not None and ip_address(local) == self.local)
 
-    def sync(self, want: dict[IPv4Address, str]) -> int:
-        """Makes the device's neighbours and FDB entries exactly `want` (address -> MAC); returns the changes."""
+    def sync(self, want: dict[Address, str]) -> int:
+        """Makes the device's FDB entries exactly `want` (underlay address -> MAC) and its neighbours exactly
+        their gateways (`vtep_gateway`) with those MACs; returns the changes."""
         with IPRoute() as ipr:
             index = self._index(ipr)
             if index is None:
-                raise OSError(f"vxlan device {self.settings.device} is gone")
-            neigh = {IPv4Address(n.get_attr("NDA_DST")): n.get_attr("NDA_LLADDR")
-                     for n in ipr.get_neighbours(family=socket.AF_INET, ifindex=index)
+                raise OSError(f"vxlan device {self.name} is gone")
+            neigh = {ip_address(n.get_attr("NDA_DST")): n.get_attr("NDA_LLADDR")
+                     for n in ipr.get_neighbours(family=self.family, ifindex=index)
                      if n["state"] & NUD_PERMANENT}
-            fdb = {(n.get_attr("NDA_LLADDR"), IPv4Address(n.get_attr("NDA_DST")))
+            fdb = {(n.get_attr("NDA_LLADDR"), ip_address(n.get_attr("NDA_DST")))
                    for n in ipr.get_neighbours(family=AF_BRIDGE, ifindex=index) if n.get_attr("NDA_DST") is not None}
         wanted_fdb = {(mac, addr) for addr, mac in want.items()}
+        gateways = {vtep_gateway(addr): mac for addr, mac in want.items()}
         ops = [EntryOp(RTM_DELNEIGH, AF_BRIDGE, addr, mac) for mac, addr in fdb - wanted_fdb]
-        ops += [EntryOp(RTM_DELNEIGH, socket.AF_INET, addr, mac) for addr, mac in neigh.items() if addr not in want]
-        ops += [EntryOp(RTM_NEWNEIGH, socket.AF_INET, addr, mac) for addr, mac in want.items() if neigh.get(addr) != mac]
+        ops += [EntryOp(RTM_DELNEIGH, self.family, addr, mac) for addr, mac in neigh.items() if addr not in gateways]
+        ops += [EntryOp(RTM_NEWNEIGH, self.family, addr, mac) for addr, mac in gateways.items()
+                if neigh.get(addr) != mac]
         ops += [EntryOp(RTM_NEWNEIGH, AF_BRIDGE, addr, mac) for mac, addr in wanted_fdb - fdb]
         if ops:
             write_entries(index, ops)
@@ -120,11 +130,11 @@ class VtepDevice:
 
 @dataclass(frozen=True)
 class EntryOp:
-    """A permanent neighbour (family AF_INET) or FDB entry (AF_BRIDGE) of the VTEP to add or delete."""
+    """A permanent neighbour (family AF_INET or AF_INET6) or FDB entry (AF_BRIDGE) of the VTEP to add or delete."""
 
     kind: int  # RTM_NEWNEIGH or RTM_DELNEIGH
     family: int
-    address: IPv4Address
+    address: Address  # the neighbour's address, or the FDB entry's remote (dst) address
     mac: str
 
 
@@ -135,7 +145,8 @@ def encode_entry(op: EntryOp, index: int, seq: int) -> bytes:
         flags |= NLM_F_CREATE | (NLM_F_APPEND if op.family == AF_BRIDGE else NLM_F_REPLACE)
     body = _NDMSG.pack(op.family, 0, 0, index, NUD_PERMANENT, NTF_SELF if op.family == AF_BRIDGE else 0, 0)
     mac = bytes.fromhex(op.mac.replace(":", ""))
-    body += _RTA.pack(8, NDA_DST) + op.address.packed + _RTA.pack(4 + len(mac), NDA_LLADDR) + mac + b"\0\0"
+    dst = op.address.packed  # 4 or 16 bytes: aligned either way
+    body += _RTA.pack(4 + len(dst), NDA_DST) + dst + _RTA.pack(4 + len(mac), NDA_LLADDR) + mac + b"\0\0"
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), op.kind, flags, seq, 0) + body
 
 
@@ -167,18 +178,25 @@ def offloads(device: str) -> dict[str, bool]:
     return {name: bool(features[name].enable) for name in OFFLOADS if name in features}
 
 
-def overlay_mtu(node: NodeConfig, ipr: IPRoute) -> int | None:
-    """The MTU of the VTEP and of pod interfaces when a pool uses VXLAN (None: none does, the default
-    stays): vxlan.mtu, or the MTU of the interface holding listen_address minus the VXLAN overhead."""
-    if not node.uses_vxlan():
-        return None
+def vtep_mtus(node: NodeConfig, ipr: IPRoute) -> dict[int, int]:
+    """The MTU of each family's VTEP, for the families whose pools use VXLAN: vxlan.mtu, or the MTU of the
+    interface holding that family's listen address minus that family's VXLAN overhead."""
+    families = {p.cidr.version for p in node.pools if p.vxlan != "never"}
     if node.vxlan.mtu is not None:
-        return node.vxlan.mtu
-    return pod_mtu(uplink_mtu(node.listen_address, ipr, "vxlan.mtu"))
+        return dict.fromkeys(families, node.vxlan.mtu)
+    local = {4: node.listen_address, 6: node.listen_address6}
+    return {v: pod_mtu(uplink_mtu(local[v], ipr, "vxlan.mtu"), v) for v in sorted(families)}
 
 
-def connected_subnets(ipr: IPRoute) -> tuple[IPv4Network, ...]:
-    """The subnets of this host's IPv4 addresses (not loopback, not single addresses)."""
-    nets = {IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
-            for a in ipr.get_addr(family=socket.AF_INET)}
-    return tuple(sorted(n for n in nets if n.prefixlen < 32 and not n.is_loopback))
+def overlay_mtu(node: NodeConfig, ipr: IPRoute) -> int | None:
+    """The MTU of pod interfaces when a pool uses VXLAN (None: none does, the default stays): the smallest
+    VTEP's, so a pod's packets fit through the overlay of either family."""
+    return min(vtep_mtus(node, ipr).values(), default=None)
+
+
+def connected_subnets(ipr: IPRoute) -> tuple[Network, ...]:
+    """The subnets of this host's addresses of both families (not loopback, not link-local, not single
+    addresses)."""
+    nets = {ip_network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False) for a in ipr.get_addr()}
+    return tuple(sorted((n for n in nets if n.prefixlen < n.max_prefixlen and not n.is_loopback
+                         and not n.is_link_local), key=lambda n: (n.version, n)))

@@ -78,8 +78,6 @@ def test_ipv4_only_node_is_unchanged(tmp_path):
      "an IPv6 pool's blocks are /116 to /128"),
     ('{cidr: "fd00:244::/56"}', '{cidr: "fd00:244::/56", block_size: 115}', "/116 to /128"),
     ("{cidr: 10.244.0.0/16}", "{cidr: 10.244.0.0/16, block_size: 122}", "an IPv4 pool's blocks are /16 to /32"),
-    ('{cidr: "fd00:244::/56"}', '{cidr: "fd00:244::/56", vxlan: always}', "pools[1]: Value error, vxlan: always: "
-     "the VXLAN overlay carries IPv4 pools only"),
     ('{cidr: "fd00:244::/56"}', '{cidr: "fd00:244::/120", block_size: 119}', "is larger than the pool"),
     ("listen_address6: fd99::1\n", "", "pools[1]: IPv6 pool fd00:244::/56 needs listen_address6"),
     ("listen_address: 10.99.0.1\n", "", "pools[0]: IPv4 pool 10.244.0.0/16 needs listen_address"),

@@ -95,7 +95,7 @@ def test_vtep_macs_are_unicast_local_and_distinct(a, b):
 
 
 def test_pod_mtu_leaves_room_for_the_outer_headers():
-    assert OVERHEAD == 50 and pod_mtu(1500) == 1450 and pod_mtu(9000) == 8950
+    assert OVERHEAD == {4: 50, 6: 70} and pod_mtu(1500, 4) == 1450 and pod_mtu(9000, 4) == 8950
 
 
 # --- encapsulation per route -----------------------------------------------------------------------
