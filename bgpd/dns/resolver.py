@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import dns.exception
 import dns.flags
@@ -25,11 +25,13 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from bgpd.dns.zone import Zone, in_pools
+from bgpd.dns.zone import Address, Zone, in_pools
 
 UDP_PLAIN = 512  # RFC 1035: the most a client without EDNS takes over UDP
 UDP_MAX = 1232  # the EDNS payload we offer and honour at most (DNS flag day 2020: no IP fragmentation)
 REVERSE = dns.name.from_text("in-addr.arpa.")
+REVERSE6 = dns.name.from_text("ip6.arpa.")
+RECORD = {4: dns.rdatatype.A, 6: dns.rdatatype.AAAA}  # the record type of an address of each family
 SOA_TIMERS = "3600 600 86400"  # refresh retry expire: nobody transfers this zone
 CACHE_SIZE = 20000  # encoded answers kept; the cache starts again empty when full
 
@@ -64,12 +66,12 @@ def wire(response: dns.message.Message, query: dns.message.Message, udp: bool) -
 
 
 class Resolver:
-    def __init__(self, domain: str, ttl: int, pools: tuple[IPv4Network, ...], forwarding: bool):
+    def __init__(self, domain: str, ttl: int, pools: tuple[IPv4Network | IPv6Network, ...], forwarding: bool):
         self.domain = dns.name.from_text(domain)
         self.ttl, self.pools, self.forwarding = ttl, pools, forwarding
         self.zone = Zone()
         self.alive: Callable[[str], bool] = lambda node: True
-        self._turns: dict[tuple[str, str], int] = {}  # service -> answers given: the rotation
+        self._turns: dict[tuple[str, str, int], int] = {}  # (namespace, service, qtype) -> answers: the rotation
         self._consulted: dict[str, bool] = {}  # node -> liveness, as asked while building the current answer
         self._rotated = False
         self._cache: dict[tuple[bytes, bool], tuple[bytes, str, str, dict[str, bool]]] = {}
@@ -78,7 +80,7 @@ class Resolver:
 
     def set_zone(self, zone: Zone) -> None:
         self.zone = zone
-        self._turns = {k: n for k, n in self._turns.items() if k in zone.services}
+        self._turns = {k: n for k, n in self._turns.items() if k[:2] in zone.services}
         self._cache.clear()
 
     def cached(self, data: bytes, udp: bool) -> tuple[bytes, str, str] | None:
@@ -116,7 +118,7 @@ class Resolver:
             return self._reply(query, dns.rcode.REFUSED, "refused")
         if q.name.is_subdomain(self.domain):
             return self._ours(query, q.name.relativize(self.domain).labels, q.rdtype)
-        if q.name.is_subdomain(REVERSE) and (address := _reverse(q.name)) is not None and in_pools(address, self.pools):
+        if (address := _reverse(q.name)) is not None and in_pools(address, self.pools):
             return self._ptr(query, address, q.rdtype)
         if self.forwarding:
             return Forward(query)
@@ -135,20 +137,24 @@ class Resolver:
             return self._records(query, None if entry is None else list(entry.ips), rdtype)
         if len(name) == 3 and name[2] == "svc":
             ips = self.zone.service(name[1], name[0], self._recorded)
-            if len(ips) > 1:
+            if not ips:
+                return self._records(query, None, rdtype)
+            asked = [ip for ip in ips if rdtype in (RECORD[ip.version], dns.rdatatype.ANY)]
+            if len(asked) > 1:  # each record type rotates on its own: A and AAAA questions come in pairs
                 self._rotated = True
-                turn = self._turns.get((name[1], name[0]), 0)
-                self._turns[(name[1], name[0])] = turn + 1
-                k = turn % len(ips)
-                ips = ips[k:] + ips[:k]
-            return self._records(query, ips or None, rdtype)
+                turn = self._turns.get((name[1], name[0], rdtype), 0)
+                self._turns[(name[1], name[0], rdtype)] = turn + 1
+                k = turn % len(asked)
+                asked = asked[k:] + asked[:k]
+            return self._records(query, asked, rdtype)
         if len(name) < 3 and name[-1] in ("pod", "svc"):  # empty non-terminals: the name exists, without data
             return self._records(query, [], rdtype)
         return self._records(query, None, rdtype)
 
-    def _records(self, query: dns.message.Message, ips: list[IPv4Address] | None, rdtype: int,
+    def _records(self, query: dns.message.Message, ips: list[Address] | None, rdtype: int,
                  soa_answer: bool = False) -> Reply:
-        """ips None: no such name; [] or a type we have no data of: the name exists (NODATA)."""
+        """ips None: no such name; [] or a type we have no data of: the name exists (NODATA). A records for
+        the IPv4 addresses, AAAA for the IPv6 ones (both for ANY)."""
         response = self._response(query)
         response.flags |= dns.flags.AA
         qname = query.question[0].name
@@ -158,14 +164,16 @@ class Resolver:
             return Reply(response, "nxdomain")
         if soa_answer and rdtype in (dns.rdatatype.SOA, dns.rdatatype.ANY):
             response.answer.append(self._soa)
-        elif ips and rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
-            response.answer.append(dns.rrset.from_text_list(qname, self.ttl, "IN", "A", [str(ip) for ip in ips]))
-        else:
+        for kind in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            of_kind = [str(ip) for ip in ips if RECORD[ip.version] == kind]
+            if of_kind and rdtype in (kind, dns.rdatatype.ANY):
+                response.answer.append(dns.rrset.from_text_list(qname, self.ttl, "IN", kind, of_kind))
+        if not response.answer:
             response.authority.append(self._soa)
             return Reply(response, "nodata")
         return Reply(response, "noerror")
 
-    def _ptr(self, query: dns.message.Message, address: IPv4Address, rdtype: int) -> Reply:
+    def _ptr(self, query: dns.message.Message, address: Address, rdtype: int) -> Reply:
         entry = self.zone.ptr(address, self._recorded)
         response = self._response(query)
         response.flags |= dns.flags.AA
@@ -199,11 +207,23 @@ class Resolver:
         return response
 
 
-def _reverse(name: dns.name.Name) -> IPv4Address | None:
-    labels = name.relativize(REVERSE).labels
-    if len(labels) != 4 or not all(label.isdigit() and len(label) <= 3 for label in labels):
-        return None
-    try:
-        return IPv4Address(".".join(label.decode() for label in reversed(labels)))
-    except ValueError:
-        return None
+def _reverse(name: dns.name.Name) -> Address | None:
+    """The address of a complete reverse name: four decimal labels under in-addr.arpa, or 32 nibbles under
+    ip6.arpa (RFC 3596); None for anything else (a partial name, a label that is not a digit)."""
+    if name.is_subdomain(REVERSE):
+        labels = name.relativize(REVERSE).labels
+        if len(labels) != 4 or not all(label.isdigit() and len(label) <= 3 for label in labels):
+            return None
+        try:
+            return IPv4Address(".".join(label.decode() for label in reversed(labels)))
+        except ValueError:
+            return None
+    if name.is_subdomain(REVERSE6):
+        labels = name.relativize(REVERSE6).labels
+        if len(labels) != 32 or not all(len(label) == 1 and label in _NIBBLES for label in labels):
+            return None
+        return IPv6Address(bytes.fromhex(b"".join(reversed(labels)).decode()))
+    return None
+
+
+_NIBBLES = frozenset(bytes([c]) for c in b"0123456789abcdefABCDEF")

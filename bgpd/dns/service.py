@@ -48,7 +48,7 @@ class DnsService:
 
     def allowed(self, source: IPv4Address | IPv6Address) -> bool:
         """Pods (addresses of the pools) and the node itself (loopback): never the underlay."""
-        return source.is_loopback or (isinstance(source, IPv4Address) and in_pools(source, self.pools))
+        return source.is_loopback or in_pools(source, self.pools)
 
     def rebuild(self) -> None:
         zone = build(self.ds.items("endpoints"), self.ds.items("claims"), self.name, self.alive)

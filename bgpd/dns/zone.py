@@ -2,10 +2,11 @@
 
 Names (docs/dns.md):
 
-* `<pod>.<namespace>.pod.<domain>`: the pod's addresses;
+* `<pod>.<namespace>.pod.<domain>`: the pod's addresses (A for IPv4, AAAA for IPv6: a dual-stack pod has both);
 * `<service>.<namespace>.svc.<domain>`: the addresses of every pod of the namespace labelled
   `tortie.io/service=<service>`;
-* `<d>.<c>.<b>.<a>.in-addr.arpa`: PTR to the pod's name, for pod addresses.
+* `<d>.<c>.<b>.<a>.in-addr.arpa`, and the 32 nibbles of an IPv6 address under `ip6.arpa`: PTR to the pod's
+  name, for pod addresses.
 
 A zone is a snapshot of the entries; which nodes are alive is asked at answer time (`Zone.pods()`,
 `Zone.service()`), so a node whose lease runs out drops out of answers at once, without a rebuild.
@@ -18,12 +19,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from bgpd.ipam.ownership import endpoint_prefixes, foreign_endpoints
 
 SERVICE_LABEL = "tortie.io/service"
 LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # RFC 1123 label, lower case (names are compared so)
+Address = IPv4Address | IPv6Address
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Entry:
     node: str
     namespace: str
     pod: str
-    ips: tuple[IPv4Address, ...]
+    ips: tuple[Address, ...]
 
 
 @dataclass
@@ -40,18 +42,18 @@ class Zone:
     """Lookups by lower-case label tuples; built by `build()`."""
     pods: dict[tuple[str, str], Entry] = field(default_factory=dict)  # (namespace, pod) -> entry
     services: dict[tuple[str, str], tuple[Entry, ...]] = field(default_factory=dict)  # (namespace, service)
-    reverse: dict[IPv4Address, Entry] = field(default_factory=dict)
+    reverse: dict[Address, Entry] = field(default_factory=dict)
     ignored: dict[str, str] = field(default_factory=dict)  # endpoint key -> why it has no name
 
     def pod(self, namespace: str, pod: str, alive: Callable[[str], bool]) -> Entry | None:
         entry = self.pods.get((namespace, pod))
         return entry if entry is not None and alive(entry.node) else None
 
-    def service(self, namespace: str, service: str, alive: Callable[[str], bool]) -> list[IPv4Address]:
+    def service(self, namespace: str, service: str, alive: Callable[[str], bool]) -> list[Address]:
         """Every address of the service's live pods, in a stable order (rotation is the answer's business)."""
         return [ip for e in self.services.get((namespace, service), ()) if alive(e.node) for ip in e.ips]
 
-    def ptr(self, address: IPv4Address, alive: Callable[[str], bool]) -> Entry | None:
+    def ptr(self, address: Address, alive: Callable[[str], bool]) -> Entry | None:
         entry = self.reverse.get(address)
         return entry if entry is not None and alive(entry.node) else None
 
@@ -61,9 +63,11 @@ def _entry(key: str, value: Mapping) -> Entry | str:
     if not LABEL.match(namespace) or not LABEL.match(pod):
         return "namespace or pod name is not a DNS label"
     ips = value.get("ips")
+    if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
+        return "ips: not a list of addresses"
     try:
-        return Entry(node, namespace, pod, tuple(IPv4Address(ip) for ip in ips))
-    except (TypeError, ValueError) as e:
+        return Entry(node, namespace, pod, tuple(ip_address(ip) for ip in ips))
+    except ValueError as e:
         return f"ips: {e}"
 
 
@@ -93,5 +97,5 @@ def build(endpoints: Mapping[str, Mapping], claims: Mapping[str, Mapping], local
     return zone
 
 
-def in_pools(address: IPv4Address, pools: tuple[IPv4Network, ...]) -> bool:
-    return any(address in p for p in pools)
+def in_pools(address: Address, pools: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    return any(address in p for p in pools)  # False across families
