@@ -16,7 +16,7 @@ from typing import Awaitable, Callable, Mapping
 from pydantic import ValidationError
 
 from bgpd.ipam.claiming import BlockClaims
-from bgpd.ipam.claims import Network
+from bgpd.ipam.claims import Network, by_version
 from bgpd.ipam.holdings import is_host
 from bgpd.ipam.ownership import Ignored, owned_prefixes, registration, rival_claims, unique_addresses
 from bgpd.overlay.vxlan import cluster_routes
@@ -164,8 +164,12 @@ class Cluster:
         self.ignored_records.update(ignored)
         peers = datastore_peers(self.ds.items("bgppeers"), base)
         members = mesh_members(records, {p.address for p in [*base.peers, *peers]})
-        routes = cluster_routes(by_node, {m.name: m.address for m in members if m.address is not None}, base.name)
-        return ClusterView(members=tuple(members), routes=tuple(sorted(routes.items())),
+        routes = {}
+        for version, field in ((4, "address"), (6, "address6")):  # each family's prefixes via that family's address
+            addresses = {m.name: getattr(m, field) for m in members if getattr(m, field) is not None}
+            routes |= cluster_routes({n: [p for p in ps if p.version == version] for n, ps in by_node.items()},
+                                     addresses, base.name)
+        return ClusterView(members=tuple(members), routes=tuple(sorted(routes.items(), key=lambda r: by_version(r[0]))),
                            blocks=tuple(b for b in owned if not is_host(b)),
                            borrowed=tuple(b.network_address for b in owned if is_host(b)),
                            pools=tuple(datastore_pools(self.ds.items("ippools"), base.pools)),

@@ -283,3 +283,26 @@ async def test_ipam_show_counts_each_version(tmp_path):
         assert borrowed_counts(node, ds) == {"10.244.0.0/24": 0, "fd00::/64": 1}
     finally:
         await ds.stop()
+
+
+async def test_the_cluster_view_routes_each_family_via_that_familys_address(tmp_path):
+    """Without BGP, another node's blocks are routed via its address of their family (both in one sorted view)."""
+    from bgpd.agent.cluster import Cluster
+    pools = [{"cidr": "10.244.0.0/24", "block_size": 26}, {"cidr": "fd00::/64"}]
+    ds = FilesDatastore(tmp_path / "ds", "a", lease_ttl=60)
+    await ds.start()
+    try:
+        for prefix, name in (("10.244.0.0/26", "a"), ("fd00::/122", "a"), ("10.244.0.64/26", "b"),
+                             ("fd00::40/122", "b"), ("fd00::41/128", "c")):
+            await ds.put(f"claims/{cidr_segment(prefix)}/{name}", {"owned": True, "at": 1.0})
+        await ds.put("nodes/b", {"address": "10.0.0.2", "address6": "fd99::2", "since": 1.0})
+        await ds.put("nodes/c", {"address": None, "address6": "fd99::3", "since": 1.0})
+        node = dual_node(tmp_path, pools, bgp={"enabled": False},
+                         datastore={"type": "files", "path": str(tmp_path / "ds")})
+        view = Cluster(ds, node, apply=None).view()
+        assert [(str(p), str(a)) for p, a in view.routes] == [
+            ("10.244.0.64/26", "10.0.0.2"), ("fd00::40/122", "fd99::2"), ("fd00::41/128", "fd99::3")]
+        assert [(m.name, m.address, m.address6) for m in view.members] == [
+            ("b", A("10.0.0.2"), ip_address("fd99::2")), ("c", None, ip_address("fd99::3"))]
+    finally:
+        await ds.stop()
