@@ -232,6 +232,8 @@ def _wire(node: NodeConfig, pod: Pod) -> None:
         _sysctl("net/ipv6/conf/all/forwarding", "IPv6 forwarding")
         host_side.insert(1, (f"add {GATEWAYS[6]} to {pod.host_interface}", address(link.index, GATEWAYS[6], 64)))
     with netns.entered(pod.netns), Rtnl() as ns:
+        if any(ip.version == 6 for ip in ips):  # a runtime may make namespaces with IPv6 off (Docker does)
+            _sysctl("net/ipv6/conf/all/disable_ipv6", f"IPv6 on in {pod.netns}", "0")
         ns.run(pod_side)
     with Rtnl() as host:
         host.run(host_side)
@@ -285,10 +287,11 @@ def check_pod(pod: Pod) -> None:
                 raise PodError(f"the host has no route to {ip} via {pod.host_interface}")
 
 
-def _sysctl(key: str, what: str) -> None:
-    """Sets /proc/sys/KEY to 1; a container without a writable /proc/sys/net gets one line saying so."""
+def _sysctl(key: str, what: str, value: str = "1") -> None:
+    """Sets /proc/sys/KEY (of the calling thread's network namespace); a container without a writable
+    /proc/sys/net gets one line saying so."""
     try:
-        Path("/proc/sys", key).write_text("1")
+        Path("/proc/sys", key).write_text(value)
     except OSError as e:
         reason = ("/proc/sys is read-only in this container" if e.errno == errno.EROFS
                   else e.strerror or str(e))
