@@ -5,8 +5,9 @@ Feeds N routes as ExaBGP 5 sends them (compact JSON, 256 prefixes per UPDATE, on
 daemon's own code: the line decode, `json.loads`, `messages.parse_line` (the rest: prefix parsing),
 `NodeCore.event` (import filter, RIB), `NodeCore.plan` in the daemon's batches, `KernelTable.sync`'s
 bookkeeping (with its thread hop) and the encoding of every message (none sent), the route watch's
-reconcile of those writes, and apart from the timed path the decoding of the same routes as a dump. No kernel, no ExaBGP: `bench/bgp_bench.py` measures the real path; this says where its CPU
-goes. Best of --repeat runs per stage (process time), microseconds per route.
+reconcile of those writes, and apart from the timed path the decoding of the same routes as a dump.
+No kernel, no ExaBGP: `bench/bgp_bench.py` measures the real path; this says where its CPU goes. Best of
+--repeat runs per stage (process time), microseconds per route.
 
 Run: /opt/tortie-venv/bin/python bench/route_stages.py [--routes 10000] [--repeat 7]
 Prints a table and writes bench/results/route_stages.json. Works against another tree with PYTHONPATH=TREE.
