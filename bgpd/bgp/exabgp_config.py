@@ -74,6 +74,9 @@ def exabgp_environment(node: NodeConfig) -> dict[str, str]:
         "exabgp.api.cli": "false",  # no named pipes: the daemon is the only API user
         "exabgp.api.compact": "true",  # prefixes as bare strings: less JSON to write and to read
         "exabgp.log.level": "WARNING",
+        # the reactor's idle poll: 1.0 (the default) wakes it every 10 ms, most of an idle node's CPU; I/O from
+        # peers and from the relay still wakes it at once
+        "exabgp.reactor.speed": "10.0",
         "exabgp.log.destination": "stdout",
         # always listen: peers that wait for us may be added by a reload (the datastore's mesh), and ExaBGP
         # only binds at start
