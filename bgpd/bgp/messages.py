@@ -162,5 +162,7 @@ def teardown(peer: str, subcode: int) -> str:
 
 
 def route_refresh(peers: Iterable[str]) -> list[str]:
-    """Asks every session again for its routes, in each family the peers have (ExaBGP skips the others)."""
-    return [f"announce route-refresh ipv{v} unicast" for v in sorted({_version(p) for p in peers})]
+    """Asks every session again for its routes, naming the sessions of each family (ExaBGP logs an error for
+    each session of the other family otherwise)."""
+    selector = _selectors(peers)
+    return [f"{selector[v]} announce route-refresh ipv{v} unicast" for v in (4, 6) if selector[v]]

@@ -161,7 +161,8 @@ def test_relay_connected_announces_and_refreshes_unless_fresh():
     assert s.sent == ["neighbor 10.99.0.2 , neighbor 10.99.0.3 , neighbor 10.99.0.4 announce route 10.244.1.0/26 "
                       "next-hop self"]
     s.run(s.core.relay_connected(False, 0))
-    assert s.sent[-1] == "announce route-refresh ipv4 unicast"
+    assert s.sent[-1] == ("neighbor 10.99.0.2 , neighbor 10.99.0.3 , neighbor 10.99.0.4 "
+                          "announce route-refresh ipv4 unicast")
 
 
 def test_dead_peer_routes_go_at_once():
@@ -329,7 +330,7 @@ def test_configure_moves_peers_blocks_and_announcements():
     assert s.kernel == {K(X): frozenset(), K(Y): {A(P3)}}  # old block gone, new one blackholed
     assert s.sent == ["neighbor 10.99.0.3 , neighbor 10.99.0.4 withdraw route 10.244.1.0/26",
                       "neighbor 10.99.0.3 , neighbor 10.99.0.4 announce route 10.244.2.0/26 next-hop self",
-                      "announce route-refresh ipv4 unicast"]
+                      "neighbor 10.99.0.3 , neighbor 10.99.0.4 announce route-refresh ipv4 unicast"]
     assert s.logged("peer removed peer=10.99.0.2") == 1 and s.logged("peer added peer=10.99.0.4") == 1
     assert s.core.configure(new, s.now) == []
 

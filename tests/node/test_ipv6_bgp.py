@@ -100,13 +100,16 @@ def test_exabgp_sends_each_block_to_the_sessions_of_its_family_only():
              for peer, local in sessions.items()]
     blocks = [ip_network("10.244.1.0/26"), ip_network("fd00:244::40/122")]
     got = {}
-    for line in m.announce_blocks(blocks, sessions) + m.withdraw_blocks(blocks, sessions):
+    lines = m.announce_blocks(blocks, sessions) + m.withdraw_blocks(blocks, sessions) + m.route_refresh(sessions)
+    for line in lines:
         descriptions, command = extract_neighbors(line)
         got[command] = sorted(name.split()[1] for name in match_neighbors(names, descriptions))
     assert got == {"announce route 10.244.1.0/26 next-hop self": ["10.0.0.2", "10.0.1.1"],
                    "announce route fd00:244::40/122 next-hop self": ["fd00:1::1", "fd00::2"],
                    "withdraw route 10.244.1.0/26": ["10.0.0.2", "10.0.1.1"],
-                   "withdraw route fd00:244::40/122": ["fd00:1::1", "fd00::2"]}
+                   "withdraw route fd00:244::40/122": ["fd00:1::1", "fd00::2"],
+                   "announce route-refresh ipv4 unicast": ["10.0.0.2", "10.0.1.1"],
+                   "announce route-refresh ipv6 unicast": ["fd00:1::1", "fd00::2"]}
 
 
 FILTER = ImportFilter(pools=(ip_network("10.244.0.0/16"), ip_network("fd00:244::/56")),
@@ -158,7 +161,8 @@ def test_filter_matches_ipaddress_for_ipv6(bits, prefixlen):
 
 
 def test_route_refresh_in_each_family_of_the_sessions():
-    assert m.route_refresh(["10.0.0.2", "10.0.0.3"]) == ["announce route-refresh ipv4 unicast"]
-    assert m.route_refresh(["fd00::2", "10.0.0.2"]) == ["announce route-refresh ipv4 unicast",
-                                                        "announce route-refresh ipv6 unicast"]
-    assert m.route_refresh(["fd00::2"]) == ["announce route-refresh ipv6 unicast"]
+    assert m.route_refresh(["10.0.0.2", "10.0.0.3"]) == [
+        "neighbor 10.0.0.2 , neighbor 10.0.0.3 announce route-refresh ipv4 unicast"]
+    assert m.route_refresh(["fd00::2", "10.0.0.2"]) == ["neighbor 10.0.0.2 announce route-refresh ipv4 unicast",
+                                                        "neighbor fd00::2 announce route-refresh ipv6 unicast"]
+    assert m.route_refresh(["fd00::2"]) == ["neighbor fd00::2 announce route-refresh ipv6 unicast"]
