@@ -1,12 +1,13 @@
 """RouteStream and reconcile without a kernel: datagrams as the kernel would send them, in its order."""
 import errno
 import struct
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A, IPv4Network as N, IPv6Address as A6, IPv6Network as N6
 
 from hypothesis import given, strategies as st
 
-from bgpd.dataplane.netlink_routes import _NLMSGHDR, NLMSG_DONE, RTM_NEWLINK, RouteOp, encode
-from bgpd.dataplane.route_watch import NLM_F_MULTI, RTM_DELADDR, RouteStream, reconcile
+from bgpd.dataplane.netlink_routes import (_NLMSGHDR, NLMSG_DONE, RTM_DELROUTE, RTM_NEWLINK, RTM_NEWROUTE, RouteOp,
+                                           encode)
+from bgpd.dataplane.route_watch import NLM_F_APPEND, NLM_F_MULTI, RTM_DELADDR, RouteStream, reconcile
 from bgpd.prefixes import key
 
 PROTO, OWN, OTHER, MONITOR = 201, 777, 999, 555
@@ -200,3 +201,37 @@ def test_events_alone_keep_installed_true(start, changes):
     for args in changes:
         m.step(*args)
     m.check()
+
+
+V6_PREFIX = key(N6("fd00:244:0:1::/122"))
+V6_HOPS = [frozenset([A6("fd09::2")]), frozenset([A6("fd09::3")])]
+
+
+def event(prefix, hops, kind, flags=0):
+    """A change by someone else, as the kernel reports it: RTM_NEWROUTE or RTM_DELROUTE naming the route's hops."""
+    data = bytearray(message(prefix, hops, OTHER))
+    length = _NLMSGHDR.unpack_from(data)[0]
+    _NLMSGHDR.pack_into(data, 0, length, kind, flags, 0, OTHER)
+    return bytes(data)
+
+
+def test_ipv6_ecmp_hops_listed_apart_are_one_route():
+    """Older kernels dump each hop of an IPv6 ECMP route as a route of its own, one after the other."""
+    s = stream()
+    s.begin_dump(1)
+    s.feed(message(V6_PREFIX, V6_HOPS[0], MONITOR, seq=1) + message(V6_PREFIX, V6_HOPS[1], MONITOR, seq=1)
+           + message(PREFIXES[0], HOPS[2], MONITOR, seq=1) + done(1))
+    assert s.take().routes == {V6_PREFIX: V6_HOPS[0] | V6_HOPS[1], PREFIXES[0]: HOPS[2]}
+
+
+def test_an_ipv6_hop_deleted_or_appended_asks_for_a_dump():
+    """One hop of an IPv6 route gone (a link down deletes ECMP routes hop by hop) or added: the other hops are
+    the kernel's to tell. A whole route deleted, or an IPv4 event, is news enough."""
+    for data, dump in ((event(V6_PREFIX, V6_HOPS[0], RTM_DELROUTE), True),
+                       (event(V6_PREFIX, V6_HOPS[0] | V6_HOPS[1], RTM_NEWROUTE, NLM_F_APPEND), True),
+                       (event(V6_PREFIX, None, RTM_DELROUTE), False),
+                       (event(V6_PREFIX, V6_HOPS[0], RTM_NEWROUTE), False),
+                       (event(PREFIXES[0], HOPS[2], RTM_DELROUTE), False)):
+        s = stream()
+        s.feed(data)
+        assert s.settled is not dump and s.news
