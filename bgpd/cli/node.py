@@ -154,8 +154,12 @@ def cmd_pod_del(args: argparse.Namespace, node: NodeConfig) -> int:
 
 
 def cmd_pod_list(args: argparse.Namespace, node: NodeConfig) -> int:
-    from bgpd.dataplane.pods import PodStore
-    pods = PodStore(node).all()
+    from bgpd.dataplane.pods import PodError, PodStore
+    try:
+        pods = PodStore(node).all()
+    except PodError as e:
+        print(f"tortie pod list: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps([p.to_json() for p in pods], indent=2))
     else:

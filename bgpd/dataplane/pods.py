@@ -71,9 +71,14 @@ class Pod:
         return [ip_address(ip) for ip in self.ips]
 
     @classmethod
-    def from_json(cls, text: str) -> Pod:
-        data = json.loads(text)
-        return cls(**{**data, "ips": tuple(data["ips"])})
+    def load(cls, path: Path) -> Pod:
+        """A pod file of the store; PodError naming it if it is not one (a file of an older Tortie has `ip`)."""
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{**data, "ips": tuple(data["ips"])})
+        except (ValueError, TypeError, KeyError) as e:  # json.JSONDecodeError is a ValueError
+            raise PodError(f"{path}: unreadable as a pod record ({type(e).__name__}: {e}); remove the pod's "
+                           "interface and this file by hand") from None
 
     def to_json(self) -> dict:
         """What `tortie pod list --json` shows: the fields, and `ip` (the primary address)."""
@@ -110,7 +115,7 @@ class PodStore:
 
     def get(self, namespace: str, name: str) -> Pod | None:
         p = self._path(namespace, name)
-        return Pod.from_json(p.read_text()) if p.exists() else None
+        return Pod.load(p) if p.exists() else None
 
     def by_container(self, container_id: str, ifname: str) -> Pod | None:
         return next((p for p in self.all() if (p.container_id, p.ifname) == (container_id, ifname)), None)
@@ -118,7 +123,7 @@ class PodStore:
     def all(self) -> list[Pod]:
         if not self.dir.exists():
             return []
-        return sorted((Pod.from_json(p.read_text()) for p in self.dir.glob("*.json")), key=lambda p: p.key)
+        return sorted(map(Pod.load, self.dir.glob("*.json")), key=lambda p: p.key)
 
     def save(self, pod: Pod) -> None:
         tmp = self._path(pod.namespace, pod.name).with_suffix(".tmp")

@@ -117,6 +117,13 @@ def test_requested_addresses_and_an_ipv6_only_node(host):
     r = tortie(ns, config, "pod", "add", "shop/db", "--ip", "10.244.7.3", check=False)
     assert r.stderr == "tortie pod add: 10.244.7.3: this node's pools have no IPv4 addresses\n"
     tortie(ns, config, "pod", "del", "shop/v6")
+    old = config.parent / "state" / "pods" / "shop_old.json"  # a pod file of an older Tortie: `ip`, no `ips`
+    old.write_text(json.dumps({"namespace": "shop", "name": "old", "ip": "10.244.7.5", "netns": "x",
+                               "host_interface": "tt0", "owns_netns": True}))
+    for args in (("pod", "list"), ("pod", "add", "shop/db")):
+        r = tortie(ns, config, *args, check=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"tortie {' '.join(args[:2])}: {old}: unreadable as a pod record (KeyError: 'ips')")
 
 
 def cni(host_ns: str, command: str, netconf: dict, netns: str = "") -> tuple[int, dict | None]:
