@@ -52,6 +52,8 @@ def test_blocks_of_both_families_in_the_kernel(lab):
 def test_packets_follow_the_ipv6_routes(lab):
     """An address of node1's IPv6 block on its loopback answers node2 (and BIRD) across the learned routes."""
     lab.exec("node1", "ip", "-6", "addr", "add", "fd00:244:0:1::1/128", "dev", "lo")
+    wait_for(lambda: lab.json("tor", "ip", "-j", "-6", "route", "show", BLOCK["node1"][6]), 20,
+             what="BIRD's kernel route to node1's block")
     for node in ("node2", "tor"):
         lab.exec(node, "ping", "-6", "-c", "1", "-W", "2", "fd00:244:0:1::1")
     route = lab.json("node2", "ip", "-j", "-6", "route", "get", "fd00:244:0:1::1")[0]
