@@ -21,8 +21,10 @@ async def test_node_writes_only_its_own_keys(broker, clients):
     admin = await clients.mqtt(broker, "admin")
     feed = admin.changes()
     denied = ["nodes/node2", "status/node2", "policies/default/deny", "blocks/10.244.9.0-26",
-              "claims/10.244.9.0-26/node2", "endpoints/node2/default/x", "globalpolicies/g", "namespaces/default"]
-    allowed = ["claims/10.244.1.0-26/node1", "endpoints/node1/default/web-1", "nodes/node1"]
+              "claims/10.244.9.0-26/node2", "claims/fd00_244__-122/node2", "endpoints/node2/default/x",
+              "globalpolicies/g", "namespaces/default"]
+    allowed = ["claims/10.244.1.0-26/node1", "claims/fd00_244__-122/node1", "endpoints/node1/default/web-1",
+               "nodes/node1"]
     for k in denied + allowed:
         await one.put(k, {"by": "node1"})
     # the broker handles node1's writes in order: once the last allowed one arrived, the denied ones are gone
