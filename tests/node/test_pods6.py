@@ -152,6 +152,10 @@ def test_cni_result_has_both_families(host, make_netns, version):
     sh(pod_ns, "ip", "addr", "del", "fd00:244::1c1/128", "dev", "eth0")
     code, err = cni(ns, "CHECK", netconf, f"/run/netns/{pod_ns}")
     assert code != 0 and err["msg"] == f"eth0 in /run/netns/{pod_ns} lacks fd00:244::1c1", err
+    sh(pod_ns, "ip", "addr", "add", "fd00:244::1c1/128", "dev", "eth0", "nodad")
+    sh(ns, "ip", "-6", "route", "del", "fd00:244::1c1/128")
+    code, err = cni(ns, "CHECK", netconf, f"/run/netns/{pod_ns}")
+    assert code != 0 and err["msg"].startswith("the host has no route to fd00:244::1c1 via tt"), err
     assert cni(ns, "DEL", netconf, f"/run/netns/{pod_ns}")[0] == 0
     assert json.loads(tortie(ns, config, "pod", "list", "--json").stdout) == []
     assert cni(ns, "ADD", netconf, f"/run/netns/{pod_ns}")[1]["ips"] == out["ips"]  # both released: the same again
