@@ -86,3 +86,35 @@ def test_exabgp_gets_no_command_for_the_other_family(lab):
         log = lab.log(node)
         assert "session up peer=fd98::" in log
         assert "is not configured on neighbor" not in log and "no neighbor matching" not in log, log[-3000:]
+
+
+RELAY_PID = """
+import os
+def children(pid):
+    return [int(k) for k in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+def named(pids, word):
+    return [p for p in pids if word in open(f"/proc/{p}/cmdline").read()]
+(daemon,) = [int(open("/run/tortie/tortie.pid").read())]
+(exabgp,) = named(children(daemon), "exabgp")
+(relay,) = named(children(exabgp), "relay")
+print(relay)
+"""
+
+
+def export_updates(lab):
+    """BIRD's count of updates it exported to node1 (a route refresh from node1 makes it send its routes again)."""
+    out = lab.exec("tor", "birdc", "-s", "/run/bird/bird.ctl", "show", "protocols", "all", "node1").stdout
+    (line,) = [line for line in out.splitlines() if line.strip().startswith("Export updates:")]
+    return int(line.split()[2])
+
+
+def test_a_respawned_relay_refreshes_each_family_over_its_own_sessions(lab):
+    """ExaBGP respawns a dead relay; the daemon then announces again and asks every session for a route refresh,
+    naming the sessions of each family (ExaBGP logs an error per session of the other family otherwise)."""
+    before = export_updates(lab)
+    relay = lab.exec("node1", "python3", "-c", RELAY_PID).stdout.strip()
+    lab.exec("node1", "kill", relay)
+    wait_for(lambda: export_updates(lab) > before, 30, what="BIRD answering node1's IPv6 route refresh")
+    log = lab.log("node1")
+    assert "exabgp relay connected new_process=False" in log
+    assert "is not configured on neighbor" not in log and "no neighbor matching" not in log, log[-3000:]
