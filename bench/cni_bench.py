@@ -3,7 +3,8 @@
 
 Each run spawns the plugin as a container runtime does (environment + configuration on stdin) inside a
 fresh host namespace; ADD runs without a datastore (no wait for policy), each into a new pod namespace,
-followed by DEL (not timed). Run as root from the repository:
+followed by DEL (not timed), for an IPv4-only node and a dual-stack one in turn (an IPv4 and an IPv6
+address per pod). Run as root from the repository:
 
     /opt/tortie-venv/bin/python bench/cni_bench.py [--runs 20]
 
@@ -44,22 +45,26 @@ def timed(argv: list[str], env: dict[str, str], stdin: str) -> tuple[float, floa
 
 def inner(runs: int, workdir: Path, cni: str) -> dict[str, list[tuple[float, float]]]:
     """Runs inside the host namespace: times each command `runs` times."""
-    netconf = json.dumps({"cniVersion": "1.1.0", "name": "tortie", "type": "tortie-cni",
-                          "tortieConfig": str(write_node_config(workdir))})
+    netconfs = {}
+    for name, ipv6 in (("ADD", False), ("ADD dual-stack", True)):
+        (workdir / name).mkdir()
+        netconfs[name] = json.dumps({"cniVersion": "1.1.0", "name": "tortie", "type": "tortie-cni",
+                                     "tortieConfig": str(write_node_config(workdir / name, ipv6))})
     base = {**os.environ, "CNI_PATH": str(Path(cni).parent), "CNI_IFNAME": "eth0"}
-    out: dict[str, list[tuple[float, float]]] = {"python -c pass": [], "VERSION": [], "ADD": []}
+    out: dict[str, list[tuple[float, float]]] = {"python -c pass": [], "VERSION": [], **{n: [] for n in netconfs}}
     for i in range(runs):
         out["python -c pass"].append(timed([sys.executable, "-c", "pass"], base, ""))
         out["VERSION"].append(timed([cni], {**base, "CNI_COMMAND": "VERSION"}, ""))
-        pod = f"{RUN_PREFIX}-pod{i}"
-        subprocess.run(["ip", "netns", "add", pod], check=True)
-        try:
-            env = {**base, "CNI_CONTAINERID": f"c{i}", "CNI_NETNS": f"/run/netns/{pod}",
-                   "CNI_ARGS": f"K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p{i}"}
-            out["ADD"].append(timed([cni], {**env, "CNI_COMMAND": "ADD"}, netconf))
-            timed([cni], {**env, "CNI_COMMAND": "DEL"}, netconf)
-        finally:
-            subprocess.run(["ip", "netns", "del", pod], check=True)
+        for name, netconf in netconfs.items():
+            pod = f"{RUN_PREFIX}-pod{i}"
+            subprocess.run(["ip", "netns", "add", pod], check=True)
+            try:
+                env = {**base, "CNI_CONTAINERID": f"c{i}", "CNI_NETNS": f"/run/netns/{pod}",
+                       "CNI_ARGS": f"K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p{i}"}
+                out[name].append(timed([cni], {**env, "CNI_COMMAND": "ADD"}, netconf))
+                timed([cni], {**env, "CNI_COMMAND": "DEL"}, netconf)
+            finally:
+                subprocess.run(["ip", "netns", "del", pod], check=True)
     return out
 
 

@@ -44,16 +44,22 @@ def assert_cni_error(code: int, answer: dict, err: str) -> None:
     assert "Traceback" not in err and err == ""
 
 
-def write_node_config(directory: Path) -> Path:
-    """A node configuration for CNI tests, without a datastore, with its state and run dirs in `directory`."""
+def write_node_config(directory: Path, ipv6: bool = False) -> Path:
+    """A node configuration for CNI tests, without a datastore, with its state and run dirs in `directory`;
+    `ipv6`: dual-stack (an IPv6 pool, block and underlay address too)."""
     config = directory / "tortie.yaml"
+    pools, blocks = ["{cidr: 10.244.0.0/16}"], ["10.244.7.0/26"]
+    if ipv6:
+        pools.append("{cidr: 'fd00:244::/56'}")
+        blocks.append("'fd00:244::1c0/122'")
     config.write_text(f"""
 name: cnihost
 router_id: 10.95.1.1
 asn: 64512
 listen_address: 10.95.1.1
-pools: [{{cidr: 10.244.0.0/16}}]
-blocks: [10.244.7.0/26]
+{"listen_address6: 'fd95::1'" if ipv6 else ""}
+pools: [{", ".join(pools)}]
+blocks: [{", ".join(blocks)}]
 mesh: {{enabled: false}}
 state_dir: {directory}/state
 run_dir: {directory}/run

@@ -14,7 +14,7 @@ from tests.netns import RUN_PREFIX, requires_root
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
 CNI = str(Path(sys.executable).with_name("tortie-cni"))
-V6_POOL, V6_BLOCK, HOST6 = "fd00:244::/56", "fd00:244::1c0/122", "fd95::1"
+HOST6 = "fd95::1"  # the node's IPv6 underlay address (listen_address6 of write_node_config's dual-stack node)
 SERVER = """
 import socket, sys
 s = socket.socket(socket.AF_INET6)
@@ -24,22 +24,13 @@ c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()
 CLIENT = "import socket, sys; print(socket.create_connection((sys.argv[1], 8080), timeout=5).recv(100).decode())"
 
 
-def dual_stack(config: Path, v4: bool = True) -> None:
-    """The CNI tests' node file with an IPv6 pool and block, and an IPv6 underlay address (or IPv6 only)."""
-    text = config.read_text().replace("pools: [{cidr: 10.244.0.0/16}]", f"pools: [{{cidr: {V6_POOL}}}]" if not v4
-                                      else f"pools: [{{cidr: 10.244.0.0/16}}, {{cidr: '{V6_POOL}'}}]")
-    text = text.replace("blocks: [10.244.7.0/26]", f"blocks: ['{V6_BLOCK}']" if not v4
-                        else f"blocks: [10.244.7.0/26, '{V6_BLOCK}']")
-    config.write_text(text + f"listen_address6: '{HOST6}'\npod_netns_prefix: {RUN_PREFIX}q-\n")
-
-
 @pytest.fixture
 def host(tmp_path, make_netns):
     ns = make_netns("pod6host")
     subprocess.run(["ip", "-n", ns, "addr", "add", "10.95.1.1/32", "dev", "lo"], check=True)
     subprocess.run(["ip", "-n", ns, "addr", "add", f"{HOST6}/128", "dev", "lo"], check=True)
-    config = write_node_config(tmp_path)
-    dual_stack(config)
+    config = write_node_config(tmp_path, ipv6=True)
+    config.write_text(config.read_text() + f"pod_netns_prefix: {RUN_PREFIX}q-\n")
     yield ns, config
     for pod in ("shop-web", "shop-db", "shop-v6"):  # only if a test failed half-way
         subprocess.run(["ip", "netns", "del", f"{RUN_PREFIX}q-{pod}"], capture_output=True)
