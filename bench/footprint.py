@@ -6,8 +6,10 @@ Same testbed as bench/bgp_bench.py (two fresh namespaces, a BIRD sender with N s
 routes filtered out), then after the sender sends all N and they are in the kernel. PSS splits the pages the
 three Python processes share (the interpreter, libraries) between them: it is what a node adds to a machine.
 
-Run as root: /opt/tortie-venv/bin/python bench/footprint.py [--routes 10000] [--repeat 1]
-Prints a table and writes bench/results/footprint.json. A benchmark, not a test: it asserts nothing.
+Run as root: /opt/tortie-venv/bin/python bench/footprint.py [--routes 10000] [--repeat 1] [--before REV]
+With --before, tortie at git revision REV (exported, run with PYTHONPATH=<export>: the editable install's
+finder comes after it) is measured too, alternating with this tree. Prints a table and writes
+bench/results/footprint.json. A benchmark, not a test: it asserts nothing.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import secrets
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bgp_bench as bb  # noqa: E402  (the route benchmark's testbed)
+from cli_start_bench import export  # noqa: E402  (a git revision's tree)
 
 RESULTS = bb.ROOT / "bench" / "results" / "footprint.json"
 SETTLE = 2.0  # seconds after the session is up (or all routes are in) before reading memory
@@ -45,11 +49,19 @@ def _up(rcv: bb.Receiver) -> bool:
     return rcv.log.exists() and bool(bb.re.search(rcv.up_line, rcv.log.read_text(errors="replace")))
 
 
-def measure(method: str, n: int, prefix: str, index: int, scratch: Path) -> dict:
+def start(method: str, bed: bb.Testbed, trees: dict[str, Path]) -> bb.Receiver:
+    if method == "bird":
+        return bb.start_bird(bed)
+    if method in trees:
+        bed.env = {**bed.env, "PYTHONPATH": str(trees[method])}
+    return bb.start_tortie(bed)
+
+
+def measure(method: str, n: int, prefix: str, index: int, scratch: Path, trees: dict[str, Path]) -> dict:
     with bb.Testbed(prefix, index, scratch) as bed:
         routes = bb.route_prefixes(n)
         ctl, _ = bb.start_sender(bed, routes)
-        rcv = bb.start_tortie(bed) if method == "tortie" else bb.start_bird(bed)
+        rcv = start(method, bed, trees)
         listener = bb.RouteListener(bed.rcv, rcv.protocol, routes)
         bb._birdc(ctl, "enable", "recv")
         first, last = listener.wait(bb._deadline(n))
@@ -58,7 +70,7 @@ def measure(method: str, n: int, prefix: str, index: int, scratch: Path) -> dict
         cpu = {name: round(bb._cpu_seconds(pid), 3) for name, pid in rcv.pids.items()}
     with bb.Testbed(prefix, index + 1, scratch) as bed:
         ctl, _ = bb.start_sender(bed, [])
-        rcv = bb.start_tortie(bed) if method == "tortie" else bb.start_bird(bed)
+        rcv = start(method, bed, trees)
         bb._birdc(ctl, "enable", "recv")
         deadline = time.monotonic() + bb.SETUP_TIMEOUT
         while not _up(rcv):
@@ -77,7 +89,7 @@ def _mib(kib: float) -> float:
 
 def summarize(runs: list[dict]) -> list[dict]:
     rows = []
-    for method in ("bird", "tortie"):
+    for method in dict.fromkeys(r["method"] for r in runs):  # in the order first measured
         rs = [r for r in runs if r["method"] == method]
         for state in ("idle", "loaded"):
             procs = list(rs[0][state])
@@ -91,10 +103,11 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 def render(rows: list[dict]) -> str:
     lines = ["Node memory (MiB, medians): idle = session up, no routes; loaded = N routes in the kernel",
-             f"{'receiver':<8} {'state':<7} {'N':>6} {'RSS total':>10} {'PSS total':>10}  per process RSS / PSS"]
+             f"{'receiver':<16} {'state':<7} {'N':>6} {'RSS total':>10} {'PSS total':>10}  per process RSS / PSS"]
     for r in rows:
         per = ", ".join(f"{p} {r['rss'][p]:.1f}/{r['pss'][p]:.1f}" for p in r["rss"])
-        lines.append(f"{r['method']:<8} {r['state']:<7} {r['n']:>6} {r['rss_total']:>10.1f} {r['pss_total']:>10.1f}  {per}")
+        lines.append(f"{r['method']:<16} {r['state']:<7} {r['n']:>6} {r['rss_total']:>10.1f} {r['pss_total']:>10.1f}"
+                     f"  {per}")
     return "\n".join(lines)
 
 
@@ -102,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--routes", type=bb._positive, default=10000, help="routes for the loaded state (default 10000)")
     p.add_argument("--repeat", type=bb._positive, default=1, help="runs per receiver (default 1)")
+    p.add_argument("--before", metavar="REV", help="also measure tortie at this git revision, alternating")
     p.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -112,9 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     prefix, scratch = "fp" + secrets.token_hex(2), Path(tempfile.mkdtemp(prefix="footprint-"))
     runs: list[dict] = []
     try:
+        trees = {f"tortie@{args.before}": export(args.before, scratch / "before")} if args.before else {}
         for _ in range(args.repeat):
-            for method in ("bird", "tortie"):
-                runs.append(measure(method, args.routes, prefix, 2 * len(runs), scratch))
+            for method in ("bird", *trees, "tortie"):
+                runs.append(measure(method, args.routes, prefix, 2 * len(runs), scratch, trees))
+    except subprocess.CalledProcessError as e:
+        print(f"footprint: git archive {args.before}: {e.stderr.decode(errors='replace').strip()}", file=sys.stderr)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return 2
     except bb.BenchError as e:
         print(f"footprint: {e}\nlogs kept in {scratch}", file=sys.stderr)
         return 1

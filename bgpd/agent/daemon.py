@@ -20,11 +20,10 @@ from bgpd.bgp import messages as msgs
 from bgpd.agent.control import ControlServer, DaemonRunning
 from bgpd.bgp.exabgp_config import exabgp_environment, private_dir, render_config, write_config
 from bgpd.bgp.exabgp_process import ExaBGPSupervisor
-from bgpd.dataplane.kernel_routes import KernelTable, has_address
+from bgpd.dataplane.kernel_routes import KernelTable
 from bgpd.dataplane.netlink_routes import DeviceHop
 from bgpd.dataplane.overlay import OverlayDataplane
-from bgpd.dataplane.wireguard import WireguardDataplane
-from bgpd.wireguard import keys
+from bgpd.dataplane.uplink import has_address
 from bgpd.wireguard.guard import GuardRules
 from bgpd.wireguard.plan import Encryption, encryption, peers as wireguard_peers, render
 from bgpd.agent.metrics import DaemonMetrics
@@ -39,13 +38,13 @@ from bgpd.agent.sdnotify import notify, watchdog_interval
 from bgpd.overlay.vxlan import Overlay
 from bgpd.prefixes import network, text, version as prefix_version
 from policy.kernel import ApplyError
-from pyroute2.netlink.exceptions import NetlinkError
 from config.effective import EffectiveConfig, effective
 from config.load import ConfigError, load_model
 from config.node import NodeConfig, restart_changes
 
 if TYPE_CHECKING:  # imported when a datastore is configured: a node without one saves ~13 MiB
     from bgpd.agent.cluster import Cluster
+    from bgpd.dataplane.wireguard import WireguardDataplane  # and these with WireGuard (pyroute2, cryptography)
     from bgpd.dns.service import DnsService
     from policy.datastore_sync import PolicySync
 
@@ -96,6 +95,8 @@ class Daemon:
         self.wireguard: WireguardDataplane | None = None
         self._wireguard_wake = asyncio.Event()
         if node.wireguard.enabled:
+            from bgpd.dataplane.wireguard import WireguardDataplane
+            from bgpd.wireguard import keys
             try:
                 self.wireguard = WireguardDataplane(node, keys.load_or_create(node.state_dir))
             except (ValueError, OSError) as e:
@@ -217,9 +218,9 @@ class Daemon:
         if not self.node.bgp.enabled:
             return
         for address in (a for a in (self.node.listen_address, self.node.listen_address6) if a is not None):
-            if not await has_address(address):
+            if not has_address(address):
                 log.warning("waiting for listen address %s to be configured", address)
-                while not await has_address(address):
+                while not has_address(address):
                     await asyncio.sleep(0.5)
         await self.bfd.start()
         await self.supervisor.run()
@@ -242,7 +243,7 @@ class Daemon:
         node = self.node
         try:
             await asyncio.to_thread(self.overlay.step, node)
-        except (OSError, NetlinkError, ApplyError) as e:
+        except (OSError, ApplyError) as e:
             if str(e) != self.overlay.error:
                 log.error("overlay: %s (trying again every %.0f s)", e, self.OVERLAY_INTERVAL)
             self.overlay.error = str(e)
@@ -269,6 +270,7 @@ class Daemon:
         wg = self.wireguard
         if wg is None:
             return {}
+        from bgpd.wireguard import keys
         return {"wireguard": {"public_key": keys.public_key(wg.private_key), "port": self.node.wireguard.port}}
 
     async def _wireguard_step(self) -> None:
@@ -277,6 +279,7 @@ class Daemon:
         wg, node = self.wireguard, self.node
         if wg is None:
             return
+        from pyroute2.netlink.exceptions import NetlinkError  # loaded with the WireGuard dataplane
         try:
             had = wg.device
             device = await asyncio.to_thread(wg.ensure, node)
@@ -311,6 +314,7 @@ class Daemon:
         wg = self.wireguard
         if wg is None:
             return {"error": "wireguard is not enabled"}
+        from bgpd.wireguard import keys
         public = await asyncio.to_thread(keys.rotate, self.node.state_dir)
         wg.private_key = keys.load_or_create(self.node.state_dir)
         log.info("wireguard key rotated public_key=%s", public)
@@ -531,6 +535,7 @@ class Daemon:
         wg, node = self.wireguard, self.node
         if wg is None:
             return None
+        from bgpd.wireguard import keys
         device, now = wg.device, time.time()
         names = {m.public_key: m.name for m in node.mesh.nodes if m.public_key}
         encrypted = sum(1 for hops in list(self.kernel.installed.values())

@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
 from typing import Callable, Mapping
-
-from pyroute2 import AsyncIPRoute
 
 from bgpd.dataplane.netlink_routes import RT_TABLE_MAIN, KernelRoute, RouteOp, RouteWriter, strerror
 from bgpd.dataplane.route_watch import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR,
@@ -28,14 +25,6 @@ class SyncResult:
     replaced: int = 0
     removed: int = 0
     errors: dict[int, str] = field(default_factory=dict)
-
-
-async def has_address(address: IPv4Address | IPv6Address) -> bool:
-    async with AsyncIPRoute() as ipr:
-        async for a in await ipr.addr("dump", family=2 if address.version == 4 else 10):
-            if a.get("address") == str(address):
-                return True
-    return False
 
 
 class KernelTable:

@@ -83,6 +83,11 @@ def get_link(name: str) -> bytes:
     return _message(RTM_GETLINK, 0, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _name(name))
 
 
+def get_link_at(index: int) -> bytes:
+    """Asks for one link by index: the answer is an RTM_NEWLINK (see decode_link), no dump."""
+    return _message(RTM_GETLINK, 0, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0))
+
+
 def delete_link(name: str) -> bytes:
     return _message(RTM_DELLINK, 0, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _name(name))
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 
-from pyroute2 import IPRoute
-
 from bgpd.dataplane.overlay_firewall import OverlayFirewall
 from bgpd.dataplane.vxlan import DeviceState, VtepDevice, vtep_mtus
 from bgpd.overlay.firewall import OverlayRules, rules_for
@@ -31,7 +29,7 @@ class OverlayDataplane:
         self._wanted: dict[int, dict] = {}
 
     def step(self, node: NodeConfig) -> None:
-        """Raises OSError, NetlinkError or policy.kernel.ApplyError; the next step tries again."""
+        """Raises OSError or policy.kernel.ApplyError; the next step tries again."""
         rules = rules_for(node)
         if rules != self.rules:
             self.firewall.apply(rules)
@@ -40,8 +38,7 @@ class OverlayDataplane:
             log.warning("the overlay's firewall rules were removed: applying them again")
             self.firewall.apply(rules)
             self.repairs += 1
-        with IPRoute() as ipr:
-            mtus = vtep_mtus(node, ipr)
+        mtus = vtep_mtus(node)
         for version, vtep in self.vteps.items():
             if version not in mtus:
                 if vtep.remove():

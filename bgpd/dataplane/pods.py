@@ -201,7 +201,7 @@ def _add(node: NodeConfig, key: str, ips: Sequence[str], existing_netns: str | N
 def _wire(node: NodeConfig, pod: Pod) -> None:
     """Three batches of rtnetlink requests: the veth (its peer made in the pod's namespace), the pod's side (up,
     per address: the address, its gateway's neighbour entry, routes), the host side (up, fe80::1 for IPv6, a route
-    to each address); the caller removes what a failure left."""
+    and a neighbour entry for each address); the caller removes what a failure left."""
     if pod.owns_netns:
         netns.create(pod.netns)
         if dns := pod_dns(node, pod.namespace):  # the node's DNS server, for programs run with `ip netns exec`
@@ -218,7 +218,8 @@ def _wire(node: NodeConfig, pod: Pod) -> None:
         os.close(ns_fd)
     link = decode_link(made["read the veth back"][0])
     ips = pod.addresses()
-    pod_side = [("set lo up", link_up("lo")), (f"set {pod.ifname} up", link_up(pod.ifname))]
+    pod_side = [("set lo up", link_up("lo")), (f"set {pod.ifname} up", link_up(pod.ifname)),
+                ("read the pod side", get_link(pod.ifname))]
     host_side = [(f"set {pod.host_interface} up", link_up(pod.host_interface))]
     for ip in ips:
         gateway, idx = GATEWAYS[ip.version], link.peer_index
@@ -239,7 +240,11 @@ def _wire(node: NodeConfig, pod: Pod) -> None:
     with netns.entered(pod.netns), Rtnl() as ns:
         if any(ip.version == 6 for ip in ips):  # a runtime may make namespaces with IPv6 off (Docker does)
             _sysctl("net/ipv6/conf/all/disable_ipv6", f"IPv6 on in {pod.netns}", "0")
-        ns.run(pod_side)
+        pod_mac = decode_link(ns.run(pod_side)["read the pod side"][0]).mac
+    # the pod's addresses as permanent neighbours of the host side, as the gateway's are in the pod: no ARP or
+    # neighbour discovery towards the pod, and entries the kernel never counts against its neighbour table limit
+    # (gc_thresh3 is for the whole machine, every namespace's entries together)
+    host_side += [(f"add the neighbour {ip}", permanent_neighbour(link.index, ip, pod_mac)) for ip in ips]
     with Rtnl() as host:
         host.run(host_side)
 

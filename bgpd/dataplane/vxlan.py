@@ -2,7 +2,9 @@
 FDB entry per remote VTEP (bgpd/overlay/vxlan.py says which). Everything on our device is ours: what is not
 wanted there goes.
 
-Blocking pyroute2 calls: run them in a worker thread (`asyncio.to_thread`).
+Blocking pyroute2 calls: run them in a worker thread (`asyncio.to_thread`). pyroute2 is loaded only where a
+VTEP is made or read; its errors leave as OSError. Removing a device is hand-packed: a node without VXLAN
+checks for a leftover one every pass without loading pyroute2.
 """
 from __future__ import annotations
 
@@ -11,16 +13,20 @@ import logging
 import os
 import socket
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
+from typing import TYPE_CHECKING, Iterator
 
-from pyroute2 import IPRoute
-
+from bgpd.dataplane.netlink_links import Rtnl, delete_link
 from bgpd.dataplane.uplink import uplink_mtu
 from bgpd.dataplane.netlink_routes import (_NLMSGHDR, _RTA, NETLINK_ROUTE, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE,
                                            NLM_F_REQUEST, _acks)
 from bgpd.overlay.vxlan import Address, Network, pod_mtu, vtep_gateway, vtep_mac
 from config.node import NodeConfig, Vxlan
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 log = logging.getLogger("tortie.vxlan")
 
@@ -57,7 +63,7 @@ class VtepDevice:
     def ensure(self, mtu: int) -> DeviceState:
         """The device as configured (created, or re-created if its VNI, port or local address differ), up."""
         s = self.settings
-        with IPRoute() as ipr:
+        with _iproute() as ipr:
             index = self._index(ipr)
             if index is not None and not self._matches(ipr, index):
                 log.warning("vxlan device %s differs from the configuration: re-creating it", self.name)
@@ -96,7 +102,7 @@ class VtepDevice:
     def sync(self, want: dict[Address, str]) -> int:
         """Makes the device's FDB entries exactly `want` (underlay address -> MAC) and its neighbours exactly
         their gateways (`vtep_gateway`) with those MACs; returns the changes."""
-        with IPRoute() as ipr:
+        with _iproute() as ipr:
             index = self._index(ipr)
             if index is None:
                 raise OSError(f"vxlan device {self.name} is gone")
@@ -119,12 +125,28 @@ class VtepDevice:
 
     def remove(self) -> bool:
         """Deletes the device (and with it its entries and the routes through it); False if there was none."""
-        with IPRoute() as ipr:
-            index = self._index(ipr)
-            if index is not None:
-                ipr.link("del", index=index)
         self.installed = {}
-        return index is not None
+        try:
+            with Rtnl() as rtnl:
+                rtnl.run([(f"delete {self.name}", delete_link(self.name))])
+        except OSError as e:
+            if e.errno != errno.ENODEV:
+                raise
+            return False
+        return True
+
+
+@contextmanager
+def _iproute() -> Iterator[IPRoute]:
+    """pyroute2's IPRoute, loaded at the first use; its NetlinkError raised as OSError (same errno)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            yield ipr
+    except NetlinkError as e:
+        raise OSError(e.code, f"vxlan: {e.args[-1]}") from None
 
 
 
@@ -178,20 +200,20 @@ def offloads(device: str) -> dict[str, bool]:
     return {name: bool(features[name].enable) for name in OFFLOADS if name in features}
 
 
-def vtep_mtus(node: NodeConfig, ipr: IPRoute) -> dict[int, int]:
+def vtep_mtus(node: NodeConfig) -> dict[int, int]:
     """The MTU of each family's VTEP, for the families whose pools use VXLAN: vxlan.mtu, or the MTU of the
     interface holding that family's listen address minus that family's VXLAN overhead."""
     families = {p.cidr.version for p in node.pools if p.vxlan != "never"}
     if node.vxlan.mtu is not None:
         return dict.fromkeys(families, node.vxlan.mtu)
     local = {4: node.listen_address, 6: node.listen_address6}
-    return {v: pod_mtu(uplink_mtu(local[v], ipr, "vxlan.mtu"), v) for v in sorted(families)}
+    return {v: pod_mtu(uplink_mtu(local[v], "vxlan.mtu"), v) for v in sorted(families)}
 
 
-def overlay_mtu(node: NodeConfig, ipr: IPRoute) -> int | None:
+def overlay_mtu(node: NodeConfig) -> int | None:
     """The MTU of pod interfaces when a pool uses VXLAN (None: none does, the default stays): the smallest
     VTEP's, so a pod's packets fit through the overlay of either family."""
-    return min(vtep_mtus(node, ipr).values(), default=None)
+    return min(vtep_mtus(node).values(), default=None)
 
 
 def connected_subnets(ipr: IPRoute) -> tuple[Network, ...]:

@@ -137,11 +137,11 @@ def _kind(ipr: IPRoute, index: int) -> str | None:
     return None if info is None else info.get_attr("IFLA_INFO_KIND")
 
 
-def wireguard_mtu(node: NodeConfig, ipr: IPRoute) -> int:
+def wireguard_mtu(node: NodeConfig) -> int:
     """wireguard.mtu, or the MTU of the interface holding listen_address minus WireGuard's overhead."""
     if node.wireguard.mtu is not None:
         return node.wireguard.mtu
-    return pod_mtu(uplink_mtu(node.listen_address, ipr, "wireguard.mtu"))
+    return pod_mtu(uplink_mtu(node.listen_address, "wireguard.mtu"))
 
 
 class WireguardDataplane:
@@ -159,9 +159,7 @@ class WireguardDataplane:
 
     def ensure(self, node: NodeConfig) -> DeviceState:
         """The device, up with its MTU. Raises OSError or NetlinkError; the next pass tries again."""
-        with IPRoute() as ipr:
-            mtu = wireguard_mtu(node, ipr)
-        self.device = self.wg.ensure(mtu)
+        self.device = self.wg.ensure(wireguard_mtu(node))
         return self.device
 
     def configure(self, text: str, peers: list[Peer]) -> None:

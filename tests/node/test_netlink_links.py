@@ -10,8 +10,8 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from bgpd.dataplane.netlink_links import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, RTM_GETADDR, RTM_GETLINK,
                                           RTM_NEWADDR, RTM_NEWNEIGH, address, addresses, decode_address, decode_link,
-                                          delete_link, device_route, get_link, link_up, permanent_neighbour,
-                                          route_oif, route_to, veth)
+                                          delete_link, device_route, get_link, get_link_at, link_up,
+                                          permanent_neighbour, route_oif, route_to, veth)
 from bgpd.dataplane.netlink_routes import RTM_DELLINK, RTM_GETROUTE, RTM_NEWLINK, RTM_NEWROUTE
 
 names = st.text("abcdefghijklmnopqrstuvwxyz0123456789.-_", min_size=1, max_size=15)
@@ -117,3 +117,10 @@ def test_decode_address_and_route_match_pyroute2(index, ip, prefixlen, oif):
     route["attrs"] = [("RTA_TABLE", 254), ("RTA_DST", str(ip)), ("RTA_OIF", oif)]
     route.encode()
     assert route_oif(bytes(route.data)) == oif
+
+
+@given(st.integers(1, 2**31 - 1))
+def test_get_link_at(index):
+    msg = decoded(ifinfmsg, get_link_at(index))
+    assert msg["header"]["type"] == RTM_GETLINK and msg["index"] == index and msg.get("ifname") is None
+    assert not msg["header"]["flags"] & NLM_F_DUMP

@@ -66,6 +66,11 @@ def test_dual_stack_pods_reach_the_host_and_each_other_over_ipv6(host):
     assert ("fe80::1", 64) in [(a["local"], a["prefixlen"]) for a in veth["addr_info"]]
     (route,) = json.loads(sh(ns, "ip", "-j", "-6", "route", "show", "fd00:244::1c1/128").stdout)
     assert route["dev"] == host_if and route["protocol"] in ("tortie-pod", "202")
+    # and each pod address as a permanent neighbour: no ARP or ND towards the pod, outside the table's limit
+    (pod_link,) = json.loads(sh(web_ns, "ip", "-j", "link", "show", "eth0").stdout)
+    permanent = json.loads(sh(ns, "ip", "-j", "neigh", "show", "dev", host_if, "nud", "permanent").stdout)
+    assert {(n["dst"], n["lladdr"]) for n in permanent} == {("10.244.7.1", pod_link["address"]),
+                                                           ("fd00:244::1c1", pod_link["address"])}
     # packets: the gateway itself, the host's address through the default route, the other pod, TCP
     sh(web_ns, "ip", "-6", "neigh", "del", "fe80::1", "dev", "eth0")  # so that the host must answer for it
     sh(web_ns, "ping", "-6", "-c", "1", "-W", "2", "-I", "eth0", "fe80::1")
