@@ -251,16 +251,15 @@ def _wire(node: NodeConfig, pod: Pod) -> None:
 
 def _pod_mtu(node: NodeConfig) -> int | None:
     """Room for the VXLAN headers, or WireGuard's (the larger: encryption replaces encapsulation); None: the
-    kernel's default. Only then is pyroute2 loaded, to find the underlay's MTU."""
+    kernel's default. Only WireGuard's module loads pyroute2 (its device needs it); the MTUs are hand-packed reads."""
     if not node.uses_vxlan() and not node.wireguard.enabled:
         return None
-    from pyroute2 import IPRoute
-
     from bgpd.dataplane.vxlan import overlay_mtu
-    from bgpd.dataplane.wireguard import wireguard_mtu
-    with IPRoute() as host:
-        return min(filter(None, (overlay_mtu(node, host),
-                                 wireguard_mtu(node, host) if node.wireguard.enabled else None)), default=None)
+    mtus = [overlay_mtu(node)]
+    if node.wireguard.enabled:
+        from bgpd.dataplane.wireguard import wireguard_mtu
+        mtus.append(wireguard_mtu(node))
+    return min(filter(None, mtus), default=None)
 
 
 def pod_links(pod: Pod) -> tuple[Link, Link]:
