@@ -177,6 +177,15 @@ class Testbed:
                                                                                   self.addrs["rcv_addr"])):
                 _run(["ip", "-n", ns, "addr", "add", f"{addr}{length}", "dev", ifname, *nodad])
                 _run(["ip", "-n", ns, "link", "set", ifname, "up"])
+            # each side's address a permanent neighbour of the other: the kernel's neighbour table is shared by
+            # every namespace (gc_thresh3, 1024 entries) and other labs may have filled it; permanent entries
+            # do not count against it (without them every session here timed out while a 100-host lab ran)
+            macs = {ifname: json.loads(_run(["ip", "-n", ns, "-j", "link", "show", "dev", ifname]))[0]["address"]
+                    for ns, ifname in ((self.snd, snd_if), (self.rcv, rcv_if))}
+            for ns, ifname, peer_if, peer_addr in ((self.snd, snd_if, rcv_if, self.addrs["rcv_addr"]),
+                                                   (self.rcv, rcv_if, snd_if, self.addrs["snd_addr"])):
+                _run(["ip", "-n", ns, "neigh", "replace", peer_addr, "lladdr", macs[peer_if], "dev", ifname,
+                      "nud", "permanent"])
         except BaseException:
             self.close()
             raise
