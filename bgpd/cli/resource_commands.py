@@ -120,7 +120,8 @@ def node_rows(ds: Datastore, now: float) -> list[dict]:
             seen = min(expires, now)  # a files lease: alive until it ran out
         else:
             seen = None
-        rows.append({"name": name, "address": record.get("address"), "asn": record.get("asn"),
+        rows.append({"name": name, "address": record.get("address"), "address6": record.get("address6"),
+                     "asn": record.get("asn"),
                      "blocks": [str(p) for p in owned.get(name, [])], "alive": alive, "last_seen": seen})
     return rows
 
@@ -136,13 +137,14 @@ async def _node_list(args: argparse.Namespace) -> int:
     print(fmt.format("NAME", "ADDRESS", "AS", "ALIVE", "LAST SEEN", "BLOCKS"))
     for r in rows:
         seen = "now" if r["alive"] else "unknown" if r["last_seen"] is None else f"{now - r['last_seen']:.0f} s ago"
-        print(fmt.format(r["name"], str(r["address"]), str(r["asn"]), str(r["alive"]).lower(), seen,
+        address = ",".join(str(a) for a in (r["address"], r["address6"]) if a is not None) or "-"
+        print(fmt.format(r["name"], address, str(r["asn"]), str(r["alive"]).lower(), seen,
                          ",".join(r["blocks"]) or "-"))
     return 0
 
 
-def release_plan(ds: Datastore, prefix: ipaddress.IPv4Network) -> tuple[list[str], str | None]:
-    """The keys that release a leaked address (/32) or block: its claims, and for an address the endpoint
+def release_plan(ds: Datastore, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[list[str], str | None]:
+    """The keys that release a leaked address (/32, /128) or block: its claims, and for an address the endpoint
     entries of down nodes that hold it; or the reason it is still in use. A node whose liveness is unknown
     counts as alive (never release what may be in use)."""
     in_use = lambda node: ds.alive(node) is not False  # noqa: E731
@@ -155,15 +157,15 @@ def release_plan(ds: Datastore, prefix: ipaddress.IPv4Network) -> tuple[list[str
             continue
         if in_use(node):
             return [], f"{ips[0]} is used by {k} of node {node}, which is {'alive' if ds.alive(node) else 'not known down'}"
-        if prefix.prefixlen == 32:
+        if prefix.prefixlen == prefix.max_prefixlen:
             doomed.append(k)
     for node in sorted(holders):
-        if in_use(node) and prefix.prefixlen < 32:
+        if in_use(node) and prefix.prefixlen < prefix.max_prefixlen:
             return [], f"node {node}, which claims it, is {'alive' if ds.alive(node) else 'not known down'}"
     return doomed, None
 
 
-def _within(ip: object, prefix: ipaddress.IPv4Network) -> bool:
+def _within(ip: object, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     try:
         return ipaddress.ip_address(str(ip)) in prefix
     except ValueError:
@@ -172,7 +174,7 @@ def _within(ip: object, prefix: ipaddress.IPv4Network) -> bool:
 
 async def _ipam_release(args: argparse.Namespace) -> int:
     try:
-        prefix = ipaddress.IPv4Network(args.prefix)
+        prefix = ipaddress.ip_network(args.prefix)
     except ValueError as e:
         raise ConfigError([f"tortie ipam release: {args.prefix}: {e}"]) from None
     async with tool_datastore(args) as (_, ds):
@@ -220,6 +222,7 @@ def add_cluster_parsers(ipam: argparse._SubParsersAction, node: argparse._SubPar
     datastore_options(p)
     p.set_defaults(func=run_async(_node_list))
     p = ipam.add_parser("release", help="free a leaked address or block (refused while in use)")
-    p.add_argument("prefix", help="an address (a borrowed or leaked one) or a block, e.g. 10.244.3.0/26")
+    p.add_argument("prefix", help="an address (a borrowed or leaked one) or a block of either family, e.g. "
+                   "10.244.3.0/26 or fd00:244::40/122")
     datastore_options(p)
     p.set_defaults(func=run_async(_ipam_release))

@@ -306,3 +306,25 @@ async def test_the_cluster_view_routes_each_family_via_that_familys_address(tmp_
             ("b", A("10.0.0.2"), ip_address("fd99::2")), ("c", None, ip_address("fd99::3"))]
     finally:
         await ds.stop()
+
+
+async def test_release_and_node_list_of_ipv6_prefixes(tmp_path):
+    """`tortie ipam release` takes an IPv6 address or block too; `tortie node list` shows address6."""
+    from bgpd.cli.resource_commands import node_rows, release_plan
+    ds = FilesDatastore(tmp_path / "ds", "admin", lease_ttl=60)
+    await ds.start()
+    try:
+        for k, v in (("claims/fd00__-122/b", {"owned": True, "at": 1.0}), ("claims/fd00__45-128/b", {"owned": True}),
+                     ("endpoints/b/default/old", {"ips": ["10.244.0.9", "fd00::45"]}), ("status/b", {"alive": False}),
+                     ("nodes/b", {"address": None, "address6": "fd99::2", "asn": 64512}),
+                     ("endpoints/a/default/web", {"ips": ["fd00::50"]}), ("claims/fd00__40-122/a", {"owned": True})):
+            await ds.put(k, v)
+        assert release_plan(ds, ip_network("fd00::45/128")) == (
+            ["claims/fd00__45-128/b", "endpoints/b/default/old"], None)
+        assert release_plan(ds, ip_network("fd00::/122")) == (["claims/fd00__-122/b"], None)
+        doomed, why = release_plan(ds, ip_network("fd00::40/122"))
+        assert doomed == [] and why.startswith("fd00::50 is used by endpoints/a/default/web of node a")
+        (row,) = [r for r in node_rows(ds, 0.0) if r["name"] == "b"]
+        assert (row["address"], row["address6"]) == (None, "fd99::2")
+    finally:
+        await ds.stop()
