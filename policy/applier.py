@@ -7,19 +7,19 @@ per table with iptables), so when it fails the previous ruleset stays in force a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import TypeAdapter
 
 from policy.backend import BACKENDS, Backend, KernelBackend, census_problems, open_backend
 from policy.counters import RuleCounter
-from policy.diff import diff
+from policy.diff import Delta, diff
 from policy.ir import Ruleset
 from policy.kernel import ApplyError, Interrupted
 
 DEFAULT_STATE_DIR = Path(os.environ.get("TORTIE_POLICY_STATE_DIR", "/run/tortie/policy"))
-LAYOUT = 3  # the kernel layout rulesets are rendered in: a ruleset applied with another one is replaced in full
+LAYOUT = 4  # the kernel layout rulesets are rendered in (and the state kept): another one is replaced in full
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class _SavedState:
     slot: str  # the iptables backend's ipset slot
     ruleset: Ruleset
     layout: int = 1
+    fingerprints: dict[str, int] = field(default_factory=dict)  # KernelBackend.fingerprints() after our writes
 
 
 _STATE_JSON = TypeAdapter(_SavedState)
@@ -61,6 +62,7 @@ class PolicyApplier:
         self.variant = iptables_variant
         self.repairs = 0  # full re-applies after the kernel was found changed behind our back
         self._state: tuple[str, str, Ruleset] | None = None  # (backend, ipset slot, ruleset)
+        self._fingerprints: dict[str, int] = {}  # the census's chain fingerprints that only the kernel knows
         self._loaded = False
         self._full_next = False  # the kernel's objects are gone, or another version rendered them: replace in full
         self._verified: object = None  # the kernel generation last found holding our ruleset intact
@@ -80,6 +82,7 @@ class PolicyApplier:
             except (OSError, ValueError):
                 return None
             self._state = (saved.backend, saved.slot, saved.ruleset)
+            self._fingerprints = saved.fingerprints
             self._full_next = saved.layout != LAYOUT or not self._kernel(saved.backend, saved.slot).exists()
         return self._state
 
@@ -87,10 +90,12 @@ class PolicyApplier:
         """The generation before a change, when the change can be recognised as ours alone afterwards."""
         return kernel.generation() if kernel.counts_transactions and self._verified is not None else None
 
-    def _applied(self, kernel: KernelBackend, rs: Ruleset, before: object = None) -> None:
+    def _applied(self, kernel: KernelBackend, rs: Ruleset, before: object = None, delta: Delta | None = None) -> None:
+        """After `rs` was applied in full, or by `delta`."""
         if self._state is None or rs is not self._state[2]:
             self._unrepairable = []  # a new ruleset: its differences are new
         self._state = (kernel.name, kernel.slot, rs)
+        self._fingerprints = self._read_back(kernel, delta)
         self._full_next = False
         verified = None  # the next check takes a census, unless the kernel saw our transactions and nothing else
         if before is not None and before == self._verified:
@@ -101,13 +106,29 @@ class PolicyApplier:
         if self.persist:
             self.save()
 
+    def _read_back(self, kernel: KernelBackend, delta: Delta | None) -> dict[str, int]:
+        """The fingerprints of what we just wrote, as the kernel holds it (a change by someone else within the
+        moment between our commit and this read would be taken for ours)."""
+        out = {} if delta is None else dict(self._fingerprints)
+        if delta is not None:
+            for name in (*delta.removed_policy_chains, *delta.removed_endpoint_chains):
+                out.pop(f"rules of chain {name}", None)
+        wrote = None if delta is None else \
+            [*delta.added_policy_chains, *delta.changed_policy_chains, *delta.added_endpoint_chains]
+        for _ in range(3):
+            try:
+                return out | kernel.fingerprints(wrote) if wrote != [] else out
+            except Interrupted:
+                continue  # someone else committed during the dump: read again
+        raise ApplyError("could not read back the applied chains: the ruleset kept changing")
+
     def save(self) -> None:
         if self._state is None:
             return
         backend, slot, rs = self._state
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(_STATE_JSON.dump_json(_SavedState(backend, slot, rs, LAYOUT)))
+        tmp.write_bytes(_STATE_JSON.dump_json(_SavedState(backend, slot, rs, LAYOUT, self._fingerprints)))
         tmp.replace(self.path)
 
     def apply(self, rs: Ruleset, full: bool = False) -> str:
@@ -124,7 +145,7 @@ class PolicyApplier:
             if delta is not None:
                 try:
                     kernel.apply_delta(delta, rs, prev)
-                    self._applied(kernel, rs, before)
+                    self._applied(kernel, rs, before, delta)
                     return "incremental"
                 except ApplyError:
                     pass  # the kernel and our state disagree: a full apply below settles it
@@ -152,7 +173,8 @@ class PolicyApplier:
             found = kernel.census()
         except Interrupted:
             return []  # changed while we looked: the generation moved, so the next check looks again
-        problems = [p for p in census_problems(self._expected[1], found) if p not in self._unrepairable]
+        want = self._expected[1] | self._fingerprints
+        problems = [p for p in census_problems(want, found) if p not in self._unrepairable]
         if not problems:
             self._verified = generation
         return problems

@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 from collections import Counter, defaultdict
+from typing import Collection
 
 from policy import nft_inspect
 from policy import render_iptables as R
@@ -40,16 +41,37 @@ def _table_info(family: int) -> bytes | int:
 
 
 _JUMPS = {f"-A {b} -j {c}": f"jump {b} -> {c}" for c, (b, _) in R.DISPATCH.items()}
-_RULE = re.compile(rf"^-A ({re.escape(IPT_PREFIX)}\S+)", re.M)
+_RULE = re.compile(rf"^-A ({re.escape(IPT_PREFIX)}\S+) (.*)$", re.M)
 _CHAIN = re.compile(rf"^:({re.escape(IPT_PREFIX)}\S+)", re.M)
 _JUMP = re.compile(rf"^-A (?:{'|'.join(b for b, _ in R.DISPATCH.values())}) -j \S+$", re.M)
 
 
+_PROTOCOL = re.compile(r"(?<!\S)-p (\S+)")
+_PROTOCOL_NUMBERS = {"icmpv6": 58, "ipv6-icmp": 58, "all": 0}  # iptables' own names, besides /etc/protocols
+
+
+def _protocol_number(m: re.Match) -> str:
+    name = m[1]
+    if name.isdigit():
+        return m[0]
+    try:
+        return f"-p {_PROTOCOL_NUMBERS[name] if name in _PROTOCOL_NUMBERS else socket.getprotobyname(name)}"
+    except OSError:
+        return m[0]
+
+
 def _census(family: int, text: str) -> dict[str, int]:
-    """Rules per chain of ours (chains without rules included) and our jumps from the built-in chains, in
-    iptables-save (or -restore) text."""
-    rules = Counter(_RULE.findall(text))
-    out = {f"IPv{family} chain {c}": rules.get(c, 0) for c in {*rules, *_CHAIN.findall(text)}}
+    """Rules per chain of ours (chains without rules included) and each one's fingerprint (a rule replaced by
+    another of the same count shows), and our jumps from the built-in chains, in iptables-save (or -restore)
+    text. iptables-save writes our rules as render_iptables does, except that it names protocols and quotes a
+    comment only when it has a space: protocols are fingerprinted by number, quotes left out."""
+    rules: dict[str, list[bytes]] = defaultdict(list)
+    for chain, rule in _RULE.findall(text):
+        rules[chain].append(_PROTOCOL.sub(_protocol_number, rule).replace('"', "").encode())
+    out = {}
+    for c in {*rules, *_CHAIN.findall(text)}:
+        out[f"IPv{family} chain {c}"] = len(rules.get(c, ()))
+        out[f"IPv{family} rules of chain {c}"] = nft_inspect.fingerprint(rules.get(c, []))
     jumps = Counter(f"IPv{family} {_JUMPS[line]}" for line in _JUMP.findall(text) if line in _JUMPS)
     return out | jumps
 
@@ -199,6 +221,9 @@ class IptablesApplier:
             out |= _census(fam, R.restore_script(rs, fam, self.slot) + "".join(
                 f"-A {b} -j {c}\n" for c, (b, _) in R.DISPATCH.items()))
         return out
+
+    def fingerprints(self, chains: Collection[str] | None) -> dict[str, int]:
+        return {}  # expected() computes them: iptables-save lists our rules as we write them
 
     def census(self) -> dict[str, int]:
         """Rules per TT- chain and our jumps (iptables-save, both families), elements per ipset of our slot (the

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import defaultdict
+from typing import Collection
 
 from policy import nft_elements, nft_inspect, render_nft
 from policy.counters import RuleCounter, counters_from_sums
@@ -17,6 +18,10 @@ from policy.nft_rules import Unsupported
 def _named(table: str, rules: dict[str, int], elements: dict[str, int]) -> dict[str, int]:
     return {f"table inet {table}": 1, **{f"chain {n}": k for n, k in rules.items()},
             **{f"set {n}": k for n, k in elements.items()}}
+
+
+def _rules_of(fingerprints: dict[str, int]) -> dict[str, int]:
+    return {f"rules of chain {n}": f for n, f in fingerprints.items()}
 
 
 class NftApplier:
@@ -68,7 +73,14 @@ class NftApplier:
 
     def census(self) -> dict[str, int]:
         found = nft_inspect.census(TABLE)
-        return _named(TABLE, found.rules, found.elements) if found.exists else {}
+        return _named(TABLE, found.rules, found.elements) | _rules_of(found.fingerprints) if found.exists else {}
+
+    def fingerprints(self, chains: Collection[str] | None) -> dict[str, int]:
+        """nft lists a rule as the kernel re-encodes it, which only the kernel knows: read back after our
+        writes."""
+        if chains is None:
+            return _rules_of(nft_inspect.census(TABLE).fingerprints)
+        return _rules_of(nft_inspect.fingerprints(TABLE, chains))
 
     def counters(self, rs: Ruleset) -> list[RuleCounter]:
         if not self.exists():

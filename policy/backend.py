@@ -1,7 +1,7 @@
 """One interface for the kernel backends that enforce a ruleset (nftables; iptables with ipset), picked by name."""
 from __future__ import annotations
 
-from typing import Hashable, Literal, Protocol
+from typing import Collection, Hashable, Literal, Protocol
 
 from policy.counters import RuleCounter
 from policy.diff import Delta
@@ -44,8 +44,15 @@ class KernelBackend(Protocol):
         """What `census()` finds while `rs` is applied intact (pure)."""
 
     def census(self) -> dict[str, int]:
-        """Our objects in the kernel, each with a size: "chain X" -> its rules, "set Y" -> its elements, ...
-        (read without decoding rules: far cheaper than a listing). Raises Interrupted if they changed meanwhile."""
+        """Our objects in the kernel, each with a size: "chain X" -> its rules, "set Y" -> its elements, ...,
+        and each chain's rules as a fingerprint ("rules of chain X"): a rule replaced by another of the same
+        count is found too (read without decoding rules: far cheaper than a listing). Raises Interrupted if
+        they changed meanwhile."""
+
+    def fingerprints(self, chains: Collection[str] | None) -> dict[str, int]:
+        """The census's fingerprints of these chains (all when None) as the kernel holds them now, for a
+        backend whose `expected()` cannot compute them (nft); {} for the others. Read right after our own
+        writes: what they hold then is ours."""
 
     counts_transactions: bool  # generation() counts committed transactions, so changes of ours alone are known
     transactions: int  # transactions this object committed
@@ -73,5 +80,6 @@ def census_problems(want: dict[str, int], got: dict[str, int]) -> list[str]:
         elif name not in want:
             problems.append(f"{name} is not ours")
         elif got[name] != want[name]:
-            problems.append(f"{name} has {got[name]}, expected {want[name]}")
+            problems.append(f"{name} differ from ours" if "rules of chain" in name else
+                            f"{name} has {got[name]}, expected {want[name]}")
     return problems

@@ -3,7 +3,8 @@
 `nft list table` at 10,000 policies takes seconds (it parses and prints every expression). Drift checks only
 need to know whether anything changed (the generation id, which every committed transaction of any table bumps)
 and, when it did, whether our table still has the chains, rules per chain, sets and elements per set it should:
-netlink dumps whose messages are counted, never decoded beyond names and flags.
+netlink dumps whose messages are counted, never decoded beyond names and flags, and each chain's rules
+fingerprinted (a rule replaced by another changes no count: `fingerprint`).
 
 Every thread keeps one netfilter socket per network namespace open (`connection()`): closing one makes the kernel
 finish destroying what earlier transactions deleted (rules, chains, elements) first, which waits for an RCU grace
@@ -12,14 +13,15 @@ period (`nft_rcv_nl_event` -> flush of the destroy work: 8-16 ms here), with the
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
 import socket
 import struct
 import threading
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from policy.kernel import ApplyError, Interrupted
 from policy.nft_rules import string
@@ -133,12 +135,14 @@ def generation() -> int:
 
 @dataclass
 class Census:
-    """What one table holds: rules per chain (every chain, empty ones with 0) and elements per set or map
+    """What one table holds: rules per chain (every chain, empty ones with 0), each chain's fingerprint (its rules'
+    expressions as the kernel lists them, counter values left out: `fingerprint`) and elements per set or map
     (interval sets count their ranges, not the end markers)."""
 
     exists: bool = False
     rules: dict[str, int] = field(default_factory=dict)
     elements: dict[str, int] = field(default_factory=dict)
+    fingerprints: dict[str, int] = field(default_factory=dict)
 
 
 def census(table: str) -> Census:
@@ -151,8 +155,9 @@ def census(table: str) -> Census:
         if not chains and not sets:
             return Census()
         out = Census(True, {c: 0 for c in chains})
-        per_chain = Counter(s.request(MSG_GETRULE, NLM_F_DUMP, tname, each=_rule_chain))
-        out.rules.update((_name(c), k) for (t, c), k in per_chain.items() if _name(t) == table)
+        per_chain = _rules_by_chain(s.request(MSG_GETRULE, NLM_F_DUMP, tname, each=_rule), table)
+        out.rules.update((c, len(rules)) for c, rules in per_chain.items())
+        out.fingerprints = {c: fingerprint(per_chain.get(c, [])) for c in chains}
         for name in sets:
             count = 0
             for a in s.request(MSG_GETSETELEM, NLM_F_DUMP, tname + string(2, name)):
@@ -164,16 +169,56 @@ def census(table: str) -> Census:
         return out
 
 
-def _rule_chain(data: bytes, start: int, end: int) -> tuple[bytes, bytes]:
-    """A rule's table and chain names, raw: the kernel puts them first (attributes 1 and 2). With 50,000 rules
-    this is most of the census's own time, so the rest of the rule is not even walked."""
+def fingerprints(table: str, chains: Iterable[str]) -> dict[str, int]:
+    """The fingerprints of these chains (one dump each, of that chain only); a chain that is not there is left
+    out. Raises Interrupted when the ruleset changed during a dump."""
+    out = {}
+    with connection() as s:
+        for chain in chains:
+            rules = _rules_by_chain(s.request(MSG_GETRULE, NLM_F_DUMP, string(1, table) + string(2, chain),
+                                              each=_rule), table).get(chain)
+            out[chain] = fingerprint(rules or [])
+    return out
+
+
+# A counter expression as the kernel lists it: NFTA_LIST_ELEM { NFTA_EXPR_NAME "counter", NFTA_EXPR_DATA { bytes,
+# packets (64-bit, each maybe after a 4-byte alignment pad) } }; its values change with traffic, its length with
+# the alignment of where it lands in the dump.
+_COUNTER = re.compile(rb"..\x01[\x00\x80]\x0c\x00\x01\x00counter\x00..\x02[\x00\x80](?:\x04\x00\x03\x00)?"
+                      rb"\x0c\x00\x01\x00.{8}(?:\x04\x00\x03\x00)?\x0c\x00\x02\x00.{8}", re.S)
+
+
+def fingerprint(rules: list[bytes]) -> int:
+    """A chain's rules (their expressions attribute, in order) as 64 bits: any rule changed, added, removed or
+    moved changes it; traffic (counter values) does not. Keyed by nothing secret: it detects changes by other
+    tools, it is no signature."""
+    h = hashlib.blake2b(digest_size=8)
+    for r in rules:
+        h.update(struct.pack("=L", len(r)))
+        h.update(_COUNTER.sub(b"counter", r))
+    return int.from_bytes(h.digest(), "big")
+
+
+def _rules_by_chain(rules: list[tuple[bytes, bytes, bytes]], table: str) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {}
+    for t, c, exprs in rules:
+        if _name(t) == table:
+            out.setdefault(_name(c), []).append(exprs)
+    return out
+
+
+def _rule(data: bytes, start: int, end: int) -> tuple[bytes, bytes, bytes]:
+    """A rule's table and chain names, raw, and its expressions attribute. The kernel puts the names first
+    (attributes 1 and 2), then the handle and position: with 50,000 rules this walk is most of the census's own
+    time, so the expressions are taken as one attribute, not decoded."""
     length, kind = struct.unpack_from("=HH", data, start)
     second = start + ((length + 3) & ~3)
     length2, kind2 = struct.unpack_from("=HH", data, second)
     if (kind & 0x3FFF, kind2 & 0x3FFF) == (1, 2):
-        return data[start + 4:start + length], data[second + 4:second + length2]
+        rest = _attrs(data, second + ((length2 + 3) & ~3), end)
+        return data[start + 4:start + length], data[second + 4:second + length2], rest.get(4, b"")
     attrs = _attrs(data, start, end)
-    return attrs.get(1, b""), attrs.get(2, b"")
+    return attrs.get(1, b""), attrs.get(2, b""), attrs.get(4, b"")
 
 
 def _elements(nested: bytes) -> list[dict[int, bytes]]:

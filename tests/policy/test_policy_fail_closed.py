@@ -3,6 +3,9 @@ someone else removed or altered is found and restored in full."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
+from collections import Counter
 
 import pytest
 
@@ -19,6 +22,9 @@ def _in_host(plab: PolicyLab, code: str) -> dict:
     """Runs `code` (which sets `out`) with an applier on the lab's state, in the lab's host namespace."""
     prelude = f"""
 import json
+import re
+import shlex
+from collections import Counter
 from pathlib import Path
 from policy.applier import PolicyApplier
 from policy.binding import compile_ruleset
@@ -151,6 +157,56 @@ out = {{"found": found, "repaired": repaired, "repairs": applier.repairs, "after
     more = [*POLICY, k8s("c", "y", {"podSelector": sel(app="web"), "ingress": []})]
     assert "(incremental)" in plab.apply(backend, more).stdout
     plab.assert_matrix({("d", "c", "tcp", 81): False})
+
+
+def _widen(plab: PolicyLab, backend: str) -> str:
+    """Replaces our rule that lets TCP 80 in from the db pods' set by the same rule without the source match:
+    one rule for one, so every chain keeps its number of rules. Returns the chain."""
+    host = plab.lab.host
+    if backend == "nft":
+        chain = ""
+        for line in plab.lab.run(host, "nft", "-a", "list", "table", "inet", "tortie").splitlines():
+            line = line.strip()
+            if line.startswith("chain "):
+                chain = line.split()[1]
+            elif "dport 80" in line and "saddr @" in line:
+                rule, handle = line.rsplit(" # handle ", 1)
+                plab.lab.run(host, "nft", "replace", "rule", "inet", "tortie", chain, "handle", handle,
+                             re.sub(r"ip saddr @\S+ ", "", rule))
+                return chain
+    else:
+        position: Counter[str] = Counter()
+        for line in plab.lab.run(host, "iptables-legacy-save", "-t", "filter").splitlines():
+            if line.startswith("-A "):
+                chain = line.split()[1]
+                position[chain] += 1
+                if re.search(r"--dports? 80\b", line) and "--match-set" in line:
+                    wider = shlex.split(re.sub(r"-m set --match-set \S+ src ", "", line))[2:]
+                    plab.lab.run(host, "iptables-legacy", "-R", chain, str(position[chain]), *wider)
+                    return chain
+    raise AssertionError("no rule matching TCP 80 from a set: the test does not test anything")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rule_replaced_by_another_of_the_same_count_is_found_and_repaired(plab: PolicyLab, backend: str) -> None:
+    """Someone replaces one of our rules by a wider one: no chain changes its number of rules, yet pod a now
+    accepts TCP 80 from c. The census's fingerprint of that chain differs; the repair closes the door again."""
+    plab.apply(backend, POLICY)
+    policed = plab.assert_matrix({("c", "a", "tcp", 80): False, ("b", "a", "tcp", 80): True})
+    assert _in_host(plab, f"""
+applier = PolicyApplier("{backend}", state)
+out = applier.check()
+""") == []
+    chain = _widen(plab, backend)
+    assert plab.matrix()[("c", "a", "tcp", 80)], "the replaced rule did not open pod a"
+    out = _in_host(plab, f"""
+applier = PolicyApplier("{backend}", state)
+out = {{"found": applier.check(), "repaired": applier.repair(), "after": applier.check(), "repairs": applier.repairs}}
+""")
+    assert out["found"] == out["repaired"] and len(out["found"]) == 1 and chain in out["found"][0], out
+    assert "differ from ours" in out["found"][0] and out["after"] == [] and out["repairs"] == 1, out
+    plab.lab.run(plab.lab.host, "conntrack", "-F", check=False)  # the probes' flows from while it was open
+    assert plab.matrix() == policed
 
 
 def test_unrelated_changes_are_not_drift(plab: PolicyLab) -> None:
