@@ -236,6 +236,7 @@ def _wire(node: NodeConfig, pod: Pod) -> None:
         _sysctl("net/ipv4/ip_forward", "ip_forward")
     if any(ip.version == 6 for ip in ips):
         _sysctl("net/ipv6/conf/all/forwarding", "IPv6 forwarding")
+        _sysctl(f"net/ipv6/conf/{pod.host_interface}/disable_ipv6", f"IPv6 on {pod.host_interface}", "0")
         host_side.insert(1, (f"add {GATEWAYS[6]} to {pod.host_interface}", address(link.index, GATEWAYS[6], 64)))
     with netns.entered(pod.netns), Rtnl() as ns:
         if any(ip.version == 6 for ip in ips):  # a runtime may make namespaces with IPv6 off (Docker does)

@@ -105,6 +105,7 @@ def test_requested_addresses_and_an_ipv6_only_node(host):
     tortie(ns, config, "pod", "del", "shop/web")
     config.write_text(config.read_text().replace("pools: [{cidr: 10.244.0.0/16}, ", "pools: [")
                       .replace("blocks: [10.244.7.0/26, ", "blocks: ["))
+    sh(ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")  # new links of the node without IPv6
     assert tortie(ns, config, "pod", "add", "shop/v6").stdout.split() == ["fd00:244::1c1"]
     (pod,) = json.loads(tortie(ns, config, "pod", "list", "--json").stdout)
     (eth0,) = json.loads(sh(pod["netns"], "ip", "-j", "addr", "show", "eth0").stdout)
