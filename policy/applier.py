@@ -49,7 +49,8 @@ class PolicyApplier:
     full when it is not and counts that in `repairs`. Call `repair()` periodically (every second) or on nftables
     events, never at the same time as `apply()`; while nothing changed in the kernel it costs one generation read
     (a netlink round trip for nft, a getsockopt per table plus `ipset list -t` for iptables), after a change one
-    census of our objects (with nft only after changes of others: ours are recognised by the generation count).
+    census of our objects and of each chain's rules (only after changes of others: ours are recognised by the
+    generation, nft's a count of transactions, iptables' the tables as they are right after our restore).
     """
 
     def __init__(self, backend: Backend = "nft", state_dir: Path = DEFAULT_STATE_DIR, iptables_variant: str = "legacy",
@@ -87,8 +88,9 @@ class PolicyApplier:
         return self._state
 
     def _before(self, kernel: KernelBackend) -> object:
-        """The generation before a change, when the change can be recognised as ours alone afterwards."""
-        return kernel.generation() if kernel.counts_transactions and self._verified is not None else None
+        """The generation before a change, when the kernel was last found holding our ruleset intact: then the
+        change can be recognised as ours alone afterwards."""
+        return kernel.generation() if self._verified is not None else None
 
     def _applied(self, kernel: KernelBackend, rs: Ruleset, before: object = None, delta: Delta | None = None) -> None:
         """After `rs` was applied in full, or by `delta`."""
@@ -98,9 +100,12 @@ class PolicyApplier:
         self._fingerprints = self._read_back(kernel, delta)
         self._full_next = False
         verified = None  # the next check takes a census, unless the kernel saw our transactions and nothing else
-        if before is not None and before == self._verified:
+        if before is not None and before == self._verified:  # nobody else changed anything since we looked
             after = kernel.generation()
-            if after == before + kernel.transactions:  # type: ignore[operator]  # a counter when counts_transactions
+            # nft counts transactions: ours alone moved it by exactly ours. iptables has no counter: the xtables
+            # lock keeps other iptables tools out while our restore runs, and what changes in the moments between
+            # our reads and the restore is taken for ours (the census after any change by others finds it)
+            if not kernel.counts_transactions or after == before + kernel.transactions:  # type: ignore[operator]
                 verified = after
         self._verified = verified
         if self.persist:

@@ -80,7 +80,7 @@ class IptablesApplier:
     """The `KernelBackend` for iptables and ipset (policy.backend)."""
 
     name = "iptables"
-    counts_transactions = False  # no generation counter: every change of ours is checked by a census
+    counts_transactions = False  # no generation counter: a change of ours is the table as it is right after it
     transactions = 0
 
     def __init__(self, variant: str = "legacy", slot: str = "a"):

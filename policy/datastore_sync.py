@@ -13,9 +13,9 @@ problem and counted, and the next change starts from scratch.
 
 Drift: every CHECK_EVERY seconds the applier checks that the kernel still holds our ruleset and re-applies it in
 full when it does not (`PolicyApplier.repair`); each repair is logged and counted. A check is one netlink round
-trip while the kernel changed only by our own transactions (nft: the generation moved by exactly our commits); after
-a change by someone else (and with iptables after any change) it takes a census (0.5-1 s of CPU at 10,000
-policies): while applies follow each other, checks wait until they pause, CHECK_BUSY seconds at most.
+trip while the kernel changed only by our own transactions (PolicyApplier); after a change by someone else it takes
+a census (0.5-1 s of CPU at 10,000 policies), which also finds a rule replaced by another (chain fingerprints):
+while applies follow each other, checks wait until they pause, CHECK_BUSY seconds at most.
 """
 from __future__ import annotations
 

@@ -227,25 +227,37 @@ out = {"check": applier.check(), "repair": applier.repair(), "repairs": applier.
 
 
 
-def test_our_own_changes_need_no_census(plab: PolicyLab) -> None:
-    """nft: the generation id counts transactions, so after a change of ours alone the next check stays on the
-    fast path; anyone else's change (even to another table) costs one census."""
-    plab.apply("nft", POLICY)
-    out = _in_host(plab, """
-from policy import nft_inspect
-calls = []
-census = nft_inspect.census
-nft_inspect.census = lambda table: calls.append(table) or census(table)
-applier = PolicyApplier("nft", state)
-first = applier.check()
-relabelled = [e.model_copy(update={"labels": {"app": "web"}}) if e.name == "b" else e for e in endpoints.endpoints]
-how = applier.apply(compile_ruleset(policies, endpoints.model_copy(update={"endpoints": relabelled})))
-after_ours = (applier.check(), len(calls))
+OTHERS = {"nft": [["nft", "add", "table", "inet", "other"], ["nft", "delete", "table", "inet", "other"]],
+          "iptables": [["iptables-legacy", "-N", "OTHER"]]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_our_own_changes_need_no_census(plab: PolicyLab, backend: str) -> None:
+    """After a change of ours alone the next check stays on the fast path (nft: the generation id counts
+    transactions; iptables: the tables as they are right after our restore, when nobody had changed them since
+    the last check); anyone else's change (even to another table or chain) costs one census."""
+    plab.apply(backend, POLICY)
+    try:
+        out = _in_host(plab, f"""
 import subprocess
-subprocess.run(["nft", "add", "table", "inet", "other"], check=True)
-subprocess.run(["nft", "delete", "table", "inet", "other"], check=True)
-out = {"first": (first, 1), "how": how, "after_ours": after_ours, "after_theirs": (applier.check(), len(calls))}
+from policy.backend import open_backend
+kind = type(open_backend("{backend}"))
+calls = []
+census = kind.census
+kind.census = lambda self: calls.append(1) or census(self)
+applier = PolicyApplier("{backend}", state)
+first = (applier.check(), len(calls))
+relabelled = [e.model_copy(update={{"labels": {{"app": "web"}}}}) if e.name == "b" else e for e in endpoints.endpoints]
+how = applier.apply(compile_ruleset(policies, endpoints.model_copy(update={{"endpoints": relabelled}})))
+after_ours = (applier.check(), len(calls))
+for cmd in {OTHERS[backend]!r}:
+    subprocess.run(cmd, check=True)
+out = {{"first": first, "how": how, "after_ours": after_ours,
+        "after_theirs": (applier.check(), len(calls))}}
 """)
+    finally:
+        if backend == "iptables":
+            plab.lab.run(plab.lab.host, "iptables-legacy", "-X", "OTHER", check=False)
     assert out == {"first": [[], 1], "how": "incremental", "after_ours": [[], 1], "after_theirs": [[], 2]}, out
 
 
