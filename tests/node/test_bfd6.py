@@ -138,8 +138,8 @@ def test_the_service_runs_one_endpoint_per_family(pair):
 
 
 def test_the_runner_refuses_peers_of_the_other_family():
-    r = subprocess.run([sys.executable, "-m", "bgpd.bfd.runner", "--listen", LEFT6, "--peer", RIGHT], capture_output=True,
-                       text=True, timeout=30)
+    r = subprocess.run([sys.executable, "-m", "bgpd.bfd.runner", "--listen", LEFT6, "--peer", RIGHT],
+                       capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and f"peers {RIGHT} are not of the family of --listen {LEFT6}" in r.stderr
 
 

@@ -44,7 +44,8 @@ node = NodeConfig.model_validate(json.loads(sys.argv[1]))
 dp = OverlayDataplane(node)
 dp.step(node); dp.step(node)  # the second pass finds everything in place
 plan = dp.plan(node)
-ops = [RouteOp(key(ip_network(b)), plan.route(ip_network(b), frozenset({ip_address(via)}))) for b, via in json.loads(sys.argv[2])]
+ops = [RouteOp(key(ip_network(b)), plan.route(ip_network(b), frozenset({ip_address(via)})))
+       for b, via in json.loads(sys.argv[2])]
 writer = RouteWriter(node.route_protocol)
 failed = writer.apply(ops)
 print(json.dumps({"failed": sorted(failed.values()), "repairs": dp.repairs,

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.netns import requires_root, running_lab, wait_for
-from tests.node.vxlan_lab import SEND_UDP, TCP_SEND, TCP_SINK, UDP_SINK, capture, vxlan_frame
+from tests.node.vxlan_lab import SEND_UDP, UDP_SINK, capture, in_pod, routed, routes, tcp, vxlan_frame
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(300)]
 
@@ -26,33 +26,9 @@ BLOCKS = {"node1": ("10.247.0.0/26", "10.248.0.0/26"), "node2": ("10.247.0.64/26
 @pytest.fixture(scope="module")
 def lab():
     for lab in running_lab("overlay.clab.yml", "vx"):
-        wait_for(lambda: all(routed(lab, n) for n in NODES), 60, what="every node's routes to the others' blocks")
+        wait_for(lambda: all(routed(lab, BLOCKS, n) for n in NODES), 60,
+                 what="every node's routes to the others' blocks")
         yield lab
-
-
-def routes(lab, node):
-    return {r["dst"]: r for r in lab.json(node, "ip", "-j", "route", "show", "proto", "201")}
-
-
-def routed(lab, node):
-    have = routes(lab, node)
-    return all(b in have for other in NODES if other != node for b in BLOCKS[other])
-
-
-def in_pod(lab, node, pod, *cmd, **kw):
-    return lab.exec(node, "ip", "netns", "exec", f"pod-default-{pod}", *cmd, **kw)
-
-
-def tcp(lab, src, pod, dst_node, dst, size=5, port=8080):
-    """A TCP transfer of `size` bytes from pod `pod` on `src` to `dst` on `dst_node`: (peer seen, bytes seen)."""
-    server = lab.popen(dst_node, "ip", "netns", "exec", f"pod-default-{pod}", "python3", "-c", TCP_SINK, str(port)) \
-        if dst_node in NODES else lab.popen(dst_node, "python3", "-c", TCP_SINK, str(port))
-    try:
-        out = in_pod(lab, src, pod, "python3", "-c", TCP_SEND, dst, str(port), str(size)).stdout.split()
-        server.wait(timeout=30)
-        return out[0], int(out[1])
-    finally:
-        server.kill()
 
 
 def test_routes_vteps_and_mtu_per_mode(lab):
@@ -107,7 +83,7 @@ def test_cross_subnet_capture_on_the_underlay(lab):
 
 def test_pod_reaches_the_internet_through_nat_outgoing(lab):
     in_pod(lab, "node3", "a", "ping", "-c", "1", "-W", "3", INTERNET)
-    peer, n = tcp(lab, "node3", "a", "internet", INTERNET, size=100_000)
+    peer, n = tcp(lab, "node3", "a", "internet", INTERNET, size=100_000, pod_side=False)
     assert (peer, n) == (NODES["node3"], 100_000)  # the internet host sees the node, and replied
 
 

@@ -9,8 +9,10 @@ from bgpd.overlay.vxlan import vtep_mac
 
 TCP_SINK = """
 import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(); s.settimeout(30)
+address = sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0"  # "::" for IPv6
+s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((address, int(sys.argv[1]))); s.listen(); s.settimeout(30)
 c, peer = s.accept(); c.settimeout(30); n = 0
 while (d := c.recv(65536)):
     n += len(d)
@@ -37,9 +39,38 @@ while True:
 """
 SEND_UDP = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.sendto(bytes.fromhex(sys.argv[3]), (sys.argv[1], int(sys.argv[2])))
 """
+
+
+def routes(lab, node: str, version: int = 4) -> dict[str, dict]:
+    """`node`'s kernel routes of our protocol (201) of one IP version, by destination."""
+    return {r["dst"]: r for r in lab.json(node, "ip", f"-{version}", "-j", "route", "show", "proto", "201")}
+
+
+def routed(lab, blocks: dict[str, tuple[str, ...]], node: str, version: int = 4) -> bool:
+    """Whether `node` has a route to every block of the other nodes (`blocks`: node -> its blocks)."""
+    have = routes(lab, node, version)
+    return all(b in have for other in blocks if other != node for b in blocks[other])
+
+
+def in_pod(lab, node: str, pod: str, *cmd: str, **kw):
+    return lab.exec(node, "ip", "netns", "exec", f"pod-default-{pod}", *cmd, **kw)
+
+
+def tcp(lab, src: str, pod: str, dst_node: str, dst: str, size: int, port: int = 8080,
+        pod_side: bool = True) -> tuple[str, int]:
+    """A TCP transfer of `size` bytes from pod default/`pod` on `src` to `dst`, served on `dst_node` (in its pod
+    default/`pod` when `pod_side`, else on the node itself): (the peer the server saw, the bytes it got)."""
+    where = ("ip", "netns", "exec", f"pod-default-{pod}") if pod_side else ()
+    server = lab.popen(dst_node, *where, "python3", "-c", TCP_SINK, str(port), "::" if ":" in dst else "0.0.0.0")
+    try:
+        out = in_pod(lab, src, pod, "python3", "-c", TCP_SEND, dst, str(port), str(size)).stdout.split()
+        server.wait(timeout=30)
+        return out[0], int(out[1])
+    finally:
+        server.kill()
 
 
 def checksum(header: bytes) -> int:
