@@ -207,12 +207,12 @@ class NodeCore:
                 self._check_initial_sync(out)
         elif event.state == "up":
             ps.state, ps.since, ps.failed, ps.logged_rejects = "up", now, False, frozenset()
-            ps.advertised = len(self.config.announced)
+            announce = msgs.announce_blocks(self.config.announced, [event.peer])
+            ps.advertised = len(announce)  # the blocks of the session's family only
             self.rib.session_up(event.peer)
             out.append(Log(logging.INFO, "session up peer=%s", (event.peer,)))
             # a peer added by a reload did not exist when we announced: announce again, then End-of-RIB
-            out.append(Send(tuple(msgs.announce_blocks(self.config.announced, [event.peer])
-                                  + [msgs.end_of_rib(event.peer)])))
+            out.append(Send(tuple(announce + [msgs.end_of_rib(event.peer)])))
         elif event.state == "down":
             self._session_down(event.peer, ps, event.reason,
                                event.graceful and self.config.graceful_restart > 0, now, out)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A, IPv4Network as N, IPv6Network
 
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -153,6 +153,14 @@ def test_session_up_announces_our_blocks_then_end_of_rib():
     assert s.sent == ["neighbor 10.99.0.2 announce route 10.244.1.0/26 next-hop self",
                       "neighbor 10.99.0.2 announce eor ipv4 unicast"]
     assert s.core.peers[P2].advertised == 1 and s.core.peers[P2].state == "up"
+
+
+def test_an_ipv6_session_gets_and_counts_the_ipv6_blocks_only():
+    s = Shell(config(peers=(P2, "fd99::2"), blocks=(N("10.244.1.0/26"), IPv6Network("fd00:244:0:1::/122"))))
+    s.feed(up("fd99::2"))
+    assert s.sent == ["neighbor fd99::2 announce route fd00:244:0:1::/122 next-hop self",
+                      "neighbor fd99::2 announce eor ipv6 unicast"]
+    assert s.core.peers["fd99::2"].advertised == 1  # not 2: the IPv4 block is not sent to it
 
 
 def test_relay_connected_announces_and_refreshes_unless_fresh():
