@@ -85,7 +85,7 @@ def _exec(args: argparse.Namespace) -> int:
 
 def _gen(args: argparse.Namespace) -> int:
     from bgpd.lab import generate
-    spec = generate.Spec(args.hosts, args.reflectors, args.broker, args.pods, args.name or "")
+    spec = generate.Spec(args.hosts, args.reflectors, args.broker, args.pods, args.name or "", args.reflector_impl)
     try:
         path = generate.write(spec, args.out)
     except generate.GenError as e:
@@ -112,10 +112,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     c = lab_sub.add_parser("gen", help="write a topology of N hosts on one switch, and the files it binds",
                            description="Write DIR/NAME.clab.yml (N Tortie hosts on one switch: an iBGP full mesh, "
-                                       "or clients of K BIRD route reflectors; optionally an MQTT broker as the "
+                                       "or clients of K route reflectors, BIRD 2 or FRR; optionally an MQTT broker as the "
                                        "datastore; P pods per host) and the node files it binds.")
     c.add_argument("--hosts", type=int, required=True, help="number of Tortie hosts")
-    c.add_argument("--reflectors", type=int, default=0, help="BIRD route reflectors instead of a full mesh (default 0)")
+    c.add_argument("--reflectors", type=int, default=0, help="route reflectors instead of a full mesh (default 0)")
+    c.add_argument("--reflector-impl", default="bird", help="what runs the reflectors: bird (BIRD 2, the default) or frr")
     c.add_argument("--broker", action="store_true", help="an MQTT broker node as the datastore (blocks claimed there)")
     c.add_argument("--pods", type=int, default=1, help="pods per host (default 1)")
     c.add_argument("--name", help="the lab's name (default from the options, e.g. gen20-rr2)")

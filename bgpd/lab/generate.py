@@ -1,8 +1,8 @@
 """`tortie lab gen`: a containerlab topology of N Tortie hosts on one switch, and the files it binds.
 
 Pure rendering (`render` returns path -> text) apart from `write`. The hosts sit on one L2 underlay
-(a Linux bridge node `sw`); they peer in a static iBGP full mesh, or, with reflectors, only with K BIRD
-route reflectors (every host a client of every reflector); with a broker, a mosquitto node holds the
+(a Linux bridge node `sw`); they peer in a static iBGP full mesh, or, with reflectors, only with K route
+reflectors, BIRD 2 or FRR (every host a client of every reflector); with a broker, a mosquitto node holds the
 datastore: the hosts claim their blocks there (and, without reflectors, learn the mesh from it).
 The same file runs under `tortie lab up` and `containerlab deploy` (image tortie:dev).
 """
@@ -23,6 +23,10 @@ MAX_HOSTS = 1000  # the pool's /26 blocks (1,024) and the underlay's host number
 MAX_REFLECTORS = 8
 MAX_PODS = 60  # a /26 block holds 64 addresses
 HOLD_TIME = 9
+# Seconds a block claim waits for competing ones (claim_settle): every host claims at once through one broker on
+# a shared machine; at load 40-54, 1 s let three hosts of five claim the same block (each saw no rival in time).
+CLAIM_SETTLE = 5.0
+REFLECTOR_IMPLS = ("bird", "frr")
 
 
 class GenError(ValueError):
@@ -36,12 +40,15 @@ class Spec:
     broker: bool = False
     pods: int = 1
     name: str = ""
+    reflector_impl: str = "bird"
 
     def check(self) -> None:
         if not 1 <= self.hosts <= MAX_HOSTS:
             raise GenError(f"--hosts: {self.hosts}: from 1 to {MAX_HOSTS}")
         if not 0 <= self.reflectors <= MAX_REFLECTORS:
             raise GenError(f"--reflectors: {self.reflectors}: from 0 to {MAX_REFLECTORS}")
+        if self.reflector_impl not in REFLECTOR_IMPLS:
+            raise GenError(f"--reflector-impl: {self.reflector_impl}: one of {', '.join(REFLECTOR_IMPLS)}")
         if not 0 <= self.pods <= MAX_PODS:
             raise GenError(f"--pods: {self.pods}: from 0 to {MAX_PODS} (one /{BLOCK} block per host)")
 
@@ -98,13 +105,13 @@ def _host_config(spec: Spec, i: int) -> dict:
         conf["datastore"] = {"type": "mqtt", "mqtt": {"host": str(BROKER_ADDRESS), "port": 1883,
                                                        "password": _password(host_name(i))}}
         conf["node_grace"] = 10
-        conf["claim_settle"] = 1.0
+        conf["claim_settle"] = CLAIM_SETTLE
     else:
         conf["blocks"] = [str(host_block(i))]
     return conf
 
 
-def _reflector_conf(spec: Spec, k: int) -> str:
+def _bird_reflector_conf(spec: Spec, k: int) -> str:
     addr = reflector_address(k)
     clients = "".join(f"protocol bgp {host_name(i)} from host {{ neighbor {host_address(i)} as {ASN}; }}\n"
                       for i in range(1, spec.hosts + 1))
@@ -127,6 +134,41 @@ template bgp host {{
 {clients}"""
 
 
+def _frr_reflector_conf(spec: Spec, k: int) -> str:
+    addr = reflector_address(k)
+    clients = "".join(f" neighbor {host_address(i)} peer-group hosts\n" for i in range(1, spec.hosts + 1))
+    return f"""! FRR route reflector rr{k} of a generated lab: every host is a client; next hops stay the hosts'.
+! zebra and bgpd read this file; each ignores the other's lines.
+frr defaults datacenter
+hostname rr{k}
+log stdout warnings
+router bgp {ASN}
+ bgp router-id {addr}
+ ! one cluster: the reflectors need not peer with each other
+ bgp cluster-id {reflector_address(1)}
+ neighbor hosts peer-group
+ neighbor hosts remote-as {ASN}
+ neighbor hosts update-source {addr}
+ neighbor hosts timers {HOLD_TIME // 3} {HOLD_TIME}
+ neighbor hosts timers connect 2
+{clients} address-family ipv4 unicast
+  neighbor hosts activate
+  neighbor hosts route-reflector-client
+ exit-address-family
+!
+"""
+
+
+# A reflector node's main process and its configuration file (in the directory bound at /etc/<impl>).
+REFLECTOR_CMD = {
+    "bird": "sh -c \"mkdir -p /run/bird && exec bird -f -c /etc/bird/bird.conf -s /run/bird/bird.ctl\"",
+    # /run is the node's own: FRR's sockets (zserv.api, vty) go there; bgpd in the foreground is the node's cmd
+    "frr": "sh -c \"mkdir -p /run/frr && chown frr:frr /run/frr && /usr/lib/frr/zebra -d -f /etc/frr/frr.conf "
+           "&& exec /usr/lib/frr/bgpd -f /etc/frr/frr.conf\"",
+}
+REFLECTOR_CONF = {"bird": ("bird.conf", _bird_reflector_conf), "frr": ("frr.conf", _frr_reflector_conf)}
+
+
 BROKER_CONF = """# The generated lab's broker: plain MQTT on the underlay (a lab has no PKI), the shipped ACL.
 user root
 per_listener_settings false
@@ -145,7 +187,9 @@ log_type warning
 def render(spec: Spec) -> dict[str, str]:
     """The topology file (`<name>.clab.yml`) and the files it binds, by path relative to the output directory."""
     spec.check()
+    impl = spec.reflector_impl
     name = spec.name or (f"gen{spec.hosts}" + (f"-rr{spec.reflectors}" if spec.reflectors else "-mesh")
+                         + (f"-{impl}" if spec.reflectors and impl != "bird" else "")
                          + ("-mqtt" if spec.broker else ""))
     files: dict[str, str] = {}
     nodes: dict[str, dict] = {}
@@ -168,11 +212,10 @@ def render(spec: Spec) -> dict[str, str]:
         files["broker/mosquitto.conf"] = BROKER_CONF
         attach("broker")
     for k in range(1, spec.reflectors + 1):
-        nodes[f"rr{k}"] = {
-            "cmd": "sh -c \"mkdir -p /run/bird && exec bird -f -c /etc/bird/bird.conf -s /run/bird/bird.ctl\"",
-            "binds": [f"rr{k}:/etc/bird"],
-            "exec": [f"ip addr add {reflector_address(k)}/{prefix} dev eth1"]}
-        files[f"rr{k}/bird.conf"] = _reflector_conf(spec, k)
+        conf_name, conf = REFLECTOR_CONF[impl]
+        nodes[f"rr{k}"] = {"cmd": REFLECTOR_CMD[impl], "binds": [f"rr{k}:/etc/{impl}"],
+                           "exec": [f"ip addr add {reflector_address(k)}/{prefix} dev eth1"]}
+        files[f"rr{k}/{conf_name}"] = conf(spec, k)
         attach(f"rr{k}")
     for i in range(1, spec.hosts + 1):
         h = host_name(i)
@@ -190,7 +233,8 @@ def render(spec: Spec) -> dict[str, str]:
     topology = {"name": name, "topology": {"kinds": {"linux": {"image": "tortie:dev"}}, "nodes": nodes,
                                            "links": links}}
     head = (f"# Generated by `tortie lab gen`: {spec.hosts} hosts, "
-            + (f"{spec.reflectors} BIRD route reflector(s)" if spec.reflectors else "iBGP full mesh")
+            + (f"{spec.reflectors} {'FRR' if impl == 'frr' else 'BIRD'} route reflector(s)" if spec.reflectors
+               else "iBGP full mesh")
             + (", MQTT broker" if spec.broker else "") + f", {spec.pods} pod(s) per host.\n"
             f"#   tortie lab up {name}.clab.yml    |    containerlab deploy -t {name}.clab.yml\n")
     files[f"{name}.clab.yml"] = head + yaml.safe_dump(topology, sort_keys=False, width=1 << 16)

@@ -1,4 +1,5 @@
-"""`tortie lab gen`: what it writes (pure), and a generated 10-host lab brought up with the real daemon."""
+"""`tortie lab gen`: what it writes (pure), and a generated 10-host lab (a BIRD or an FRR reflector) brought up with
+the real daemon."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import secrets
 import subprocess
 import sys
 from ipaddress import IPv4Network
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -24,9 +25,10 @@ def tortie(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("reflectors,broker", [(0, False), (2, False), (0, True), (1, True)])
-def test_written_files_load_as_a_lab_and_as_node_configs(tmp_path, reflectors, broker):
-    path = g.write(g.Spec(hosts=5, reflectors=reflectors, broker=broker, pods=2), tmp_path)
+@pytest.mark.parametrize("reflectors,broker,impl", [(0, False, "bird"), (2, False, "bird"), (0, True, "bird"),
+                                                    (1, True, "bird"), (2, False, "frr")])
+def test_written_files_load_as_a_lab_and_as_node_configs(tmp_path, reflectors, broker, impl):
+    path = g.write(g.Spec(hosts=5, reflectors=reflectors, broker=broker, pods=2, reflector_impl=impl), tmp_path)
     lab = load_lab(path)
     hosts = [f"h{i}" for i in range(1, 6)]
     assert set(lab.nodes) == {"sw", *hosts, *(f"rr{k}" for k in range(1, reflectors + 1)),
@@ -50,8 +52,14 @@ def test_written_files_load_as_a_lab_and_as_node_configs(tmp_path, reflectors, b
     assert blocks == (set() if broker else {IPv4Network(f"10.244.{(i - 1) // 4}.{(i - 1) % 4 * 64}/26")
                                             for i in range(1, 6)})
     for k in range(1, reflectors + 1):
-        conf = (tmp_path / f"rr{k}" / "bird.conf").read_text()
-        assert conf.count("from host") == 5 and f"router id 10.100.255.{k};" in conf
+        assert lab.nodes[f"rr{k}"].binds[0].container == PurePosixPath(f"/etc/{impl}")
+        if impl == "bird":
+            conf = (tmp_path / f"rr{k}" / "bird.conf").read_text()
+            assert conf.count("from host") == 5 and f"router id 10.100.255.{k};" in conf
+        else:
+            conf = (tmp_path / f"rr{k}" / "frr.conf").read_text()
+            assert conf.count("peer-group hosts\n") == 5 and f"bgp router-id 10.100.255.{k}\n" in conf
+            assert "neighbor hosts route-reflector-client" in conf and "bgp cluster-id 10.100.255.1\n" in conf
     if broker:
         assert "h5:h5-secret" in lab.nodes["broker"].cmd
 
@@ -59,7 +67,9 @@ def test_written_files_load_as_a_lab_and_as_node_configs(tmp_path, reflectors, b
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("args,why", [(["--hosts", "0"], "--hosts: 0"), (["--hosts", "1001"], "--hosts: 1001"),
                                       (["--hosts", "3", "--reflectors", "9"], "--reflectors: 9"),
-                                      (["--hosts", "3", "--pods", "61"], "--pods: 61")])
+                                      (["--hosts", "3", "--pods", "61"], "--pods: 61"),
+                                      (["--hosts", "3", "--reflectors", "1", "--reflector-impl", "gobgp"],
+                                       "--reflector-impl: gobgp: one of bird, frr")])
 def test_refused_arguments_write_nothing(tmp_path, args, why):
     r = tortie("lab", "gen", *args, "--out", str(tmp_path / "out"))
     assert r.returncode == 1 and why in r.stderr and "Traceback" not in r.stderr
@@ -68,8 +78,9 @@ def test_refused_arguments_write_nothing(tmp_path, args, why):
 
 def test_names_follow_the_options():
     names = [next(p for p in g.render(s) if p.endswith(".clab.yml"))
-             for s in (g.Spec(20), g.Spec(50, reflectors=2, broker=True), g.Spec(3, name="x"))]
-    assert names == ["gen20-mesh.clab.yml", "gen50-rr2-mqtt.clab.yml", "x.clab.yml"]
+             for s in (g.Spec(20), g.Spec(50, reflectors=2, broker=True), g.Spec(3, name="x"),
+                       g.Spec(100, reflectors=2, reflector_impl="frr"))]
+    assert names == ["gen20-mesh.clab.yml", "gen50-rr2-mqtt.clab.yml", "x.clab.yml", "gen100-rr2-frr.clab.yml"]
     text = g.render(g.Spec(2))["gen2-mesh.clab.yml"]
     assert yaml.safe_load(text)["topology"]["kinds"]["linux"]["image"] == "tortie:dev"  # containerlab's image
 
@@ -78,8 +89,9 @@ def test_names_follow_the_options():
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
-def test_ten_hosts_with_a_reflector_route_every_block_everywhere(tmp_path):
-    r = tortie("lab", "gen", "--hosts", "10", "--reflectors", "1", "--out", str(tmp_path))
+@pytest.mark.parametrize("impl", ["bird", "frr"])
+def test_ten_hosts_with_a_reflector_route_every_block_everywhere(tmp_path, impl):
+    r = tortie("lab", "gen", "--hosts", "10", "--reflectors", "1", "--reflector-impl", impl, "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     topo, name = r.stdout.strip(), "tg" + secrets.token_hex(2)
 
