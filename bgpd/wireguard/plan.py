@@ -40,7 +40,7 @@ class Encryption:
     def route(self, prefix: IPv4Network, hops: KernelRoute | None) -> KernelRoute | None:
         """The kernel route for `prefix` (None: none; empty: blackhole): each hop that is a node with a key
         goes through the device; with `required`, a hop that is a node without one is dropped."""
-        if not hops or not any(prefix.subnet_of(p) for p in self.pools):
+        if not hops or not any(prefix.version == p.version and prefix.subnet_of(p) for p in self.pools):
             return hops
         out = set()
         for h in hops:
