@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from itertools import compress
+from operator import itemgetter, not_
 from dataclasses import replace
 from typing import Iterable, Sequence
 
@@ -48,9 +50,11 @@ class LiveProgram:
         """Replaces or adds `upsert` and removes the policies `remove` (policy ids) in a new program (the
         previous one, which a ruleset may share, is left as it was); returns the (removed, added) targets."""
         old = self.program
-        p = Program(ipv6=old.ipv6, policy_chains=dict(old.policy_chains), targets=old.targets,
-                    groups=dict(old.groups), nets=dict(old.nets), named_ports=dict(old.named_ports),
-                    compiled=dict(old.compiled), _names=dict(old._names))
+        # (dict.copy, not dict(): it clones the table of a dict that has had deletions, where dict() inserts
+        # 13,000 entries one by one: 1 ms each at 10,000 policies)
+        p = Program(ipv6=old.ipv6, policy_chains=old.policy_chains.copy(), targets=old.targets,
+                    groups=old.groups.copy(), nets=old.nets.copy(), named_ports=old.named_ports.copy(),
+                    compiled=old.compiled.copy(), _names=old._names.copy())
         removed: list[Target] = []
         for pid in dict.fromkeys([*remove, *map(policy_id, upsert)]):
             if (entry := p.compiled.pop(pid, None)) is None:
@@ -63,7 +67,7 @@ class LiveProgram:
                 if not self.refs[name]:
                     del self.refs[name], getattr(p, attr)[name], p._names[name]
         gone = {t[0] for t in removed}
-        p.targets = [t for t in old.targets if t[0] not in gone] if gone else list(old.targets)
+        p.targets = list(compress(old.targets, map(not_, map(gone.__contains__, map(itemgetter(0), old.targets)))))
         self.program = p
         added: list[Target] = []
         for policy in upsert:
