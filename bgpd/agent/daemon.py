@@ -29,6 +29,7 @@ from bgpd.wireguard.guard import GuardRules
 from bgpd.wireguard.plan import Encryption, encryption, peers as wireguard_peers, render
 from bgpd.agent.metrics import DaemonMetrics
 from bgpd.dataplane.pods import PodStore
+from bgpd.ipam.claims import by_version
 from bgpd.ipam.state import NodeBlocks, save as save_ipam_state
 from bgpd.agent.views import DatastoreStatus, OverlayStatus, PeerStatus, PoolStatus, RouteStatus, Status
 from bgpd.agent.views import WireguardPeerStatus, WireguardStatus
@@ -74,7 +75,8 @@ def core_config(node: EffectiveConfig, overlay: Overlay | None = None,
                                    tuple(ip_network(a) for a in node.borrowed)),
         announced=tuple(node.announced()), graceful_restart=node.graceful_restart,
         initial_sync_timeout=node.initial_sync_timeout, wait_for_datastore=node.datastore is not None,
-        overlay=overlay, cluster_routes=tuple(sorted(node.cluster_routes.items())), encryption=encrypt)
+        overlay=overlay, cluster_routes=tuple(sorted(node.cluster_routes.items(), key=lambda r: by_version(r[0]))),
+        encryption=encrypt)
 
 
 class Daemon:

@@ -2,7 +2,7 @@
 datastore's routes without BGP, and the on-link route messages (checked against pyroute2's codec)."""
 from __future__ import annotations
 
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A, IPv4Network as N, IPv6Address, IPv6Network
 
 import pytest
 from hypothesis import given, strategies as st
@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from bgpd.agent.daemon import core_config as core_config_of
 from bgpd.bgp.core import CoreConfig, NodeCore, Program
 from bgpd.bgp.rib import ImportFilter
 from bgpd.dataplane.netlink_routes import RTNH_F_ONLINK, DeviceHop, RouteOp, decode_route, encode
@@ -82,6 +83,17 @@ def test_bgp_off_takes_the_datastores_routes_into_the_effective_config(tmp_path)
     with pytest.raises(ConfigError):
         effective(NodeConfig.model_validate(node(datastore=ds, bgp={"enabled": False})),
                   ClusterView(routes=((N("10.244.1.0/26"), SAME),), blocks=(N("10.250.0.0/26"),)))
+
+
+def test_bgp_off_routes_of_both_families_make_a_core_config(tmp_path):
+    """A dual-stack cluster's routes from the datastore: sorted IPv4 first (ipaddress cannot order across
+    families: the daemon stopped with TypeError)."""
+    v6 = (IPv6Network("fd00:246::10/124"), IPv6Address("fd95::6"))
+    pools = [{"cidr": "10.244.0.0/16"}, {"cidr": "fd00:246::/120", "block_size": 124}]
+    cfg = NodeConfig.model_validate(node(datastore={"type": "files", "path": str(tmp_path)}, bgp={"enabled": False},
+                                         listen_address6="fd95::1", pools=pools))
+    view = ClusterView(routes=(v6, (N("10.244.1.0/26"), SAME)))
+    assert core_config_of(effective(cfg, view)).cluster_routes == ((N("10.244.1.0/26"), SAME), v6)
 
 
 # --- VTEPs -----------------------------------------------------------------------------------------
