@@ -22,31 +22,27 @@ from bgpd.agent.control import ControlServer, DaemonRunning
 from bgpd.bgp.exabgp_config import exabgp_environment, private_dir, render_config, write_config
 from bgpd.bgp.exabgp_process import ExaBGPSupervisor
 from bgpd.dataplane.kernel_routes import KernelTable
-from bgpd.dataplane.netlink_routes import DeviceHop
-from bgpd.dataplane.overlay import OverlayDataplane
 from bgpd.dataplane.uplink import has_address
-from bgpd.wireguard.guard import GuardRules
-from bgpd.wireguard.plan import Encryption, encryption, peers as wireguard_peers, render
+from bgpd.wireguard.plan import Encryption
 from bgpd.agent.metrics import DaemonMetrics
 from bgpd.dataplane.pods import PodStore
 from bgpd.ipam.claims import by_version
 from bgpd.ipam.state import NodeBlocks, save as save_ipam_state
-from bgpd.agent.views import DatastoreStatus, OverlayStatus, PeerStatus, PoolStatus, RouteStatus, Status
-from bgpd.agent.views import WireguardPeerStatus, WireguardStatus
+from bgpd.agent.views import DatastoreStatus, PeerStatus, PoolStatus, RouteStatus, Status
 from bgpd.bfd.service import BfdService
 from bgpd.bgp.core import Command, CoreConfig, Log, NodeCore, PeerSettings, Program, Ready, Send, WakeAt
 from bgpd.bgp.rib import ImportFilter
 from bgpd.agent.sdnotify import notify, watchdog_interval
+from bgpd.overlay.service import OverlayService
 from bgpd.overlay.vxlan import Overlay
-from bgpd.prefixes import network, text, version as prefix_version
-from policy.kernel import ApplyError
+from bgpd.prefixes import text, version as prefix_version
 from config.effective import EffectiveConfig, effective
 from config.load import ConfigError, load_model
 from config.node import NodeConfig, restart_changes
 
 if TYPE_CHECKING:  # imported when a datastore is configured: a node without one saves ~13 MiB
     from bgpd.agent.cluster import Cluster
-    from bgpd.dataplane.wireguard import WireguardDataplane  # and these with WireGuard (pyroute2, cryptography)
+    from bgpd.wireguard.service import WireguardService  # and these with WireGuard (pyroute2, cryptography)
     from bgpd.dns.service import DnsService
     from policy.datastore_sync import PolicySync
 
@@ -83,7 +79,6 @@ class Daemon:
     COALESCE = 0.001  # seconds to gather more changes before a kernel write
     FLUSH_AT = 512  # changed prefixes that make the reader give the kernel writer a turn
     MAX_BATCH = 1024  # prefixes per kernel write
-    OVERLAY_INTERVAL = 5.0  # seconds between checks of the VTEP device, its entries and the overlay's rules
 
     def __init__(self, file_config: NodeConfig, config_path: Path | None = None, cleanup_on_exit: bool = False):
         self.node = node = effective(file_config, None)  # with a datastore, the cluster's view follows
@@ -91,17 +86,15 @@ class Daemon:
         self.cleanup_on_exit = cleanup_on_exit
         self.core = NodeCore(core_config(node))
         self.kernel = KernelTable(node.route_protocol)
-        self.overlay = OverlayDataplane(node)
-        self._overlay_wake = asyncio.Event()
+        self.initial_sync = asyncio.Event()
+        self.overlay = OverlayService(node, self._devices_changed)
         private_dir(node.run_dir)
         node.state_dir.mkdir(parents=True, exist_ok=True)
-        self.wireguard: WireguardDataplane | None = None
-        self._wireguard_wake = asyncio.Event()
+        self.wireguard: WireguardService | None = None
         if node.wireguard.enabled:
-            from bgpd.dataplane.wireguard import WireguardDataplane
-            from bgpd.wireguard import keys
+            from bgpd.wireguard.service import WireguardService
             try:
-                self.wireguard = WireguardDataplane(node, keys.load_or_create(node.state_dir))
+                self.wireguard = WireguardService(node, self._devices_changed, self.initial_sync)
             except (ValueError, OSError) as e:
                 raise StartupError(f"wireguard key: {e}") from None
         self.supervisor = ExaBGPSupervisor(
@@ -126,12 +119,11 @@ class Daemon:
             from policy.datastore_sync import PolicySync
             ds = open_datastore(node.datastore, node.name)
             self.cluster = Cluster(ds, file_config, self.reconfigure)
-            self.cluster.published = self._wireguard_record()
+            self.cluster.published = self.wireguard.record() if self.wireguard else {}
             self.policy = PolicySync(ds, node.name, node.policy_backend, node.run_dir / "policy",
                                      self.metrics.registry)
             if node.dns.enabled:
                 self.dns = DnsService(ds, node, self.metrics.registry)
-        self.initial_sync = asyncio.Event()
         self._dirty_since: float | None = None  # when the core's plan last became non-empty
         self._wake = asyncio.Event()  # the plan has routes for the kernel writer
         self._timer: asyncio.TimerHandle | None = None  # for the core's latest WakeAt
@@ -159,8 +151,9 @@ class Daemon:
         self.pidfile.write_text(f"{os.getpid()}\n")
         await self.kernel.adopt()
         log.info("adopted kernel routes=%d protocol=%d", len(self.kernel.installed), self.node.route_protocol)
-        await self._overlay_step()
-        await self._wireguard_step()
+        await self.overlay.step()
+        if self.wireguard:
+            await self.wireguard.step()
         self._do(self.core.adopted(self.kernel.installed, time.monotonic()))
         self._save_blocks()
         write_config(self.node.run_dir / "exabgp.conf", render_config(self.node, self.node.run_dir / "exabgp.sock"))
@@ -171,7 +164,7 @@ class Daemon:
                  asyncio.create_task(self._start_bgp(), name="exabgp"),
                  asyncio.create_task(self.kernel.watch(self._drifted), name="kernel-watch"),
                  asyncio.create_task(self._watchdog(), name="watchdog"),
-                 asyncio.create_task(self._overlay_loop(), name="overlay")]
+                 asyncio.create_task(self.overlay.run(), name="overlay")]
         if self.cluster:
             tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
             tasks.append(asyncio.create_task(self._datastore_ready(), name="datastore-ready"))
@@ -179,7 +172,7 @@ class Daemon:
         if self.dns:
             tasks.append(asyncio.create_task(self._run_dns(), name="dns"))
         if self.wireguard:
-            tasks.append(asyncio.create_task(self._wireguard_loop(), name="wireguard"))
+            tasks.append(asyncio.create_task(self.wireguard.run(), name="wireguard"))
         tasks.append(asyncio.create_task(self._notify_ready(), name="ready"))
         for t in tasks:
             t.add_done_callback(self._task_done)
@@ -200,9 +193,9 @@ class Daemon:
         if self.cleanup_on_exit:
             result = await self.kernel.sync({p: None for p in self.kernel.installed})
             log.info("removed kernel routes=%d", result.removed)
-            await asyncio.to_thread(self.overlay.close)
+            await self.overlay.close()
             if self.wireguard:
-                await asyncio.to_thread(self.wireguard.close)
+                await self.wireguard.close()
         if self._timer:
             self._timer.cancel()
         await self.control.stop()
@@ -243,101 +236,23 @@ class Daemon:
             await self.policy.applied.wait()
         notify("READY=1", f"STATUS=initial BGP sync done, {len(self.core.peers)} peers")
 
-    async def _overlay_step(self) -> None:
-        """The VTEP device, its neighbour and FDB entries and the overlay's firewall rules as configured; the
-        core learns the device (its routes through it need its index). A failure is logged and tried again."""
-        node = self.node
-        try:
-            await asyncio.to_thread(self.overlay.step, node)
-        except (OSError, ApplyError) as e:
-            if str(e) != self.overlay.error:
-                log.error("overlay: %s (trying again every %.0f s)", e, self.OVERLAY_INTERVAL)
-            self.overlay.error = str(e)
-            return
-        if node is self.node:
-            self._do(self.core.configure(self._core_config(node), time.monotonic()))
+    def _devices_changed(self) -> None:
+        """A VTEP or the WireGuard device was made or replaced: the core's routes through it need its index."""
+        self._do(self.core.configure(self._core_config(self.node), time.monotonic()))
 
     def _core_config(self, node: EffectiveConfig) -> CoreConfig:
-        return core_config(node, self.overlay.plan(node), self._encryption(node))
-
-    def _encryption(self, node: EffectiveConfig) -> Encryption | None:
-        """Which routes go through WireGuard. Until its device exists every node counts as without a key:
-        reached unencrypted, or (required) not at all."""
-        wg = self.wireguard
-        if wg is None:
-            return None
-        members = node.mesh.nodes if wg.device is not None else [m.model_copy(update={"public_key": None})
-                                                                 for m in node.mesh.nodes]
-        return encryption(members, node.name, node.listen_address, [p.cidr for p in node.pools],
-                          node.wireguard.required, wg.device.index if wg.device else 0)
-
-    def _wireguard_record(self) -> dict:
-        """What the node record publishes of WireGuard: the public key and port (never the private key)."""
-        wg = self.wireguard
-        if wg is None:
-            return {}
-        from bgpd.wireguard import keys
-        return {"wireguard": {"public_key": keys.public_key(wg.private_key), "port": self.node.wireguard.port}}
-
-    async def _wireguard_step(self) -> None:
-        """The device (and wireguard-go) up, the core told its index, then key, port and peers with AllowedIPs
-        as the core routes them. A failure is logged and tried again."""
-        wg, node = self.wireguard, self.node
-        if wg is None:
-            return
-        from pyroute2.netlink.exceptions import NetlinkError  # loaded with the WireGuard dataplane
-        try:
-            had = wg.device
-            device = await asyncio.to_thread(wg.ensure, node)
-            await asyncio.to_thread(wg.guard.apply, GuardRules(  # IPv4, as the peers' AllowedIPs
-                node.wireguard.device, tuple(p.cidr for p in node.pools if p.cidr.version == 4),
-                tuple(p for p in node.announced() if p.version == 4)) if node.wireguard.required else None)
-            if node is self.node and device != had:
-                self._do(self.core.configure(self._core_config(node), time.monotonic()))
-            if not self.core.initial_sync_done:  # peers and AllowedIPs are not known yet: keep what the
-                return                            # device has (a restart keeps traffic flowing)
-            routes = {network(p): self.core.desired(p) for p in self.core.rib.all_desired()}
-            peers = wireguard_peers(node.mesh.nodes, routes, device.index, node.name)
-            await asyncio.to_thread(wg.configure, render(wg.private_key, node.wireguard.port, peers), peers)
-        except (OSError, NetlinkError, ApplyError) as e:
-            if str(e) != wg.error:
-                log.error("wireguard: %s (trying again every %.0f s)", e, self.OVERLAY_INTERVAL)
-            wg.error = str(e)
-
-    async def _wireguard_loop(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._wireguard_wake.wait(), self.OVERLAY_INTERVAL)
-            except asyncio.TimeoutError:
-                pass
-            await asyncio.sleep(self.COALESCE * 50)  # gather a burst of route changes
-            self._wireguard_wake.clear()
-            await self._wireguard_step()
+        return core_config(node, self.overlay.plan(node), self.wireguard.encryption(node) if self.wireguard else None)
 
     async def wireguard_rotate(self) -> dict:
         """`tortie wireguard rotate`: a new key pair, in force at once and published; peers that learn it
         from the datastore handshake again (traffic waits at most about one handshake)."""
-        wg = self.wireguard
-        if wg is None:
+        if self.wireguard is None:
             return {"error": "wireguard is not enabled"}
-        from bgpd.wireguard import keys
-        public = await asyncio.to_thread(keys.rotate, self.node.state_dir)
-        wg.private_key = keys.load_or_create(self.node.state_dir)
-        log.info("wireguard key rotated public_key=%s", public)
-        await self._wireguard_step()
+        public = await self.wireguard.rotate()
         if self.cluster:
-            self.cluster.published = self._wireguard_record()
+            self.cluster.published = self.wireguard.record()
             await self.cluster.register()
         return {"public_key": public, "published": self.cluster is not None}
-
-    async def _overlay_loop(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._overlay_wake.wait(), self.OVERLAY_INTERVAL)
-            except asyncio.TimeoutError:
-                pass
-            self._overlay_wake.clear()
-            await self._overlay_step()
 
     async def _run_policy(self) -> None:
         await self.cluster.ready.wait()  # the datastore is loaded
@@ -405,8 +320,9 @@ class Daemon:
             return
         self.node = new
         commands = self.core.configure(self._core_config(new), time.monotonic())
-        self._overlay_wake.set()  # VTEP entries and firewall rules follow the new nodes and pools
-        self._wireguard_wake.set()  # and WireGuard's peers
+        self.overlay.configure(new)
+        if self.wireguard:
+            self.wireguard.configure(new)
         self.bfd.configure(new.bgp_peers())
         write_config(new.run_dir / "exabgp.conf", render_config(new, new.run_dir / "exabgp.sock"))
         self.supervisor.reload()
@@ -476,7 +392,6 @@ class Daemon:
                 if self._dirty_since is None:
                     self._dirty_since = time.monotonic()
                 self._wake.set()
-                self._wireguard_wake.set()  # AllowedIPs follow the routes
             elif isinstance(c, Send):
                 self._send(c.lines)
             elif isinstance(c, Log):
@@ -487,7 +402,8 @@ class Daemon:
                 self._timer = asyncio.get_running_loop().call_later(max(0.0, c.when - time.monotonic()), self._tick)
             elif isinstance(c, Ready):
                 self.initial_sync.set()
-                self._wireguard_wake.set()  # peers and AllowedIPs are known now
+                if self.wireguard:
+                    self.wireguard.wake()  # peers and AllowedIPs are known now
 
     # --- kernel ------------------------------------------------------------------------------------
     async def _program(self) -> None:
@@ -496,6 +412,8 @@ class Daemon:
             await asyncio.sleep(self.COALESCE)
             self._wake.clear()
             routes = self.core.plan(self.MAX_BATCH)  # small batches: the last one after a burst ends soon
+            if self.wireguard:
+                self.wireguard.routes_changed(routes)  # AllowedIPs follow the routes
             since = self._dirty_since
             if self.core.planned:
                 self._wake.set()
@@ -514,7 +432,7 @@ class Daemon:
         now, core = time.monotonic(), self.core
         peers = []
         for addr, ps in list(core.peers.items()):
-            rib = core.rib.peers[addr]
+            rib = core.peer_routes(addr)
             peers.append(PeerStatus(
                 name=ps.settings.name, address=addr, asn=ps.settings.asn, state=ps.state,
                 uptime=round(now - ps.since, 1) if ps.state == "up" and ps.since is not None else 0,
@@ -535,52 +453,11 @@ class Daemon:
             peers=peers, refused_total=len(refused), kernel_repairs=self.kernel.repairs,
             malformed_messages=core.malformed, bgp_enabled=self.node.bgp.enabled,
             pools=[PoolStatus(str(p.cidr), p.vxlan, p.nat_outgoing) for p in self.node.pools],
-            overlay=self._overlay_status(), wireguard=self._wireguard_status())
-
-    def _wireguard_status(self) -> WireguardStatus | None:
-        wg, node = self.wireguard, self.node
-        if wg is None:
-            return None
-        from bgpd.wireguard import keys
-        device, now = wg.device, time.time()
-        names = {m.public_key: m.name for m in node.mesh.nodes if m.public_key}
-        encrypted = sum(1 for hops in list(self.kernel.installed.values())
-                        if device and any(isinstance(h, DeviceHop) and h.oif == device.index for h in hops))
-        allowed = {p.public_key: len(p.allowed_ips) for p in wg.peers}
-        return WireguardStatus(
-            device=node.wireguard.device, implementation=device.implementation if device else "",
-            public_key=keys.public_key(wg.private_key), port=node.wireguard.port, mtu=device.mtu if device else 0,
-            required=node.wireguard.required,
-            peers=[WireguardPeerStatus(names.get(p.public_key, p.public_key), p.endpoint,
-                                       allowed.get(p.public_key, 0),
-                                       round(now - p.latest_handshake, 1) if p.latest_handshake else None,
-                                       p.rx_bytes, p.tx_bytes) for p in wg.peer_stats],
-            nodes_without_key=sorted(m.name for m in node.mesh.nodes
-                                     if not m.public_key and m.name != node.name
-                                     and m.address != node.listen_address),
-            encrypted_routes=encrypted, restarts=wg.wg.restarts, error=wg.error)
-
-    def _overlay_status(self) -> OverlayStatus | None:
-        node, ov = self.node, self.overlay
-        if not node.uses_vxlan():
-            return None
-        devices = [d for _, d in sorted(ov.devices.items())]  # the IPv4 VTEP first, then the IPv6 one
-        oifs = {d.index for d in devices}
-        encapsulated = sum(1 for hops in list(self.kernel.installed.values())
-                           if any(isinstance(h, DeviceHop) and h.oif in oifs for h in hops))
-        names = [ov.vteps[v].name for v in sorted({p.cidr.version for p in node.pools if p.vxlan != "never"})]
-        return OverlayStatus(device=", ".join(names), vni=node.vxlan.vni, port=node.vxlan.port,
-                             mtu=min((d.mtu for d in devices), default=0),
-                             remote_vteps=sum(len(v.installed) for v in ov.vteps.values()),
-                             encapsulated_routes=encapsulated, repairs=ov.repairs,
-                             offloads=dict(devices[0].offloads) if devices else {}, error=ov.error)
+            overlay=self.overlay.status(self.kernel.installed),
+            wireguard=self.wireguard.status(self.kernel.installed) if self.wireguard else None)
 
     def routes(self) -> list[RouteStatus]:
-        rib, installed = self.core.rib, self.kernel.installed
-        out = []
-        for prefix in sorted(rib.all_desired()):
-            want = self.core.desired(prefix)  # through the VTEP where the overlay says so
-            out.append(RouteStatus(prefix=text(prefix), next_hops=sorted(map(str, want)) or ["blackhole"],
-                                   peers=sorted(rib.sources(prefix)) or ["local"],
-                                   in_kernel=installed.get(prefix) == want))
-        return out
+        installed = self.kernel.installed
+        return [RouteStatus(prefix=text(prefix), next_hops=sorted(map(str, want)) or ["blackhole"],
+                            peers=peers or ["local"], in_kernel=installed.get(prefix) == want)
+                for prefix, want, peers in self.core.routes()]

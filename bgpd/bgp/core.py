@@ -20,7 +20,7 @@ from itertools import islice
 from typing import Iterable, Mapping, Union
 
 from bgpd.bgp import messages as msgs
-from bgpd.bgp.rib import ImportFilter, KernelRoute, Reject, Rib, Update
+from bgpd.bgp.rib import ImportFilter, KernelRoute, PeerRib, Reject, Rib, Update
 from bgpd.prefixes import key, network
 from bgpd.overlay.vxlan import Overlay
 from bgpd.wireguard.plan import Encryption
@@ -308,6 +308,15 @@ class NodeCore:
         if encryption is not None:
             want = encryption.route(net, want)
         return want if overlay is None else overlay.route(net, want)
+
+    def routes(self) -> list[tuple[int, KernelRoute | None, list[str]]]:
+        """Every prefix with a desired route, in order: its kernel route and the peers it came from (none:
+        one of our blocks). For the views; the kernel's work goes through `plan`."""
+        return [(p, self.desired(p), sorted(self.rib.sources(p))) for p in sorted(self.rib.all_desired())]
+
+    def peer_routes(self, peer: str) -> PeerRib:
+        """The peer's part of the RIB (counts, stale marks), for the views: read it, never change it."""
+        return self.rib.peers[peer]
 
     @property
     def planned(self) -> int:

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Mapping
 
 from bgpd.dataplane.netlink_routes import DeviceHop, KernelRoute
+from bgpd.prefixes import network
 from config.node import MeshMember
 
 OVERHEAD = 60  # outer IPv4 20 + UDP 8 + WireGuard header 16 + authentication tag 16 (an IPv6 outer: 80)
@@ -66,17 +67,49 @@ def encryption(members: Iterable[MeshMember], me: str, my_address: IPv4Address, 
                       frozenset(m.address for m in others if not m.public_key), required, oif)
 
 
-def peers(members: Iterable[MeshMember], routes: Mapping[IPv4Network, KernelRoute | None], oif: int,
-          me: str) -> list[Peer]:
-    """One peer per other node with a key; its AllowedIPs are the prefixes routed to it through the device
-    (a prefix routed to several nodes, ECMP, goes to the lowest address: AllowedIPs cannot overlap)."""
-    by_node: dict[IPv4Address, list[IPv4Network]] = {}
-    for prefix, hops in routes.items():
-        through = sorted(h.gateway for h in hops or () if isinstance(h, DeviceHop) and h.oif == oif)
-        if through:
-            by_node.setdefault(through[0], []).append(prefix)
-    return [Peer(m.public_key, m.address, tuple(sorted(by_node.get(m.address, ()))))
-            for m in sorted(members, key=lambda m: m.address) if m.public_key and m.name != me]
+class AllowedIps:
+    """The peers' AllowedIPs, kept up to date from the routes whose desired route changed (the core's plan
+    batches), never recomputed over every route. A prefix is carried by the node its route goes to through
+    the device; routed to several nodes (ECMP), by the lowest address: AllowedIPs cannot overlap."""
+
+    def __init__(self) -> None:
+        self._via: dict[int, IPv4Address] = {}  # prefix key (bgpd/prefixes.py) -> the node that carries it
+        self._by_node: dict[IPv4Address, set[int]] = {}
+        self._sorted: dict[IPv4Address, tuple[IPv4Network, ...]] = {}  # cache of the nodes no change touched
+
+    def update(self, routes: Mapping[int, KernelRoute | None], oif: int) -> bool:
+        """The new desired routes of some prefixes (None: no route), `oif` the device's ifindex in them;
+        whether any node's AllowedIPs changed."""
+        changed = False
+        for prefix, hops in routes.items():
+            node = min((h.gateway for h in hops or () if isinstance(h, DeviceHop) and h.oif == oif), default=None)
+            old = self._via.get(prefix)
+            if node == old:
+                continue
+            changed = True
+            if old is not None:
+                carried = self._by_node[old]
+                carried.discard(prefix)
+                if not carried:
+                    del self._by_node[old]
+                self._sorted.pop(old, None)
+                del self._via[prefix]
+            if node is not None:
+                self._by_node.setdefault(node, set()).add(prefix)
+                self._sorted.pop(node, None)
+                self._via[prefix] = node
+        return changed
+
+    def allowed(self, node: IPv4Address) -> tuple[IPv4Network, ...]:
+        got = self._sorted.get(node)
+        if got is None:
+            got = self._sorted[node] = tuple(network(p) for p in sorted(self._by_node.get(node, ())))
+        return got
+
+    def peers(self, members: Iterable[MeshMember], me: str) -> list[Peer]:
+        """One peer per other node with a key, with the prefixes routed to it through the device."""
+        return [Peer(m.public_key, m.address, self.allowed(m.address))
+                for m in sorted(members, key=lambda m: m.address) if m.public_key and m.name != me]
 
 
 def render(private_key: str, port: int, peer_list: Iterable[Peer]) -> str:

@@ -17,9 +17,9 @@ from bgpd.bgp.core import CoreConfig, NodeCore
 from bgpd.bgp.rib import ImportFilter
 from bgpd.dataplane.netlink_routes import DeviceHop
 from bgpd.overlay.vxlan import Overlay
-from bgpd.prefixes import key
+from bgpd.prefixes import key, network
 from bgpd.wireguard import keys
-from bgpd.wireguard.plan import OVERHEAD, Encryption, encryption, parse_dump, peers, pod_mtu, render
+from bgpd.wireguard.plan import OVERHEAD, AllowedIps, Encryption, Peer, encryption, parse_dump, pod_mtu, render
 from config.node import MeshMember, NodeConfig
 from tests.netns import requires_root, run_in_netns
 
@@ -122,6 +122,25 @@ def test_the_device_appearing_replans_every_route():
 
 
 # --- peers and configuration text --------------------------------------------------------------------
+def full(members, routes, oif, me) -> list[Peer]:
+    """The reference: peers and AllowedIPs recomputed over every route (what the daemon did before the
+    AllowedIPs became incremental)."""
+    by_node: dict = {}
+    for prefix, hops in routes.items():
+        through = sorted(h.gateway for h in hops or () if isinstance(h, DeviceHop) and h.oif == oif)
+        if through:
+            by_node.setdefault(through[0], []).append(network(prefix))
+    return [Peer(m.public_key, m.address, tuple(sorted(by_node.get(m.address, ()))))
+            for m in sorted(members, key=lambda m: m.address) if m.public_key and m.name != me]
+
+
+def peers(members, routes, oif, me) -> list[Peer]:
+    """AllowedIps fed every route in one batch."""
+    allowed = AllowedIps()
+    allowed.update({key(p): hops for p, hops in routes.items()}, oif)
+    return allowed.peers(members, me)
+
+
 def test_allowed_ips_are_the_prefixes_routed_to_the_peer():
     routes = {N("10.244.2.0/26"): frozenset({DeviceHop(KEYED, WG)}),
               N("10.244.7.5/32"): frozenset({DeviceHop(KEYED, WG)}),
@@ -141,6 +160,30 @@ def test_allowed_ips_never_overlap_between_peers(entries):
     got = peers(members, routes, WG, "n1")
     flat = [ip for p in got for ip in p.allowed_ips]
     assert len(flat) == len(set(flat)) == len(routes)
+
+
+N4 = A("192.168.1.14")
+HOPS = st.one_of(st.none(), st.just(frozenset()), st.frozensets(st.sampled_from(
+    [DeviceHop(KEYED, WG), DeviceHop(N4, WG), DeviceHop(KEYLESS, WG), DeviceHop(KEYED, VTEP), KEYED, KEYLESS, N4,
+     ROUTER]), min_size=1, max_size=3))
+PREFIXES = st.sampled_from([key(N(f"10.244.{i}.0/26")) for i in range(6)] + [key(N("10.244.7.5/32"))])
+
+
+@given(st.lists(st.dictionaries(PREFIXES, HOPS, max_size=5), max_size=12))
+@settings(derandomize=True, max_examples=300)
+def test_incremental_allowed_ips_equal_a_full_recomputation(batches):
+    """Batches of changed routes, as the core's plan hands them out: after each, the peers equal a
+    recomputation over every route, and `update` says whether they changed."""
+    members = MEMBERS + [MeshMember(name="n4", address=N4, public_key=KEY_A)]
+    allowed, routes = AllowedIps(), {}
+    before = full(members, routes, WG, "n1")
+    for batch in batches:
+        changed = allowed.update(batch, WG)
+        routes.update(batch)
+        after = full(members, routes, WG, "n1")
+        assert allowed.peers(members, "n1") == after
+        assert changed or after == before
+        before = after
 
 
 def test_render_is_what_wg_syncconf_reads():
