@@ -1,6 +1,7 @@
 """Network namespaces by name (/run/netns/NAME, where `ip netns` keeps them) or by path, without a helper
 process or thread: the calling thread enters a namespace with setns(2) and returns to its own (a network
-namespace belongs to a thread). Python 3.11 has no os.setns/os.unshare, hence libc through ctypes.
+namespace belongs to a thread). Python 3.11 has no os.setns/os.unshare, hence libc through ctypes (`libc` and
+`check` also serve the lab keeper's mount namespace).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ CLONE_NEWNET = 0x40000000
 MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 0x100000
 MNT_DETACH = 2
 _OWN = "/proc/thread-self/ns/net"
-_libc = ctypes.CDLL(None, use_errno=True)
+libc = ctypes.CDLL(None, use_errno=True)
 
 
 def path(netns: str) -> str:
@@ -27,14 +28,14 @@ def exists(netns: str) -> bool:
     return os.path.exists(path(netns))
 
 
-def _check(result: int, what: str) -> None:
+def check(result: int, what: str) -> None:
     if result != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"cannot {what}: {os.strerror(code)}")
 
 
 def _setns(fd: int, what: str) -> None:
-    _check(_libc.setns(fd, CLONE_NEWNET), what)
+    check(libc.setns(fd, CLONE_NEWNET), what)
 
 
 @contextmanager
@@ -69,16 +70,16 @@ def create(name: str) -> None:
     so the binding shows in other mount namespaces). OSError if it exists; nothing is left on failure."""
     run_dir = RUN_DIR.encode()
     os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
-    if _libc.mount(b"", run_dir, b"none", MS_SHARED | MS_REC, None) != 0:  # not a mount point yet
-        _check(_libc.mount(run_dir, run_dir, b"none", MS_BIND | MS_REC, None), f"bind-mount {RUN_DIR}")
-        _check(_libc.mount(b"", run_dir, b"none", MS_SHARED | MS_REC, None), f"share {RUN_DIR}")
+    if libc.mount(b"", run_dir, b"none", MS_SHARED | MS_REC, None) != 0:  # not a mount point yet
+        check(libc.mount(run_dir, run_dir, b"none", MS_BIND | MS_REC, None), f"bind-mount {RUN_DIR}")
+        check(libc.mount(b"", run_dir, b"none", MS_SHARED | MS_REC, None), f"share {RUN_DIR}")
     target = path(name)
     os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
     own = os.open(_OWN, os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            _check(_libc.unshare(CLONE_NEWNET), "make a network namespace")
-            _check(_libc.mount(_OWN.encode(), target.encode(), b"none", MS_BIND, None), f"bind {target}")
+            check(libc.unshare(CLONE_NEWNET), "make a network namespace")
+            check(libc.mount(_OWN.encode(), target.encode(), b"none", MS_BIND, None), f"bind {target}")
         finally:
             _setns(own, "return to the original network namespace")
     except OSError:
@@ -91,8 +92,8 @@ def create(name: str) -> None:
 def remove(name: str) -> None:
     """Unbinds and deletes /run/netns/NAME; absent is fine. The namespace goes with its last user."""
     target = path(name)
-    if _libc.umount2(target.encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
-        _check(-1, f"unmount {target}")
+    if libc.umount2(target.encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        check(-1, f"unmount {target}")
     try:
         os.unlink(target)
     except FileNotFoundError:

@@ -3,34 +3,25 @@
 Run as `python -m bgpd.lab.keeper SPEC_JSON`. It enters the node's network namespace, makes a
 private mount namespace with its own /sys, tmpfs on the per-node directories and the node's bind
 mounts, prints "ready", then becomes `sleep infinity`. Every other process of the node is started
-with `nsenter -t KEEPER_PID -m -n`.
+with `nsenter -t KEEPER_PID -m -n`. The system calls go through bgpd/dataplane/netns.py's libc (that module
+imports nothing beyond the standard library, so the keeper stays a small process).
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import stat
 import sys
 
+from bgpd.dataplane.netns import MNT_DETACH, MS_BIND, MS_REC, check, enter_for_good, libc
+
 CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV = 0x1, 0x2, 0x4
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
-MNT_DETACH = 0x2
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_PRIVATE = 0x1, 0x2, 0x4, 0x20, 0x40000
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = lambda s: s.encode() if s is not None else None  # noqa: E731
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+    check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
 def _make_mountpoint(target: str, directory: bool) -> None:
@@ -43,14 +34,13 @@ def _make_mountpoint(target: str, directory: bool) -> None:
 
 
 def setup(netns_path: str, tmpfs: list[str], binds: list[tuple[str, str, bool]]) -> None:
-    with open(netns_path) as f:
-        _check(_libc.setns(f.fileno(), CLONE_NEWNET), f"setns {netns_path}")
-    _check(_libc.unshare(CLONE_NEWNS), "unshare mount namespace")
+    enter_for_good(netns_path)
+    check(libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     # Open the bind sources first: a tmpfs mounted next may hide them (a lab under /tmp).
     sources = [os.open(host, os.O_PATH) for host, _, _ in binds]
     # A sysfs of this network namespace, as `ip netns exec` does, so /sys/class/net shows the node's links.
-    _check(_libc.umount2(b"/sys", MNT_DETACH), "umount /sys")
+    check(libc.umount2(b"/sys", MNT_DETACH), "unmount /sys")
     _mount("sysfs", "/sys", "sysfs", 0)
     for d in tmpfs:
         _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" if d == "/tmp" else "mode=755")
