@@ -158,11 +158,23 @@ class Dns(Strict):
                         description="the cluster domain: <pod>.<ns>.pod.<domain>, <service>.<ns>.svc.<domain>")
     address: IPv4Address = Field(IPv4Address("169.254.1.1"), description="the link-local address pods reach the "
                                  "server at: the pods' gateway, made local on the node (on lo, label lo:tortie-dns)")
-    port: int = Field(53, ge=1, le=65535, description="UDP and TCP port, on address and on 127.0.0.1")
+    address6: IPv6Address = Field(IPv6Address("fd00::a9fe:101"), description="the address IPv6 pods reach the "
+                                  "server at, through their default route: a ULA made local on nodes with IPv6 "
+                                  "pools (on lo, deprecated: never the source of the node's own traffic)")
+    port: int = Field(53, ge=1, le=65535, description="UDP and TCP port, on the addresses and on 127.0.0.1")
     upstreams: list[IPv4Address] = Field(default_factory=list, description="resolvers other names are forwarded "
                                          "to (port 53), in order; none: other names are refused")
     ttl: int = Field(5, ge=0, le=3600, description="seconds answers may be cached")
     rate_limit: DnsRateLimit = Field(default_factory=DnsRateLimit, description="per source (pod) token bucket")
+
+    @field_validator("address6")
+    @classmethod
+    def _routed_to_the_node(cls, v: IPv6Address) -> IPv6Address:
+        if v.is_link_local or v.is_multicast or v.is_loopback or v.is_unspecified or v.ipv4_mapped:
+            raise ValueError(f"{v}: pods reach it through their default route, so it must be a unicast address "
+                             "outside fe80::/10 (a link-local one needs the pod's interface as zone in "
+                             "resolv.conf), e.g. a ULA")
+        return v
 
 
 class Vxlan(Strict):
@@ -295,6 +307,11 @@ class NodeConfig(Strict):
                 and any(p.cidr.version == 6 for p in self.pools)):
             raise ValueError(f"vxlan.mtu: {self.vxlan.mtu} is below 1280, the IPv6 minimum: the pods of IPv6 "
                              "pools would have no IPv6")
+        for field, address in (("address", self.dns.address), ("address6", self.dns.address6)):
+            pool = next((p.cidr for p in self.pools if address in p.cidr), None)
+            if pool is not None:
+                raise ValueError(f"dns.{field}: {address} is inside pool {pool}: the node would take a pod's "
+                                 "address for its DNS server")
         if self.route_protocol == self.pod_route_protocol:
             raise ValueError("route_protocol and pod_route_protocol must differ")
         if not self.bgp.enabled:

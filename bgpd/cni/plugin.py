@@ -162,7 +162,7 @@ def _result(version: str, pod, node) -> dict:
                         **({"mtu": pod_link.mtu} if version == "1.1.0" else {})}],  # the field came with CNI 1.1
         "ips": ips,
         "routes": routes,
-        "dns": pod_dns(node, pod.namespace),  # the node's DNS server (docs/dns.md), when it runs one
+        "dns": pod_dns(node, pod.namespace, pod.addresses()),  # the node's DNS server (docs/dns.md), if it runs one
     }
 
 

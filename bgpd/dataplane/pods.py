@@ -204,7 +204,7 @@ def _wire(node: NodeConfig, pod: Pod) -> None:
     and a neighbour entry for each address); the caller removes what a failure left."""
     if pod.owns_netns:
         netns.create(pod.netns)
-        if dns := pod_dns(node, pod.namespace):  # the node's DNS server, for programs run with `ip netns exec`
+        if dns := pod_dns(node, pod.namespace, pod.addresses()):  # the node's DNS server, for `ip netns exec`
             (NETNS_ETC / pod.netns).mkdir(parents=True, exist_ok=True)
             (NETNS_ETC / pod.netns / "resolv.conf").write_text(resolv_conf(dns))
     mtu = _pod_mtu(node)

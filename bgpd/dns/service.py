@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from ipaddress import IPv4Address, IPv6Address
 
 from prometheus_client import CollectorRegistry
@@ -50,6 +51,12 @@ class DnsService:
         """Pods (addresses of the pools) and the node itself (loopback): never the underlay."""
         return source.is_loopback or in_pools(source, self.pools)
 
+    def local_addresses(self) -> list[IPv4Address | IPv6Address]:
+        """The pod-facing addresses: dns.address, and dns.address6 when the node has IPv6 pools (a node with
+        IPv4 pools only gets no IPv6 address, and needs no IPv6 on lo)."""
+        ipv6 = any(p.version == 6 for p in self.pools)
+        return [self.settings.address, self.settings.address6] if ipv6 else [self.settings.address]
+
     def rebuild(self) -> None:
         zone = build(self.ds.items("endpoints"), self.ds.items("claims"), self.name, self.alive)
         self.ignored.update(zone.ignored)
@@ -57,17 +64,16 @@ class DnsService:
         self.metrics.zone_builds.inc()
 
     async def run(self, addresses: list[str] | None = None) -> None:
-        """Serves on the pod-facing address (made local) and loopback, or on `addresses` (tests)."""
+        """Serves on the pod-facing addresses (made local) and loopback, or on `addresses` (tests)."""
         feed = self.ds.changes()
-        made = False
+        made: list[IPv4Address | IPv6Address] = []
         try:
             self.rebuild()
             try:
                 if addresses is None:
-                    made = await ensure_address(self.settings.address)
-                    addresses = [str(self.settings.address), LOOPBACK]
+                    addresses = await self._make_local(made)
                 await self.server.start(addresses, self.settings.port)
-            except (OSError, NetlinkError) as e:  # the node's routing and policy go on without names
+            except OSError as e:  # the node's routing and policy go on without names
                 log.error("dns not served: %s", e)
                 return
             log.info("dns serving addresses=%s port=%d domain=%s upstreams=%d", ",".join(addresses),
@@ -85,8 +91,20 @@ class DnsService:
         finally:
             await self.server.stop()
             await feed.aclose()
-            if made:
-                await remove_address(self.settings.address)
+            for address in made:
+                await remove_address(address)
+
+    async def _make_local(self, made: list[IPv4Address | IPv6Address]) -> list[str]:
+        """Makes the pod-facing addresses local, adding to `made` those that are ours to remove; the addresses
+        to serve on. OSError naming an address that cannot be made local."""
+        local = self.local_addresses()
+        for address in local:
+            try:
+                if await ensure_address(address):
+                    made.append(address)
+            except NetlinkError as e:
+                raise OSError(e.code, f"cannot make {address} local on lo: {os.strerror(e.code)}") from None
+        return [*map(str, local), LOOPBACK]
 
     async def _watch(self, feed) -> None:
         async for change in feed:

@@ -3,7 +3,9 @@ rotation, PTR under ip6.arpa for pool addresses (nibble names, RFC 3596), IPv6 p
 malformed ip6.arpa names never taken for an address; a UDP round trip from an IPv6 pod-pool source."""
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
+import json
+import subprocess
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 import dns.asyncquery
 import dns.message
@@ -13,13 +15,19 @@ import dns.reversename
 import pytest
 from hypothesis import given, strategies as st
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
+from bgpd.dns.address import PROTO
+from bgpd.dns.client import pod_dns, resolv_conf
 from bgpd.dns.metrics import DnsMetrics
 from bgpd.dns.ratelimit import RateLimiter
 from bgpd.dns.resolver import Reply, Resolver, _reverse
 from bgpd.dns.server import DnsServer
+from bgpd.dns.service import DnsService
 from bgpd.dns.zone import SERVICE_LABEL, build, in_pools
 from config.datastore.keys import cidr_segment
+from config.node import NodeConfig
+from tests.netns import requires_root, run_in_netns
 
 POOLS = (IPv4Network("10.246.0.0/24"), IPv6Network("fd00:246::/56"))
 CLAIMS = {f"claims/{cidr_segment(block)}/{node}": {"owned": True, "at": 1} for block, node in (
@@ -133,3 +141,73 @@ async def test_aaaa_over_udp_from_an_ipv6_source():
         assert r.answer[0][0].target.to_text() == "web-1.shop.pod.tortie.local."
     finally:
         await srv.stop()
+
+
+def node_config(tmp_path, pools, **dns_settings) -> NodeConfig:
+    return NodeConfig.model_validate({
+        "name": "node1", "router_id": "10.95.0.1", "asn": 64512, "listen_address": "10.95.0.1",
+        "listen_address6": "fd95::1", "pools": [{"cidr": p} for p in pools], "dns": dns_settings,
+        "datastore": {"type": "files", "path": str(tmp_path)}})
+
+
+def test_pods_are_told_the_server_of_each_of_their_families(tmp_path):
+    node = node_config(tmp_path, ["10.246.0.0/24", "fd00:246::/56"])
+    search = ["shop.svc.tortie.local", "svc.tortie.local"]
+    for ips, servers in ((["10.246.0.2"], ["169.254.1.1"]), (["fd00:246::2"], ["fd00::a9fe:101"]),
+                         (["10.246.0.2", "fd00:246::2"], ["169.254.1.1", "fd00::a9fe:101"])):
+        assert pod_dns(node, "shop", map(ip_address, ips)) == {"nameservers": servers, "search": search}
+    assert resolv_conf(pod_dns(node, "shop", [ip_address("fd00:246::2")])) == (
+        "nameserver fd00::a9fe:101\nsearch shop.svc.tortie.local svc.tortie.local\n")
+    assert pod_dns(node_config(tmp_path, ["fd00:246::/56"], enabled=False), "shop", [ip_address("fd00:246::2")]) == {}
+
+
+def test_the_server_gets_an_ipv6_address_on_nodes_with_ipv6_pools(tmp_path):
+    assert DnsService(None, node_config(tmp_path, ["10.246.0.0/24"]), None).local_addresses() == [
+        IPv4Address("169.254.1.1")]
+    assert DnsService(None, node_config(tmp_path, ["fd00:246::/56"], address6="fd53::1"), None).local_addresses() == [
+        IPv4Address("169.254.1.1"), IPv6Address("fd53::1")]
+
+
+@pytest.mark.parametrize("pools, dns_settings, error", [
+    (["fd00:246::/56"], {"address6": "fe80::1"}, "dns.address6"),  # needs the pod's interface as zone
+    (["fd00:246::/56"], {"address6": "ff02::1"}, "dns.address6"),
+    (["fd00:246::/56"], {"address6": "::ffff:10.1.1.1"}, "dns.address6"),
+    (["fd00:246::/56"], {"address6": "10.1.1.1"}, "dns.address6"),
+    (["fd00::/48"], {}, "dns.address6: fd00::a9fe:101 is inside pool fd00::/48"),
+    (["169.254.0.0/16"], {}, "dns.address: 169.254.1.1 is inside pool 169.254.0.0/16"),
+])
+def test_server_addresses_pods_cannot_reach_are_refused(tmp_path, pools, dns_settings, error):
+    with pytest.raises(ValidationError) as e:
+        node_config(tmp_path, pools, **dns_settings)
+    assert error in str(e.value).replace("\n", " ")
+
+
+MARKS = """
+import asyncio, json
+from ipaddress import IPv6Address
+from pyroute2 import IPRoute
+from bgpd.dns.address import ensure_address, remove_address
+
+def lo():
+    return {a.get('address'): (a.get('proto'), a.get('cacheinfo')['ifa_preferred'])
+            for a in IPRoute().get_addr(family=10, index=1)}
+
+ours, foreign = IPv6Address('fd53::1'), IPv6Address('fd53::2')
+out = {"made": asyncio.run(ensure_address(ours)), "foreign": asyncio.run(ensure_address(foreign)), "lo": lo()}
+asyncio.run(remove_address(ours))
+asyncio.run(remove_address(foreign))
+print(json.dumps({**out, "after": sorted(lo())}))
+"""
+
+
+@requires_root
+@pytest.mark.netns
+def test_the_ipv6_address_is_marked_deprecated_and_only_ours_is_removed(make_netns):
+    ns = make_netns("dns6addr")
+    subprocess.run(["ip", "-n", ns, "addr", "add", "fd53::2/128", "dev", "lo", "nodad"], check=True)  # somebody's
+    r = run_in_netns(ns, MARKS)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert (got["made"], got["foreign"]) == (True, False)
+    assert got["lo"]["fd53::1"] == [PROTO, 0] and got["lo"]["fd53::2"][0] != PROTO  # ours: marked, deprecated
+    assert got["after"] == ["::1", "fd53::2"]
