@@ -74,7 +74,7 @@ class AllowedIps:
 
     def __init__(self) -> None:
         self._via: dict[int, IPv4Address] = {}  # prefix key (bgpd/prefixes.py) -> the node that carries it
-        self._by_node: dict[IPv4Address, set[int]] = {}
+        self._by_node: dict[IPv4Address, dict[int, IPv4Network]] = {}  # its prefixes, as keys and as networks
         self._sorted: dict[IPv4Address, tuple[IPv4Network, ...]] = {}  # cache of the nodes no change touched
 
     def update(self, routes: Mapping[int, KernelRoute | None], oif: int) -> bool:
@@ -89,13 +89,13 @@ class AllowedIps:
             changed = True
             if old is not None:
                 carried = self._by_node[old]
-                carried.discard(prefix)
+                del carried[prefix]
                 if not carried:
                     del self._by_node[old]
                 self._sorted.pop(old, None)
                 del self._via[prefix]
             if node is not None:
-                self._by_node.setdefault(node, set()).add(prefix)
+                self._by_node.setdefault(node, {})[prefix] = network(prefix)
                 self._sorted.pop(node, None)
                 self._via[prefix] = node
         return changed
@@ -103,7 +103,8 @@ class AllowedIps:
     def allowed(self, node: IPv4Address) -> tuple[IPv4Network, ...]:
         got = self._sorted.get(node)
         if got is None:
-            got = self._sorted[node] = tuple(network(p) for p in sorted(self._by_node.get(node, ())))
+            carried = self._by_node.get(node, {})
+            got = self._sorted[node] = tuple(carried[p] for p in sorted(carried))
         return got
 
     def peers(self, members: Iterable[MeshMember], me: str) -> list[Peer]:

@@ -31,8 +31,8 @@ def members(keyed: frozenset[A]) -> list[MeshMember]:
         for a in (N2, N3, N4)]
 
 
-def config(keyed: frozenset[A], oif: int, required: bool) -> CoreConfig:
-    return CoreConfig(peers={p: PeerSettings(p, 64512, 100) for p in PEERS},
+def config(keyed: frozenset[A], oif: int, required: bool, max_prefixes: int = 100) -> CoreConfig:
+    return CoreConfig(peers={p: PeerSettings(p, 64512, max_prefixes) for p in PEERS},
                       import_filter=ImportFilter((POOL, N("172.16.0.0/12")), (BLOCK,), frozenset({ME})),
                       announced=(BLOCK,), graceful_restart=0, initial_sync_timeout=5, wait_for_datastore=False,
                       encryption=encryption(members(keyed), "n1", ME, [POOL], required, oif))
