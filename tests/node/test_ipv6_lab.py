@@ -26,8 +26,9 @@ print("ready", flush=True)
 while True:
     c, _ = s.accept(); c.sendall(b"ok"); c.close()
 """
-# From a pod: every target address (argv) at once, by ping and by a TCP connection to port 8080 (0.5 s: a
-# policy that drops is a timeout); prints {address: [ping answered, tcp answered]}.
+# From a pod: every target address (argv) at once, by ping and by a TCP connection to port 8080 (0.5 s to
+# connect: a policy that drops is a timeout; then the server's answer may take its time on a loaded host);
+# prints {address: [ping answered, tcp answered]}.
 PROBE = """
 import json, socket, subprocess, sys, threading
 out = {}
@@ -35,6 +36,7 @@ def one(ip):
     ping = subprocess.run(["ping", "-c1", "-W2", ip], capture_output=True).returncode == 0
     try:
         with socket.create_connection((ip, 8080), timeout=0.5) as c:
+            c.settimeout(10)
             tcp = c.recv(2) == b"ok"
     except OSError:
         tcp = False
@@ -72,6 +74,7 @@ TCP_PROBE = """
 import socket, sys
 try:
     with socket.create_connection((sys.argv[1], 8080), timeout=0.5) as c:
+        c.settimeout(10)
         print(c.recv(2).decode())
 except OSError:
     print("blocked")
@@ -198,8 +201,8 @@ def test_daemon_restart_loses_no_ipv6_packet(lab, lab_pods):
     wait_for(lambda: lab.exec("node1", "test", "-e", f"/proc/{pid}", check=False).returncode != 0, 15,
              what="the daemon to stop")
     assert routed(lab, "node1", claimed)  # SIGTERM leaves our routes of both families in the kernel
-    stale = {p["address"]: p for p in status(lab, "node3")["peers"]}
-    assert stale["fd88::1"]["state"] == "down" and stale["fd88::1"]["stale"] == 1
+    wait_for(lambda: {(p["address"], p["state"], p["stale"]) for p in status(lab, "node3")["peers"]}
+             >= {("fd88::1", "down", 1), ("10.88.0.1", "down", 1)}, 15, what="node3 to keep node1's blocks as stale")
     assert routed(lab, "node3", claimed)
     lab.exec("node1", "sh", "-c", "tortie run --config /etc/tortie/tortie.yaml >>/tmp/tortie.log 2>&1 &")
     wait_for(lambda: all(p["state"] == "up" for p in status(lab, "node3")["peers"]), 60, what="node1 back")
