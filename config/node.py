@@ -307,6 +307,10 @@ class NodeConfig(Strict):
                 and any(p.cidr.version == 6 for p in self.pools)):
             raise ValueError(f"vxlan.mtu: {self.vxlan.mtu} is below 1280, the IPv6 minimum: the pods of IPv6 "
                              "pools would have no IPv6")
+        six = next((p.cidr for p in self.pools if p.cidr.version == 6), None)
+        if self.wireguard.enabled and self.wireguard.required and six is not None:
+            raise ValueError(f"wireguard.required: WireGuard encrypts the pods of IPv4 pools only; IPv6 pool {six} "
+                             "would cross the underlay unencrypted")
         for field, address in (("address", self.dns.address), ("address6", self.dns.address6)):
             pool = next((p.cidr for p in self.pools if address in p.cidr), None)
             if pool is not None:

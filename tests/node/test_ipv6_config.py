@@ -89,11 +89,18 @@ def test_ipv4_only_node_is_unchanged(tmp_path):
     ('{cidr: "fd00:244::/56"}', '{cidr: "fd00:244::/56"}, {cidr: "fd00:244:0:10::/64"}', "overlap"),
     ('{name: node0, address6: "fd99::"}', "{name: node0}", "a mesh node needs address, address6 or both"),
     ('{name: node0, address6: "fd99::"}', '{name: node0, address6: "fd98::fe"}', "a peer address appears twice"),
+    ("asn: 64512\n", "asn: 64512\nwireguard: {enabled: true, required: true}\n",
+     "wireguard.required: WireGuard encrypts the pods of IPv4 pools only; IPv6 pool fd00:244::/56"),
 ])
 def test_bad_dual_stack_config_names_the_field(tmp_path, change, field, reason):
     assert change in DUAL
     errors = refused(tmp_path, DUAL.replace(change, field))
     assert reason in errors and errors.startswith(str(tmp_path / "node.yaml") + ": ")
+
+
+def test_wireguard_without_required_takes_ipv6_pools(tmp_path):
+    """Not required: IPv6 pod traffic goes unencrypted, as to a node without a key (docs/wireguard.md)."""
+    assert load(tmp_path, DUAL.replace("asn: 64512\n", "asn: 64512\nwireguard: {enabled: true}\n")).wireguard.enabled
 
 
 def test_ipv6_peer_needs_ipv6_underlay(tmp_path):
