@@ -156,6 +156,9 @@ class NodeCore:
         if old.overlay != config.overlay or old.encryption != config.encryption:
             self._mark(self.rib.all_desired(), out)
         gone = [b for b in old.announced if b not in config.announced]
+        for addr, ps in self.peers.items():  # blocks claimed or released while sessions are up
+            if ps.state == "up":
+                ps.advertised = len(msgs.announce_blocks(config.announced, [addr]))
         out.append(Send(tuple(msgs.withdraw_blocks(gone, config.peers)
                               + msgs.announce_blocks(config.announced, config.peers)
                               + msgs.route_refresh(config.peers))))

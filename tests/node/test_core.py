@@ -163,6 +163,15 @@ def test_an_ipv6_session_gets_and_counts_the_ipv6_blocks_only():
     assert s.core.peers["fd99::2"].advertised == 1  # not 2: the IPv4 block is not sent to it
 
 
+def test_a_block_claimed_while_sessions_are_up_is_counted_as_advertised():
+    s = Shell(config())
+    s.feed(up(P2))
+    s.run(s.core.configure(config(blocks=(N("10.244.1.0/26"), N("10.244.1.64/26"))), s.now))
+    assert "neighbor 10.99.0.2 , neighbor 10.99.0.3 , neighbor 10.99.0.4 announce route 10.244.1.64/26 " \
+           "next-hop self" in s.sent
+    assert s.core.peers[P2].advertised == 2 and s.core.peers[P3].advertised == 0  # P3's session is not up
+
+
 def test_relay_connected_announces_and_refreshes_unless_fresh():
     s = Shell(config())
     s.run(s.core.relay_connected(True, 0))
