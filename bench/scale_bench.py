@@ -95,12 +95,14 @@ class Lab:
                            capture_output=True, text=True, timeout=20)
         return {x["dst"] for x in json.loads(r.stdout or "[]")} if r.returncode == 0 else set()
 
-    def wait_routes(self, want: dict[str, Callable[[set[str]], bool]], deadline: float) -> float:
-        """Polls until every host's kernel routes satisfy its check; returns when (monotonic) that was seen."""
+    def wait_routes(self, want: dict[str, Callable[[set[str]], bool]], deadline: float,
+                    failed: Callable[[], bool] = lambda: False) -> float:
+        """Polls until every host's kernel routes satisfy its check, or the deadline, or `failed()`; returns when
+        (monotonic) that was seen."""
         missing = dict(want)
         with ThreadPoolExecutor(PARALLEL) as pool:
             while missing:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or failed():
                     raise BenchError(f"lab {self.name}: routes missing on {len(missing)} host(s), e.g. "
                                      f"{next(iter(missing))}")
                 have = dict(zip(missing, pool.map(self.blocks_in, missing)))
@@ -190,6 +192,8 @@ def _pool_blocks(prefixes: set[str]) -> int:
 
 
 def run_case(spec: Case, scratch: Path, timeout: float) -> dict:
+    if problem := g.neighbour_problem(g.Spec(spec.n, spec.reflectors, spec.broker, pods=1)):
+        return {"n": spec.n, "topology": spec.topology, "error": problem}
     lab, n = Lab(spec, scratch), spec.n
     load = {"start": os.getloadavg()[0]}  # the 1-minute load average as each phase ends: the machine is shared
     case = {"n": n, "topology": spec.topology, "lab": lab.name, "load_average": load}
@@ -203,7 +207,8 @@ def run_case(spec: Case, scratch: Path, timeout: float) -> dict:
         else:
             want = {h: (lambda have, w=set(blocks.values()) - {blocks[h]}: w <= have) for h in lab.hosts}
         try:
-            case["all_blocks_everywhere_s"] = round(lab.wait_routes(want, start + timeout + 120) - start, 2)
+            case["all_blocks_everywhere_s"] = round(
+                lab.wait_routes(want, start + timeout + 120, lambda: up.poll() not in (None, 0)) - start, 2)
         finally:
             _, err = up.communicate(timeout=timeout + 300)
         if up.returncode != 0:

@@ -92,6 +92,8 @@ def _gen(args: argparse.Namespace) -> int:
         return _fail(f"lab gen: {e}")
     except OSError as e:
         return _fail(f"lab gen: {args.out}: {e.strerror}")
+    if problem := generate.neighbour_problem(spec):
+        print(f"tortie lab gen: warning: {problem}", file=sys.stderr)
     print(path)
     return 0
 

@@ -241,6 +241,32 @@ def render(spec: Spec) -> dict[str, str]:
     return files
 
 
+def neighbour_entries(spec: Spec) -> int:
+    """About how many ARP entries the lab needs, all its namespaces together: each host's BGP peers and broker,
+    the reflectors' and the broker's hosts, two per pod (the host's for the pod, the pod's for its gateway)."""
+    per_host = (spec.reflectors or spec.hosts - 1) + spec.broker + 2 * spec.pods
+    return spec.hosts * per_host + spec.hosts * (spec.reflectors + spec.broker)
+
+
+NEIGH_LIMIT = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+
+
+def neighbour_problem(spec: Spec) -> str | None:
+    """Why the kernel would not hold the lab's ARP entries, or None. Its neighbour table is one for every network
+    namespace, capped by the root namespace's gc_thresh3 (1024 by default): past it, new entries fail
+    ("neighbor table overflow!") and sessions to unresolved peers never come up (a 50-host mesh: 2,450)."""
+    try:
+        limit = int(NEIGH_LIMIT.read_text())
+    except (OSError, ValueError):
+        return None
+    need = neighbour_entries(spec)
+    if need <= limit:
+        return None
+    return (f"the lab needs about {need} ARP entries, and the kernel holds at most {limit} for all network "
+            f"namespaces together ({NEIGH_LIMIT}); peers beyond it cannot be reached: raise it first, e.g. "
+            f"sysctl -w net.ipv4.neigh.default.gc_thresh3={1 << (need * 2 - 1).bit_length()}")
+
+
 def write(spec: Spec, out: Path) -> Path:
     """Writes the files into `out` (created if missing); returns the topology file's path."""
     files = render(spec)

@@ -114,3 +114,17 @@ def test_ten_hosts_with_a_reflector_route_every_block_everywhere(tmp_path, impl)
     finally:
         assert lab("down").returncode == 0
         assert not [n for n in os.listdir("/run/netns") if n.startswith(f"clab-{name}-")]
+
+
+def test_a_lab_past_the_kernels_neighbour_table_is_named(tmp_path, monkeypatch):
+    """The kernel's ARP table is shared by every namespace (gc_thresh3): a 50-host mesh (2,550 entries with one pod
+    each) did not come up under the default 1024, a 100-host reflector lab (600) did."""
+    limit = tmp_path / "gc_thresh3"
+    limit.write_text("1024\n")
+    monkeypatch.setattr(g, "NEIGH_LIMIT", limit)
+    assert g.neighbour_entries(g.Spec(50)) == 2550 and g.neighbour_entries(g.Spec(100, reflectors=2)) == 600
+    assert g.neighbour_problem(g.Spec(100, reflectors=2)) is None
+    problem = g.neighbour_problem(g.Spec(50))
+    assert "2550 ARP entries" in problem and "at most 1024" in problem and "gc_thresh3=8192" in problem
+    monkeypatch.setattr(g, "NEIGH_LIMIT", tmp_path / "absent")
+    assert g.neighbour_problem(g.Spec(50)) is None  # no such knob: nothing to say
