@@ -29,6 +29,7 @@ class OverlayService:
         self.node = node
         self.dataplane = OverlayDataplane(node)
         self.on_devices = on_devices
+        self._planned: dict = {}  # the devices the last plan was made of
         self._wake = asyncio.Event()
 
     def configure(self, node: EffectiveConfig) -> None:
@@ -37,12 +38,12 @@ class OverlayService:
         self._wake.set()
 
     def plan(self, node: EffectiveConfig) -> Overlay | None:
+        self._planned = dict(self.dataplane.devices)
         return self.dataplane.plan(node)
 
     async def step(self) -> None:
         """One pass; a failure is logged (once until it changes) and tried again at the next one."""
         node, dp = self.node, self.dataplane
-        before = dict(dp.devices)
         try:
             await asyncio.to_thread(dp.step, node)
         except (OSError, ApplyError) as e:
@@ -50,7 +51,7 @@ class OverlayService:
                 log.error("overlay: %s (trying again every %.0f s)", e, INTERVAL)
             dp.error = str(e)
             return
-        if node is self.node and dp.devices != before:
+        if node is self.node and dp.devices != self._planned:  # also what a pass for an older node made
             self.on_devices()
 
     async def run(self) -> None:

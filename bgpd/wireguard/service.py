@@ -85,10 +85,9 @@ class WireguardService:
         with AllowedIPs. A failure is logged (once until it changes) and tried again at the next pass."""
         node, wg = self.node, self.dataplane
         try:
-            had = wg.device
             device = await asyncio.to_thread(wg.ensure, node)
             await asyncio.to_thread(wg.guard.apply, guard_rules(node))
-            if node is self.node and device != had:
+            if node is self.node and device.index != self._oif:  # also what a pass for an older node made
                 self.on_device()
             if not self.synced.is_set():
                 return
