@@ -111,6 +111,7 @@ class NodeCore:
         self.initial_sync_done = False
         self._adopted: set[int] | None = None  # None: the kernel was not read yet
         self._datastore_ready = not config.wait_for_datastore
+        self._exabgp_running = False  # the initial sync's clock starts with ExaBGP, not with us
         self._sync_deadline: float | None = None
         self._retries: deque[tuple[float, frozenset[int]]] = deque()
         self._dirty: set[int] = set()
@@ -171,7 +172,11 @@ class NodeCore:
         """A relay (re)connected. Not `fresh`: only the relay was respawned, updates may have been lost."""
         peers = self.config.peers
         lines = msgs.announce_blocks(self.config.announced, peers) + ([] if fresh else msgs.route_refresh(peers))
-        return [Log(logging.INFO, "exabgp relay connected new_process=%s", (fresh,)), Send(tuple(lines))]
+        out: list[Command] = [Log(logging.INFO, "exabgp relay connected new_process=%s", (fresh,)), Send(tuple(lines))]
+        if not self._exabgp_running:
+            self._exabgp_running = True
+            self._start_sync_deadline(now, out)
+        return out
 
     def relay_disconnected(self, now: float) -> list[Command]:
         return [Log(logging.WARNING, "exabgp relay disconnected")]
@@ -374,10 +379,14 @@ class NodeCore:
             self._check_initial_sync(out)
 
     def _start_sync_deadline(self, now: float, out: list[Command]) -> None:
-        if self._adopted is None or not self._datastore_ready or self._sync_deadline is not None:
+        """Once the kernel is read, the datastore answered and ExaBGP runs: peers have `initial_sync_timeout`
+        from then to send End-of-RIB. A start slowed by load (ExaBGP taking seconds to come up) so does not
+        remove the kept routes of peers that had no chance to resend them."""
+        self._check_initial_sync(out)  # no peer to wait for (BGP off): done without ExaBGP
+        if (self.initial_sync_done or self._adopted is None or not self._datastore_ready
+                or not self._exabgp_running or self._sync_deadline is not None):
             return
         self._sync_deadline = now + self.config.initial_sync_timeout
-        self._check_initial_sync(out)
         self._schedule(out)
 
     def _check_initial_sync(self, out: list[Command]) -> None:

@@ -50,6 +50,8 @@ class Shell:
         self.writes = 0
         self.draining = False
         self.run(self.core.adopted(self.kernel, self.now))
+        self.run(self.core.relay_connected(True, self.now))
+        self.sent.clear()
 
     def run(self, commands) -> None:
         program = False
@@ -170,6 +172,15 @@ def test_a_block_claimed_while_sessions_are_up_is_counted_as_advertised():
     assert "neighbor 10.99.0.2 , neighbor 10.99.0.3 , neighbor 10.99.0.4 announce route 10.244.1.64/26 " \
            "next-hop self" in s.sent
     assert s.core.peers[P2].advertised == 2 and s.core.peers[P3].advertised == 0  # P3's session is not up
+
+
+def test_the_initial_sync_clock_starts_with_exabgp():
+    core = NodeCore(config())
+    assert not any(isinstance(c, WakeAt) for c in core.adopted({K(X): frozenset({A(P2)})}, 0))
+    core.tick(SYNC + 100)
+    assert not core.initial_sync_done  # ExaBGP slow to start: the kept routes stay
+    out = core.relay_connected(True, SYNC + 100)
+    assert [c.when for c in out if isinstance(c, WakeAt)] == [2 * SYNC + 100]
 
 
 def test_relay_connected_announces_and_refreshes_unless_fresh():
