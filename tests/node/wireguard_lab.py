@@ -102,17 +102,34 @@ class Packet:
     raw: bytes  # the whole frame
 
 
+FENCE = "746f727469652d66656e6365"  # "tortie-fence": the payload of the ICMPv6 echo that closes a capture
+
+
 def capture(lab, switch: str, action) -> tuple[list[Packet], bytes]:
-    """Everything crossing the switch's bridge while `action()` runs: (IPv4 packets, the whole capture)."""
-    lab.exec(switch, "sh", "-c", "rm -f /tmp/wg.pcap; tcpdump -U -n -s 0 -i br0 -w /tmp/wg.pcap >/dev/null 2>&1 & "
-                                 "echo $! > /tmp/wg.pid")
+    """Everything crossing the switch's bridge while `action()` runs: (IPv4 packets, the whole capture).
+
+    tcpdump hands packets over in blocks (up to a second late unless --immediate-mode) and drops what it has not
+    written when stopped, so a capture is closed by a fence: an ICMPv6 echo (which `parse_pcap` skips) sent from
+    the switch after `action()`; once the fence is in the file, so is every frame that crossed before it."""
+    # a 64 MiB ring: wireguard-go sends in bursts, and with the default 2 MiB tcpdump lost a fifth of them
+    lab.exec(switch, "sh", "-c", "rm -f /tmp/wg.pcap; tcpdump --immediate-mode -B 65536 -U -n -s 0 -i br0 "
+                                 "-w /tmp/wg.pcap >/dev/null 2>/tmp/wg.err & echo $! > /tmp/wg.pid")
     wait_for(lambda: lab.exec(switch, "test", "-s", "/tmp/wg.pcap", check=False).returncode == 0, 10,
              what="tcpdump to listen")
     try:
         action()
+
+        def fenced() -> bool:
+            lab.exec(switch, "ping", "-6", "-n", "-c", "1", "-W", "1", "-p", FENCE, "-I", "br0", "ff02::1",
+                     check=False)
+            return lab.exec(switch, "python3", "-c", "import sys; sys.exit(bytes.fromhex(sys.argv[1]) not in "
+                            "open('/tmp/wg.pcap', 'rb').read())", FENCE, check=False).returncode == 0
+        wait_for(fenced, 20, what="the capture's fence in the file")
     finally:
         lab.exec(switch, "timeout", "10", "sh", "-c", "p=$(cat /tmp/wg.pid); kill -INT $p; "
                                                      "while kill -0 $p 2>/dev/null; do sleep 0.05; done")
+    report = lab.exec(switch, "cat", "/tmp/wg.err").stdout
+    assert "\n0 packets dropped by kernel" in report, report
     data = base64.b64decode(lab.exec(switch, "base64", "-w0", "/tmp/wg.pcap").stdout)
     return parse_pcap(data), data
 

@@ -30,7 +30,8 @@ FETCH = ("import json, sys, urllib.request\n"
 FREE_PORT = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
 # the only labels Tortie's series may have, each with a bounded set of values
 LABEL_VALUES = {"peer": set(NODES.values()), "state": set(SESSION_STATES), "reason": {r.value for r in Reject},
-                "name": set(NODES), "asn": {"64512"}, "version": None, "python": None, "le": None}
+                "name": set(NODES), "asn": {"64512"}, "version": None, "python": None, "le": None,
+                "family": {"ipv4", "ipv6"}}
 
 
 @pytest.fixture(scope="module")
