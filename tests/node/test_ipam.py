@@ -270,7 +270,7 @@ async def test_a_dual_stack_node_claims_a_block_of_each_version(tmp_path):
 
 async def test_ipam_show_counts_each_version(tmp_path):
     from bgpd.cli.cluster import borrowed_counts, ipam_table
-    node = dual_node(tmp_path, [{"cidr": "10.244.0.0/24", "block_size": 26}, {"cidr": "fd00::/64"}])
+    node = dual_node(tmp_path, [{"cidr": "10.244.0.0/24", "block_size": 26}, {"cidr": "fd00::/112"}])
     ds = FilesDatastore(tmp_path / "ds", "a", lease_ttl=60)
     await ds.start()
     try:
@@ -280,7 +280,7 @@ async def test_ipam_show_counts_each_version(tmp_path):
         await ds.put("endpoints/a/default/db", {"ips": ["10.244.0.2", "fd00::41"]})
         rows = {r["block"]: (r["owner"], r["used"], r["size"]) for r in ipam_table(node, ds)}
         assert rows == {"10.244.0.0/26": ("a", 2, 62), "fd00::/122": ("a", 1, 63), "fd00::40/122": ("b", 1, 63)}
-        assert borrowed_counts(node, ds) == {"10.244.0.0/24": 0, "fd00::/64": 1}
+        assert borrowed_counts(node, ds) == {"10.244.0.0/24": 0, "fd00::/112": 1}
     finally:
         await ds.stop()
 
@@ -288,7 +288,7 @@ async def test_ipam_show_counts_each_version(tmp_path):
 async def test_the_cluster_view_routes_each_family_via_that_familys_address(tmp_path):
     """Without BGP, another node's blocks are routed via its address of their family (both in one sorted view)."""
     from bgpd.agent.cluster import Cluster
-    pools = [{"cidr": "10.244.0.0/24", "block_size": 26}, {"cidr": "fd00::/64"}]
+    pools = [{"cidr": "10.244.0.0/24", "block_size": 26}, {"cidr": "fd00::/112"}]
     ds = FilesDatastore(tmp_path / "ds", "a", lease_ttl=60)
     await ds.start()
     try:
