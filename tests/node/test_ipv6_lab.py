@@ -124,12 +124,18 @@ def kernel(lab, node, family):
 
 
 def blocks(lab):
-    """{node: {family: its one block of that family}}, as each node's status says."""
+    """{node: {family: its one block of that family}}, as each node's status says, once every node has claimed
+    them (`lab up` waits for the sessions; each claim takes the claim settle time after that)."""
     out = {}
-    for node in HOSTS:
-        mine = [ipaddress.ip_network(b) for b in status(lab, node)["blocks"]]
-        assert sorted(b.version for b in mine) == [4, 6], (node, mine)
-        out[node] = {b.version: str(b) for b in mine}
+
+    def claimed() -> bool:
+        for node in HOSTS:
+            mine = [ipaddress.ip_network(b) for b in status(lab, node)["blocks"]]
+            if sorted(b.version for b in mine) != [4, 6]:
+                return False
+            out[node] = {b.version: str(b) for b in mine}
+        return True
+    wait_for(claimed, 30, what="a block of each family claimed by every node")
     return out
 
 
