@@ -30,7 +30,7 @@ from bgpd.ipam.claims import by_version
 from bgpd.ipam.state import NodeBlocks, save as save_ipam_state
 from bgpd.agent.views import DatastoreStatus, PeerStatus, PoolStatus, RouteStatus, Status
 from bgpd.bfd.service import BfdService
-from bgpd.bgp.core import Command, CoreConfig, Log, NodeCore, PeerSettings, Program, Ready, Send, WakeAt
+from bgpd.bgp.core import Command, CoreConfig, Log, NodeCore, PeerSettings, Program, Ready, Reload, Send, WakeAt
 from bgpd.bgp.rib import ImportFilter
 from bgpd.agent.sdnotify import notify, watchdog_interval
 from bgpd.overlay.service import OverlayService
@@ -400,6 +400,8 @@ class Daemon:
                 if self._timer:
                     self._timer.cancel()
                 self._timer = asyncio.get_running_loop().call_later(max(0.0, c.when - time.monotonic()), self._tick)
+            elif isinstance(c, Reload):
+                self.supervisor.reload()
             elif isinstance(c, Ready):
                 self.initial_sync.set()
                 if self.wireguard:

@@ -26,6 +26,10 @@ from bgpd.overlay.vxlan import Overlay
 from bgpd.wireguard.plan import Encryption
 
 RETRY = 5.0  # seconds before a route the kernel refused is tried again
+# ExaBGP drops a reload signalled while it still has updates to send (reactor/loop.py: the signal is re-armed
+# before the pending adj-rib-out check): after a change of peers we ask it which sessions it runs, this many
+# seconds later, and again (doubling, up to CHECK_MAX) until they are the configured ones, reloading it each time
+CHECK_AFTER, CHECK_MAX = 1.0, 16.0
 DATASTORE = "datastore"  # the RIB's source of the routes the datastore gives when BGP is off
 
 
@@ -77,13 +81,18 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Reload:
+    """ExaBGP runs other sessions than its configuration file names: signal it to read the file again."""
+
+
+@dataclass(frozen=True)
 class Log:
     level: int
     message: str  # %-format, as for logging
     args: tuple = ()
 
 
-Command = Union[Program, Send, WakeAt, Ready, Log]
+Command = Union[Program, Send, WakeAt, Ready, Reload, Log]
 PROGRAM = Program()
 
 
@@ -116,6 +125,8 @@ class NodeCore:
         self._retries: deque[tuple[float, frozenset[int]]] = deque()
         self._dirty: set[int] = set()
         self._wake: float | None = None  # the earliest WakeAt handed out and not yet ticked
+        self._check_at: float | None = None  # when to ask ExaBGP for its sessions (None: they are the configured)
+        self._check_wait = CHECK_AFTER
         self._cluster_routes(config.cluster_routes, [])
 
     # --- inputs: start and configuration -----------------------------------------------------------
@@ -163,6 +174,8 @@ class NodeCore:
         out.append(Send(tuple(msgs.withdraw_blocks(gone, config.peers)
                               + msgs.announce_blocks(config.announced, config.peers)
                               + msgs.route_refresh(config.peers))))
+        if old.peers != config.peers:  # the shell reloads ExaBGP: check that the reload took
+            self._check_at, self._check_wait = now + CHECK_AFTER, CHECK_AFTER
         self._check_initial_sync(out)
         self._schedule(out)
         return out
@@ -196,6 +209,9 @@ class NodeCore:
         if isinstance(event, msgs.Malformed):
             self.malformed += 1
             out.append(Log(logging.WARNING, "malformed exabgp message reason=%s", (event.reason,)))
+            return out
+        if isinstance(event, msgs.Neighbors):
+            self._neighbors(event.sessions, now, out)
             return out
         ps = self.peers.get(event.peer)
         if ps is None:
@@ -278,6 +294,9 @@ class NodeCore:
             self._finish_initial_sync(out)
         while self._retries and self._retries[0][0] <= now:
             self._mark(self._retries.popleft()[1], out)
+        if self._check_at is not None and self._check_at <= now:
+            out.append(Send((msgs.SHOW_NEIGHBORS,)))
+            self._check_later(now)  # asked again then if no answer comes (no relay, ExaBGP restarting)
         self._schedule(out)
         return out
 
@@ -349,6 +368,26 @@ class NodeCore:
         for hop, prefixes in by_hop.items():
             self._apply(DATASTORE, None, self.rib.announce(DATASTORE, prefixes, hop), out)
 
+    def _neighbors(self, sessions: frozenset[tuple[str, int]], now: float, out: list[Command]) -> None:
+        """ExaBGP's sessions, asked for after a change of peers: the configured ones end the check, others mean
+        the reload was lost (or not yet done): reload again and ask again later."""
+        if self._check_at is None:
+            return
+        want = frozenset((addr, s.asn) for addr, s in self.config.peers.items())
+        if sessions == want:
+            self._check_at = None
+            return
+        missing, extra = (",".join(sorted(f"{a}/AS{n}" for a, n in x)) for x in (want - sessions, sessions - want))
+        out.append(Log(logging.WARNING, "exabgp runs other sessions than configured, reloading it again "
+                                        "missing=%s extra=%s", (missing, extra)))
+        out.append(Reload())
+        self._check_later(now)
+        self._schedule(out)
+
+    def _check_later(self, now: float) -> None:
+        self._check_at = now + self._check_wait
+        self._check_wait = min(self._check_wait * 2, CHECK_MAX)
+
     def _mark(self, prefixes: Iterable[int], out: list[Command]) -> None:
         was_empty = not self._dirty
         self._dirty.update(prefixes)
@@ -409,6 +448,8 @@ class NodeCore:
             due.append(self._sync_deadline)
         if self._retries:
             due.append(self._retries[0][0])
+        if self._check_at is not None:
+            due.append(self._check_at)
         if due and (self._wake is None or min(due) < self._wake):
             self._wake = min(due)
             out.append(WakeAt(self._wake))

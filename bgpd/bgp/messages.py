@@ -46,12 +46,19 @@ class EndOfRib:
 
 
 @dataclass(frozen=True)
+class Neighbors:
+    """ExaBGP's answer to SHOW_NEIGHBORS: the sessions it runs, as (peer address, peer AS)."""
+
+    sessions: frozenset[tuple[str, int]]
+
+
+@dataclass(frozen=True)
 class Malformed:
     line: str
     reason: str
 
 
-Event = Union[SessionState, Announce, Withdraw, EndOfRib, Malformed]
+Event = Union[SessionState, Announce, Withdraw, EndOfRib, Neighbors, Malformed]
 # ExaBGP's family names -> IP version (one family per session: docs/ipv6.md)
 FAMILIES = {"ipv4 unicast": 4, "ipv6 unicast": 6}
 
@@ -63,6 +70,8 @@ def parse_line(line: str) -> list[Event]:
         return []
     try:
         msg = json.loads(line)
+        if isinstance(msg, list):  # the only list ExaBGP writes: the answer to SHOW_NEIGHBORS
+            return [Neighbors(frozenset((str(ip_address(n["peer"]["address"])), int(n["peer"]["as"])) for n in msg))]
         if not isinstance(msg, dict):
             raise ValueError("not a JSON object")
         kind = msg.get("type")
@@ -152,6 +161,8 @@ def end_of_rib(peer: str) -> str:
     return f"neighbor {peer} announce eor ipv{_version(peer)} unicast"
 
 
+# ExaBGP's sessions, one JSON list (parsed as Neighbors): whether a reload took (see NodeCore.configure)
+SHOW_NEIGHBORS = "show neighbor json"
 CEASE_BFD_DOWN = 10  # NOTIFICATION Cease subcode "BFD Down" (RFC 9384)
 
 

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from bgpd.bgp import messages as msgs
-from bgpd.bgp.core import RETRY, CoreConfig, Log, NodeCore, PeerSettings, Program, Ready, Send, WakeAt
+from bgpd.bgp.core import (CHECK_AFTER, CHECK_MAX, RETRY, CoreConfig, Log, NodeCore, PeerSettings, Program, Ready,
+                           Reload, Send, WakeAt)
 from bgpd.bgp.rib import ImportFilter
 from bgpd.prefixes import key
 
@@ -45,6 +46,7 @@ class Shell:
         self.sent: list[str] = []
         self.logs: list[Log] = []
         self.ready = 0
+        self.reloads = 0
         self.refuse: set = set()
         self.limit = limit
         self.writes = 0
@@ -66,6 +68,8 @@ class Shell:
                 self.sent.extend(c.lines)
             elif isinstance(c, Ready):
                 self.ready += 1
+            elif isinstance(c, Reload):
+                self.reloads += 1
             else:
                 self.logs.append(c)
         if self.draining:
@@ -361,6 +365,56 @@ def test_configure_moves_peers_blocks_and_announcements():
                       "neighbor 10.99.0.3 , neighbor 10.99.0.4 announce route-refresh ipv4 unicast"]
     assert s.logged("peer removed peer=10.99.0.2") == 1 and s.logged("peer added peer=10.99.0.4") == 1
     assert s.core.configure(new, s.now) == []
+
+
+def sessions(*peers):
+    """ExaBGP's answer to SHOW_NEIGHBORS naming these peers, with the AS config() gives them."""
+    return msgs.Neighbors(frozenset((p, 65000 + int(p[-1])) for p in peers))
+
+
+def test_a_lost_reload_is_found_and_done_again():
+    """ExaBGP drops a reload signalled while it has updates to send: after a change of peers the core asks which
+    sessions it runs, and reloads it again until they are the configured ones."""
+    s = Shell(config(peers=(P2,)))
+    s.run(s.core.configure(config(peers=(P2, P3)), s.now))
+    s.sent.clear()
+    s.advance(CHECK_AFTER)
+    assert s.sent == [msgs.SHOW_NEIGHBORS]
+    s.feed(sessions(P2))  # the reload was lost: no session to P3
+    assert s.reloads == 1 and s.logged("missing=10.99.0.3/AS65003 extra=") == 1
+    s.sent.clear()
+    s.advance(2 * CHECK_AFTER)
+    assert s.sent == [msgs.SHOW_NEIGHBORS]
+    s.feed(sessions(P2, P3))
+    s.sent.clear()
+    s.advance(SYNC * 2)
+    assert s.reloads == 1 and s.sent == [] and s.wake is None  # they match: no more questions
+    s.feed(sessions(P2))  # an answer nobody asked for changes nothing
+    assert s.reloads == 1
+
+
+def test_the_question_is_asked_again_until_answered_less_and_less_often():
+    s = Shell(config(peers=(P2,)))
+    s.run(s.core.configure(config(peers=(P3,)), s.now))
+    asked = []
+    for _ in range(8):
+        s.sent.clear()
+        s.advance(s.wake - s.now)
+        if s.sent == [msgs.SHOW_NEIGHBORS]:
+            asked.append(s.now)
+    gaps = [b - a for a, b in zip(asked, asked[1:])]
+    assert asked[0] == CHECK_AFTER and gaps[:3] == [CHECK_AFTER, 2 * CHECK_AFTER, 4 * CHECK_AFTER]
+    assert max(gaps) == CHECK_MAX and s.reloads == 0
+    s.feed(sessions(P2))  # a wrong answer after all: reload, ask again
+    assert s.reloads == 1 and s.logged("missing=10.99.0.3/AS65003 extra=10.99.0.2/AS65002") == 1
+
+
+def test_a_change_of_routes_only_asks_nothing():
+    s = Shell(config(peers=(P2,)))
+    s.run(s.core.configure(config(peers=(P2,), blocks=(N(X),)), s.now))
+    s.sent.clear()
+    s.advance(SYNC * 2)
+    assert msgs.SHOW_NEIGHBORS not in s.sent
 
 
 def test_configure_with_a_smaller_limit_applies_to_new_routes():

@@ -1,10 +1,14 @@
 """Parsing ExaBGP 5 JSON (shapes from ExaBGP 5.0.15) and rendering its configuration."""
+import getpass
 import json
+import os
 import subprocess
 import sys
+import time
 from ipaddress import IPv4Address as A, ip_address, ip_network
 from pathlib import Path
 
+import pytest
 from hypothesis import given, strategies as st
 
 from bgpd.bgp import messages as m
@@ -88,3 +92,35 @@ def test_prefixes_are_keys_of_their_family():
         assert isinstance(m.parse_line(line(type="update", message={"update": {"announce": bad}}))[0], m.Malformed)
     withdraw = {"update": {"withdraw": {"ipv4 unicast": ["fd00::/64"]}}}
     assert isinstance(m.parse_line(line(type="update", message=withdraw))[0], m.Malformed)
+
+
+@pytest.mark.timeout(60)
+def test_exabgp_answers_the_session_question_in_the_shape_parsed(tmp_path):
+    """Real ExaBGP with two passive sessions on loopback addresses and no listening socket: nothing connects.
+    Its API helper asks SHOW_NEIGHBORS and keeps the answer."""
+    answer, helper = tmp_path / "answer", tmp_path / "ask.py"
+    helper.write_text(f"import sys\nprint({m.SHOW_NEIGHBORS!r}, flush=True)\nfor text in sys.stdin:\n"
+                      f"    if text.startswith('['):\n        open({str(answer)!r}, 'w').write(text)\n        break\n")
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(f"process ask {{ run {sys.executable} {helper}; encoder json; }}\n" + "".join(
+        f"neighbor {ip} {{ router-id 127.0.0.1; local-address 127.0.0.1; local-as 64512; peer-as {asn}; "
+        "passive true; family { ipv4 unicast; } api { processes [ ask ]; } }\n"
+        for ip, asn in (("127.0.0.2", 64512), ("127.0.0.3", 65003))))
+    env = {**os.environ, "exabgp.api.ack": "false", "exabgp.tcp.bind": "", "exabgp.daemon.daemonize": "false",
+           "exabgp.daemon.user": getpass.getuser(), "exabgp.log.level": "CRITICAL", "exabgp.daemon.pid": ""}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("exabgp")), str(conf)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not answer.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert m.parse_line(answer.read_text()) == [m.Neighbors(frozenset({("127.0.0.2", 64512), ("127.0.0.3", 65003)}))]
+
+
+def test_a_session_answer_that_is_not_one_is_malformed():
+    assert m.parse_line("[]") == [m.Neighbors(frozenset())]
+    for bad in ('[{"peer": {}}]', '[1]', '[{"peer": {"address": "x", "as": 1}}]', '[{"peer": {"address": "::1"}}]'):
+        assert isinstance(m.parse_line(bad)[0], m.Malformed), bad
