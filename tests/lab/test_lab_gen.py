@@ -7,6 +7,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from ipaddress import IPv4Network
 from pathlib import Path, PurePosixPath
 
@@ -101,12 +102,22 @@ def test_ten_hosts_with_a_reflector_route_every_block_everywhere(tmp_path, impl)
     try:
         up = lab("up", "--timeout", "120")
         assert up.returncode == 0, up.stderr
-        for i in range(1, 11):
+
+        def routes(i: int) -> dict[str, str | None]:
             r = lab("exec", f"h{i}", "--", "ip", "-j", "route", "show", "proto", "tortie", timeout=20)
             assert r.returncode == 0, r.stderr
-            routes = {x["dst"]: x.get("gateway") for x in json.loads(r.stdout)}
+            return {x["dst"]: x.get("gateway") for x in json.loads(r.stdout)}
+
+        # `lab up` waits for the sessions, not for the routes: the reflector sends its table after its update
+        # timers (FRR's subgroup coalescing: a second or more), to the last host up too
+        deadline = time.monotonic() + 30
+        for i in range(1, 11):
             want = {str(g.host_block(j)): str(g.host_address(j)) for j in range(1, 11) if j != i}
-            assert {d: gw for d, gw in routes.items() if d in want} == want, f"h{i}"
+            while (have := {d: gw for d, gw in routes(i).items() if d in want}) != want:
+                if time.monotonic() > deadline:
+                    status = lab("exec", f"h{i}", "--", "tortie", "status", timeout=20)
+                    pytest.fail(f"h{i} has {have}, not {want}, 30 s after `lab up`; its status:\n{status.stdout}")
+                time.sleep(0.5)
         first_of_h10 = str(g.host_block(10).network_address + 1)
         r = lab("exec", "h1", "--", "tortie", "pod", "exec", "default/h1-pod1", "--", "ping", "-c1", "-W2",
                 first_of_h10, timeout=20)
