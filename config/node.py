@@ -158,7 +158,7 @@ class Dns(Strict):
                         description="the cluster domain: <pod>.<ns>.pod.<domain>, <service>.<ns>.svc.<domain>")
     address: IPv4Address = Field(IPv4Address("169.254.1.1"), description="the link-local address pods reach the "
                                  "server at: the pods' gateway, made local on the node (on lo, label lo:tortie-dns)")
-    address6: IPv6Address = Field(IPv6Address("fd00::a9fe:101"), description="the address IPv6 pods reach the "
+    address6: IPv6Address = Field(IPv6Address("fd00:a9fe::101"), description="the address IPv6 pods reach the "
                                   "server at, through their default route: a ULA made local on nodes with IPv6 "
                                   "pools (on lo, deprecated: never the source of the node's own traffic)")
     port: int = Field(53, ge=1, le=65535, description="UDP and TCP port, on the addresses and on 127.0.0.1")

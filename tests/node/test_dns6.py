@@ -153,11 +153,11 @@ def node_config(tmp_path, pools, **dns_settings) -> NodeConfig:
 def test_pods_are_told_the_server_of_each_of_their_families(tmp_path):
     node = node_config(tmp_path, ["10.246.0.0/24", "fd00:246::/56"])
     search = ["shop.svc.tortie.local", "svc.tortie.local"]
-    for ips, servers in ((["10.246.0.2"], ["169.254.1.1"]), (["fd00:246::2"], ["fd00::a9fe:101"]),
-                         (["10.246.0.2", "fd00:246::2"], ["169.254.1.1", "fd00::a9fe:101"])):
+    for ips, servers in ((["10.246.0.2"], ["169.254.1.1"]), (["fd00:246::2"], ["fd00:a9fe::101"]),
+                         (["10.246.0.2", "fd00:246::2"], ["169.254.1.1", "fd00:a9fe::101"])):
         assert pod_dns(node, "shop", map(ip_address, ips)) == {"nameservers": servers, "search": search}
     assert resolv_conf(pod_dns(node, "shop", [ip_address("fd00:246::2")])) == (
-        "nameserver fd00::a9fe:101\nsearch shop.svc.tortie.local svc.tortie.local\n")
+        "nameserver fd00:a9fe::101\nsearch shop.svc.tortie.local svc.tortie.local\n")
     assert pod_dns(node_config(tmp_path, ["fd00:246::/56"], enabled=False), "shop", [ip_address("fd00:246::2")]) == {}
 
 
@@ -173,13 +173,18 @@ def test_the_server_gets_an_ipv6_address_on_nodes_with_ipv6_pools(tmp_path):
     (["fd00:246::/56"], {"address6": "ff02::1"}, "dns.address6"),
     (["fd00:246::/56"], {"address6": "::ffff:10.1.1.1"}, "dns.address6"),
     (["fd00:246::/56"], {"address6": "10.1.1.1"}, "dns.address6"),
-    (["fd00::/48"], {}, "dns.address6: fd00::a9fe:101 is inside pool fd00::/48"),
+    (["fd00:a9fe::/64"], {}, "dns.address6: fd00:a9fe::101 is inside pool fd00:a9fe::/64"),
     (["169.254.0.0/16"], {}, "dns.address: 169.254.1.1 is inside pool 169.254.0.0/16"),
 ])
 def test_server_addresses_pods_cannot_reach_are_refused(tmp_path, pools, dns_settings, error):
     with pytest.raises(ValidationError) as e:
         node_config(tmp_path, pools, **dns_settings)
     assert error in str(e.value).replace("\n", " ")
+
+
+@pytest.mark.parametrize("pool", ["fd00::/48", "fd00::/64", "fd00:10:244::/56"])
+def test_the_default_server_address_leaves_the_usual_example_pools_free(tmp_path, pool):
+    assert str(node_config(tmp_path, [pool]).dns.address6) == "fd00:a9fe::101"
 
 
 MARKS = """

@@ -20,7 +20,7 @@ from tests.node.test_pods6_daemon import publish
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parents[2]
-SERVER6 = "fd00::a9fe:101"
+SERVER6 = "fd00:a9fe::101"
 CONFIG = """
 name: {name}
 router_id: {router_id}
