@@ -10,7 +10,7 @@ Per case (N hosts; `mesh` = static iBGP full mesh, `rrK` / `frrK` = clients of K
 - idle: per host, CPU (percent of one core over IDLE seconds) and RSS of every process in its namespaces
 - restart: every host's daemon stopped (SIGTERM) and started again at once, as after an upgrade, while h1's pod
   pings the last host's pod every 10 ms: packets lost, and the time until every host has every session up
-  again and its initial sync done (the probe runs 90 s from 3 s before the restart).
+  again and its initial sync done (the probe runs from 3 s before the restart until PROBE_AFTER s after that).
 Run as root: /opt/tortie-venv/bin/python bench/scale_bench.py [--cases 20:mesh,20:rr2,50:rr2+mqtt,100:frr2]
 Prints a table and writes bench/results/scale_bench.json. A benchmark, not a test: it asserts nothing.
 """
@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "scale_bench.json"
 PARALLEL = 8
 IDLE = 10.0  # seconds of idle CPU measured
-PROBE = 90  # seconds the ping between two pods runs, from 3 s before the restart
+PROBE_AFTER = 10  # seconds the ping between two pods goes on once the restart converged
 NEW_BLOCK = "10.244.255.192/26"  # outside every generated host's block
 TORTIE = [sys.executable, "-m", "bgpd.cli.main"]
 RESTART_LOG = "/tmp/tortie-restarted.log"  # in each node's private /tmp
@@ -198,6 +199,7 @@ def run_case(spec: Case, scratch: Path, timeout: float) -> dict:
     load = {"start": os.getloadavg()[0]}  # the 1-minute load average as each phase ends: the machine is shared
     case = {"n": n, "topology": spec.topology, "lab": lab.name, "load_average": load}
     blocks = {h: str(g.host_block(i)) for i, h in enumerate(lab.hosts, 1)}
+    probe: subprocess.Popen | None = None
     try:
         start = time.monotonic()
         up = subprocess.Popen([*TORTIE, "lab", "up", str(lab.file), "--name", lab.name, "--timeout", str(timeout)],
@@ -242,8 +244,9 @@ def run_case(spec: Case, scratch: Path, timeout: float) -> dict:
         target = min(pods).split("/")[0]  # the last host's pod
         probe = subprocess.Popen([*TORTIE, "lab", "exec", str(lab.file), "h1", "--name", lab.name, "--",
                                   "tortie", "pod", "exec", g.pod_name(1, 1), "--", "ping", "-n", "-q", "-i", "0.01",
-                                  "-W", "1", "-w", str(PROBE), target],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                  "-W", "1", "-w", str(int(timeout) + 60), target],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)  # its group gets the SIGINT that ends it
         time.sleep(3)
         t = time.monotonic()
         with ThreadPoolExecutor(len(lab.hosts)) as pool:
@@ -256,7 +259,9 @@ def run_case(spec: Case, scratch: Path, timeout: float) -> dict:
             time.sleep(0.5)
         case["restart_converged_s"] = round(time.monotonic() - t, 2)
         load["restart"] = os.getloadavg()[0]
-        out, _ = probe.communicate(timeout=PROBE + 60)  # losses after the probe's end are not counted
+        time.sleep(PROBE_AFTER)
+        os.killpg(probe.pid, signal.SIGINT)  # ping prints its count and exits; the lab exec around it ends too
+        out, _ = probe.communicate(timeout=60)
         m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
         case["restart_probe"] = ({"sent": int(m[1]), "lost": int(m[1]) - int(m[2])} if m
                                  else {"error": out.strip()[-300:]})
@@ -266,6 +271,9 @@ def run_case(spec: Case, scratch: Path, timeout: float) -> dict:
         shutil.copytree(LabState.dir(lab.name), logs, ignore=shutil.ignore_patterns("*.json"), dirs_exist_ok=True)
         case["logs"] = str(logs)  # the nodes' logs outlive `lab down`, for the diagnosis
     finally:
+        if probe is not None and probe.poll() is None:  # a phase failed while it ran
+            os.killpg(probe.pid, signal.SIGKILL)
+            probe.wait()
         r = lab.run("down", timeout=300)
         if r.returncode != 0:
             print(f"scale_bench: lab down {lab.name}: {r.stderr}", file=sys.stderr)
