@@ -1,6 +1,8 @@
-"""Test helpers for BFD: two namespaces joined by a veth pair, runners that report state changes, nft cuts."""
+"""Test helpers for BFD: two namespaces joined by a veth pair (IPv4, or both families), runners that report state
+changes, nft cuts, FRR and BIRD peers; and, for scripts that run the daemon's BfdService, a second service and removal."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -12,9 +14,16 @@ import sys
 import tempfile
 import threading
 import time
+from ipaddress import ip_address
 from pathlib import Path
 
+from bgpd.bfd.service import BfdService
+from config.node import Peer
+
 LEFT, RIGHT = "10.77.0.1", "10.77.0.2"
+LEFT6, RIGHT6 = "fd77::1", "fd77::2"
+FAST = ("--min-rx", "100", "--min-tx", "100", "--multiplier", "3")  # runner options: detection time 300 ms
+DETECT, SLACK = 0.3, 0.2  # FAST's detection time; slack: scheduling on a shared two-core machine
 # `nft -f -` input that drops the BFD packets a namespace sends (heal_bfd removes it)
 BFD_CUT = "table inet bfdcut {\n chain out {\n type filter hook output priority 0;\n udp dport 3784 drop\n }\n}\n"
 # `nft -f -` input that cuts a namespace off silently: everything in and out dropped, the link stays up
@@ -22,14 +31,19 @@ SILENCE = ("table inet cut {\n chain in {\n type filter hook input priority -300
            " chain out {\n type filter hook output priority -300;\n drop\n }\n}\n")
 
 
-def veth_pair(make_netns) -> tuple[str, str]:
-    """Two fresh namespaces, LEFT and RIGHT on either end of one veth pair (created inside the namespaces)."""
+def veth_pair(make_netns, ipv6: bool = False) -> tuple[str, str]:
+    """Two fresh namespaces, LEFT and RIGHT on either end of one veth pair (created inside the namespaces); with
+    ipv6, LEFT6 and RIGHT6 too (no duplicate address detection: usable at once)."""
     a, b = make_netns("bfda"), make_netns("bfdb")
     subprocess.run(["ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b],
                    check=True)
     for ns, addr in ((a, LEFT), (b, RIGHT)):
         subprocess.run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"], check=True)
         subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+    if ipv6:
+        for ns, addr in ((a, LEFT6), (b, RIGHT6)):
+            subprocess.run(["ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", "eth0", "nodad"], check=True,
+                           timeout=10)
     return a, b
 
 
@@ -102,6 +116,62 @@ def cut_bfd(ns: str) -> float:
 def heal_bfd(ns: str) -> None:
     subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "bfdcut"], check=True,
                    capture_output=True, timeout=10)
+
+
+def both_up(left: Lines, right: Lines, left_addr: str, right_addr: str) -> None:
+    left.wait(state_is(right_addr, "UP"), 10, "left up")
+    right.wait(state_is(left_addr, "UP"), 10, "right up")
+
+
+def detect_silence(runner: Lines, theirs: str, after: float = 0.0, what: str = "our detection") -> dict:
+    """Cuts the BFD packets `theirs` sends: the runner's next Down (after `after`) must come within the detection
+    time, for its expiry. Returns that Down."""
+    cut = cut_bfd(theirs)
+    down = runner.wait(lambda d: d.get("new") == "DOWN" and d["time"] > after, 5, what)
+    assert down["diag"] == "DETECTION_TIME_EXPIRED"
+    assert down["time"] - cut < DETECT + SLACK, down["time"] - cut
+    return down
+
+
+def up_again(runner: Lines, down: dict, what: str = "up again") -> dict:
+    return runner.wait(lambda d: d.get("new") == "UP" and d["time"] > down["time"], 10, what)
+
+
+# a BFD packet (hex) sent from src port 49999 with that TTL or hop limit, as a forger would
+SEND = """
+import socket
+v6 = ":" in "{src}"
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(*((socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS) if v6 else (socket.IPPROTO_IP, socket.IP_TTL)), {hops})
+s.bind(("{src}", 49999))
+s.sendto(bytes.fromhex("{data}"), ("{dst}", 3784))
+"""
+
+
+def frr_peer(peer: str, local: str) -> str:
+    """bfdd's configuration: one peer at FAST's timers."""
+    return (f"bfd\n peer {peer} local-address {local}\n  receive-interval 100\n  transmit-interval 100\n"
+            "  detect-multiplier 3\n !\n!\n")
+
+
+async def second_service(listen: str, peer: str, bfd: dict):
+    """The status of `peer` in a second BfdService on `listen`, whose port another service holds; it is closed."""
+    second = BfdService([ip_address(listen)], lambda peer, reason: None)
+    second.configure([Peer(address=peer, asn=1, bfd=bfd)])
+    await second.start()
+    status = second.status(peer)
+    second.close()
+    return status
+
+
+async def remove_and_close(svc, keep: list, gone: str):
+    """Configures `svc` with only `keep`; returns the status of `gone` after that and closes `svc` once its
+    AdminDown had time to leave."""
+    svc.configure(keep)
+    status = svc.status(gone)
+    await asyncio.sleep(0.3)
+    svc.close()
+    return status
 
 
 class Frr:

@@ -4,24 +4,10 @@ the other within the detection time (100 ms x 3 here)."""
 import pytest
 
 from tests.netns import requires_root, wait_for
-from tests.node.bfd_pair import (LEFT, RIGHT, Bird, Frr, cut_bfd, heal_bfd, start_runner, state_is, stop_runner,
-                                 veth_pair)
+from tests.node.bfd_pair import (DETECT, FAST, LEFT, RIGHT, SLACK, Bird, Frr, cut_bfd, detect_silence, frr_peer,
+                                 heal_bfd, start_runner, state_is, stop_runner, up_again, veth_pair)
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
-
-DETECT = 0.3
-SLACK = 0.2  # scheduling on a shared two-core machine
-OURS = ("--min-rx", "100", "--min-tx", "100", "--multiplier", "3")
-
-FRR_CONF = f"""
-bfd
- peer {LEFT} local-address {RIGHT}
-  receive-interval 100
-  transmit-interval 100
-  detect-multiplier 3
- !
-!
-"""
 
 BIRD_CONF = f"""
 router id {RIGHT};
@@ -41,7 +27,7 @@ def peer(request, make_netns):
     """(our namespace, the peer's namespace, a function returning the peer's view of the session state)."""
     a, b = veth_pair(make_netns)
     if request.param == "frr":
-        daemon = Frr(b, FRR_CONF)
+        daemon = Frr(b, frr_peer(LEFT, RIGHT))
         state = lambda: daemon.peers().get(LEFT, {}).get("status")  # noqa: E731
     else:
         daemon = Bird(b, BIRD_CONF)
@@ -54,7 +40,7 @@ def peer(request, make_netns):
 
 def test_session_up_and_failures_detected_both_ways(peer):
     ours, theirs, their_state = peer
-    runner = start_runner(ours, LEFT, RIGHT, *OURS)
+    runner = start_runner(ours, LEFT, RIGHT, *FAST)
     try:
         runner.wait(state_is(RIGHT, "UP"), 15, "our session up")
         wait_for(lambda: their_state() == "up", 10, what="the peer's session up")
@@ -66,16 +52,13 @@ def test_session_up_and_failures_detected_both_ways(peer):
         assert told["time"] - cut < DETECT + SLACK, told["time"] - cut
         assert their_state() in ("down", "init")
         heal_bfd(ours)
-        up = runner.wait(lambda d: d.get("new") == "UP" and d["time"] > told["time"], 10, "up again")
+        up = up_again(runner, told)
         wait_for(lambda: their_state() == "up", 10, what="the peer up again")
 
         # The peer falls silent: we declare it down in time.
-        cut = cut_bfd(theirs)
-        down = runner.wait(lambda d: d.get("new") == "DOWN" and d["time"] > up["time"], 5, "our detection")
-        assert down["diag"] == "DETECTION_TIME_EXPIRED"
-        assert down["time"] - cut < DETECT + SLACK, down["time"] - cut
+        down = detect_silence(runner, theirs, after=up["time"])
         heal_bfd(theirs)
-        runner.wait(lambda d: d.get("new") == "UP" and d["time"] > down["time"], 10, "up again")
+        up_again(runner, down)
         wait_for(lambda: their_state() == "up", 10, what="the peer up again")
     finally:
         stats = stop_runner(runner)
