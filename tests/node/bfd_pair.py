@@ -1,5 +1,5 @@
 """Test helpers for BFD: two namespaces joined by a veth pair (IPv4, or both families), runners that report state
-changes, nft cuts, FRR and BIRD peers; and, for scripts that run the daemon's BfdService, a second service and removal."""
+changes, nft cuts, FRR and BIRD peers; for scripts running the daemon's BfdService, a second service and removal."""
 from __future__ import annotations
 
 import asyncio
