@@ -80,6 +80,10 @@ def test_mesh3_in_containers(lab, engine):
     info = json.loads(subprocess.run([engine, "inspect", name], capture_output=True, text=True, timeout=60).stdout)[0]
     assert info["Config"]["Image"] == IMAGE and info["HostConfig"]["NetworkMode"] == "none"
     assert info["Config"]["Hostname"] == "node1"
+    # what `tortie lab gen` reflectors run in the image: BIRD, FRR's zebra and bgpd (with its user)
+    r = lab("exec", "node1", "--", "sh", "-c", "command -v bird && test -x /usr/lib/frr/zebra "
+            "&& test -x /usr/lib/frr/bgpd && id frr")
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("caps", [("NET_ADMIN", "SYS_ADMIN"), ()], ids=["read-only-proc-sys", "no-capabilities"])
