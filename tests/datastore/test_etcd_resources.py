@@ -19,6 +19,22 @@ from tests.datastore.etcd_server import EtcdCluster, etcd_settings
 
 pytestmark = pytest.mark.timeout(120)
 
+
+def pool_and_peer(pool: str, block_size: int) -> str:
+    """YAML documents: an IPPool of 10.244.0.0/16 and the BGPPeer tor1."""
+    return f"""\
+apiVersion: tortie.io/v1
+kind: IPPool
+metadata: {{name: {pool}}}
+spec: {{cidr: 10.244.0.0/16, blockSize: {block_size}}}
+---
+apiVersion: tortie.io/v1
+kind: BGPPeer
+metadata: {{name: tor1}}
+spec: {{address: 10.99.0.254, asn: 65000}}
+"""
+
+
 RESOURCES = """\
 apiVersion: tortie.io/v1
 kind: GlobalNetworkPolicy
@@ -43,16 +59,7 @@ kind: HostEndpoint
 metadata: {name: node1-eth0, labels: {role: edge}}
 spec: {node: node1, interface: eth0, ips: [10.99.0.1]}
 ---
-apiVersion: tortie.io/v1
-kind: IPPool
-metadata: {name: default}
-spec: {cidr: 10.244.0.0/16, blockSize: 26}
----
-apiVersion: tortie.io/v1
-kind: BGPPeer
-metadata: {name: tor1}
-spec: {address: 10.99.0.254, asn: 65000}
-"""
+""" + pool_and_peer("default", 26)
 KEYS = ["globalpolicies/deny-web", "policies/shop/allow-db", "namespaces/shop", "hostendpoints/node1-eth0",
         "ippools/default", "bgppeers/tor1"]
 
@@ -70,17 +77,7 @@ def test_every_kind_loads_and_round_trips(tmp_path):
 
 def test_errors_name_file_document_and_field_and_nothing_is_taken(tmp_path):
     f = tmp_path / "bad.yaml"
-    f.write_text(RESOURCES + textwrap.dedent("""\
-        ---
-        apiVersion: tortie.io/v1
-        kind: IPPool
-        metadata: {name: small}
-        spec: {cidr: 10.244.0.0/16, blockSize: 8}
-        ---
-        apiVersion: tortie.io/v1
-        kind: BGPPeer
-        metadata: {name: tor1}
-        spec: {address: 10.99.0.254, asn: 65000}
+    f.write_text(RESOURCES + "---\n" + pool_and_peer("small", 8) + textwrap.dedent("""\
         ---
         apiVersion: tortie.io/v1
         kind: Gadget
