@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import row, write  # noqa: E402  (the benchmarks' table rows and results file)
 from tests.netns import Lab, wait_for  # noqa: E402  (the lab helper the tests use)
 
 PROGRAM = """
@@ -141,17 +143,16 @@ def main() -> int:
         "tortie_s": med(prog, "tortie_total_s"), "tortie_routes_s": med(prog, "tortie_routes_s"),
         "tortie_entries_s": med(prog, "tortie_entries_s"), "ip_batch_s": med(prog, "ip_batch_total_s")}
     results["summary"] = summary
-    print(f"{'measure':<52} {'median':>10}")
-    print(f"{'iperf3 pod->pod over VXLAN (Gbit/s)':<52} {summary['vxlan_gbps']:>10.2f}")
-    print(f"{'iperf3 pod->pod direct (Gbit/s)':<52} {summary['direct_gbps']:>10.2f}")
-    print(f"{'VXLAN / direct (per run)':<52} {summary['throughput_ratio']:>10.2f}")
-    print(f"{f'{args.blocks} blocks: Tortie routes+neigh+FDB (s)':<52} {summary['tortie_s']:>10.3f}")
-    print(f"{'  of which routes, hand-packed writer (s)':<52} {summary['tortie_routes_s']:>10.3f}")
-    print(f"{'  of which neighbours+FDB, read + one batch (s)':<52} {summary['tortie_entries_s']:>10.3f}")
-    print(f"{f'{args.blocks} blocks: ip -batch + bridge -batch (s)':<52} {summary['ip_batch_s']:>10.3f}")
+    print(row("measure", "median"))
+    print(row("iperf3 pod->pod over VXLAN (Gbit/s)", summary["vxlan_gbps"]))
+    print(row("iperf3 pod->pod direct (Gbit/s)", summary["direct_gbps"]))
+    print(row("VXLAN / direct (per run)", summary["throughput_ratio"]))
+    print(row(f"{args.blocks} blocks: Tortie routes+neigh+FDB (s)", summary["tortie_s"], digits=3))
+    print(row("  of which routes, hand-packed writer (s)", summary["tortie_routes_s"], digits=3))
+    print(row("  of which neighbours+FDB, read + one batch (s)", summary["tortie_entries_s"], digits=3))
+    print(row(f"{args.blocks} blocks: ip -batch + bridge -batch (s)", summary["ip_batch_s"], digits=3))
     print(f"offloads of the VTEP: {offloads}")
-    out = Path(__file__).resolve().parent / "results" / "vxlan_bench.json"
-    out.write_text(json.dumps(results, indent=2))
+    write("vxlan_bench", results)
     return 0
 
 

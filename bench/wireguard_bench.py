@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import row, write  # noqa: E402  (the benchmarks' table rows and results file)
 from tests.netns import Lab, wait_for  # noqa: E402  (the lab helpers the tests use)
 from tests.node.wireguard_lab import mixed_topology, pod_ip, status  # noqa: E402
 
@@ -93,17 +95,16 @@ def main() -> int:
     results = {"implementation": implementation, "seconds": args.seconds, "runs": runs, "summary": summary,
                "load_average": os.getloadavg()}
     print(f"WireGuard implementation: {implementation}; {args.repeat} runs of {args.seconds} s, medians")
-    print(f"{'measure':<52} {'WireGuard':>10} {'plain':>10}")
-    print(f"{'iperf3 pod->pod (Gbit/s)':<52} {summary['wireguard_gbps']:>10.2f} {summary['plain_gbps']:>10.2f}")
-    print(f"{'sender CPU, iperf3 (% of one host)':<52} {summary['wireguard_sender_cpu_pct']:>10.1f} "
-          f"{summary['plain_sender_cpu_pct']:>10.1f}")
-    print(f"{'receiver CPU, iperf3 (% of one host)':<52} {summary['wireguard_receiver_cpu_pct']:>10.1f} "
-          f"{summary['plain_receiver_cpu_pct']:>10.1f}")
-    print(f"{'wireguard-go CPU, both hosts (s per GB)':<52} {summary['wireguard_go_cpu_s_per_gb']:>10.2f} {'-':>10}")
-    print(f"{'WireGuard / plain throughput (per run)':<52} {summary['throughput_ratio']:>10.2f}")
+    print(row("measure", "WireGuard", "plain"))
+    print(row("iperf3 pod->pod (Gbit/s)", summary["wireguard_gbps"], summary["plain_gbps"]))
+    print(row("sender CPU, iperf3 (% of one host)", summary["wireguard_sender_cpu_pct"],
+              summary["plain_sender_cpu_pct"], digits=1))
+    print(row("receiver CPU, iperf3 (% of one host)", summary["wireguard_receiver_cpu_pct"],
+              summary["plain_receiver_cpu_pct"], digits=1))
+    print(row("wireguard-go CPU, both hosts (s per GB)", summary["wireguard_go_cpu_s_per_gb"], "-"))
+    print(row("WireGuard / plain throughput (per run)", summary["throughput_ratio"]))
     print(f"load average {results['load_average'][0]:.2f} (a shared machine: compare the columns, not runs)")
-    out = Path(__file__).resolve().parent / "results" / "wireguard_bench.json"
-    out.write_text(json.dumps(results, indent=2))
+    write("wireguard_bench", results)
     return 0
 
 
