@@ -34,7 +34,7 @@ from importlib.metadata import version
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from string import Template
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from pyroute2.netns import setns
 
@@ -67,6 +67,9 @@ SETUP_TIMEOUT = 30.0
 
 class BenchError(RuntimeError):
     pass
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -527,33 +530,47 @@ def run_all(sizes: list[int], repeat: int, scratch: Path, family: int = 4) -> li
     return trials
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def in_scratch(name: str, work: Callable[[Path], T]) -> T:
+    """Runs work(scratch) as root, SIGINT and SIGTERM raising KeyboardInterrupt (both clean up; SIGINT may come in
+    ignored, as under nohup). The scratch directory is removed afterwards, but kept for its logs after a BenchError.
+    Exits 2 without root, 1 after a BenchError, 130 when interrupted."""
     if os.geteuid() != 0:
-        print("bgp_bench: needs root (network namespaces)", file=sys.stderr)
-        return 2
-    sizes, repeat = ([1000], 1) if args.quick else (args.sizes, args.repeat)
-    for sig in (signal.SIGINT, signal.SIGTERM):  # both clean up (SIGINT may come in ignored, as under nohup)
+        print(f"{name}: needs root (network namespaces)", file=sys.stderr)
+        raise SystemExit(2)
+    for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
-    scratch = Path(tempfile.mkdtemp(prefix="bgp_bench-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     try:
-        trials = run_all(sizes, repeat, scratch, args.family)
+        result = work(scratch)
     except BenchError as e:
-        print(f"bgp_bench: {e}\nlogs kept in {scratch}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        print(f"{name}: {e}\nlogs kept in {scratch}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except BaseException as e:
         shutil.rmtree(scratch, ignore_errors=True)
-        return 130
+        if isinstance(e, KeyboardInterrupt):
+            raise SystemExit(130) from None
+        raise
     shutil.rmtree(scratch, ignore_errors=True)
-    rows, detail = summarize(trials), receivers(trials)
-    print(render(rows, detail, args.family))
-    output = args.output or RESULTS[args.family]
+    return result
+
+
+def write_results(output: Path, doc: str, **results) -> None:
+    """The results as JSON, with when, on which machine and how (the second paragraph of the module's `doc`)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({
-        "generated": datetime.now().isoformat(timespec="seconds"), "machine": machine(), "family": args.family,
-        "method": " ".join(__doc__.split("\n\n")[1].split()), "summary": rows, "receivers": detail,
-        "trials": [asdict(t) for t in trials]}, indent=2) + "\n")
+        "generated": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+        "method": " ".join(doc.split("\n\n")[1].split()), **results}, indent=2) + "\n")
     print(f"\nwrote {output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes, repeat = ([1000], 1) if args.quick else (args.sizes, args.repeat)
+    trials = in_scratch("bgp_bench", lambda scratch: run_all(sizes, repeat, scratch, args.family))
+    rows, detail = summarize(trials), receivers(trials)
+    print(render(rows, detail, args.family))
+    write_results(args.output or RESULTS[args.family], __doc__, family=args.family, summary=rows, receivers=detail,
+                  trials=[asdict(t) for t in trials])
     return 0
 
 

@@ -14,17 +14,11 @@ bench/results/footprint.json. A benchmark, not a test: it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import secrets
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,36 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", metavar="REV", help="also measure tortie at this git revision, alternating")
     p.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = p.parse_args(argv)
-    if os.geteuid() != 0:
-        print("footprint: needs root (network namespaces)", file=sys.stderr)
-        return 2
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, bb._interrupt)
-    prefix, scratch = "fp" + secrets.token_hex(2), Path(tempfile.mkdtemp(prefix="footprint-"))
-    runs: list[dict] = []
-    try:
+    prefix = "fp" + secrets.token_hex(2)
+
+    def runs(scratch: Path) -> list[dict]:
         trees = {f"tortie@{args.before}": export(args.before, scratch / "before")} if args.before else {}
+        done: list[dict] = []
         for _ in range(args.repeat):
             for method in ("bird", *trees, "tortie"):
-                runs.append(measure(method, args.routes, prefix, 2 * len(runs), scratch, trees))
+                done.append(measure(method, args.routes, prefix, 2 * len(done), scratch, trees))
+        return done
+
+    try:
+        measured = bb.in_scratch("footprint", runs)
     except subprocess.CalledProcessError as e:
         print(f"footprint: git archive {args.before}: {e.stderr.decode(errors='replace').strip()}", file=sys.stderr)
-        shutil.rmtree(scratch, ignore_errors=True)
         return 2
-    except bb.BenchError as e:
-        print(f"footprint: {e}\nlogs kept in {scratch}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        shutil.rmtree(scratch, ignore_errors=True)
-        return 130
-    shutil.rmtree(scratch, ignore_errors=True)
-    rows = summarize(runs)
+    rows = summarize(measured)
     print(render(rows))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "generated": datetime.now().isoformat(timespec="seconds"), "machine": bb.machine(),
-        "method": " ".join(__doc__.split("\n\n")[1].split()), "summary": rows, "runs": runs}, indent=2) + "\n")
-    print(f"\nwrote {args.output}")
+    bb.write_results(args.output, __doc__, summary=rows, runs=measured)
     return 0
 
 
