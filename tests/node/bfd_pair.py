@@ -118,9 +118,19 @@ def heal_bfd(ns: str) -> None:
                    capture_output=True, timeout=10)
 
 
-def both_up(left: Lines, right: Lines, left_addr: str, right_addr: str) -> None:
-    left.wait(state_is(right_addr, "UP"), 10, "left up")
-    right.wait(state_is(left_addr, "UP"), 10, "right up")
+@contextlib.contextmanager
+def two_runners(a: str, b: str, left_addr: str, right_addr: str):
+    """Runners at FAST timers in a (on left_addr) and b, each the other's peer, once both are up; both stopped
+    afterwards. Yields (left, right, stats): stats is filled in with left's counters when it has stopped."""
+    left, right = start_runner(a, left_addr, right_addr, *FAST), start_runner(b, right_addr, left_addr, *FAST)
+    stats: dict = {}
+    try:
+        left.wait(state_is(right_addr, "UP"), 10, "left up")
+        right.wait(state_is(left_addr, "UP"), 10, "right up")
+        yield left, right, stats
+    finally:
+        stats.update(stop_runner(left))
+        stop_runner(right)
 
 
 def detect_silence(runner: Lines, theirs: str, after: float = 0.0, what: str = "our detection") -> dict:

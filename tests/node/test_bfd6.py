@@ -12,8 +12,8 @@ import pytest
 
 from bgpd.bfd.packet import ControlPacket, State, decode
 from tests.netns import requires_root, run_in_netns, wait_for
-from tests.node.bfd_pair import (FAST, LEFT, LEFT6, RIGHT, RIGHT6, SEND, Frr, both_up, detect_silence, frr_peer,
-                                 heal_bfd, start_runner, state_is, stop_runner, up_again, veth_pair)
+from tests.node.bfd_pair import (FAST, LEFT, LEFT6, RIGHT, RIGHT6, SEND, Frr, detect_silence, frr_peer, heal_bfd,
+                                 start_runner, state_is, stop_runner, two_runners, up_again, veth_pair)
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
 
@@ -27,15 +27,10 @@ def pair(make_netns) -> tuple[str, str]:
 
 def test_two_runners_over_ipv6_come_up_detect_a_silent_peer_and_recover(pair):
     a, b = pair
-    left, right = start_runner(a, LEFT6, RIGHT6, *FAST), start_runner(b, RIGHT6, LEFT6, *FAST)
-    try:
-        both_up(left, right, LEFT6, RIGHT6)
+    with two_runners(a, b, LEFT6, RIGHT6) as (left, _, stats):
         down = detect_silence(left, b, what="left detects the silence")  # table inet: IPv6 BFD is dropped too
         heal_bfd(b)
         up_again(left, down, "left up again")
-    finally:
-        stats = stop_runner(left)
-        stop_runner(right)
     assert stats["rx_packets"] > 0 and not stats.get("rx_discarded_ttl")
 
 

@@ -3,17 +3,15 @@ import pytest
 
 from bgpd.bfd.packet import ControlPacket, State, decode
 from tests.netns import requires_root, run_in_netns
-from tests.node.bfd_pair import (FAST, LEFT, RIGHT, SEND, both_up, detect_silence, heal_bfd, start_runner, state_is,
-                                 stop_runner, up_again, veth_pair)
+from tests.node.bfd_pair import (LEFT, RIGHT, SEND, detect_silence, heal_bfd, start_runner, state_is, stop_runner,
+                                 two_runners, up_again, veth_pair)
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
 
 
 def test_two_runners_come_up_detect_a_silent_peer_and_recover(make_netns):
     a, b = veth_pair(make_netns)
-    left, right = start_runner(a, LEFT, RIGHT, *FAST), start_runner(b, RIGHT, LEFT, *FAST)
-    try:
-        both_up(left, right, LEFT, RIGHT)
+    with two_runners(a, b, LEFT, RIGHT) as (left, right, stats):
         down = detect_silence(left, b, what="left detects the silence")  # right goes silent; it still hears left
         right.wait(state_is(LEFT, "DOWN"), 5, "right told down by left")
         heal_bfd(b)
@@ -21,9 +19,6 @@ def test_two_runners_come_up_detect_a_silent_peer_and_recover(make_netns):
         stop_runner(right)  # SIGTERM ends right's session with AdminDown: not a path failure (RFC 5882 3.2)
         admin = left.wait(lambda d: d.get("new") == "DOWN" and d["time"] > up["time"], 5, "left told AdminDown")
         assert admin["diag"] == "NEIGHBOR_DOWN" and admin["remote"] == "ADMIN_DOWN"
-    finally:
-        stats = stop_runner(left)
-        stop_runner(right)
     assert stats["rx_packets"] > 0 and not stats.get("rx_discarded_ttl")
 
 
