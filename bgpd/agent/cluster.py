@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Awaitable, Callable, Mapping
 
 from pydantic import ValidationError
 
+from bgpd.dataplane.pods import PodError, PodStore
 from bgpd.ipam.claiming import BlockClaims
 from bgpd.ipam.claims import Network, by_version
 from bgpd.ipam.holdings import is_host
-from bgpd.ipam.ownership import Ignored, owned_prefixes, registration, rival_claims, unique_addresses
+from bgpd.ipam.ownership import Ignored, beaten, owned_prefixes, registration, rival_claims, unique_addresses
 from bgpd.overlay.vxlan import cluster_routes
 from config.datastore import Datastore, DatastoreError, key, parse_key
 from config.effective import ClusterView, EffectiveConfig, effective
@@ -111,6 +112,8 @@ class Cluster:
         self.ignored_claims, self.ignored_records = Ignored(), Ignored()  # what other nodes may not say (reported)
         self.claims = BlockClaims(ds, self.counts)
         self.published: dict = {}  # more of this node's record: WireGuard's public key and port
+        self.contested: dict[Network, str] = {}  # our rival claims kept while our pods use them -> their owner
+        self._claiming = asyncio.Lock()  # one claim at a time: the loop's claim_missing, the pods' claim_more
 
     def counts(self, node: str) -> bool:
         """A node counts while alive, or dead for less than the grace period (a restart is not a removal)."""
@@ -144,14 +147,60 @@ class Cluster:
     async def claim_more(self, version: int) -> Network | None:
         """Another block of the IP version for this node's pods or, failing that, a borrowed address (the daemon's
         claim_block)."""
-        return await self.claims.claim_more(self.pooled(), self.ours(), version)
+        async with self._claiming:
+            return await self.claims.claim_more(self.pooled(), self.ours(), version)
 
     async def claim_missing(self) -> None:
         """A block of each IP version of the pools that this node has none of yet (a dual-stack node: one of each)."""
-        pooled = self.pooled()
-        have = {b.version for b in self.ours()}
-        for version in sorted({p.cidr.version for p in pooled.pools} - have):
-            await self.claims.claim_block(pooled, version)
+        async with self._claiming:
+            pooled = self.pooled()
+            have = {b.version for b in self.ours()}
+            for version in sorted({p.cidr.version for p in pooled.pools} - have):
+                await self.claims.claim_block(pooled, version)
+
+    def local_addresses(self) -> set[IPv4Address | IPv6Address] | None:
+        """The addresses of this node's pods: in its pod files and its endpoints in the datastore (a pod is in
+        its file before its endpoint is published); None if a pod file cannot be read."""
+        try:
+            texts = {ip for pod in PodStore(self.base).all() for ip in pod.ips}
+        except PodError as e:
+            log.error("cannot tell which addresses this node's pods use: %s", e)
+            return None
+        for ep in self.ds.items(f"endpoints/{self.base.name}").values():
+            texts |= {ip for ip in ep.get("ips", ()) if isinstance(ip, str)}
+        out = set()
+        for text in texts:
+            try:
+                out.add(ip_address(text))
+            except ValueError:
+                pass
+        return out
+
+    async def give_up_rivals(self) -> bool:
+        """Deletes our claims on blocks another node owned first, but those our pods use (see
+        bgpd.ipam.ownership.beaten()); True if one was given up or found contested for the first time, so that this
+        node has to claim again."""
+        by_block = self.claims.by_block()
+        if not beaten(self.base.name, by_block, ()).release:  # no rival claim of ours: no need to read the pods
+            self.contested = {}
+            return False
+        in_use = self.local_addresses()
+        if in_use is None:
+            return False  # releasing a block our pods may use: never
+        verdict = beaten(self.base.name, by_block, in_use)
+        for block, first in sorted(verdict.release.items(), key=lambda i: by_version(i[0])):
+            log.warning("giving up block=%s: %s owned it first (our claims crossed in the datastore)", block, first)
+            try:
+                await self.claims.release(self.base.name, block)
+            except DatastoreError as e:
+                log.error("cannot give up block=%s now: %s", block, e)
+        new = verdict.keep.keys() - self.contested.keys()
+        for block in sorted(new, key=by_version):
+            log.error("block=%s is owned by %s, who claimed it first, but pods of this node have addresses in it: "
+                      "our claim stays until they are gone (readers ignore it and those pods' endpoints)",
+                      block, verdict.keep[block])
+        self.contested = verdict.keep
+        return bool(verdict.release or new)
 
     def view(self, base: NodeConfig | None = None) -> ClusterView:
         """The datastore's view for `base` (default: the running file's; a reload passes the new file's, so that
@@ -191,6 +240,7 @@ class Cluster:
         await self._start()
         feed = self.ds.changes()
         await self.register()
+        await self.give_up_rivals()
         await self.claim_missing()
         await self._apply_desired()
         self.claims.save_lent(self.base, self.ours())
@@ -202,6 +252,9 @@ class Cluster:
                 self._wake.clear()
                 await asyncio.sleep(0.1)  # gather a burst of changes
                 await self._apply_desired()
+                if await self.give_up_rivals():
+                    await self.claim_missing()
+                    await self._apply_desired()
                 self.claims.save_lent(self.base, self.ours())
                 if self._down_since:  # look again once the earliest grace period is over
                     left = min(self._down_since.values()) + self.base.node_grace - time.monotonic()
@@ -231,5 +284,6 @@ class Cluster:
 
     async def _watch(self, feed) -> None:
         async for change in feed:
-            if change.key.split("/", 1)[0] in ("nodes", "status", "claims", "ippools", "bgppeers"):
-                self._wake.set()
+            if change.key.split("/", 1)[0] in ("nodes", "status", "claims", "ippools", "bgppeers") or (
+                    self.contested and change.key.startswith(f"endpoints/{self.base.name}/")):
+                self._wake.set()  # (our endpoints: a pod gone may free a contested block)

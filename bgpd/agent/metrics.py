@@ -80,7 +80,10 @@ class DaemonCollector(Collector):
             connected.add_metric([], 1.0 if s.datastore.connected else 0.0)
             resyncs = CounterMetricFamily("tortie_datastore_resyncs", "full resynchronisations after a reconnect")
             resyncs.add_metric([], s.datastore.resyncs)
-            yield from (connected, resyncs)
+            contested = GaugeMetricFamily("tortie_ipam_contested_blocks", "blocks another node owned first that "
+                                          "pods of this node still use (our claim stays until they are gone)")
+            contested.add_metric([], len(self.daemon.cluster.contested))
+            yield from (connected, resyncs, contested)
         yield from overlay_metrics(s.overlay)
         if s.wireguard is not None:
             yield from wireguard_metrics(s.wireguard)

@@ -52,7 +52,7 @@ class BlockClaims:
         pools = [p for p in node.pools if p.cidr.version == version]
         while True:
             taken = [b for b, c in self.by_block().items() if c]
-            block = next_free(pools, taken, given_up)
+            block = next_free(pools, taken, node.name, given_up)
             if block is None:
                 log.warning("no free IPv%d block left in the pools", version)
                 return None
@@ -81,6 +81,10 @@ class BlockClaims:
                 return None
         log.error("no free IPv%d address left anywhere in the pools", version)
         return None
+
+    async def release(self, me: str, prefix: Network) -> None:
+        """Deletes our claim on the prefix (one that another node owned first: Cluster.give_up_rivals())."""
+        await self.ds.delete(key("claims", cidr_segment(prefix), me))
 
     def _endpoint_ips(self) -> set[str]:
         return {ip for ep in self.ds.items("endpoints").values() for ip in ep.get("ips", [])}

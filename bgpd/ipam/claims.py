@@ -12,12 +12,17 @@ Any node can write a claim of its own on any block (the broker's ACL checks only
 its name), so an owned claim does not take a block from its owner: the first owner keeps it. "First"
 is the marker `at` the owner wrote when it marked its claim owned (unix time, never rewritten); a later
 owned claim by another node is a rival, ignored by every reader and reported (`rivals()`). Two honest
-owners can only follow a partition (a node that claimed from a stale view): the earlier marker wins,
-then the lower name. A node can backdate its own marker; docs/datastore.md says what that leaves open.
-tests/node/test_ownership.py checks the rule.
+owners follow a partition, or propagation slower than half the settle time (a loaded broker: each claimant
+missed the other's pending claim): the earlier marker wins, then the lower name, and the rival node gives
+its claim up and claims again (bgpd.ipam.ownership.beaten(), Cluster.give_up_rivals()). A node can backdate
+its own marker; docs/datastore.md says what that leaves open. tests/node/test_ownership.py checks the rule.
+
+Each node searches a pool from its own block (`start_index()`), wrapping around, so that nodes starting
+together mostly try different blocks rather than all racing for the first free one.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
@@ -63,8 +68,20 @@ def by_version(network: Network) -> tuple[int, Network]:
     return network.version, network
 
 
-def blocks_in(pool: IPPool) -> Iterator[Network]:
-    return pool.cidr.subnets(new_prefix=pool.block_size)
+def start_index(node: str, count: int) -> int:
+    """Where `node` starts its search among `count` blocks: a stable hash of its name (the same on every run and
+    host, unlike hash()), so that nodes starting together try different blocks instead of all racing for the first."""
+    return int.from_bytes(hashlib.blake2b(node.encode(), digest_size=8).digest(), "big") % count
+
+
+def blocks_from(pool: IPPool, node: str) -> Iterator[Network]:
+    """The pool's blocks in the order `node` tries them: from its start_index(), wrapping around. Computed by index,
+    so an IPv6 pool of 2**70 blocks costs only the blocks looked at."""
+    count = 1 << (pool.block_size - pool.cidr.prefixlen)
+    size = 1 << (pool.cidr.max_prefixlen - pool.block_size)
+    base, start = int(pool.cidr.network_address), start_index(node, count)
+    for i in range(count):
+        yield type(pool.cidr)((base + (start + i) % count * size, pool.block_size))
 
 
 def _first(claim: Claim) -> tuple[float, str]:
@@ -91,11 +108,13 @@ def wins(me: str, claims: Mapping[str, Claim]) -> bool:
     return current == me if current is not None else min(claims) == me
 
 
-def next_free(pools: Iterable[IPPool], claimed: Iterable[Network], skip: Iterable[Network] = ()) -> Network | None:
-    """The first block of the pools that nobody claims and that we have not given up on."""
+def next_free(pools: Iterable[IPPool], claimed: Iterable[Network], node: str,
+              skip: Iterable[Network] = ()) -> Network | None:
+    """The first block, in `node`'s order (blocks_from()), of the first of the pools that has one that nobody claims
+    and that we have not given up on."""
     taken = set(claimed) | set(skip)
     for pool in pools:
-        for block in blocks_in(pool):
+        for block in blocks_from(pool, node):
             if block not in taken:
                 return block
     return None

@@ -3,7 +3,8 @@
 The broker's ACL lets a node write only keys that carry its name (docs/datastore.md), but not what the
 values say. So every reader checks, and ignores (and reports) what a node is not entitled to:
 
-* a claim on a block another node owned first: `bgpd.ipam.claims.owner()`, `rivals()`;
+* a claim on a block another node owned first: `bgpd.ipam.claims.owner()`, `rivals()` (and what the rival node
+  itself does about it: `beaten()`);
 * an endpoint (endpoints/<node>/...) with an address outside the prefixes its node owns (its blocks and
   the /32s it borrowed, by the claim rule): `foreign_endpoints()`;
 * a node record (nodes/<node>) with an address (IPv4 or IPv6) another node registered first: `unique_addresses()`.
@@ -17,6 +18,7 @@ The limits (a backdated marker; an address registered before its node ever did) 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Callable, Iterable, Mapping
 
@@ -45,6 +47,32 @@ def rival_claims(by_block: Mapping[Network, Mapping[str, Claim]]) -> dict[str, s
     """claims/<cidr>/<node> keys -> why they are ignored: another node owned the block first."""
     return {f"claims/{cidr_segment(block)}/{node}": f"{block} is owned by {owner(claims)}, who claimed it first"
             for block, claims in by_block.items() for node in rivals(claims)}
+
+
+@dataclass(frozen=True)
+class Beaten:
+    """This node's owned claims that another node owned first (rivals: they can only come from a claim made before
+    the other's reached us, when propagation took longer than the settle time), each with its owner."""
+
+    release: dict[Network, str]  # no pod of ours has an address in it: delete our claim, claim another block
+    keep: dict[Network, str]  # pods of ours have addresses in it: keep the claim while they do (reported)
+
+
+def beaten(me: str, by_block: Mapping[Network, Mapping[str, Claim]],
+           in_use: Iterable[IPv4Address | IPv6Address]) -> Beaten:
+    """What `me` does with its rival claims (`in_use`: the addresses of its pods).
+
+    A claim nobody uses is given up at once: the owner keeps the block, we claim another. One that pods of ours
+    use is kept, and an error logged and counted, for as long as they do: like Calico, which never takes an
+    address from a running pod, we do not silently strand them (their addresses stay visible in the datastore,
+    readers ignore both the rival claim and those endpoints, and the operator sees the conflict); once those
+    pods are gone, the claim is released like any other."""
+    used = list(in_use)
+    release, keep = {}, {}
+    for block, claims in by_block.items():
+        if me in rivals(claims):
+            (keep if any(a in block for a in used) else release)[block] = owner(claims)
+    return Beaten(release, keep)
 
 
 def owned_prefixes(by_block: Mapping[Network, Mapping[str, Claim]]) -> dict[str, list[Network]]:

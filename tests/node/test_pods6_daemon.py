@@ -6,12 +6,15 @@ import json
 import subprocess
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 import pytest
 
+from bgpd.ipam.claims import blocks_from
 from bgpd.ipam.state import NodeBlocks, load
 from config.datastore import FilesDatastore
+from config.node import IPPool
 from tests.netns import RUN_PREFIX, requires_root
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
@@ -33,6 +36,10 @@ pod_netns_prefix: {prefix}d-
 state_dir: {tmp}/state
 run_dir: {tmp}/run
 """
+# where "solo" starts its search in each pool (claims.start_index()), and its next IPv6 block
+B4 = next(blocks_from(IPPool(cidr="10.244.0.0/24", block_size=28), "solo"))
+B6, B6_NEXT = islice(blocks_from(IPPool(cidr="fd00:244::/120", block_size=126), "solo"), 2)
+V4, V6 = [str(a) for a in list(B4.hosts())[:4]], [str(a) for a in [*B6.hosts(), next(B6_NEXT.hosts())]]
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -86,20 +93,18 @@ def test_a_dual_stack_node_claims_both_families_and_publishes_both_addresses(tmp
     try:
         wait_for(lambda: len(load(tmp_path / "state", NodeBlocks).blocks) == 2 or daemon.poll() is not None, 30,
                  "a block of each version in blocks.json")
-        assert [str(b) for b in load(tmp_path / "state", NodeBlocks).blocks] == ["10.244.0.0/28", "fd00:244::/126"]
+        assert load(tmp_path / "state", NodeBlocks).blocks == [B4, B6]
         added = [tortie("pod", "add", pod, "--label", f"app={app}") for pod, app in zip(pods, APPS)]
         assert [r.returncode for r in added] == [0] * 4, [r.stderr for r in added]
         # the IPv6 block holds three pod addresses (::0 is the subnet-router anycast): the fourth pod's came
         # from a second IPv6 block the daemon claimed when asked
-        assert [r.stdout.split() for r in added] == [["10.244.0.1", "fd00:244::1"], ["10.244.0.2", "fd00:244::2"],
-                                                     ["10.244.0.3", "fd00:244::3"], ["10.244.0.4", "fd00:244::5"]]
-        assert [str(b) for b in load(tmp_path / "state", NodeBlocks).blocks] == [
-            "10.244.0.0/28", "fd00:244::/126", "fd00:244::4/126"]
+        assert [r.stdout.split() for r in added] == [list(ips) for ips in zip(V4, V6)]
+        assert load(tmp_path / "state", NodeBlocks).blocks == [B4, B6, B6_NEXT]
         got = asyncio.run(endpoints(tmp_path / "ds"))
-        assert got["endpoints/solo/shop/p3"]["ips"] == ["10.244.0.4", "fd00:244::5"]
+        assert got["endpoints/solo/shop/p3"]["ips"] == [V4[3], V6[3]]
         # the policy (in force before the pods came) selects p0 and its clients by both addresses
         for src, allowed in (("p1", True), ("p2", False)):
-            for dst in ("10.244.0.1", "fd00:244::1"):
+            for dst in (V4[0], V6[0]):
                 ping = subprocess.run(["ip", "netns", "exec", f"{RUN_PREFIX}d-shop-{src}", "ping", "-c", "1", "-W",
                                        "1", dst], capture_output=True, timeout=10)
                 assert (ping.returncode == 0) == allowed, (src, dst)

@@ -1,0 +1,133 @@
+"""A node whose owned claim another node owned first (claims crossed in a slow datastore) gives it up and claims
+again, unless its pods use the block; and each node searches the pools from its own starting block. Pure parts:
+unit and hypothesis tests; the I/O: a Cluster running on a files datastore."""
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address as A, IPv4Network as N, ip_address, ip_network
+
+import pytest
+from hypothesis import given, strategies as st
+
+from bgpd.agent.cluster import Cluster
+from bgpd.ipam.claims import Claim, blocks_from, next_free, rivals, start_index
+from bgpd.ipam.ownership import Beaten, beaten
+from config.datastore import FilesDatastore, cidr_segment
+from config.node import IPPool, NodeConfig
+
+X, Y = N("10.244.0.0/30"), N("10.244.0.4/30")
+
+
+def test_a_rival_releases_a_block_its_pods_do_not_use_and_keeps_one_they_do():
+    by_block = {X: {"a": Claim("a", True, 1.0), "me": Claim("me", True, 2.0)},
+                Y: {"b": Claim("b", True, 1.0), "me": Claim("me", True, 2.0)},
+                N("10.244.0.8/30"): {"me": Claim("me", True, 0.5), "c": Claim("c", True, 3.0)},  # mine: c is the rival
+                N("10.244.0.12/30"): {"me": Claim("me", False), "d": Claim("d", True, 9.0)},  # pending: the claim rule's
+                ip_network("fd00::/126"): {"e": Claim("e", True, 1.0), "me": Claim("me", True, 1.0)}}  # a tie: the name
+    assert beaten("me", by_block, [A("10.244.0.5"), ip_address("fd00::9")]) == Beaten(
+        release={X: "a", ip_network("fd00::/126"): "e"}, keep={Y: "b"})
+    assert beaten("c", by_block, []) == Beaten(release={N("10.244.0.8/30"): "me"}, keep={})
+    assert beaten("a", by_block, []) == Beaten({}, {})
+
+
+names = st.sampled_from(["a", "b", "c", "me"])
+claims = st.dictionaries(names, st.tuples(st.booleans(), st.sampled_from([1.0, 2.0, 3.0])), max_size=4).map(
+    lambda d: {n: Claim(n, owned, at) for n, (owned, at) in d.items()})
+blocks = st.integers(0, 7).map(lambda i: N(f"10.244.0.{4 * i}/30"))
+
+
+@given(st.dictionaries(blocks, claims, max_size=8), st.sets(st.integers(0, 31).map(lambda i: A(f"10.244.0.{i}"))))
+def test_every_rival_claim_is_either_released_or_kept_for_the_pods_using_it(by_block, used):
+    verdict = beaten("me", by_block, used)
+    assert verdict.release.keys() | verdict.keep.keys() == {b for b, c in by_block.items() if "me" in rivals(c)}
+    assert not verdict.release.keys() & verdict.keep.keys()
+    assert all(any(a in b for a in used) for b in verdict.keep)
+    assert not any(a in b for b in verdict.release for a in used)
+    for block, first in {**verdict.release, **verdict.keep}.items():
+        assert by_block[block][first].owned and first != "me"
+
+
+def test_each_node_starts_its_search_at_its_own_block():
+    pool = IPPool(cidr=N("10.244.0.0/24"), block_size=28)  # 16 blocks
+    assert [start_index(f"node{i}", 16) for i in (1, 2, 3)] == [14, 12, 0]  # blake2b: the same on every run
+    assert next_free([pool], [], "node1") == N("10.244.0.224/28")
+    assert next_free([pool], [N("10.244.0.224/28"), N("10.244.0.240/28")], "node1") == N("10.244.0.0/28")  # wraps
+    starts = {next_free([pool], [], f"node{i}") for i in range(16)}
+    assert len(starts) > 8  # sixteen nodes starting together: most of them try different blocks
+    huge = IPPool(cidr=ip_network("fd00::/48"), block_size=122)  # 2**74 blocks: computed, never listed
+    first = next_free([huge], [], "node1")
+    assert first.prefixlen == 122 and first.subnet_of(huge.cidr)
+    assert next_free([huge], [first], "node1") == ip_network((int(first.network_address) + 64, 122))
+
+
+@given(st.integers(0, 4), st.sets(st.integers(0, 15)), st.text(min_size=1, max_size=8))
+def test_next_free_gives_a_block_of_the_pool_that_is_not_taken_or_none_when_all_are(bits, taken, node):
+    pool = IPPool(cidr=N(f"10.244.0.0/{30 - bits}"), block_size=30)  # 2**bits blocks
+    every = list(pool.cidr.subnets(new_prefix=30))
+    assert sorted(blocks_from(pool, node)) == every  # each block once, in some order
+    claimed = [every[i] for i in taken if i < len(every)]
+    got = next_free([pool], claimed, node)
+    assert (got is None) == (len(set(claimed)) == len(every))
+    assert got is None or (got in every and got not in claimed)
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def claim_key(block, node: str) -> str:
+    return f"claims/{cidr_segment(block)}/{node}"
+
+
+@pytest.mark.timeout(60)
+async def test_a_running_node_gives_up_rival_claims_and_claims_again(tmp_path, caplog):
+    """Node b runs on a files datastore. It starts with a rival claim left from before (given up at start); then c
+    writes an owned claim, marked earlier, on b's block (as when their claims crossed): b gives it up and claims
+    another. The same on a block a pod of b uses: b keeps its claim (an error, the `contested` count) until the pod's
+    endpoint is gone, then gives it up."""
+    pool = {"cidr": "10.244.0.0/28", "block_size": 30}  # 4 blocks
+    node = NodeConfig.model_validate({"name": "b", "router_id": "10.0.0.2", "asn": 64512, "listen_address": "10.0.0.2",
+                                      "claim_settle": 0.1, "state_dir": str(tmp_path / "b"), "pools": [pool]})
+    node.state_dir.mkdir()  # the daemon makes it at start
+    other = FilesDatastore(tmp_path / "ds", "admin", observer=True)  # writes c's keys (files: no ACL)
+    await other.start()
+    start = next_free([IPPool.model_validate(pool)], [], "b")
+    await other.put(claim_key(start, "c"), {"owned": True, "at": 1.0})
+    await other.put(claim_key(start, "b"), {"owned": True, "at": 2.0})  # a rival claim from b's previous run
+    ds = FilesDatastore(tmp_path / "ds", "b", lease_ttl=60)  # started by Cluster.run
+    applied = []
+
+    async def apply(config):
+        applied.append(config.blocks)
+    cluster = Cluster(ds, node, apply)
+    task = asyncio.create_task(cluster.run())
+    try:
+        with caplog.at_level("WARNING", "tortie.cluster"):
+            await wait_until(lambda: cluster.ready.is_set() or task.done())
+            assert not task.done(), task.exception()
+            assert ds.get(claim_key(start, "b")) is None and f"giving up block={start}: c owned it first" in caplog.text
+            (first,) = cluster.owned_blocks()
+            assert first != start and applied[-1] == [first]
+
+            await other.put(claim_key(first, "c"), {"owned": True, "at": 1.0})  # c's claim crossed ours
+            await wait_until(lambda: ds.get(claim_key(first, "b")) is None and len(cluster.owned_blocks()) == 1)
+            (second,) = cluster.owned_blocks()
+            assert second not in (start, first)
+            await wait_until(lambda: applied[-1] == [second])
+
+            await ds.put("endpoints/b/default/web", {"ips": [str(second.network_address + 1)]})
+            await other.put(claim_key(second, "c"), {"owned": True, "at": 1.0})
+            await wait_until(lambda: cluster.contested == {second: "c"} and len(cluster.owned_blocks()) == 1)
+            (third,) = cluster.owned_blocks()  # a block of its own for new pods meanwhile
+            assert ds.get(claim_key(second, "b")) is not None and "pods of this node have addresses in it" in caplog.text
+            await ds.delete("endpoints/b/default/web")  # the pod is gone: the claim goes too
+            await wait_until(lambda: ds.get(claim_key(second, "b")) is None and not cluster.contested)
+            assert cluster.owned_blocks() == [third] and applied[-1] == [third]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await ds.stop()
+        await other.stop()
