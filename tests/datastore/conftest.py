@@ -17,15 +17,6 @@ from config.datastore import Datastore, FilesDatastore, MqttDatastore, MqttSetti
 from tests.datastore.broker import REPO, USERS, Broker
 
 
-async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    """Waits (bounded) until predicate() is true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
 async def collect(changes, until, timeout: float = 5.0) -> list:
     """Reads changes (bounded) until until(change) is true; returns all read, that one included."""
     seen = []

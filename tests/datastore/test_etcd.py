@@ -9,8 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from config.datastore import Change, DatastoreError, EtcdDatastore, EtcdSettings
-from tests.datastore.conftest import collect, drain, eventually
+from tests.datastore.conftest import collect, drain
 from tests.datastore.etcd_server import etcd, etcd3, etcd_settings  # noqa: F401 - fixtures
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -11,8 +11,8 @@ from bgpd.ipam.claiming import BlockClaims
 from bgpd.ipam.claims import owner
 from config.datastore import EtcdDatastore
 from config.node import NodeConfig
-from tests.datastore.conftest import eventually
 from tests.datastore.etcd_server import etcd, etcd_settings  # noqa: F401 - the fixture
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 

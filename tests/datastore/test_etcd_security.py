@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from config.datastore import DatastoreError, EtcdDatastore, TlsSettings
-from tests.datastore.conftest import eventually
 from tests.datastore.etcd_server import EtcdCluster, etcd_settings
 from tests.datastore.broker import REPO
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 

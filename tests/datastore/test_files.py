@@ -10,7 +10,8 @@ import time
 import pytest
 
 from config.datastore import Change, DatastoreError, DatastoreSettings, FilesDatastore, open_datastore
-from tests.datastore.conftest import collect, drain, eventually
+from tests.datastore.conftest import collect, drain
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,8 @@ import pytest
 
 from config.datastore import Change, DatastoreError, MqttDatastore
 from tests.datastore.broker import USERS
-from tests.datastore.conftest import collect, drain, eventually, settings
+from tests.datastore.conftest import collect, drain, settings
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,8 +9,9 @@ import signal
 import pytest
 
 from config.datastore import Change
-from tests.datastore.conftest import drain, eventually
+from tests.datastore.conftest import drain
 from tests.datastore.proxy import Proxy
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 

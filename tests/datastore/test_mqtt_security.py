@@ -11,7 +11,8 @@ import pytest
 from config.datastore import Change, DatastoreError, MqttDatastore, TlsSettings
 from tests.datastore.broker import SHIPPED, free_port, make_passwords, wait_listening
 from config.datastore.base import MAX_VALUE_BYTES
-from tests.datastore.conftest import collect, drain, eventually, make_certs, publish_raw, settings
+from tests.datastore.conftest import collect, drain, make_certs, publish_raw, settings
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 

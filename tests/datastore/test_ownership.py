@@ -12,7 +12,8 @@ from bgpd.agent.cluster import Cluster
 from bgpd.ipam.ownership import EndpointGate, registration
 from config.node import NodeConfig
 from tests.datastore.broker import USERS
-from tests.datastore.conftest import collect, drain, eventually, publish_raw
+from tests.datastore.conftest import collect, drain, publish_raw
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 

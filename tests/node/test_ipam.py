@@ -1,6 +1,5 @@
 """IPAM: the block claim rule (unit tests and a simulation of nodes racing for blocks over a slow datastore),
 borrowing, address allocation and the state files."""
-import asyncio
 import heapq
 import random
 from ipaddress import IPv4Address as A, IPv4Network as N, ip_address, ip_network
@@ -16,6 +15,7 @@ from bgpd.ipam.ownership import beaten
 from bgpd.ipam.state import IpamStateError, Lent, NodeBlocks, load, save
 from config.datastore import FilesDatastore, cidr_segment
 from config.node import IPPool, NodeConfig
+from tests.waiting import eventually
 
 POOL = IPPool(cidr=N("10.244.0.0/28"), block_size=30)  # 4 blocks
 
@@ -221,13 +221,6 @@ def test_allocate_reads_the_daemons_blocks_and_skips_lent_addresses(tmp_path):
         allocate(node, [A("10.244.0.2"), A("10.244.0.9"), A("10.244.0.10"), A("10.244.0.66")])
 
 
-async def eventually(predicate, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.timeout(60)
 async def test_claiming_and_borrowing_over_a_files_datastore(tmp_path):
     """Two nodes share a directory datastore and a pool of two blocks: each claims one, the pool is then full,
@@ -243,14 +236,14 @@ async def test_claiming_and_borrowing_over_a_files_datastore(tmp_path):
     try:
         ca, cb = (BlockClaims(stores[n], lambda _: True) for n in ("a", "b"))
         assert await ca.claim_block(a, 4) == N("10.244.0.4/30")  # where "a" starts its search (start_index())
-        await eventually(lambda: owner(cb.by_block().get(N("10.244.0.4/30"), {})) == "a")
+        await eventually(lambda: owner(cb.by_block().get(N("10.244.0.4/30"), {})) == "a", 10)
         assert await cb.claim_block(b, 4) == N("10.244.0.0/30")  # "b" starts there too: it wraps around
-        await eventually(lambda: owner(ca.by_block().get(N("10.244.0.0/30"), {})) == "b")
+        await eventually(lambda: owner(ca.by_block().get(N("10.244.0.0/30"), {})) == "b", 10)
         assert await ca.claim_block(a, 4) is None  # the pools are full
         await stores["a"].put("endpoints/a/default/p1", {"ips": ["10.244.0.5"]})
-        await eventually(lambda: stores["b"].items("endpoints"))
+        await eventually(lambda: stores["b"].items("endpoints"), 10)
         assert await cb.claim_more(b, {N("10.244.0.0/30")}, 4) == N("10.244.0.6/32")
-        await eventually(lambda: owner(ca.by_block().get(N("10.244.0.6/32"), {})) == "b")
+        await eventually(lambda: owner(ca.by_block().get(N("10.244.0.6/32"), {})) == "b", 10)
         a.state_dir.mkdir()  # the daemon makes it at start
         ca.save_lent(a, {N("10.244.0.4/30")})
         assert load(a.state_dir, Lent).addresses == [A("10.244.0.6")]

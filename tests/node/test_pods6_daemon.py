@@ -5,7 +5,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from itertools import islice
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from bgpd.ipam.claims import blocks_from
 from bgpd.ipam.state import NodeBlocks, load
 from config.datastore import FilesDatastore
 from config.node import IPPool
-from tests.netns import RUN_PREFIX, requires_root
+from tests.netns import RUN_PREFIX, requires_root, wait_for
 
 pytestmark = [pytest.mark.netns, requires_root, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,13 +39,6 @@ run_dir: {tmp}/run
 B4 = next(blocks_from(IPPool(cidr="10.244.0.0/24", block_size=28), "solo"))
 B6, B6_NEXT = islice(blocks_from(IPPool(cidr="fd00:244::/120", block_size=126), "solo"), 2)
 V4, V6 = [str(a) for a in list(B4.hosts())[:4]], [str(a) for a in [*B6.hosts(), next(B6_NEXT.hosts())]]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 APPS = ["web", "client", "other", "other"]
@@ -92,7 +84,7 @@ def test_a_dual_stack_node_claims_both_families_and_publishes_both_addresses(tmp
     pods = [f"shop/p{i}" for i in range(4)]
     try:
         wait_for(lambda: len(load(tmp_path / "state", NodeBlocks).blocks) == 2 or daemon.poll() is not None, 30,
-                 "a block of each version in blocks.json")
+                 interval=0.1, what="a block of each version in blocks.json")
         assert load(tmp_path / "state", NodeBlocks).blocks == [B4, B6]
         added = [tortie("pod", "add", pod, "--label", f"app={app}") for pod, app in zip(pods, APPS)]
         assert [r.returncode for r in added] == [0] * 4, [r.stderr for r in added]
