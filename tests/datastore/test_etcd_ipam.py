@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from ipaddress import IPv4Network as N
 
@@ -24,14 +25,21 @@ def node_config(tmp_path, name: str, pool: str, block_size: int) -> NodeConfig:
         "state_dir": str(tmp_path / name), "pools": [{"cidr": pool, "block_size": block_size}]})
 
 
-async def started(etcd, names, counts=lambda _: True) -> dict[str, BlockClaims]:  # noqa: F811
+@contextlib.asynccontextmanager
+async def claimers(etcd, names, counts=lambda _: True):  # noqa: F811
+    """BlockClaims of each node name on its own etcd client, in the order of `names`; stopped afterwards."""
     stores = [EtcdDatastore(etcd_settings(etcd, lease_ttl=30, start_timeout=60, sync_timeout=10), n) for n in names]
     await asyncio.gather(*(ds.start() for ds in stores))
-    return {ds.node: BlockClaims(ds, counts) for ds in stores}
+    try:
+        yield {ds.node: BlockClaims(ds, counts) for ds in stores}
+    finally:
+        await asyncio.gather(*(ds.stop() for ds in stores))
 
 
-async def stopped(claims: dict[str, BlockClaims]) -> None:
-    await asyncio.gather(*(c.ds.stop() for c in claims.values()))
+async def claim_all(claims: dict[str, BlockClaims], tmp_path, pool: str, block_size: int, version: int) -> list:
+    """Every node claims a block of `pool` at once; their answers in the order of `claims`."""
+    configs = {n: node_config(tmp_path, n, pool, block_size) for n in claims}
+    return await asyncio.gather(*(claims[n].claim_block(configs[n], version) for n in claims))
 
 
 def stored_claims(etcd) -> Counter:  # noqa: F811
@@ -42,37 +50,28 @@ def stored_claims(etcd) -> Counter:  # noqa: F811
 
 async def test_100_simultaneous_claimers_get_100_distinct_blocks(etcd, tmp_path):  # noqa: F811
     names = [f"n{i:03}" for i in range(100)]
-    claims = await started(etcd, names)
-    try:
-        configs = {n: node_config(tmp_path, n, "10.244.0.0/16", 26) for n in names}
-        got = await asyncio.gather(*(claims[n].claim_block(configs[n], 4) for n in names))
+    async with claimers(etcd, names) as claims:
+        got = await claim_all(claims, tmp_path, "10.244.0.0/16", 26, 4)
         # claim_settle is 30 s: finishing within the test's timeout shows the settle time is not waited
         assert None not in got and len(set(got)) == 100
         assert set(stored_claims(etcd).values()) == {1}
         await eventually(lambda: len(claims["n000"].by_block()) == 100, timeout=10, what="every claim seen")
         view = claims["n000"].by_block()
         assert {owner(view[b]) for b in got} == set(names)
-    finally:
-        await stopped(claims)
 
 
 async def test_more_claimers_than_blocks(etcd, tmp_path):  # noqa: F811
     names = [f"n{i:02}" for i in range(40)]
-    claims = await started(etcd, names)
-    try:
-        configs = {n: node_config(tmp_path, n, "10.244.0.0/24", 28) for n in names}  # 16 blocks
-        got = await asyncio.gather(*(claims[n].claim_block(configs[n], 4) for n in names))
+    async with claimers(etcd, names) as claims:
+        got = await claim_all(claims, tmp_path, "10.244.0.0/24", 28, 4)  # 16 blocks
         won = [b for b in got if b is not None]
         assert len(won) == 16 and len(set(won)) == 16
         assert stored_claims(etcd) == Counter({seg: 1 for seg in stored_claims(etcd)}) and len(stored_claims(etcd)) == 16
-    finally:
-        await stopped(claims)
 
 
 async def test_simultaneous_borrowers_get_distinct_addresses(etcd, tmp_path):  # noqa: F811
     names = ["owner"] + [f"b{i:02}" for i in range(20)]
-    claims = await started(etcd, names)
-    try:
+    async with claimers(etcd, names) as claims:
         configs = {n: node_config(tmp_path, n, "10.244.0.0/27", 27) for n in names}  # one block of 32
         assert await claims["owner"].claim_block(configs["owner"], 4) == N("10.244.0.0/27")
         for c in claims.values():
@@ -80,26 +79,19 @@ async def test_simultaneous_borrowers_get_distinct_addresses(etcd, tmp_path):  #
         got = await asyncio.gather(*(claims[n].borrow_address(configs[n], set(), 4) for n in names[1:]))
         assert None not in got and len(set(got)) == 20 and all(g.prefixlen == 32 for g in got)
         assert set(stored_claims(etcd).values()) == {1}
-    finally:
-        await stopped(claims)
 
 
 async def test_claim_of_a_node_that_no_longer_counts_is_taken_over(etcd, tmp_path):  # noqa: F811
     etcd.members[0].ctl("put", "tortie/v1/claims/gone/10.244.0.0-26", '{"owned": true, "at": 1}')
-    claims = await started(etcd, ["a"], counts=lambda n: n != "gone")
-    try:
+    async with claimers(etcd, ["a"], counts=lambda n: n != "gone") as claims:
         assert await claims["a"].claim_block(node_config(tmp_path, "a", "10.244.0.0/26", 26), 4) == N("10.244.0.0/26")
-    finally:
-        await stopped(claims)
 
 
 async def test_ipv6_blocks_and_borrowed_addresses_by_compare_and_swap(etcd, tmp_path):  # noqa: F811
     """IPv6 blocks are claimed like IPv4 ones (a /122 at most once), an IPv6 address is borrowed as a /128."""
     names = [f"v{i}" for i in range(10)]
-    claims = await started(etcd, names)
-    try:
-        configs = {n: node_config(tmp_path, n, "fd00::/118", 122) for n in names}  # 16 blocks of /122
-        got = await asyncio.gather(*(claims[n].claim_block(configs[n], 6) for n in names))
+    async with claimers(etcd, names) as claims:
+        got = await claim_all(claims, tmp_path, "fd00::/118", 122, 6)  # 16 blocks of /122
         assert None not in got and len(set(got)) == 10 and {b.version for b in got} == {6}
         full = {n: node_config(tmp_path, n, str(got[0]), 122) for n in names}  # a pool of one block, owned
         owner_of = names[0]
@@ -109,5 +101,3 @@ async def test_ipv6_blocks_and_borrowed_addresses_by_compare_and_swap(etcd, tmp_
         lent = await asyncio.gather(*(claims[n].borrow_address(full[n], {got[names.index(n)]}, 6) for n in borrowers))
         assert None not in lent and len(set(lent)) == 5 and all(b.prefixlen == 128 for b in lent)
         assert set(stored_claims(etcd).values()) == {1}
-    finally:
-        await stopped(claims)
