@@ -16,6 +16,7 @@ from config.datastore import FilesDatastore, MqttDatastore, cidr_segment
 from config.node import IPPool, NodeConfig
 from tests.datastore.broker import Broker
 from tests.datastore.conftest import settings
+from tests.waiting import eventually
 
 X, Y = N("10.244.0.0/30"), N("10.244.0.4/30")
 
@@ -73,13 +74,6 @@ def test_next_free_gives_a_block_of_the_pool_that_is_not_taken_or_none_when_all_
     assert got is None or (got in every and got not in claimed)
 
 
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 def claim_key(block, node: str) -> str:
     return f"claims/{cidr_segment(block)}/{node}"
 
@@ -108,25 +102,27 @@ async def test_a_running_node_gives_up_rival_claims_and_claims_again(tmp_path, c
     task = asyncio.create_task(cluster.run())
     try:
         with caplog.at_level("WARNING", "tortie.cluster"):
-            await wait_until(lambda: cluster.ready.is_set() or task.done())
+            await eventually(lambda: cluster.ready.is_set() or task.done(), timeout=10)
             assert not task.done(), task.exception()
             assert ds.get(claim_key(start, "b")) is None and f"giving up block={start}: c owned it first" in caplog.text
             (first,) = cluster.owned_blocks()
             assert first != start and applied[-1] == [first]
 
             await other.put(claim_key(first, "c"), {"owned": True, "at": 1.0})  # c's claim crossed ours
-            await wait_until(lambda: ds.get(claim_key(first, "b")) is None and len(cluster.owned_blocks()) == 1)
+            await eventually(lambda: ds.get(claim_key(first, "b")) is None and len(cluster.owned_blocks()) == 1,
+                             timeout=10)
             (second,) = cluster.owned_blocks()
             assert second not in (start, first)
-            await wait_until(lambda: applied[-1] == [second])
+            await eventually(lambda: applied[-1] == [second], timeout=10)
 
             await ds.put("endpoints/b/default/web", {"ips": [str(second.network_address + 1)]})
             await other.put(claim_key(second, "c"), {"owned": True, "at": 1.0})
-            await wait_until(lambda: cluster.contested == {second: "c"} and len(cluster.owned_blocks()) == 1)
+            await eventually(lambda: cluster.contested == {second: "c"} and len(cluster.owned_blocks()) == 1,
+                             timeout=10)
             (third,) = cluster.owned_blocks()  # a block of its own for new pods meanwhile
             assert ds.get(claim_key(second, "b")) is not None and "pods of this node have addresses in it" in caplog.text
             await ds.delete("endpoints/b/default/web")  # the pod is gone: the claim goes too
-            await wait_until(lambda: ds.get(claim_key(second, "b")) is None and not cluster.contested)
+            await eventually(lambda: ds.get(claim_key(second, "b")) is None and not cluster.contested, timeout=10)
             assert cluster.owned_blocks() == [third] and applied[-1] == [third]
     finally:
         task.cancel()
@@ -166,7 +162,7 @@ async def test_nodes_starting_together_on_a_real_broker_end_with_one_block_each(
             return (all(c.ready.is_set() for c in clusters) and sorted(o for o in owners if o) == names
                     and not any(rivals(c) for c in by_block.values())
                     and all(len(c.owned_blocks()) == 1 for c in clusters))  # as each node sees it too
-        await wait_until(settled, timeout=60)
+        await eventually(settled, timeout=60)
     finally:
         for t in tasks:
             t.cancel()
