@@ -36,6 +36,7 @@ from pathlib import Path
 from string import Template
 from typing import Callable, Iterator, TypeVar
 
+import report  # bench/report.py: the results file
 from pyroute2.netns import setns
 
 from bgpd.lab import processes
@@ -556,10 +557,8 @@ def in_scratch(name: str, work: Callable[[Path], T]) -> T:
 
 def write_results(output: Path, doc: str, **results) -> None:
     """The results as JSON, with when, on which machine and how (the second paragraph of the module's `doc`)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({
-        "generated": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-        "method": " ".join(doc.split("\n\n")[1].split()), **results}, indent=2) + "\n")
+    report.write(output, {"generated": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+                          "method": " ".join(doc.split("\n\n")[1].split()), **results})
     print(f"\nwrote {output}")
 
 

@@ -12,8 +12,7 @@ def row(label: str, *values: float | str, digits: int = 2) -> str:
     return f"{label:<52}" + "".join(f" {v:>10}" if isinstance(v, str) else f" {v:>10.{digits}f}" for v in values)
 
 
-def write(name: str, results: dict) -> Path:
-    """bench/results/<name>.json."""
-    out = RESULTS / f"{name}.json"
-    out.write_text(json.dumps(results, indent=2))
-    return out
+def write(output: Path, results: dict) -> None:
+    """The results file (bench/results/<bench>.json unless the bench was told another)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")

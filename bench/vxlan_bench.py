@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import row, write  # noqa: E402  (the benchmarks' table rows and results file)
+from report import RESULTS, row, write  # noqa: E402  (the benchmarks' table rows and results file)
 from tests.netns import Lab, wait_for  # noqa: E402  (the lab helper the tests use)
 
 PROGRAM = """
@@ -152,7 +152,7 @@ def main() -> int:
     print(row("  of which neighbours+FDB, read + one batch (s)", summary["tortie_entries_s"], digits=3))
     print(row(f"{args.blocks} blocks: ip -batch + bridge -batch (s)", summary["ip_batch_s"], digits=3))
     print(f"offloads of the VTEP: {offloads}")
-    write("vxlan_bench", results)
+    write(RESULTS / "vxlan_bench.json", results)
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import row, write  # noqa: E402  (the benchmarks' table rows and results file)
+from report import RESULTS, row, write  # noqa: E402  (the benchmarks' table rows and results file)
 from tests.netns import Lab, wait_for  # noqa: E402  (the lab helpers the tests use)
 from tests.node.wireguard_lab import mixed_topology, pod_ip, status  # noqa: E402
 
@@ -104,7 +104,7 @@ def main() -> int:
     print(row("wireguard-go CPU, both hosts (s per GB)", summary["wireguard_go_cpu_s_per_gb"], "-"))
     print(row("WireGuard / plain throughput (per run)", summary["throughput_ratio"]))
     print(f"load average {results['load_average'][0]:.2f} (a shared machine: compare the columns, not runs)")
-    write("wireguard_bench", results)
+    write(RESULTS / "wireguard_bench.json", results)
     return 0
 
 
