@@ -20,7 +20,7 @@ from pathlib import Path
 from bgpd.bgp import messages as msgs
 from bgpd.agent.control import ControlServer, DaemonRunning
 from bgpd.bgp.exabgp_config import exabgp_environment, private_dir, render_config, write_config
-from bgpd.bgp.exabgp_process import ExaBGPSupervisor
+from bgpd.bgp.exabgp_process import ExaBGPSupervisor, relay_program
 from bgpd.dataplane.kernel_routes import KernelTable
 from bgpd.dataplane.uplink import has_address
 from bgpd.wireguard.plan import Encryption
@@ -97,6 +97,10 @@ class Daemon:
                 self.wireguard = WireguardService(node, self._devices_changed, self.initial_sync)
             except (ValueError, OSError) as e:
                 raise StartupError(f"wireguard key: {e}") from None
+        try:
+            self.relay = relay_program()
+        except FileNotFoundError as e:
+            raise StartupError(str(e)) from None
         self.supervisor = ExaBGPSupervisor(
             node.run_dir / "exabgp.conf", node.run_dir / "exabgp.sock", exabgp_environment(node),
             on_connect=self._relay_session, on_exit=self._exabgp_exited)
@@ -156,7 +160,7 @@ class Daemon:
             await self.wireguard.step()
         self._do(self.core.adopted(self.kernel.installed, time.monotonic()))
         self._save_blocks()
-        write_config(self.node.run_dir / "exabgp.conf", render_config(self.node, self.node.run_dir / "exabgp.sock"))
+        write_config(self.node.run_dir / "exabgp.conf", render_config(self.node, self.node.run_dir / "exabgp.sock", self.relay))
         # what start-up made (modules, models: ~40,000 objects, a few of them garbage) lives as long as the daemon:
         # frozen, a full collection during a burst of routes no longer walks it (~0.1 s each at load)
         gc.freeze()
@@ -324,7 +328,7 @@ class Daemon:
         if self.wireguard:
             self.wireguard.configure(new)
         self.bfd.configure(new.bgp_peers())
-        write_config(new.run_dir / "exabgp.conf", render_config(new, new.run_dir / "exabgp.sock"))
+        write_config(new.run_dir / "exabgp.conf", render_config(new, new.run_dir / "exabgp.sock", self.relay))
         self.supervisor.reload()
         self._save_blocks()
         self._do(commands)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from pathlib import Path
 
 from config.node import NodeConfig, Peer
@@ -50,14 +49,11 @@ def render_neighbor(node: NodeConfig, peer: Peer) -> str:
     return "\n".join(line for line in lines if line) + "\n"
 
 
-RELAY = Path(__file__).with_name("relay.py")
-
-
-def render_config(node: NodeConfig, relay_socket: Path, python: str = sys.executable) -> str:
+def render_config(node: NodeConfig, relay_socket: Path, relay: str) -> str:
+    """ExaBGP's configuration; `relay` is the path of exabgp_process.relay_program()."""
     head = (
         f"process {PROCESS} {{\n"
-        # no site-packages, environment or imports beyond built-ins: the relay costs a few MiB
-        f"    run {python} -S -E -I {RELAY} {relay_socket};\n"
+        f"    run {relay} -N -U {relay_socket};\n"
         "    encoder json;\n"
         "}\n"
     )

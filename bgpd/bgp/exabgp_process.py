@@ -5,6 +5,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -21,6 +22,19 @@ def _die_with_parent() -> None:
 
 def exabgp_command(config: Path) -> list[str]:
     return [str(Path(sys.executable).with_name("exabgp")), "server", str(config)]
+
+
+def relay_program() -> str:
+    """ExaBGP's API process: OpenBSD netcat copying bytes between ExaBGP's pipes and the daemon's unix socket.
+
+    ExaBGP only talks to its own children and blocks while a child does not read (see the shared notes), so the
+    relay only copies. `-N` passes ExaBGP's end of output on as a shutdown, and netcat exits when the daemon
+    closes: ExaBGP then respawns it and the daemon resynchronises on the new connection. 1.5 MiB RSS, where a
+    relay in Python (an interpreter of its own) took 8.7.
+    """
+    if path := shutil.which("nc.openbsd"):
+        return path
+    raise FileNotFoundError("nc.openbsd not found: ExaBGP's relay is OpenBSD netcat (Debian package netcat-openbsd)")
 
 
 class ExaBGPSupervisor:

@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from bgpd.bgp.exabgp_config import private_dir, render_config, write_config
+from bgpd.bgp.exabgp_process import relay_program
 from config.node import NodeConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,7 +33,7 @@ def node(passwords: list[str]) -> NodeConfig:
 
 def test_every_accepted_password_is_read_back_by_exabgp_as_written(tmp_path):
     conf = tmp_path / "exabgp.conf"
-    conf.write_text(render_config(node(PASSWORDS), tmp_path / "exabgp.sock"))
+    conf.write_text(render_config(node(PASSWORDS), tmp_path / "exabgp.sock", relay_program()))
     r = subprocess.run([sys.executable, "-m", "exabgp", "validate", "-nv", str(conf)], capture_output=True,
                        text=True, timeout=90)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -13,6 +13,7 @@ from hypothesis import given, strategies as st
 
 from bgpd.bgp import messages as m
 from bgpd.bgp.exabgp_config import render_config
+from bgpd.bgp.exabgp_process import relay_program
 from bgpd.prefixes import key
 from config.node import NodeConfig
 
@@ -75,7 +76,7 @@ def test_rendered_config_is_valid_for_exabgp(tmp_path):
         "peers": [{"address": "10.98.0.254", "asn": 65000, "password": "pw", "passive": True}],
         "mesh": {"nodes": [{"name": "n1", "address": "10.99.0.1"}, {"name": "n2", "address": "10.99.0.2"}]}})
     conf = tmp_path / "exabgp.conf"
-    conf.write_text(render_config(node, tmp_path / "sock"))
+    conf.write_text(render_config(node, tmp_path / "sock", relay_program()))
     text = conf.read_text()
     assert 'md5-password "pw"' in text and "passive true" in text and "manual-eor true" in text
     exabgp = Path(sys.executable).with_name("exabgp")

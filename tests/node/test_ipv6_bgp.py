@@ -31,7 +31,7 @@ def neighbors(text: str) -> dict[str, str]:
 
 
 def test_one_session_per_family_with_its_own_source(tmp_path):
-    text = render_config(DUAL, tmp_path / "exabgp.sock")
+    text = render_config(DUAL, tmp_path / "exabgp.sock", "/bin/nc.openbsd")
     sessions = neighbors(text)
     assert set(sessions) == {"10.0.1.1", "fd00:1::1", "10.0.0.2", "fd00::2"}
     for peer, body in sessions.items():
@@ -51,7 +51,7 @@ def test_exabgp_listens_on_both_underlay_addresses():
     v6only = NodeConfig.model_validate({"name": "n1", "router_id": "10.0.0.1", "asn": 64512,
                                         "listen_address6": "fd00::1", "pools": [{"cidr": "fd00:244::/56"}]})
     assert exabgp_environment(v6only)["exabgp.tcp.bind"] == "fd00::1"
-    assert "family { ipv4" not in render_config(v6only, Path("/nonexistent"))
+    assert "family { ipv4" not in render_config(v6only, Path("/nonexistent"), "/bin/nc.openbsd")
 
 
 def K(text: str) -> int:

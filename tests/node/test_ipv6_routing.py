@@ -96,7 +96,7 @@ def named(pids, word):
     return [p for p in pids if word in open(f"/proc/{p}/cmdline").read()]
 (daemon,) = [int(open("/run/tortie/tortie.pid").read())]
 (exabgp,) = named(children(daemon), "exabgp")
-(relay,) = named(children(exabgp), "relay")
+(relay,) = named(children(exabgp), "nc.openbsd")
 print(relay)
 """
 
