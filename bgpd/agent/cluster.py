@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Awaitable, Callable, Mapping
+from typing import AbstractSet, Awaitable, Callable, Iterable, Mapping
 
 from pydantic import ValidationError
 
@@ -19,7 +19,8 @@ from bgpd.dataplane.pods import PodError, PodStore
 from bgpd.ipam.claiming import BlockClaims
 from bgpd.ipam.claims import Network, by_version
 from bgpd.ipam.holdings import is_host
-from bgpd.ipam.ownership import Ignored, beaten, owned_prefixes, registration, rival_claims, unique_addresses
+from bgpd.ipam.ownership import (Ignored, Taken, beaten, endpoint_prefixes, owned_prefixes, registration,
+                                  rival_claims, taken, unique_addresses)
 from bgpd.overlay.vxlan import cluster_routes
 from config.datastore import Datastore, DatastoreError, key, parse_key
 from config.effective import ClusterView, EffectiveConfig, effective
@@ -176,10 +177,10 @@ class Cluster:
                 pass
         return out
 
-    async def give_up_rivals(self) -> bool:
+    async def give_up_rivals(self, leaving: AbstractSet[IPv4Address | IPv6Address] = frozenset()) -> bool:
         """Deletes our claims on blocks another node owned first, but those our pods use (see
         bgpd.ipam.ownership.beaten()); True if one was given up or found contested for the first time, so that this
-        node has to claim again."""
+        node has to claim again. `leaving`: addresses of a pod that is to get others (move_off()), not counted."""
         by_block = self.claims.by_block()
         if not beaten(self.base.name, by_block, ()).release:  # no rival claim of ours: no need to read the pods
             self.contested = {}
@@ -187,6 +188,7 @@ class Cluster:
         in_use = self.local_addresses()
         if in_use is None:
             return False  # releasing a block our pods may use: never
+        in_use -= leaving
         verdict = beaten(self.base.name, by_block, in_use)
         for block, first in sorted(verdict.release.items(), key=lambda i: by_version(i[0])):
             log.warning("giving up block=%s: %s owned it first (our claims crossed in the datastore)", block, first)
@@ -201,6 +203,19 @@ class Cluster:
                       block, verdict.keep[block])
         self.contested = verdict.keep
         return bool(verdict.release or new)
+
+    def taken(self, addresses: Iterable[IPv4Address | IPv6Address]) -> list[Taken]:
+        """The addresses of a new pod that readers would give to another node (bgpd.ipam.ownership.taken())."""
+        return taken(self.base.name, endpoint_prefixes(self.ds.items("claims"), self.counts),
+                     self.ds.items("endpoints"), addresses)
+
+    async def move_off(self, addresses: AbstractSet[IPv4Address | IPv6Address]) -> None:
+        """For a new pod whose addresses taken() found another node's (claims crossed before this node's view
+        caught up): gives up our rival claims unless other pods use them, claims a block of our own again and
+        applies the view, so that blocks.json offers the pod other addresses (bgpd.dataplane.pods.add_pod())."""
+        await self.give_up_rivals(addresses)
+        await self.claim_missing()
+        await self._apply_desired()
 
     def view(self, base: NodeConfig | None = None) -> ClusterView:
         """The datastore's view for `base` (default: the running file's; a reload passes the new file's, so that

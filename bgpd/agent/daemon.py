@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 
 from pathlib import Path
 
@@ -270,13 +270,41 @@ class Daemon:
         await self.cluster.ready.wait()  # the datastore is loaded: the first zone is complete
         await self.dns.run()
 
-    async def endpoint_added(self, namespace: str, pod: str, endpoint: dict) -> dict:
-        """tortie-cni's ADD: publish the pod, answer once its policy is enforced: {"enforced", "reason" why not}."""
+    async def endpoint_added(self, namespace: str, pod: str, endpoint: dict, moved: str = "") -> dict:
+        """tortie-cni's ADD: publish the pod, answer once its policy is enforced: {"enforced", "reason" why not,
+        "taken"}. `taken`: its addresses that another node holds (a block whose claims crossed ours); then the pod
+        is not published, and this node moved to a block of its own for the ADD to try again (pods.add_pod()),
+        which passes that answer's reason as `moved`."""
         if self.policy is None:
-            return {"enforced": True, "reason": ""}
+            return {"enforced": True, "reason": "", "taken": []}
         await self.cluster.ready.wait()
+        if moved_off := await self._move_off(namespace, pod, endpoint):
+            return moved_off
         refused = await self.policy.endpoint_added(namespace, pod, endpoint)
-        return {"enforced": refused is None, "reason": refused or ""}
+        if refused is not None and (moved_off := await self._move_off(namespace, pod, endpoint)):
+            await self.policy.endpoint_removed(namespace, pod)  # its view caught up meanwhile
+            return moved_off
+        if refused is None and moved:
+            log.warning("pod %s/%s has address(es) %s instead (%s)", namespace, pod, ", ".join(endpoint["ips"]),
+                        moved)
+        return {"enforced": refused is None, "reason": refused or "", "taken": []}
+
+    async def _move_off(self, namespace: str, pod: str, endpoint: dict) -> dict | None:
+        """If readers would give addresses of the endpoint to another node: moves to a block of our own
+        (Cluster.move_off()) and says which (endpoint_added()'s answer)."""
+        ips, addresses = endpoint.get("ips"), set()
+        for ip in ips if isinstance(ips, list) else ():
+            try:
+                addresses.add(ip_address(ip if isinstance(ip, str) else ""))
+            except ValueError:
+                pass  # the policy sync refuses the endpoint, saying why
+        if not (found := self.cluster.taken(addresses)):
+            return None
+        for t in found:
+            log.warning("pod %s/%s: %s; moving to a block of our own", namespace, pod, t)
+        await self.cluster.move_off(addresses)
+        return {"enforced": False, "reason": "; ".join(map(str, found)),
+                "taken": [{"address": str(t.address), "prefix": str(t.prefix), "holder": t.holder} for t in found]}
 
     async def endpoint_removed(self, namespace: str, pod: str) -> bool:
         if self.policy is None:

@@ -28,7 +28,7 @@ from bgpd.dataplane.netlink_links import (RTPROT_STATIC, Link, Rtnl, address, ad
                                           delete_link, device_route, get_link, link_up, permanent_neighbour,
                                           route_oif, route_to, veth)
 from bgpd.dns.client import pod_dns, resolv_conf
-from bgpd.ipam.allocate import Address, AddressError, allocate
+from bgpd.ipam.allocate import Address, AddressError, allocate, requested_addresses
 from bgpd.ipam.state import IpamStateError
 from config.node import NodeConfig
 
@@ -37,6 +37,7 @@ DEFAULT_ROUTES = {4: IPv4Network("0.0.0.0/0"), 6: IPv6Network("::/0")}
 NETNS_ETC = Path("/etc/netns")  # `ip netns exec NAME` binds /etc/netns/NAME/* over /etc/* (resolv.conf)
 HOST_PREFIX = "tt"  # host-side interface names: tt + 11 hex digits, like Calico's cali...
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+ADD_ATTEMPTS = 3  # addresses an ADD tries: another only when the daemon found the last one another node's
 
 
 class PodError(Exception):
@@ -137,33 +138,41 @@ class PodStore:
 def add_pod(node: NodeConfig, key: str, ips: Sequence[str] = (), existing_netns: str | None = None,
             container_id: str = "", ifname: str = "eth0", labels: dict[str, str] | None = None) -> Pod:
     """Wires a pod (`ips`: addresses asked for, at most one per IP version); with a datastore, also publishes it
-    and returns once its policy is enforced."""
-    pod = _add(node, key, ips, existing_netns, container_id, ifname)
-    if node.datastore is not None:
-        _publish(node, pod, labels or {})
-    return pod
+    and returns once its policy is enforced.
+
+    An address the daemon finds another node's (claims crossed in a slow datastore, and this node's view caught up
+    only after the address was chosen) is not published: the daemon moves to a block of its own, and the pod is
+    taken down and wired again with other addresses, at most ADD_ATTEMPTS times in all; never for an address
+    asked for."""
+    attempts, avoid, moved = 1, [], ""
+    while True:
+        pod = _add(node, key, ips, existing_netns, container_id, ifname, avoid)
+        if node.datastore is None:
+            return pod
+        answer = _publish(node, pod, labels or {}, moved)
+        if answer["enforced"]:
+            return pod
+        del_pod(node, pod.key)  # until its policy is in force no packet may reach the pod: it goes again
+        taken = [ip_address(t["address"]) for t in answer["taken"]]
+        if not taken or attempts == ADD_ATTEMPTS or set(taken) & set(requested_addresses(ips, [4, 6]).values()):
+            raise PodNotPoliced(answer["reason"])
+        attempts, avoid, moved = attempts + 1, avoid + taken, answer["reason"]
 
 
-def _publish(node: NodeConfig, pod: Pod, labels: dict[str, str]) -> None:
-    """Hands the pod to the daemon, which publishes it and answers once its policy is in force.
-
-    Until then no packet may reach the pod unpoliced: if that cannot be done, the pod goes again.
-    """
+def _publish(node: NodeConfig, pod: Pod, labels: dict[str, str], moved: str) -> dict:
+    """Hands the pod to the daemon, which publishes it and answers once its policy is in force: {"enforced",
+    "reason" why not, "taken": its addresses that another node holds} (Daemon.endpoint_added())."""
     from bgpd.agent.control import DaemonNotRunning, query
     endpoint = {"labels": labels, "ips": list(pod.ips), "interface": pod.host_interface}
     try:
-        answer = query(node.run_dir / "tortie.sock", "endpoint_add", timeout=60,
-                       namespace=pod.namespace, pod=pod.name, endpoint=endpoint)
-        enforced, why = answer["enforced"], answer["reason"]
+        return query(node.run_dir / "tortie.sock", "endpoint_add", timeout=60,
+                     namespace=pod.namespace, pod=pod.name, endpoint=endpoint, moved=moved)
     except DaemonNotRunning as e:
-        enforced, why = False, str(e)
-    if not enforced:
-        del_pod(node, pod.key)
-        raise PodNotPoliced(why)
+        return {"enforced": False, "reason": str(e), "taken": []}
 
 
 def _add(node: NodeConfig, key: str, ips: Sequence[str], existing_netns: str | None, container_id: str,
-         ifname: str) -> Pod:
+         ifname: str, avoid: Sequence[Address]) -> Pod:
     namespace, name = parse_key(key)
     store = PodStore(node)
     with store.locked():
@@ -172,7 +181,7 @@ def _add(node: NodeConfig, key: str, ips: Sequence[str], existing_netns: str | N
         if existing_netns and not netns.exists(existing_netns):
             raise PodError(f"network namespace {existing_netns} does not exist")
         try:
-            given = allocate(node, (a for p in store.all() for a in p.addresses()), ips)
+            given = allocate(node, [*(a for p in store.all() for a in p.addresses()), *avoid], ips)
         except (AddressError, IpamStateError) as e:
             raise PodError(str(e)) from None
         pod = Pod(namespace, name, tuple(map(str, given)),

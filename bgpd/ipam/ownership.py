@@ -7,6 +7,8 @@ values say. So every reader checks, and ignores (and reports) what a node is not
   itself does about it: `beaten()`);
 * an endpoint (endpoints/<node>/...) with an address outside the prefixes its node owns (its blocks and
   the /32s it borrowed, by the claim rule): `foreign_endpoints()`;
+* an endpoint of our own about to be published, for the same reason: `taken()` (a new pod whose address another
+  node holds gets another one: Cluster.move_off(), bgpd.dataplane.pods.add_pod());
 * a node record (nodes/<node>) with an address (IPv4 or IPv6) another node registered first: `unique_addresses()`.
   "First" is the record's marker `since`, which `registration()` keeps for as long as the node's
   address stays the same (restarts included); equal markers: the lower name.
@@ -163,6 +165,43 @@ def foreign_endpoints(endpoints: Mapping[str, Mapping], owned: Mapping[str, Iter
 
 def _address_of(number: int) -> IPv4Address | IPv6Address:
     return IPv6Address(number - _V6) if number >= _V6 else IPv4Address(number)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """An address of a new pod that readers give to another node: it is in a prefix that node owns (a block it
+    owned first, our claim on it being a rival; or an address it borrowed or uses), so they would ignore the pod."""
+
+    address: IPv4Address | IPv6Address
+    prefix: Network  # the other node's prefix the address is in
+    holder: str
+
+    def __str__(self) -> str:
+        return f"address {self.address} is in {self.prefix}, which {self.holder} holds"
+
+
+def taken(me: str, owned: Mapping[str, Iterable[Network]], endpoints: Mapping[str, Mapping],
+          addresses: Iterable[IPv4Address | IPv6Address]) -> list[Taken]:
+    """The addresses of a new pod of `me` that every reader would refuse it, by foreign_endpoints()'s rule, and that
+    another node holds (`owned`: node -> prefixes, as endpoint_prefixes() gives them; `endpoints`: the datastore's
+    endpoint entries). An address outside what every node owns (a block of the node's file) is not taken: another
+    address would not fare better."""
+    owned = {node: list(prefixes) for node, prefixes in owned.items()}
+    blocks = [p for p in owned.get(me, ()) if not is_host(p)]
+    addresses = [a for a in addresses if not any(a in b for b in blocks)]  # in a block of ours: never foreign
+    if not addresses:
+        return []  # (the usual case: no need to read every endpoint)
+    others = {k: v for k, v in endpoints.items() if k.split("/", 2)[1] != me}
+    probes = {f"endpoints/{me}/new/{i}": {"ips": [str(a)]} for i, a in enumerate(addresses)}
+    foreign = foreign_endpoints({**others, **probes}, owned)
+    out = []
+    for k, a in zip(probes, addresses):
+        holders = [(p, node) for node, prefixes in owned.items() if node != me for p in prefixes
+                   if p.version == a.version and a in p]
+        if k in foreign and holders:
+            prefix, holder = max(holders, key=lambda h: h[0].prefixlen)  # a borrowed address before its block
+            out.append(Taken(a, prefix, holder))
+    return out
 
 
 class EndpointGate:

@@ -1,6 +1,7 @@
 """A node whose owned claim another node owned first (claims crossed in a slow datastore) gives it up and claims
-again, unless its pods use the block; and each node searches the pools from its own starting block. Pure parts:
-unit and hypothesis tests; the I/O: a Cluster running on a files datastore."""
+again, unless its pods use the block; a new pod whose address turns out to be another node's is moved to a block of
+the node's own; and each node searches the pools from its own starting block. Pure parts: unit and hypothesis tests;
+the I/O: a Cluster on a files datastore (the whole ADD, with a daemon: test_contested_pod_add.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,7 @@ from hypothesis import given, strategies as st
 
 from bgpd.agent.cluster import Cluster
 from bgpd.ipam.claims import Claim, blocks_from, claims_by_block, next_free, owner, rivals, start_index
-from bgpd.ipam.ownership import Beaten, beaten
+from bgpd.ipam.ownership import Beaten, Taken, beaten, foreign_endpoints, owned_prefixes, taken
 from config.datastore import FilesDatastore, MqttDatastore, cidr_segment
 from config.node import IPPool, NodeConfig
 from tests.datastore.broker import Broker
@@ -48,6 +49,50 @@ def test_every_rival_claim_is_either_released_or_kept_for_the_pods_using_it(by_b
     assert not any(a in b for b in verdict.release for a in used)
     for block, first in {**verdict.release, **verdict.keep}.items():
         assert by_block[block][first].owned and first != "me"
+
+
+def test_a_new_pods_address_is_taken_when_readers_give_it_to_another_node():
+    W, Z = N("10.244.0.8/30"), N("10.244.0.12/30")
+    by_block = {X: {"a": Claim("a", True, 1.0), "me": Claim("me", True, 2.0)},  # a owned it first: our claim a rival
+                Y: {"me": Claim("me", True, 1.0), "a": Claim("a", True, 2.0)},  # ours first
+                W: {"b": Claim("b", True, 1.0)}, N("10.244.0.9/32"): {"me": Claim("me", True, 1.0)},  # we borrowed .9
+                N("10.244.0.10/32"): {"me": Claim("me", True, 1.0)},  # and .10, which b's pod uses
+                Z: {"me": Claim("me", True, 1.0)}, N("10.244.0.13/32"): {"a": Claim("a", True, 1.0)},  # a borrowed
+                ip_network("fd00::/126"): {"e": Claim("e", True, 1.0), "me": Claim("me", True, 1.0)}}  # a tie: e's
+    endpoints = {"endpoints/a/default/p": {"ips": ["10.244.0.5", "10.244.0.13"]},  # in our Y, and a's borrowed .13
+                 "endpoints/b/default/q": {"ips": ["10.244.0.10"]},
+                 "endpoints/me/default/r": {"ips": ["10.244.0.1"]}}  # ours, in X: no matter
+    owned = owned_prefixes(by_block)
+    new = [A("10.244.0.1"), A("10.244.0.5"), A("10.244.0.9"), A("10.244.0.10"), A("10.244.0.13"),
+           ip_address("fd00::1"), A("10.244.1.1")]  # the last in no claimed prefix (a block of the node's file)
+    assert taken("me", owned, endpoints, new) == [
+        Taken(A("10.244.0.1"), X, "a"), Taken(A("10.244.0.10"), W, "b"), Taken(ip_address("fd00::1"),
+                                                                                ip_network("fd00::/126"), "e")]
+    assert str(Taken(A("10.244.0.1"), X, "a")) == "address 10.244.0.1 is in 10.244.0.0/30, which a holds"
+    assert taken("a", owned, endpoints, [A("10.244.0.1")]) == []
+    assert taken("a", owned, endpoints, [A("10.244.0.6")]) == [Taken(A("10.244.0.6"), Y, "me")]
+
+
+singles = st.sampled_from(["10.244.0.4/32", "10.244.0.9/32", "10.244.0.17/32"]).map(N)  # borrowed addresses
+pod_ips = st.lists(st.integers(0, 31).map(lambda i: A(f"10.244.0.{i}")), min_size=1, max_size=3)
+
+
+@given(st.dictionaries(blocks, claims, max_size=8), st.dictionaries(singles, claims, max_size=3),
+       st.dictionaries(st.sampled_from(["a", "b", "c"]), pod_ips, max_size=3))
+def test_taken_is_what_a_reader_would_ignore_of_a_prefix_another_node_holds(by_block, borrowed, pods):
+    """An address taken() lets through is one every reader accepts from us, unless nobody owns it; one it refuses
+    is in another node's prefix and readers ignore it from us. (Every address of the blocks, each time.)"""
+    new = list(N("10.244.0.0/27"))
+    owned = owned_prefixes({**by_block, **borrowed})
+    endpoints = {f"endpoints/{node}/default/p": {"ips": sorted(map(str, set(ips)))} for node, ips in pods.items()}
+    refused = {t.address: t for t in taken("me", owned, endpoints, new)}
+    for a in new:
+        ignored = "endpoints/me/default/new" in foreign_endpoints(
+            {**endpoints, "endpoints/me/default/new": {"ips": [str(a)]}}, owned)
+        elsewhere = [n for n, prefixes in owned.items() if n != "me" and any(a in p for p in prefixes)]
+        assert (a in refused) == (ignored and bool(elsewhere))
+        if a in refused:
+            assert refused[a].holder in elsewhere and a in refused[a].prefix
 
 
 def test_each_node_starts_its_search_at_its_own_block():
@@ -127,6 +172,52 @@ async def test_a_running_node_gives_up_rival_claims_and_claims_again(tmp_path, c
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await ds.stop()
+        await other.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_node_moves_a_new_pod_off_a_block_another_node_owned_first(tmp_path, caplog):
+    """Node b owns a block; c's owned claim on it, marked earlier, and c's pod on its second address come after b
+    chose that address for a new pod. b finds the address c's, keeps its claim while another pod of b uses the block
+    (contested), claims a block of its own and applies it; once that pod is gone, the same gives the block up."""
+    pool = {"cidr": "10.244.0.0/28", "block_size": 30}
+    node = NodeConfig.model_validate({"name": "b", "router_id": "10.0.0.2", "asn": 64512, "listen_address": "10.0.0.2",
+                                      "claim_settle": 0.05, "state_dir": str(tmp_path / "b"), "pools": [pool]})
+    node.state_dir.mkdir()
+    other = FilesDatastore(tmp_path / "ds", "admin", observer=True)
+    ds = FilesDatastore(tmp_path / "ds", "b", lease_ttl=60)
+    applied = []
+
+    async def apply(config):
+        applied.append(config.blocks)
+    cluster = Cluster(ds, node, apply)
+    await other.start()
+    await ds.start()
+    try:
+        await cluster.claim_missing()
+        (block,) = cluster.owned_blocks()
+        old, new = list(block.hosts())  # a /30: two pod addresses
+        await ds.put("endpoints/b/default/old", {"ips": [str(old)]})
+        await other.put(claim_key(block, "c"), {"owned": True, "at": 1.0})
+        await other.put("endpoints/c/default/web", {"ips": [str(new)]})
+        await eventually(lambda: ds.get("endpoints/c/default/web") is not None and ds.get(claim_key(block, "c")),
+                         timeout=10)
+        assert cluster.taken({new}) == [Taken(new, block, "c")]
+        with caplog.at_level("ERROR", "tortie.cluster"):
+            await cluster.move_off({new})
+        assert ds.get(claim_key(block, "b")) is not None and cluster.contested == {block: "c"}
+        (mine,) = cluster.owned_blocks()
+        assert mine != block and applied[-1] == [mine] and cluster.taken({next(mine.hosts())}) == []
+
+        await ds.delete("endpoints/b/default/old")
+        assert cluster.taken({old}) == [Taken(old, block, "c")]
+        with caplog.at_level("WARNING", "tortie.cluster"):
+            await cluster.move_off({old})
+        assert ds.get(claim_key(block, "b")) is None and not cluster.contested
+        assert f"giving up block={block}: c owned it first" in caplog.text
+        assert cluster.owned_blocks() == [mine] and applied[-1] == [mine]  # no further block claimed
+    finally:
         await ds.stop()
         await other.stop()
 
