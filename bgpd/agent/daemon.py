@@ -365,11 +365,18 @@ class Daemon:
         """The blocks in force, for `tortie pod add` and tortie-cni: claimed ones are not in the file."""
         save_ipam_state(self.node.state_dir, NodeBlocks(blocks=self.node.blocks, borrowed=self.node.borrowed))
 
-    async def claim_block(self, version: int = 4) -> str | None:
+    async def claim_block(self, version: int = 4, seen: list[str] = ()) -> str | None:
         """Another block of the IP version for this node's pods (the control socket's `claim_block`); failing that,
-        when the version's pools have no free block, one address borrowed from another node's block."""
+        when the version's pools have no free block, one address borrowed from another node's block.
+
+        Only once the datastore is loaded (a claim decided on a partial view would cross other nodes' claims), and
+        only if no block came since the caller read blocks.json (`seen`: its blocks of the version): one that did
+        (the node's first, claimed as the daemon started) is the answer."""
         if self.cluster is None or version not in (4, 6):
             return None
+        await self.cluster.ready.wait()
+        if came := [p for p in self.node.announced() if p.version == version and str(p) not in seen]:
+            return str(came[0])
         got = await self.cluster.claim_more(version)
         if got is not None:
             try:

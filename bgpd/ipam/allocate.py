@@ -80,16 +80,17 @@ def allocate(node: NodeConfig, in_use: Iterable[Address], requested: Sequence[st
             if ip is not None:
                 out.append(ip)
                 break
-            if node.datastore is None or not _more_addresses(node, version):
+            if node.datastore is None or not _more_addresses(node, version, blocks):
                 raise AddressError(f"no free IPv{version} address in this node's blocks")
     return out
 
 
-def _more_addresses(node: NodeConfig, version: int) -> bool:
+def _more_addresses(node: NodeConfig, version: int, seen: Sequence[Network]) -> bool:
     """Asks the running daemon for one more block of the version from the pools, or failing that a borrowed
-    address."""
+    address (`seen`: the blocks of the version we have, all full)."""
     from bgpd.agent.control import DaemonNotRunning, query
     try:
-        return query(node.run_dir / "tortie.sock", "claim_block", timeout=30, version=version) is not None
+        return query(node.run_dir / "tortie.sock", "claim_block", timeout=30, version=version,
+                     seen=[str(b) for b in seen]) is not None
     except DaemonNotRunning:
         return False
