@@ -376,7 +376,7 @@ def start_tortie(bed: Testbed) -> Receiver:
     _wait(lambda: _log_has(log, "exabgp relay connected") and _listening_on_bgp(daemon.pid), "tortie start",
           daemon, log)
     exabgp = _child(daemon.pid, "exabgp")
-    relay = exabgp and _child(exabgp, "nc.openbsd")
+    relay = exabgp and _child(exabgp, "")  # ExaBGP's one child, whichever program (--before trees differ)
     if not exabgp or not relay:
         raise BenchError(f"tortie: no ExaBGP with a relay under pid {daemon.pid}")
     pids = {"tortie daemon": daemon.pid, "exabgp": exabgp, "relay": relay}
