@@ -150,12 +150,13 @@ def add_pod(node: NodeConfig, key: str, ips: Sequence[str] = (), existing_netns:
         if node.datastore is None:
             return pod
         answer = _publish(node, pod, labels or {}, moved)
-        if answer["enforced"]:
+        if answer.get("enforced") is True:
             return pod
         del_pod(node, pod.key)  # until its policy is in force no packet may reach the pod: it goes again
-        taken = [ip_address(t["address"]) for t in answer["taken"]]
+        # (an answer without "taken", from a daemon older than this command, is a plain refusal)
+        taken = [ip_address(t["address"]) for t in answer.get("taken", ())]
         if not taken or attempts == ADD_ATTEMPTS or set(taken) & set(requested_addresses(ips, [4, 6]).values()):
-            raise PodNotPoliced(answer["reason"])
+            raise PodNotPoliced(answer.get("reason") or "the daemon did not say why")
         attempts, avoid, moved = attempts + 1, avoid + taken, answer["reason"]
 
 
