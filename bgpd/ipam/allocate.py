@@ -85,12 +85,18 @@ def allocate(node: NodeConfig, in_use: Iterable[Address], requested: Sequence[st
     return out
 
 
+CLAIM_WAIT = 120  # seconds for the daemon's answer: a daemon that just started first loads its datastore
+
+
 def _more_addresses(node: NodeConfig, version: int, seen: Sequence[Network]) -> bool:
     """Asks the running daemon for one more block of the version from the pools, or failing that a borrowed
-    address (`seen`: the blocks of the version we have, all full)."""
+    address (`seen`: the blocks of the version we have, all full). The daemon claims only once its datastore is
+    loaded: on a host that just started, while its broker is still out of reach (its address comes late, the
+    connection backs off: 1 s doubling to 16 s between 30 s attempts), that can take tens of seconds."""
     from bgpd.agent.control import DaemonNotRunning, query
     try:
-        return query(node.run_dir / "tortie.sock", "claim_block", timeout=30, version=version,
+        return query(node.run_dir / "tortie.sock", "claim_block", timeout=CLAIM_WAIT, version=version,
                      seen=[str(b) for b in seen]) is not None
-    except DaemonNotRunning:
-        return False
+    except DaemonNotRunning as e:
+        raise AddressError(f"no free IPv{version} address in this node's blocks, and none from the daemon: {e}") \
+            from None
