@@ -169,7 +169,8 @@ class Datastore(ABC):
 
     async def put_if_unchanged(self, key: str, value: dict, scope: str) -> bool:
         """Writes key in one transaction if no key under scope changed in the store since the state this cache
-        shows (created, replaced or deleted): False if one did; the cache then catches up, decide again.
+        shows (created, replaced or deleted): False if one did; the cache then catches up, decide again. True once
+        the cache shows the write too (so that the next call decides on it).
         Only backends with `atomic`; DatastoreError if the store cannot be asked."""
         raise NotImplementedError(f"{type(self).__name__} has no compare-and-swap")
 

@@ -139,6 +139,9 @@ class EtcdDatastore(ClientDatastore):
             await asyncio.sleep(self.settings.backoff_min)
         if answer.succeeded:
             self._apply(key_, value)
+            # the next transaction compares with the cache's revision: until the cache reflects this write, our
+            # own key would look newer than what we decided on, and the next claim would fail for nothing
+            await self._caught_up(answer.header.revision - 1)
             return True
         await self._caught_up(seen)
         return self._remote.get(key_) == value  # a retry of a transaction that did go through sees itself
