@@ -160,7 +160,7 @@ class Daemon:
             await self.wireguard.step()
         self._do(self.core.adopted(self.kernel.installed, time.monotonic()))
         self._save_blocks()
-        write_config(self.node.run_dir / "exabgp.conf", render_config(self.node, self.node.run_dir / "exabgp.sock", self.relay))
+        self._write_exabgp_config(self.node)
         # what start-up made (modules, models: ~40,000 objects, a few of them garbage) lives as long as the daemon:
         # frozen, a full collection during a burst of routes no longer walks it (~0.1 s each at load)
         gc.freeze()
@@ -356,10 +356,14 @@ class Daemon:
         if self.wireguard:
             self.wireguard.configure(new)
         self.bfd.configure(new.bgp_peers())
-        write_config(new.run_dir / "exabgp.conf", render_config(new, new.run_dir / "exabgp.sock", self.relay))
+        self._write_exabgp_config(new)
         self.supervisor.reload()
         self._save_blocks()
         self._do(commands)
+
+    def _write_exabgp_config(self, node: NodeConfig) -> None:
+        """ExaBGP's configuration for `node`, at the paths the supervisor runs it with."""
+        write_config(self.supervisor.config_path, render_config(node, self.supervisor.socket_path, self.relay))
 
     def _save_blocks(self) -> None:
         """The blocks in force, for `tortie pod add` and tortie-cni: claimed ones are not in the file."""
